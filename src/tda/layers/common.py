@@ -1,0 +1,93 @@
+"""Pieces every attention layer shares: RMSNorm and rotary position embeddings."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * gain over the last dim; `shape` may be (H, D) for a per-head norm."""
+
+    def __init__(self, shape, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x):
+        # in fp32: bf16 squares lose the small rows that sparse attention produces
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (rotate-half form) with an optional NTK-aware base scaling for length extrapolation."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0, scaling: float = 1.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+        self.head_dim = head_dim
+        self.set_scaling(base, scaling)
+
+    def set_scaling(self, base: float, scaling: float = 1.0):
+        """NTK-aware: base' = base * s^(d / (d - 2)) stretches low frequencies by ~s, keeps high ones."""
+        if scaling <= 0:
+            raise ValueError(f"rope scaling must be > 0, got {scaling}")
+        d = self.head_dim
+        eff = base * scaling ** (d / (d - 2)) if scaling != 1.0 else base
+        inv_freq = 1.0 / (eff ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self._cache = None
+
+    def _cos_sin(self, n: int, device, dtype):
+        c = self._cache
+        if c is None or c[0].shape[0] < n or c[0].device != device or c[0].dtype != dtype:
+            t = torch.arange(max(n, 256), device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            emb = torch.cat([freqs, freqs], dim=-1)
+            c = self._cache = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return c
+
+    def forward(self, x, position_offset: int = 0):
+        """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1."""
+        n = x.shape[-2]
+        cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
+        cos, sin = cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def split_heads(x, n_heads: int, head_dim: int):
+    """(B, N, n_heads * head_dim) -> (B, n_heads, N, head_dim)."""
+    B, N, _ = x.shape
+    return x.view(B, N, n_heads, head_dim).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(B, H, N, D) -> (B, N, H * D)."""
+    B, H, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * D)
+
+
+class AttentionBase(nn.Module):
+    """Shared contract of every attention layer.
+
+    forward(x (B, N, C), rope, position_offset=0) -> (B, N, C). When `record_weights` is set, the layer
+    also stores its (B, H, N, N) attention weights in `last_weights` (detached) for analysis: the
+    probabilities for softmax-like layers, the signed weights a1 - lam * a2 for TDA.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.record_weights = False
+        self.last_weights = None
+
+    @staticmethod
+    def causal_softmax_weights(q, k, scale):
+        """Materialised causal softmax probabilities (bottom-right aligned), for analysis only."""
+        s = (q.float() @ k.float().transpose(-1, -2)) * scale
+        M, N = s.shape[-2:]
+        mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M)
+        return F.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)

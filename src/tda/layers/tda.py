@@ -1,0 +1,77 @@
+"""Threshold Differential Attention (TDA) and its single-view ablation TRA, as nn.Modules.
+
+Two q/k views from independent projections, one v, RoPE on every q and k, learnable beta (per head,
+init 1.0) and lam in (0, 1) (per head, lam = sigmoid(lam_logit), init 0.5), a per-head RMSNorm of the
+signed aggregation, then the output projection (SPEC §1, steps 1-5).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..ops import threshold_differential_attention, threshold_rectified_attention
+from .common import AttentionBase, RMSNorm, split_heads
+
+
+class TDAAttention(AttentionBase):
+    n_views = 2
+
+    def __init__(self, config, layer_idx: int = 0):
+        super().__init__()
+        c = config
+        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.head_dim
+        self.kappa, self.p, self.backend = c.kappa, c.p, c.attn_backend
+        V = self.n_views
+        self.q_proj = nn.Linear(c.n_embd, V * c.n_head * c.head_dim, bias=c.bias)
+        self.k_proj = nn.Linear(c.n_embd, V * c.n_kv_head * c.head_dim, bias=c.bias)
+        self.v_proj = nn.Linear(c.n_embd, c.n_kv_head * c.head_dim, bias=c.bias)
+        self.c_proj = nn.Linear(c.n_head * c.head_dim, c.n_embd, bias=c.bias)
+        self.beta = nn.Parameter(torch.full((c.n_head,), float(c.beta_init)))
+        if V == 2:
+            # sigmoid keeps lam inside (0, 1) for any optimiser step
+            lam_logit = math.log(c.lam_init / (1.0 - c.lam_init))
+            self.lam_logit = nn.Parameter(torch.full((c.n_head,), lam_logit))
+        self.head_norm = RMSNorm((c.n_head, c.head_dim))
+        self.dropout = nn.Dropout(c.dropout)
+
+    @property
+    def lam(self):
+        return torch.sigmoid(self.lam_logit)
+
+    def _views(self, x, rope, position_offset):
+        H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
+        qs = split_heads(self.q_proj(x), self.n_views * H, D).chunk(self.n_views, dim=1)
+        ks = split_heads(self.k_proj(x), self.n_views * Hk, D).chunk(self.n_views, dim=1)
+        v = split_heads(self.v_proj(x), Hk, D)
+        qs = [rope(q, position_offset) for q in qs]
+        ks = [rope(k, position_offset) for k in ks]
+        return qs, ks, v
+
+    def _op(self, qs, ks, v, position_offset, return_weights):
+        backend = "reference" if return_weights else self.backend
+        return threshold_differential_attention(
+            qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, kappa=self.kappa, p=self.p, causal=True,
+            position_offset=position_offset, backend=backend, return_weights=return_weights)
+
+    def forward(self, x, rope, position_offset: int = 0):
+        qs, ks, v = self._views(x, rope, position_offset)
+        y = self._op(qs, ks, v, position_offset, self.record_weights)
+        if self.record_weights:
+            y, w = y
+            self.last_weights = w.detach()
+        y = self.head_norm(y.transpose(1, 2))  # (B, N, H, D): RMSNorm per head; an all-zero row stays 0
+        B, N = y.shape[:2]
+        return self.dropout(self.c_proj(y.reshape(B, N, -1)))
+
+
+class TRAAttention(TDAAttention):
+    """Threshold Rectified Attention: one view, no inhibition (the paper's ablation)."""
+    n_views = 1
+
+    def _op(self, qs, ks, v, position_offset, return_weights):
+        backend = "reference" if return_weights else self.backend
+        return threshold_rectified_attention(
+            qs[0], ks[0], v, self.beta, kappa=self.kappa, p=self.p, causal=True,
+            position_offset=position_offset, backend=backend, return_weights=return_weights)
