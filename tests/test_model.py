@@ -1,0 +1,106 @@
+"""GPT model and the TDA / softmax layers: shapes, causality, gradients, weight recording."""
+import pytest
+import torch
+
+from tda.config import GPTConfig
+from tda.layers import ATTENTION, RotaryEmbedding
+from tda.models import GPT
+
+
+def tiny(attention, **kw):
+    return GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32, attention=attention, **kw)
+
+
+@pytest.mark.parametrize("attention", ["tda", "tra", "softmax"])
+def test_forward_loss_and_all_params_get_grads(attention):
+    torch.manual_seed(0)
+    model = GPT(tiny(attention))
+    x, t = torch.randint(0, 97, (2, 24)), torch.randint(0, 97, (2, 24))
+    logits, loss = model(x, t)
+    assert logits.shape == (2, 24, 97) and torch.isfinite(loss)
+    assert abs(loss.item() - torch.log(torch.tensor(97.0)).item()) < 0.5  # near-uniform at init
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    if attention == "tda":
+        attn = model.blocks[0].attn
+        assert attn.beta.grad.abs().sum() > 0 and attn.lam_logit.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTION))
+def test_causal_future_tokens_do_not_change_the_past(attention):
+    torch.manual_seed(1)
+    model = GPT(tiny(attention)).eval()
+    x = torch.randint(0, 97, (1, 20))
+    y = x.clone()
+    y[0, 12:] = (y[0, 12:] + 5) % 97
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_tda_layer_parameters_and_ranges():
+    cfg = tiny("tda", lam_init=0.3, beta_init=1.5)
+    attn = GPT(cfg).blocks[0].attn
+    torch.testing.assert_close(attn.lam, torch.full((4,), 0.3))
+    torch.testing.assert_close(attn.beta.detach(), torch.full((4,), 1.5))
+    with torch.no_grad():
+        attn.lam_logit.fill_(40.0)
+    assert torch.all(attn.lam < 1.0 + 1e-6) and torch.all(attn.lam > 0)
+
+
+def test_recorded_tda_weights_are_sparse_signed_and_causal():
+    torch.manual_seed(2)
+    model = GPT(tiny("tda")).eval()
+    model.record_attention(True)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 32)))
+    ws = model.attention_weights()
+    assert len(ws) == 2 and ws[0].shape == (1, 4, 32, 32)
+    upper = torch.ones(32, 32, dtype=torch.bool).triu(1)
+    for w in ws:
+        assert torch.all(w[..., upper] == 0)
+        assert (w[..., ~upper] == 0).float().mean() > 0.5  # thresholding makes exact zeros at init
+    model.record_attention(False)
+    assert all(w is None for w in model.attention_weights())
+
+
+def test_recorded_softmax_weights_are_probabilities():
+    torch.manual_seed(3)
+    model = GPT(tiny("softmax")).eval()
+    model.record_attention(True)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (2, 16)))
+    w = model.attention_weights()[1]
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 16))
+
+
+def test_rope_offset_matches_slice():
+    rope = RotaryEmbedding(8)
+    x = torch.randn(1, 2, 10, 8)
+    full = rope(x)
+    torch.testing.assert_close(rope(x[:, :, 6:], position_offset=6), full[:, :, 6:])
+    torch.testing.assert_close(full.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps norms (cosines)
+    rope.set_scaling(10000.0, 4.0)
+    assert not torch.allclose(rope(x), full)
+
+
+def test_gqa_config_and_generate():
+    torch.manual_seed(4)
+    model = GPT(tiny("tda", n_kv_head=2)).eval()
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, temperature=0)
+    assert out.shape == (1, 8)
+    again = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, temperature=0)
+    assert torch.equal(out, again)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
+    with pytest.raises(ValueError, match="lam_init"):
+        GPTConfig(lam_init=1.0)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        GPT(tiny("nope"))
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        GPTConfig.from_dict({"n_layers": 3})
