@@ -2,12 +2,22 @@
 from .common import AttentionBase, RMSNorm, RotaryEmbedding
 from .softmax import SoftmaxAttention
 from .tda import TDAAttention, TRAAttention
+from .gated_softmax import GatedSoftmaxAttention
+from .rela import ReLAAttention
+from .diff import DiffAttention
+from .entmax import EntmaxAttention
+from .ssmax import SSMaxAttention
 
 # name -> class; baseline files add themselves here
 ATTENTION = {
     "softmax": SoftmaxAttention,
     "tda": TDAAttention,
     "tra": TRAAttention,
+    "gated_softmax": GatedSoftmaxAttention,
+    "rela": ReLAAttention,
+    "diff": DiffAttention,
+    "entmax": EntmaxAttention,
+    "ssmax": SSMaxAttention,
 }
 
 
