@@ -1,0 +1,257 @@
+"""Entry points of the fused kernels: `tda`, `tra`, `unsupported_reason` (called by tda.ops dispatch).
+
+Semantics are those of tda.ops.reference (see its docstring). What happens outside the kernels, in
+PyTorch and hence under autograd: l2 normalisation of q/k (reference.l2_normalize) and the row
+thresholds tau (H, M) = beta_h * sqrt(2 max(log((pos+1)/kappa), 0) / d) (reference.tau), so dbeta comes
+from the kernels' per-row dtau by autograd. The kernels see unit vectors, tau and lam, and are wrapped as
+the torch custom ops `tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break).
+"""
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+
+from .. import reference
+from ..validate import _check_scalar_param, check_inputs
+from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel
+from .fwd import tda_fwd_kernel
+
+HEAD_DIMS = (16, 32, 64, 128)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Block sizes: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel. Tests and benchmarks may override
+# them through `set_config` (e.g. small tiles so that tiny interpreter shapes span several blocks).
+_OVERRIDE: dict = {}
+SKIP_EMPTY = True  # skip V loads / PV products of survivor-free blocks in the forward
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def set_config(**kw):
+    """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=...); no args resets."""
+    _OVERRIDE.clear()
+    _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
+
+
+def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
+    if _interpreting():
+        cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+    elif dtype == torch.float32:
+        cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
+    elif D <= 64:
+        cfg = {"fwd": (128, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
+    else:
+        cfg = {"fwd": (128, 64, 8, 2 if two_views else 3), "dkdv": (64, 64, 8, 2), "dq": (64, 64, 8, 2)}
+    cfg.update(_OVERRIDE)
+    return cfg
+
+
+def _p_mode(p: float) -> int:
+    return int(p) if p in (1.0, 2.0, 3.0) else 0
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32/fp64 inputs get exact products: the reference in fp32 does not use tf32 either
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _strides(t: Optional[torch.Tensor], like: torch.Tensor):
+    return tuple((t if t is not None else like).stride())
+
+
+def unsupported_reason(q, k, v, p) -> Optional[str]:
+    """None if the fused kernel can run a call with these tensors, else why not (in words)."""
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return None  # let argument validation name the culprit
+    if q.device.type != "cuda" and not _interpreting():
+        return f"tensors are on {q.device.type}; the Triton kernel needs CUDA (or TRITON_INTERPRET=1)"
+    dtypes = _DTYPES + ((torch.float64,) if _interpreting() else ())
+    if q.dtype not in dtypes:
+        return f"dtype {q.dtype} not in {tuple(str(d) for d in dtypes)}"
+    if q.dim() == 4 and q.shape[-1] not in HEAD_DIMS:
+        return f"head dim {q.shape[-1]} not in {HEAD_DIMS}"
+    if v.dim() == 4 and v.shape[-1] not in HEAD_DIMS:
+        return f"value head dim {v.shape[-1]} not in {HEAD_DIMS}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# launchers
+
+def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg):
+    B, H, M, D = q1.shape
+    Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    BM, BN, warps, stages = cfg["fwd"]
+    n_mt, n_nt = triton.cdiv(M, BM), triton.cdiv(N, BN)
+    out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
+    flags = torch.zeros((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
+    if out.numel() == 0:
+        return out, flags
+    grid = (n_mt, B * H)
+    with torch.cuda.device(q1.device) if q1.is_cuda else _nullctx():
+        tda_fwd_kernel[grid](
+            q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, out, flags,
+            *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
+            H, H // Hk, M, N, n_mt, n_nt, float(p),
+            TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+            PREC=_prec(q1.dtype), SKIP_EMPTY=SKIP_EMPTY, num_warps=warps, num_stages=stages)
+    return out, flags
+
+
+def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
+    B, H, M, D = q1.shape
+    Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    n_mt, n_nt = flags.shape[1], flags.shape[2]
+    dq1 = torch.empty_like(q1, memory_format=torch.contiguous_format)
+    dk1 = torch.empty_like(k1, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq2 = torch.empty_like(dq1) if two else dq1.new_empty(0)
+    dk2 = torch.empty_like(dk1) if two else dk1.new_empty(0)
+    dtau = torch.empty((B * H, M), device=q1.device, dtype=tau.dtype)
+    dlam = torch.empty((B * H, M), device=q1.device, dtype=tau.dtype) if two else dtau.new_empty(0)
+    if dq1.numel() == 0 or dk1.numel() == 0:
+        for t in (dq1, dk1, dv, dq2, dk2, dtau, dlam):
+            t.zero_()
+    else:
+        common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride())
+        args = (q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, do, flags)
+        with torch.cuda.device(q1.device) if q1.is_cuda else _nullctx():
+            BM, BN, warps, stages = cfg["dkdv"]
+            tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
+                *args, dk1, dk2 if two else dk1, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
+                TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype),
+                num_warps=warps, num_stages=stages)
+            BM, BN, warps, stages = cfg["dq"]
+            tda_bwd_dq_kernel[(triton.cdiv(M, BM), B * H)](
+                *args, dq1, dq2 if two else dq1, dtau, dlam if two else dtau, *common,
+                H, H // Hk, M, N, n_mt, n_nt, float(p),
+                TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype),
+                num_warps=warps, num_stages=stages)
+    dtau_h = dtau.view(B, H, M).sum(0)
+    dlam_h = dlam.view(B, H, M).sum((0, 2)) if two else dlam
+    return dq1, dk1, dq2, dk2, dv, dtau_h, dlam_h
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch custom ops (opaque to torch.compile) with autograd
+
+@torch.library.custom_op("tda::threshold_attention_fwd", mutates_args=())
+def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
+                            k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
+                            lam: Optional[torch.Tensor], p: float, causal: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, survivor flags) for unit-vector queries/keys, tau (H, M) fp32 and lam (H,) fp32 (TDA) or
+    None (TRA)."""
+    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
+    return _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg)
+
+
+@threshold_attention_fwd.register_fake
+def _(q1, k1, q2, k2, v, tau, lam, p, causal):
+    B, H, M, D = q1.shape
+    N = k1.shape[2]
+    BM, BN = _configs(D, q1.dtype, q2 is not None)["fwd"][:2]
+    out = q1.new_empty((B, H, M, v.shape[-1]))
+    flags = q1.new_empty((B * H, -(-M // BM), -(-N // BN)), dtype=torch.int8)
+    return out, flags
+
+
+@torch.library.custom_op("tda::threshold_attention_bwd", mutates_args=())
+def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
+                            k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
+                            lam: Optional[torch.Tensor], flags: torch.Tensor, p: float, causal: bool,
+                            MT: int, NT: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA."""
+    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
+    return _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg)
+
+
+@threshold_attention_bwd.register_fake
+def _(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT):
+    two = q2 is not None
+    H, M = q1.shape[1], q1.shape[2]
+    dq2 = torch.empty_like(q1) if two else q1.new_empty(0)
+    dk2 = torch.empty_like(k1) if two else k1.new_empty(0)
+    dlam = q1.new_empty((H,), dtype=tau.dtype) if two else q1.new_empty(0, dtype=tau.dtype)
+    return (torch.empty_like(q1), torch.empty_like(k1), dq2, dk2, torch.empty_like(v),
+            q1.new_empty((H, M), dtype=tau.dtype), dlam)
+
+
+def _setup_context(ctx, inputs, output):
+    q1, k1, q2, k2, v, tau, lam, p, causal = inputs
+    _, flags = output
+    ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags)
+    ctx.p, ctx.causal = p, causal
+    ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None)["fwd"][:2]
+    ctx.mark_non_differentiable(flags)
+
+
+def _backward(ctx, dout, dflags):
+    q1, k1, q2, k2, v, tau, lam, flags = ctx.saved_tensors
+    dq1, dk1, dq2, dk2, dv, dtau, dlam = threshold_attention_bwd(
+        dout, q1, k1, q2, k2, v, tau, lam, flags, ctx.p, ctx.causal, ctx.MT, ctx.NT)
+    two = q2 is not None
+    return (dq1, dk1, dq2 if two else None, dk2 if two else None, dv, dtau, dlam if two else None,
+            None, None)
+
+
+threshold_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# public functions (same signature, checks and error messages as reference.py)
+
+def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk):
+    qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
+    ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
+    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, position_offset=position_offset)
+    beta = _check_scalar_param("beta", beta, H, q1)
+    lam = _check_scalar_param("lam", lam, H, q1) if q2 is not None else None
+    why = unsupported_reason(q1, k1, v, p)
+    if why is not None:
+        raise ValueError(f"the Triton kernel cannot run this call: {why}")
+    if normalize_qk:
+        q1, k1 = reference.l2_normalize(q1), reference.l2_normalize(k1)
+        if q2 is not None:
+            q2, k2 = reference.l2_normalize(q2), reference.l2_normalize(k2)
+    positions = torch.arange(position_offset, position_offset + M, device=q1.device)
+    tau_rows = reference.tau(positions, beta, float(kappa), D)
+    # fp32 thresholds and lam (fp64 ones for fp64 inputs, which only the interpreter runs)
+    pdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
+    tau_rows = tau_rows.to(pdt).contiguous()
+    lam32 = lam.to(pdt).contiguous() if lam is not None else None
+    out, _ = threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam32, float(p), bool(causal))
+    return out
+
+
+def tda(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,
+        normalize_qk=True):
+    """Fused TDA: sum_j (a1_ij - lam a2_ij) v_j, a_ij = (cos(q_i, k_j) - tau_i)_+^p; see reference.py."""
+    if q2 is None or k2 is None:
+        raise ValueError("q2 and k2 are required for TDA; use threshold_rectified_attention for one view")
+    return _run(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal,
+                position_offset=position_offset, normalize_qk=normalize_qk)
+
+
+def tra(q, k, v, beta, *, kappa=1.0, p=2.0, causal=True, position_offset=0, normalize_qk=True):
+    """Fused TRA: sum_j (cos(q_i, k_j) - tau_i)_+^p v_j (single view)."""
+    return _run(q, k, None, None, v, beta, None, kappa=kappa, p=p, causal=causal,
+                position_offset=position_offset, normalize_qk=normalize_qk)

@@ -1,0 +1,58 @@
+"""Small jit helpers shared by the forward and backward kernels."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def exceed_pow(e, P: tl.constexpr, p_val):
+    """e ** p for an exceedance e >= 0 (exact zero stays zero). P = 1, 2, 3 are exact fast paths;
+    P = 0 is the general p via exp2(p * log2 e), guarded so that e = 0 gives 0, not NaN."""
+    if P == 1:
+        r = e
+    elif P == 2:
+        r = e * e
+    elif P == 3:
+        r = e * e * e
+    else:
+        r = tl.where(e > 0, tl.exp2(p_val * tl.log2(tl.maximum(e, 1e-30))), 0.0)
+    return r
+
+
+@triton.jit
+def exceed_dpow(e, P: tl.constexpr, p_val):
+    """d(e ** p)/de = p * e ** (p - 1) where e > 0, else 0 (an exact-zero weight passes no gradient)."""
+    if P == 1:
+        r = tl.where(e > 0, 1.0, 0.0)
+    elif P == 2:
+        r = 2.0 * e
+    elif P == 3:
+        r = 3.0 * e * e
+    else:
+        r = tl.where(e > 0, p_val * tl.exp2((p_val - 1.0) * tl.log2(tl.maximum(e, 1e-30))), 0.0)
+    return r
+
+
+@triton.jit
+def pair_alive(flag_base, start_m, start_n, n_mt, n_nt,
+               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    """Whether the (query block at start_m, key block at start_n) pair holds any survivor, read from the
+    forward's survivor flags of granularity MT x NT. A block spans R x C flag tiles (R, C >= 1; when a
+    block is smaller than a flag tile it lies inside one, since all sizes are powers of two)."""
+    r0 = start_m // MT
+    c0 = start_n // NT
+    if R == 1:
+        if C == 1:
+            f = tl.load(flag_base + r0 * n_nt + c0).to(tl.int32)
+        else:
+            cols = c0 + tl.arange(0, C)
+            f = tl.max(tl.load(flag_base + r0 * n_nt + cols, mask=cols < n_nt, other=0).to(tl.int32), 0)
+    else:
+        rows = r0 + tl.arange(0, R)
+        if C == 1:
+            f = tl.max(tl.load(flag_base + rows * n_nt + c0, mask=rows < n_mt, other=0).to(tl.int32), 0)
+        else:
+            cols = c0 + tl.arange(0, C)
+            ff = tl.load(flag_base + rows[:, None] * n_nt + cols[None, :],
+                         mask=(rows[:, None] < n_mt) & (cols[None, :] < n_nt), other=0).to(tl.int32)
+            f = tl.max(tl.max(ff, 1), 0)
+    return f > 0

@@ -1,0 +1,129 @@
+"""Single-pass forward kernel: out_i = sum_j (a1_ij - lam * a2_ij) v_j, a_ij = (s_ij - tau_i)_+^p.
+
+One program per (query block, batch * head). Both views are scored against the same key block in one
+pass; the causal loop is split Triton-tutorial style into an unmasked stage (key blocks every row of the
+query block may see) and a masked stage (the diagonal blocks and the ragged key tail); key blocks above
+the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
+exceedance survived; a pair with none skips the V load and the PV product, and the backward skips it
+entirely.
+"""
+import triton
+import triton.language as tl
+
+from .common import exceed_pow
+
+
+@triton.jit
+def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+               s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+               flag_row, offs_m, lo, hi, diag, N, p_val,
+               MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+               PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_D)
+    offs_dv = tl.arange(0, HEAD_DV)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASKED:
+            k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d,
+                         mask=offs_n[:, None] < N, other=0.0)
+        else:
+            k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
+        s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+        e1 = tl.maximum(s1 - tau[:, None], 0.0)
+        if MASKED:
+            ok = offs_n[None, :] < N
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+            e1 = tl.where(ok, e1, 0.0)
+        w = exceed_pow(e1, P, p_val)
+        live = e1
+        if TWO_VIEWS:
+            if MASKED:
+                k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d,
+                             mask=offs_n[:, None] < N, other=0.0)
+            else:
+                k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
+            s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
+            e2 = tl.maximum(s2 - tau[:, None], 0.0)
+            if MASKED:
+                e2 = tl.where(ok, e2, 0.0)
+            w = w - lam * exceed_pow(e2, P, p_val)
+            live = live + e2
+        # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
+        alive = tl.max(tl.max(live, 1), 0) > 0
+        tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+        if SKIP_EMPTY:
+            if alive:
+                if MASKED:
+                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                                mask=offs_n[:, None] < N, other=0.0)
+                else:
+                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+        else:
+            if MASKED:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                            mask=offs_n[:, None] < N, other=0.0)
+            else:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+            acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS,
+                   s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                   s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                   s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
+                   H, G, M, N, n_mt, n_nt, p_val,
+                   TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+                   PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = (h // G).to(tl.int64)
+    h64 = h.to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    offs_dv = tl.arange(0, HEAD_DV)
+    row_ok = offs_m < M
+    diag = N - M  # bottom-right causal alignment: row r sees keys j <= r + diag
+
+    q1 = tl.load(Q1 + b * s_q1b + h64 * s_q1h + offs_m[:, None] * s_q1m + offs_d[None, :] * s_q1d,
+                 mask=row_ok[:, None], other=0.0)
+    if TWO_VIEWS:
+        q2 = tl.load(Q2 + b * s_q2b + h64 * s_q2h + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d,
+                     mask=row_ok[:, None], other=0.0)
+        lam = tl.load(LAM + h)
+    else:
+        q2 = q1
+        lam = 0.0
+    tau = tl.load(TAU + h64 * M + offs_m, mask=row_ok, other=0.0)
+    k1_base = K1 + b * s_k1b + hk * s_k1h
+    k2_base = K2 + b * s_k2b + hk * s_k2h
+    v_base = V + b * s_vb + hk * s_vh
+    flag_row = FLAGS + bh.to(tl.int64) * n_mt * n_nt + pid_m * n_nt
+
+    if CAUSAL:
+        last_row = tl.minimum(start_m + BLOCK_M, M) - 1
+        # keys < free are visible to every row of the block; keys < hi to at least one
+        free = tl.minimum(tl.maximum(start_m + diag + 1, 0), N)
+        lo = (free // BLOCK_N) * BLOCK_N
+        hi = tl.maximum(tl.minimum(last_row + diag + 1, N), lo)
+    else:
+        lo = (N // BLOCK_N) * BLOCK_N
+        hi = N
+    acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
+    acc = _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, 0, lo, diag, N, p_val,
+                     False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY)
+    acc = _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, lo, hi, diag, N, p_val,
+                     True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY)
+    o_ptrs = OUT + b * s_ob + h64 * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])

@@ -1,0 +1,238 @@
+"""Fused Triton kernels (tda.ops.triton) against the reference op, forward and every gradient.
+
+On a CPU the kernels run under TRITON_INTERPRET=1 (set here and in conftest.py before triton is
+imported), in float64, with tiny tiles so that tiny shapes span several blocks."""
+import os
+
+if "triton" not in __import__("sys").modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+import tda.ops as ops
+from tda.ops import reference
+
+tk = pytest.importorskip("tda.ops.triton.attention")
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEV = "cuda" if ON_GPU else "cpu"
+DT = torch.float32 if ON_GPU else torch.float64
+TOL = 2e-5 if ON_GPU else 1e-10
+
+
+@pytest.fixture(autouse=True)
+def _reset_config():
+    tk.set_config()
+    tk.SKIP_EMPTY = True
+    yield
+    tk.set_config()
+    tk.SKIP_EMPTY = True
+
+
+def _leaf(*shape, noncontig=False, scale=1.0):
+    if noncontig:  # a transposed view: stride(-1) != 1
+        t = (torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=DT, device=DEV) * scale).transpose(-1, -2)
+    else:
+        t = torch.randn(*shape, dtype=DT, device=DEV) * scale
+    return t.requires_grad_(True)
+
+
+def _make(B, H, Hk, M, N, D, Dv, two_views, noncontig=False):
+    q1, k1 = _leaf(B, H, M, D, noncontig=noncontig), _leaf(B, Hk, N, D, noncontig=noncontig)
+    v = _leaf(B, Hk, N, Dv, noncontig=noncontig)
+    beta = (torch.rand(H, dtype=DT, device=DEV) * 0.8 + 0.2).requires_grad_(True)
+    if not two_views:
+        return dict(q=q1, k=k1, v=v, beta=beta)
+    q2, k2 = _leaf(B, H, M, D), _leaf(B, Hk, N, D)
+    lam = (torch.rand(H, dtype=DT, device=DEV) * 0.8 + 0.1).requires_grad_(True)
+    return dict(q1=q1, k1=k1, q2=q2, k2=k2, v=v, beta=beta, lam=lam)
+
+
+def _run(backend, inputs, dout, **kw):
+    fn = ops.threshold_differential_attention if "q1" in inputs else ops.threshold_rectified_attention
+    out = fn(**inputs, backend=backend, **kw)
+    grads = torch.autograd.grad(out, list(inputs.values()), dout(out), allow_unused=True)
+    return out, dict(zip(inputs, grads))
+
+
+def _compare(inputs, tol=TOL, **kw):
+    """Kernel vs reference: output and the gradient of every input, for one fresh random dO."""
+    cache = []
+    dout = lambda out: cache[0] if cache else cache.append(torch.randn_like(out)) or cache[0]  # noqa: E731
+    out_r, g_r = _run("reference", inputs, dout, **kw)
+    out_k, g_k = _run("triton", inputs, dout, **kw)
+    assert out_k.shape == out_r.shape and out_k.dtype == out_r.dtype
+    assert torch.isfinite(out_k).all()
+    assert out_r.abs().sum() > 0, "degenerate test: reference output is all zero"
+    rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # noqa: E731
+    assert rel(out_k, out_r) < tol, f"out rel err {rel(out_k, out_r):.2e}"
+    for name in inputs:
+        a, b = g_k[name], g_r[name]
+        assert a is not None and b is not None, name
+        assert torch.isfinite(a).all(), name
+        assert rel(a, b) < tol, f"d{name} rel err {rel(a, b):.2e}"
+    return out_k
+
+
+# B, H, Hk, M, N, D, Dv, p, causal, position_offset, kappa, noncontig
+TDA_CASES = [
+    (1, 2, 2, 37, 37, 16, 16, 2.0, True, 0, 1.0, False),
+    (2, 4, 2, 29, 29, 32, 16, 1.0, True, 0, 0.5, False),      # GQA, p = 1, Dv != D
+    (1, 3, 1, 21, 50, 16, 32, 3.0, True, 29, 2.0, False),     # MQA, KV cache: k/v longer than q
+    (1, 2, 2, 40, 33, 16, 16, 2.0, False, 5, 1.0, True),      # non-causal, non-contiguous, N < M
+    (2, 2, 1, 18, 41, 16, 16, 1.5, True, 100, 0.3, True),     # general p, offset != N - M
+]
+
+
+@pytest.mark.parametrize("case", TDA_CASES)
+def test_tda_matches_reference(case):
+    torch.manual_seed(hash(case) % 2**31)
+    B, H, Hk, M, N, D, Dv, p, causal, off, kappa, nc = case
+    inputs = _make(B, H, Hk, M, N, D, Dv, True, noncontig=nc)
+    _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off)
+
+
+@pytest.mark.parametrize("case", [
+    (1, 2, 2, 35, 35, 16, 16, 2.0, True, 0, 1.0, False),
+    (2, 4, 2, 19, 44, 32, 32, 1.0, True, 25, 0.7, True),
+    (1, 2, 1, 26, 26, 16, 16, 3.0, False, 0, 1.0, False),
+])
+def test_tra_matches_reference(case):
+    torch.manual_seed(hash(case) % 2**31)
+    B, H, Hk, M, N, D, Dv, p, causal, off, kappa, nc = case
+    inputs = _make(B, H, Hk, M, N, D, Dv, False, noncontig=nc)
+    _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off)
+
+
+def test_scalar_beta_lam_and_no_normalize():
+    torch.manual_seed(1)
+    inputs = _make(1, 2, 2, 20, 20, 16, 16, True)
+    inputs["beta"] = torch.tensor(0.6, dtype=DT, device=DEV, requires_grad=True)
+    inputs["lam"] = torch.tensor(0.3, dtype=DT, device=DEV, requires_grad=True)
+    with torch.no_grad():  # already near unit norm so that cosine-free scores stay in range
+        for n in ("q1", "k1", "q2", "k2"):
+            inputs[n].div_(inputs[n].norm(dim=-1, keepdim=True))
+    _compare(inputs, normalize_qk=False)
+
+
+def test_rows_that_see_no_key_are_zero():
+    # causal with fewer keys than queries: the first M - N rows see nothing
+    torch.manual_seed(2)
+    inputs = _make(1, 2, 2, 30, 12, 16, 16, True)
+    out = _compare(inputs, causal=True)
+    assert (out[:, :, :18] == 0).all()
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(fwd=(32, 32, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1)),   # backward blocks inside flag tiles
+    dict(fwd=(16, 16, 4, 1), dkdv=(32, 32, 4, 1), dq=(32, 32, 4, 1)),   # backward blocks span 2x2 tiles
+])
+def test_block_configs(cfg):
+    torch.manual_seed(3)
+    tk.set_config(**cfg)
+    _compare(_make(1, 2, 1, 45, 45, 16, 16, True), p=2.0, causal=True)
+
+
+def test_survivor_flags_and_skipping():
+    torch.manual_seed(4)
+    M = N = 48
+    D = 16
+    inputs = _make(1, 2, 2, M, N, D, D, True)
+    with torch.no_grad():  # planted: everything orthogonal except a few matching (row, key) pairs
+        for n in ("q1", "q2"):
+            inputs[n].copy_(1e-3 * torch.randn_like(inputs[n]))
+            inputs[n][..., 0] += 1.0
+        for n in ("k1", "k2"):
+            inputs[n].copy_(1e-3 * torch.randn_like(inputs[n]))
+            inputs[n][..., 1] += 1.0
+        inputs["k1"][:, :, 2] = inputs["q1"][:, :, 20]  # key 2 matches row 20 (flag tile (1, 0))
+        inputs["k2"][:, :, 35] = inputs["q2"][:, :, 40]  # key 35 matches row 40 (flag tile (2, 2))
+    kw = dict(kappa=1.0, p=2.0, causal=True, position_offset=0)
+    out_skip = _compare(inputs, **kw)
+    # the flags recorded by the forward equal "any exceedance > 0 in the tile", from the reference weights
+    _, w = ops.threshold_differential_attention(**inputs, backend="reference", return_weights=True, **kw)
+    taus = reference.tau(torch.arange(M, device=DEV), inputs["beta"].detach(), 1.0, D).to(DT)
+    flags = []
+    for n_q, n_k in (("q1", "k1"), ("q2", "k2")):
+        qn, kn = reference.l2_normalize(inputs[n_q].detach()), reference.l2_normalize(inputs[n_k].detach())
+        e = (qn @ kn.transpose(-1, -2) - taus[None, :, :, None]).clamp_min(0)
+        flags.append(e)
+    causal = torch.ones(M, N, dtype=torch.bool, device=DEV).tril()
+    live = ((flags[0] + flags[1]) * causal > 0)[0]  # (H, M, N)
+    expect = live.view(2, 3, 16, 3, 16).any(4).any(2).to(torch.int8)
+    _, got = torch.ops.tda.threshold_attention_fwd(
+        reference.l2_normalize(inputs["q1"].detach()), reference.l2_normalize(inputs["k1"].detach()), reference.l2_normalize(inputs["q2"].detach()),
+        reference.l2_normalize(inputs["k2"].detach()), inputs["v"].detach(), taus.contiguous(),
+        inputs["lam"].detach().contiguous(), 2.0, True)
+    got = got.view(2, 3, 3)
+    assert torch.equal(got.tril(), expect), (got, expect)
+    assert (expect == 0).any() and (expect == 1).any()
+    assert (w != 0).any()
+    # skipping must not change any result
+    tk.SKIP_EMPTY = False
+    out_noskip = _compare(inputs, **kw)
+    torch.testing.assert_close(out_skip, out_noskip, rtol=0, atol=1e-12)
+
+
+def test_bad_input_raises():
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 8, 24, dtype=DT, device=DEV)
+    with pytest.raises(ValueError, match="head dim 24"):
+        ops.threshold_rectified_attention(x, x, x, 1.0, backend="triton")
+    q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
+    with pytest.raises(ValueError, match="p must be"):
+        tk.tra(q, q, q, 1.0, p=0.5)
+    with pytest.raises(ValueError, match="kappa"):
+        tk.tda(q, q, q, q, q, 1.0, 0.5, kappa=0.0)
+    with pytest.raises(ValueError, match="k1"):
+        tk.tda(q, q[:, :, :, :8], q, q, q, 1.0, 0.5)
+    with pytest.raises(ValueError, match="beta"):
+        tk.tra(q, q, q, float("nan"))
+    with pytest.raises(ValueError, match="lam"):
+        tk.tda(q, q, q, q, q, 1.0, torch.ones(3, dtype=DT))
+    with pytest.raises(ValueError, match="q2 and k2"):
+        tk.tda(q, q, None, q, q, 1.0, 0.5)
+
+
+def test_unsupported_reason(monkeypatch):
+    q = torch.randn(1, 2, 8, 16)
+    assert tk.unsupported_reason(q, q, q, 2.0) is None or ON_GPU
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "cpu" in tk.unsupported_reason(q, q, q, 2.0)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "head dim 96" in tk.unsupported_reason(torch.randn(1, 1, 4, 96), q, q, 2.0)
+    assert "dtype" in tk.unsupported_reason(q.half().int(), q, q, 2.0)
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(6)
+    inputs = _make(1, 2, 1, 19, 19, 16, 16, True)
+
+    def f(q1, k1, q2, k2, v, beta, lam):
+        return ops.threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, kappa=0.8, p=2.0,
+                                                    backend="triton")
+
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out_c = cf(**inputs)
+    out_e = f(**inputs)
+    torch.testing.assert_close(out_c, out_e)
+    g_c = torch.autograd.grad(out_c.square().sum(), list(inputs.values()))
+    g_e = torch.autograd.grad(out_e.square().sum(), list(inputs.values()))
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
+
+
+def test_custom_op_opcheck():
+    torch.manual_seed(7)
+    q = reference.l2_normalize(torch.randn(1, 2, 17, 16, dtype=DT, device=DEV))
+    k = reference.l2_normalize(torch.randn(1, 1, 17, 16, dtype=DT, device=DEV))
+    v = torch.randn(1, 1, 17, 16, dtype=DT, device=DEV)
+    tau = torch.rand(2, 17, dtype=DT, device=DEV) * 0.3
+    lam = torch.rand(2, dtype=DT, device=DEV)
+    torch.library.opcheck(torch.ops.tda.threshold_attention_fwd.default,
+                          (q, k, q.clone(), k.clone(), v, tau, lam, 2.0, True),
+                          test_utils=("test_schema", "test_faketensor"))
