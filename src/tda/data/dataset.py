@@ -1,0 +1,197 @@
+"""Memory-mapped token datasets and deterministic, resumable, rank-sharded batch sampling.
+
+A batch is (x, y) with y = x shifted by one token, both int64 (B, T). For training across ranks,
+`ShardedBatchSampler.batch(step)` is a pure function of (seed, step, rank, micro_step): an exact
+resume only needs the step counter, and no sampler state has to be checkpointed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "TokenDataset", "ShardedBatchSampler", "get_batch", "load_meta", "load_long_documents", "open_split",
+]
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Windows of `block_size + 1` tokens over a flat token file; item i starts at token i.
+
+    The file is opened lazily as a read-only np.memmap (and re-opened after pickling), so it costs no
+    RAM and works in DataLoader worker processes.
+    """
+
+    def __init__(self, path_bin: str | os.PathLike, dtype: str | np.dtype = "uint16", block_size: int = 1024):
+        self.path = Path(path_bin)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"path_bin: no such token file {self.path}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise ValueError(f"dtype: expected uint16 or uint32, got {self.dtype}")
+        if block_size < 1:
+            raise ValueError(f"block_size: must be >= 1, got {block_size}")
+        size = self.path.stat().st_size
+        if size % self.dtype.itemsize:
+            raise ValueError(f"dtype: {self.path} has {size} bytes, not a multiple of {self.dtype} ({self.dtype.itemsize})")
+        self.n_tokens = size // self.dtype.itemsize
+        if self.n_tokens < block_size + 1:
+            raise ValueError(f"block_size: {block_size} + 1 exceeds the {self.n_tokens} tokens in {self.path}")
+        self.block_size = block_size
+        self._data: np.memmap | None = None
+
+    @property
+    def data(self) -> np.memmap:
+        if self._data is None:
+            self._data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return self._data
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_data"] = None  # never pickle the mapped array itself
+        return d
+
+    def __len__(self) -> int:
+        return self.n_tokens - self.block_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"i: {i} out of range [0, {len(self)})")
+        chunk = torch.from_numpy(self.data[i:i + self.block_size + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+    def windows(self, starts: np.ndarray, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack the windows beginning at `starts` into (x, y), each (len(starts), block_size)."""
+        T = self.block_size if block_size is None else block_size
+        idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(T + 1, dtype=np.int64)[None, :]
+        chunk = torch.from_numpy(self.data[idx].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def __repr__(self) -> str:
+        return f"TokenDataset({str(self.path)!r}, dtype={self.dtype.name}, block_size={self.block_size}, n_tokens={self.n_tokens})"
+
+
+def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """meta.json of a prepared directory (see tda.data.prepare)."""
+    p = Path(data_dir) / "meta.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"data_dir: {Path(data_dir)} has no meta.json; run `tda data prepare` first")
+    return json.loads(p.read_text())
+
+
+def open_split(data_dir: str | os.PathLike, split: str, block_size: int) -> TokenDataset:
+    """TokenDataset for split "train" or "val" of a prepared directory."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
+    meta = load_meta(data_dir)
+    return TokenDataset(Path(data_dir) / f"{split}.bin", meta["dtype"], block_size)
+
+
+def load_long_documents(data_dir: str | os.PathLike, min_tokens: int = 0) -> list[dict[str, Any]]:
+    """Held-out long documents: dicts with source, name, tokens (count) and ids (read-only memmap)."""
+    meta = load_meta(data_dir)
+    long_dir = Path(data_dir) / "long"
+    index = json.loads((long_dir / "index.json").read_text())
+    out = []
+    for e in index:
+        if e["tokens"] < min_tokens:
+            continue
+        ids = np.memmap(long_dir / e["file"], dtype=np.dtype(meta["dtype"]), mode="r")
+        out.append(dict(e, ids=ids))
+    return out
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        # pinned host memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def get_batch(split_or_ds: "TokenDataset | str | os.PathLike", batch_size: int, block_size: int | None = None,
+              generator: torch.Generator | None = None, device: str | torch.device = "cpu", *,
+              data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows (x, y) of shape (batch_size, block_size) from a dataset.
+
+    split_or_ds: a TokenDataset, a split name ("train"/"val", needs data_dir), or a prepared directory's
+    .bin path (dtype read from the sibling meta.json). block_size defaults to the dataset's.
+    """
+    if isinstance(split_or_ds, TokenDataset):
+        ds = split_or_ds
+    elif str(split_or_ds) in ("train", "val"):
+        if data_dir is None:
+            raise ValueError("data_dir: required when split_or_ds is a split name")
+        ds = open_split(data_dir, str(split_or_ds), block_size or 1)
+    else:
+        p = Path(split_or_ds)
+        ds = TokenDataset(p, load_meta(p.parent)["dtype"], block_size or 1)
+    T = block_size or ds.block_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if T + 1 > ds.n_tokens:
+        raise ValueError(f"block_size: {T} + 1 exceeds the {ds.n_tokens} tokens of {ds.path}")
+    starts = torch.randint(ds.n_tokens - T, (batch_size,), generator=generator).numpy()
+    x, y = ds.windows(starts, T)
+    return _to_device(x, y, device)
+
+
+class ShardedBatchSampler:
+    """Deterministic random windows for data-parallel training, resumable by step.
+
+    disjoint=True: the token stream is cut into world_size contiguous shards and rank r only reads
+    windows that lie entirely inside shard r, so ranks never see the same tokens. disjoint=False: every
+    rank samples the whole stream, with a different random stream per rank.
+    The windows of `batch(step, micro_step)` depend only on (seed, step, rank, micro_step) — restart at
+    step s and you get exactly the batches an uninterrupted run would have had.
+    """
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, block_size: int | None = None, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, disjoint: bool = True):
+        if world_size < 1:
+            raise ValueError(f"world_size: must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank: must be in [0, {world_size}), got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        self.ds = dataset
+        self.batch_size = batch_size
+        self.block_size = block_size or dataset.block_size
+        self.seed, self.rank, self.world_size, self.disjoint = int(seed), rank, world_size, disjoint
+        n = dataset.n_tokens
+        if disjoint:
+            bounds = np.linspace(0, n, world_size + 1).astype(np.int64)
+            self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
+        else:
+            self.lo, self.hi = 0, n
+        if self.hi - self.lo < self.block_size + 1:
+            raise ValueError(
+                f"block_size: {self.block_size} + 1 tokens do not fit in rank {rank}'s shard of "
+                f"{self.hi - self.lo} tokens ({n} tokens over world_size={world_size})"
+            )
+
+    def starts(self, step: int, micro_step: int = 0) -> np.ndarray:
+        if step < 0 or micro_step < 0:
+            raise ValueError(f"step/micro_step: must be >= 0, got {step}/{micro_step}")
+        # SeedSequence mixes the tuple into independent streams: no collisions between ranks or steps.
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, self.rank, micro_step]))
+        return self.lo + rng.integers(0, self.hi - self.lo - self.block_size, size=self.batch_size)
+
+    def batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size)
+        return _to_device(x, y, device)
+
+    def __iter__(self):
+        return self.iterate(0)
+
+    def iterate(self, start_step: int = 0, device: str | torch.device = "cpu"):
+        """Yield (step, x, y) forever from start_step."""
+        step = start_step
+        while True:
+            x, y = self.batch(step, device=device)
+            yield step, x, y
+            step += 1
