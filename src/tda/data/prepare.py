@@ -13,6 +13,7 @@ gives byte-identical files; a directory whose meta.json records the same config 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -64,6 +65,32 @@ def _slug(s: str) -> str:
 
 def _config_hash(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _corpus_hash(docs: Sequence[Document]) -> str:
+    h = hashlib.sha1()
+    for d in docs:
+        h.update(f"{d.source}\0{d.name}\0{len(d.text)}\0".encode())
+        h.update(hashlib.sha1(d.text.encode()).digest())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _dir_lock(out: Path):
+    """Serialise preparation of one directory across processes (e.g. every torchrun rank calling
+    ensure_bundled_data): the first builds, the others wait and then find it done."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking; call from one process only
+        yield
+        return
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _existing(out: Path, cfg_hash: str) -> dict | None:
@@ -118,12 +145,8 @@ def prepare_documents(
     if not docs:
         raise ValueError("docs: no documents to prepare")
     out = Path(out_dir)
-    corpus_hash = hashlib.sha1()
-    for d in docs:
-        corpus_hash.update(f"{d.source}\0{d.name}\0{len(d.text)}\0".encode())
-        corpus_hash.update(hashlib.sha1(d.text.encode()).digest())
     cfg = dict(
-        version=FORMAT_VERSION, corpus=corpus_hash.hexdigest(), tokenizer=tokenizer.name,
+        version=FORMAT_VERSION, corpus=_corpus_hash(docs), tokenizer=tokenizer.name,
         tokenizer_hash=hashlib.sha1(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest(),
         val_fraction=val_fraction, long_doc_tokens=long_doc_tokens, num_long_docs=num_long_docs,
         long_doc_max_tokens=long_doc_max_tokens, max_tokens=max_tokens, seed=seed,
@@ -131,7 +154,18 @@ def prepare_documents(
     cfg_hash = _config_hash(cfg)
     if not force and (meta := _existing(out, cfg_hash)) is not None:
         return meta
+    with _dir_lock(out):
+        if not force and (meta := _existing(out, cfg_hash)) is not None:  # another process built it meanwhile
+            return meta
+        return _build(out, docs, tokenizer, cfg, cfg_hash, val_fraction=val_fraction, long_doc_tokens=long_doc_tokens,
+                      num_long_docs=num_long_docs, long_doc_max_tokens=long_doc_max_tokens, max_tokens=max_tokens,
+                      seed=seed, licences=licences, extra_meta=extra_meta, progress=progress)
 
+
+def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict, cfg_hash: str, *,
+           val_fraction: float, long_doc_tokens: int, num_long_docs: int, long_doc_max_tokens: int | None,
+           max_tokens: int | None, seed: int, licences: dict[str, str] | None, extra_meta: dict[str, Any] | None,
+           progress: bool) -> dict:
     t0 = time.time()
     # Tokenise in batches so tiktoken/tokenizers can use their threads, with a visible bar.
     ids: list[np.ndarray] = []
@@ -272,12 +306,22 @@ def prepare(
         sources = [s for s in sources.split(",") if s]
     docs = load_corpus(tuple(sources), cache_dir)
     if isinstance(tokenizer, str) and tokenizer == "bpe":
-        # The BPE learns from every kept document (val included): vocabulary choice is not a label leak,
-        # and it keeps the tokenizer independent of the split seed.
-        tok = train_bpe((d.text for d in docs), vocab_size=vocab_size, name=f"bpe{vocab_size}")
+        name = f"bpe{vocab_size}"
+        out = Path(out_dir) if out_dir is not None else default_data_dir(name)
+        tok = None
+        try:  # training is deterministic: reuse the BPE of an earlier run on the same documents
+            old = json.loads((out / "meta.json").read_text())
+            if old["tokenizer"].get("name") == name and old["config"]["corpus"] == _corpus_hash(docs) and not force:
+                tok = Tokenizer.from_dict(old["tokenizer"])
+        except (OSError, KeyError, ValueError):
+            pass
+        if tok is None:
+            # The BPE learns from every document (val included): the vocabulary is not a label leak,
+            # and it keeps the tokenizer independent of the split seed and max_tokens.
+            tok = train_bpe((d.text for d in docs), vocab_size=vocab_size, name=name)
     else:
         tok = load_tokenizer(tokenizer)
-    out = Path(out_dir) if out_dir is not None else default_data_dir(tok.name)
+        out = Path(out_dir) if out_dir is not None else default_data_dir(tok.name)
     return prepare_documents(
         out, docs, tok, val_fraction=val_fraction, long_doc_tokens=long_doc_tokens, num_long_docs=num_long_docs,
         long_doc_max_tokens=long_doc_max_tokens, max_tokens=max_tokens, seed=seed, licences={s: SOURCES[s].licence for s in sources},
