@@ -26,10 +26,10 @@ TOL = 2e-5 if ON_GPU else 1e-10
 @pytest.fixture(autouse=True)
 def _reset_config():
     tk.set_config()
-    tk.SKIP_EMPTY = True
+    tk.SKIP_EMPTY, tk.PREFETCH = 1, False
     yield
     tk.set_config()
-    tk.SKIP_EMPTY = True
+    tk.SKIP_EMPTY, tk.PREFETCH = 1, False
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -171,10 +171,11 @@ def test_survivor_flags_and_skipping():
     assert torch.equal(got.tril(), expect), (got, expect)
     assert (expect == 0).any() and (expect == 1).any()
     assert (w != 0).any()
-    # skipping must not change any result
-    tk.SKIP_EMPTY = False
-    out_noskip = _compare(inputs, **kw)
-    torch.testing.assert_close(out_skip, out_noskip, rtol=0, atol=1e-12)
+    # skipping (and how loads are placed around it) must not change any result
+    for skip, prefetch in ((0, False), (2, True)):
+        tk.SKIP_EMPTY, tk.PREFETCH = skip, prefetch
+        out_other = _compare(inputs, **kw)
+        torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
 
 
 def test_bad_input_raises():

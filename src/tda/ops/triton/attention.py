@@ -25,7 +25,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Block sizes: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel. Tests and benchmarks may override
 # them through `set_config` (e.g. small tiles so that tiny interpreter shapes span several blocks).
 _OVERRIDE: dict = {}
-SKIP_EMPTY = True  # skip V loads / PV products of survivor-free blocks in the forward
+# Forward handling of survivor-free blocks: 0 accumulate anyway, 1 skip the V load and the product,
+# 2 load V (keeps it in the software pipeline) but skip the product. Backward: PREFETCH loads a block
+# pair's q/dO (dK/dV kernel) or k/v (dQ kernel) before testing its flag, for the same reason.
+SKIP_EMPTY = 1
+PREFETCH = False
 
 
 def _interpreting() -> bool:
@@ -100,7 +104,7 @@ def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg):
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
             H, H // Hk, M, N, n_mt, n_nt, float(p),
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-            PREC=_prec(q1.dtype), SKIP_EMPTY=SKIP_EMPTY, num_warps=warps, num_stages=stages)
+            PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), num_warps=warps, num_stages=stages)
     return out, flags
 
 
@@ -127,14 +131,14 @@ def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
             tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
                 *args, dk1, dk2 if two else dk1, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
                 TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype),
+                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
                 num_warps=warps, num_stages=stages)
             BM, BN, warps, stages = cfg["dq"]
             tda_bwd_dq_kernel[(triton.cdiv(M, BM), B * H)](
                 *args, dq1, dq2 if two else dq1, dtau, dlam if two else dtau, *common,
                 H, H // Hk, M, N, n_mt, n_nt, float(p),
                 TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype),
+                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
                 num_warps=warps, num_stages=stages)
     dtau_h = dtau.view(B, H, M).sum(0)
     dlam_h = dlam.view(B, H, M).sum((0, 2)) if two else dlam

@@ -15,25 +15,67 @@ from .common import exceed_dpow, exceed_pow, pair_alive
 
 
 @triton.jit
+def _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                     TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_D)
+    offs_dv = tl.arange(0, HEAD_DV)
+    row_ok = offs_m < M
+    q1 = tl.load(q1_base + offs_m[:, None] * s_q1m + offs_d[None, :] * s_q1d, mask=row_ok[:, None], other=0.0)
+    if TWO_VIEWS:
+        q2 = tl.load(q2_base + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d, mask=row_ok[:, None],
+                     other=0.0)
+    else:
+        q2 = q1
+    do = tl.load(do_base + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod, mask=row_ok[:, None], other=0.0)
+    tau = tl.load(tau_base + offs_m, mask=row_ok, other=0.0)
+    return q1, q2, do, tau
+
+
+@triton.jit
+def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+                   MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_D)
+    offs_dv = tl.arange(0, HEAD_DV)
+    k1_ptrs = k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d
+    k2_ptrs = k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d
+    v_ptrs = v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd
+    if MASKED:
+        k1 = tl.load(k1_ptrs, mask=offs_n[:, None] < N, other=0.0)
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < N, other=0.0)
+    else:
+        k1 = tl.load(k1_ptrs)
+        v = tl.load(v_ptrs)
+    if TWO_VIEWS:
+        if MASKED:
+            k2 = tl.load(k2_ptrs, mask=offs_n[:, None] < N, other=0.0)
+        else:
+            k2 = tl.load(k2_ptrs)
+    else:
+        k2 = k1
+    return k1, k2, v
+
+
+@triton.jit
 def _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_base, flag_base,
                 s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                 start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
                 MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_D)
-    offs_dv = tl.arange(0, HEAD_DV)
+                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+                PREFETCH: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        if PREFETCH:
+            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M,
+                                               s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                               TWO_VIEWS, HEAD_D, HEAD_DV)
         if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < M
-            q1 = tl.load(q1_base + offs_m[:, None] * s_q1m + offs_d[None, :] * s_q1d,
-                         mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod,
-                         mask=row_ok[:, None], other=0.0)
-            tau = tl.load(tau_base + offs_m, mask=row_ok, other=0.0)
+            if not PREFETCH:
+                q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M,
+                                                   s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                                   TWO_VIEWS, HEAD_D, HEAD_DV)
             # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
             e1 = tl.maximum(tl.dot(k1, tl.trans(q1), input_precision=PREC) - tau[None, :], 0.0)
             if MASKED:
@@ -44,8 +86,6 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_bas
             de1 = dda * exceed_dpow(e1, P, p_val)
             dk1 += tl.dot(de1.to(q1.dtype), q1, input_precision=PREC)
             if TWO_VIEWS:
-                q2 = tl.load(q2_base + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d,
-                             mask=row_ok[:, None], other=0.0)
                 e2 = tl.maximum(tl.dot(k2, tl.trans(q2), input_precision=PREC) - tau[None, :], 0.0)
                 if MASKED:
                     e2 = tl.where(ok, e2, 0.0)
@@ -65,7 +105,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
                         TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr):
+                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr):
     """One program per (key block, batch * kv head); loops over the G query heads sharing the kv head
     (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
     pid_n = tl.program_id(0)
@@ -117,12 +157,12 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
                                    flag_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC)
+                                   MT, NT, R, C, PREC, PREFETCH)
         dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_base,
                                    flag_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                    False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC)
+                                   MT, NT, R, C, PREC, PREFETCH)
     # outputs are contiguous (B, Hk, N, D)
     o = (b * Hk + hk) * N
     tl.store(DK1 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk1.to(DK1.dtype.element_ty),
@@ -140,20 +180,18 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_ba
               start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
               MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-              MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_D)
-    offs_dv = tl.arange(0, HEAD_DV)
+              MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+              PREFETCH: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if PREFETCH:
+            k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
+                                       s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
         if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            if MASKED:
-                kmask = offs_n[:, None] < N
-                k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d, mask=kmask, other=0.0)
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd, mask=kmask, other=0.0)
-            else:
-                k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+            if not PREFETCH:
+                k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
+                                           s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
             e1 = tl.maximum(tl.dot(q1, tl.trans(k1), input_precision=PREC) - tau[:, None], 0.0)
             if MASKED:
                 ok = offs_n[None, :] < N
@@ -164,11 +202,6 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_ba
             ds = dda * exceed_dpow(e1, P, p_val)
             dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=PREC)
             if TWO_VIEWS:
-                if MASKED:
-                    k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d, mask=kmask,
-                                 other=0.0)
-                else:
-                    k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
                 e2 = tl.maximum(tl.dot(q2, tl.trans(k2), input_precision=PREC) - tau[:, None], 0.0)
                 if MASKED:
                     e2 = tl.where(ok, e2, 0.0)
@@ -189,7 +222,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DL
                       TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr):
+                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr):
     """One program per (query block, batch * head): dq1, dq2 (contiguous), and per row
     dtau_i and -sum_j a2_ij dDa_ij (fp32, (B*H, M)), reduced over rows/batch in torch."""
     pid_m = tl.program_id(0)
@@ -235,12 +268,12 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DL
                                      flag_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                      start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
                                      False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC)
+                                     MT, NT, R, C, PREC, PREFETCH)
     dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_base,
                                      flag_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                      start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
                                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC)
+                                     MT, NT, R, C, PREC, PREFETCH)
     o = bh.to(tl.int64) * M
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
              mask=row_ok[:, None])

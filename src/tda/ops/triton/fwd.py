@@ -54,7 +54,17 @@ def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
         # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
         alive = tl.max(tl.max(live, 1), 0) > 0
         tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
-        if SKIP_EMPTY:
+        # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
+        # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product
+        if SKIP_EMPTY == 2:
+            if MASKED:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                            mask=offs_n[:, None] < N, other=0.0)
+            else:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+            if alive:
+                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+        elif SKIP_EMPTY == 1:
             if alive:
                 if MASKED:
                     v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,

@@ -1,0 +1,152 @@
+"""Randomised correctness check of the fused Triton TDA/TRA kernels against the reference (GPU).
+
+For each random configuration (dtype, B, H, GQA, M, N, d, offset, beta, lam, kappa, p, causal, TDA/TRA,
+non-contiguous inputs) the output and every gradient must satisfy the FlashAttention criterion
+
+    |kernel - ref64| <= 2 |ref_lowp - ref64| + atol        (Frobenius norms)
+
+with ref64 the reference in float64 and ref_lowp the reference in the kernel's dtype. Freed allocator
+memory is poisoned with NaN before each kernel call, so an unwritten output element shows as NaN.
+
+    PYTHONPATH=src python3 benchmarks/check_kernels.py --n 240 [--seed 0] [--log check.log]
+"""
+import argparse
+import math
+import random
+import sys
+import time
+
+import torch
+
+DEV = "cuda"
+
+import tda.ops as ops
+from tda.ops.triton import attention as tk
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# (dtype, d, p, two_views): a fixed set of kernel variants keeps the number of compilations bounded
+VARIANTS = ([("bf16", d, p, tv) for d in (64, 128) for p in (1.0, 2.0, 3.0) for tv in (True, False)]
+            + [("fp16", d, 2.0, True) for d in (64, 128)] + [("fp16", 64, 3.0, False), ("fp16", 128, 1.0, True)]
+            + [("fp32", d, p, True) for d in (64, 128) for p in (1.0, 2.0)] + [("fp32", 64, 3.0, False)])
+
+
+def poison():
+    """Fill (then free) a large block with NaN so the next allocations start out as NaN."""
+    if DEV != "cuda":
+        return
+    x = torch.full((64 * 1024 * 1024,), float("nan"), device=DEV)
+    del x
+
+
+def random_config(rng):
+    dt, d, p, two = rng.choice(VARIANTS)
+    hk = rng.choice([1, 2, 4])
+    g = rng.choice([1, 1, 2, 4])
+    M = rng.choice([1, 7, 64, 100, 128, 129, 255, 333, 512, 700] if DEV == "cuda" else [1, 7, 20, 33])
+    extra = rng.choice([0, 0, 0, 1, 37, 200])  # k/v longer than q: a KV cache of `extra` positions
+    return dict(dtype=dt, D=d, p=p, two=two, B=rng.choice([1, 2]), H=hk * g, Hk=hk, M=M, N=M + extra,
+                causal=rng.random() < 0.85, offset=extra if rng.random() < 0.8 else rng.choice([0, 5, 3000]),
+                kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
+                noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2)
+
+
+def make_inputs(c, gen):
+    dt = DTYPES[c["dtype"]]
+    B, H, Hk, M, N, D = c["B"], c["H"], c["Hk"], c["M"], c["N"], c["D"]
+
+    def r(*s):
+        if c["noncontig"]:
+            return torch.randn(*s[:2], s[3], s[2], generator=gen, device=DEV).transpose(-1, -2)
+        return torch.randn(*s, generator=gen, device=DEV)
+    t = {"q1": r(B, H, M, D), "k1": r(B, Hk, N, D), "v": r(B, Hk, N, D)}
+    if c["two"]:
+        t["q2"], t["k2"] = r(B, H, M, D), r(B, Hk, N, D)
+    if c["scalar_params"]:
+        t["beta"] = torch.tensor(c["beta_scale"], device=DEV)
+        if c["two"]:
+            t["lam"] = torch.rand((), generator=gen, device=DEV) * 0.8 + 0.1
+    else:
+        t["beta"] = (torch.rand(H, generator=gen, device=DEV) * 0.5 + 0.75) * c["beta_scale"]
+        if c["two"]:
+            t["lam"] = torch.rand(H, generator=gen, device=DEV) * 0.8 + 0.1
+    dout = torch.randn(B, H, M, D, generator=gen, device=DEV)
+    return t, dout, dt
+
+
+def run(c, t, dout, dtype, backend):
+    inp = {}
+    for k, x in t.items():
+        y = x.to(torch.float64 if dtype == "ref64" else dtype) if k not in ("beta", "lam") else (
+            x.double() if dtype == "ref64" else x.float())
+        inp[k] = y.detach().requires_grad_(True)
+    kw = dict(kappa=c["kappa"], p=c["p"], causal=c["causal"], position_offset=c["offset"], backend=backend)
+    if c["two"]:
+        out = ops.threshold_differential_attention(inp["q1"], inp["k1"], inp["q2"], inp["k2"], inp["v"],
+                                                   inp["beta"], inp["lam"], **kw)
+    else:
+        out = ops.threshold_rectified_attention(inp["q1"], inp["k1"], inp["v"], inp["beta"], **kw)
+    names = list(inp)
+    grads = torch.autograd.grad(out, [inp[n] for n in names], dout.to(out.dtype))
+    res = {"out": out.detach()}
+    res.update({"d" + n: g for n, g in zip(names, grads)})
+    return {k: v.double() for k, v in res.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=240)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log", default=None)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
+    args = ap.parse_args()
+    global DEV
+    DEV = args.device
+    rng = random.Random(args.seed)
+    gen = torch.Generator(device=DEV).manual_seed(args.seed)
+    log = open(args.log, "w") if args.log else None
+    fails, worst = [], {}
+    t0 = time.time()
+    for i in range(args.n):
+        c = random_config(rng)
+        t, dout, dt = make_inputs(c, gen)
+        ref64 = run(c, t, dout, "ref64", "reference")
+        low = run(c, t, dout, dt, "reference")
+        poison()
+        try:
+            ker = run(c, t, dout, dt, "triton")
+        except Exception as e:  # noqa: BLE001 (a crash is a failure of this configuration)
+            fails.append((i, "crash", c, str(e)[:300], None))
+            print(f"[{i}] {c}\n    CRASH {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
+        if DEV == "cuda":
+            torch.cuda.synchronize()
+        line = []
+        for k in ref64:
+            r64 = ref64[k]
+            e_ker = (ker[k] - r64).norm().item()
+            e_low = (low[k] - r64).norm().item()
+            atol = 1e-6 * r64.norm().item() + 1e-6 * math.sqrt(r64.numel())
+            ok = math.isfinite(e_ker) and bool(torch.isfinite(ker[k]).all()) and e_ker <= 2 * e_low + atol
+            ratio = e_ker / max(e_low, 1e-30)
+            worst[k] = max(worst.get(k, 0.0), ratio if math.isfinite(ratio) else float("inf"))
+            line.append(f"{k}:{e_ker:.2e}/{e_low:.2e}{'' if ok else '!'}")
+            if not ok:
+                fails.append((i, k, c, e_ker, e_low))
+        msg = f"[{i}] {c}\n    " + " ".join(line)
+        if log:
+            log.write(msg + "\n")
+        if any(f[0] == i for f in fails):
+            print(msg, flush=True)
+    dt_s = time.time() - t0
+    summary = (f"check_kernels: {args.n} configs, {len(fails)} failures, {dt_s:.0f}s; "
+               f"worst |ker-ref64|/|lowp-ref64| per tensor: "
+               + ", ".join(f"{k}={v:.2f}" for k, v in sorted(worst.items())))
+    print(summary)
+    if log:
+        log.write(summary + "\n")
+        log.close()
+    sys.exit(1 if fails else 0)
+
+
+if __name__ == "__main__":
+    main()
