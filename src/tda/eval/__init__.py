@@ -1,0 +1,1 @@
+"""Analysis of trained models: sparsity, sinks, dispersion, survivors theory, passkey, extrapolation."""

@@ -1,0 +1,104 @@
+"""torchrun support: one process per device, DDP, rank 0 logs and checkpoints.
+
+Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op and the trainer runs as one process.
+Backend: nccl on CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> str:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    return device
+
+
+def setup(device: str = "auto") -> DistContext:
+    """Read torchrun's environment, pick the device, and init the process group when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(dev)
+    ctx = DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+    if ctx.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if ctx.device_type == "cuda" else "gloo")
+    return ctx
+
+
+def wrap(model, ctx: DistContext):
+    """DDP-wrap the model when distributed (DDP broadcasts rank 0's parameters at construction)."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [torch.device(ctx.device).index] if ctx.device_type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def unwrap(model):
+    """The bare nn.Module under DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= ctx.world_size
+    return x
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext):
+    if ctx.enabled:
+        dist.barrier()
+
+
+def cleanup(ctx: DistContext):
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

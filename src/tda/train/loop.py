@@ -1,0 +1,264 @@
+"""The trainer: AdamW, grad accumulation and clipping, bf16 autocast on CUDA, periodic validation,
+JSONL metrics, atomic checkpoints (last.pt, best.pt) and exact resume; single process or torchrun DDP.
+
+Exact resume: batches are a pure function of (seed, step, rank, micro-step), the LR a function of the step,
+and the model, optimizer and every RNG state are restored, so N steps straight and N/2 + resume to N
+give the same parameters bit for bit (on the same device and world size).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..models.gpt import GPT
+from . import distributed as D
+from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
+from .config import TrainConfig
+from .schedule import lr_at
+
+VAL_SEED_OFFSET = 1_000_003  # validation batches use their own, fixed seed stream
+
+
+# --- data -----------------------------------------------------------------------------------------
+class Data:
+    """Train/val splits of a prepared directory and the step-indexed batches drawn from them.
+
+    Batches come from tda.data's ShardedBatchSampler: a pure function of (seed, step, rank, micro_step),
+    each rank reading windows inside its own contiguous shard of the token stream.
+    """
+
+    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int):
+        from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+        self.dir = resolve_data_dir(data_dir, ctx)
+        if not (self.dir / "meta.json").is_file():
+            raise FileNotFoundError(f"data_dir {str(self.dir)!r} holds no prepared corpus (meta.json); "
+                                    "run `tda data prepare` first")
+        self.meta = load_meta(self.dir)
+        self.ctx = ctx
+        kw = dict(rank=ctx.rank, world_size=ctx.world_size)
+        self.train = ShardedBatchSampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **kw)
+        # validation batches use their own fixed seed: the same batches at every evaluation
+        self.val = ShardedBatchSampler(open_split(self.dir, "val", block_size), batch_size,
+                                       seed=seed + VAL_SEED_OFFSET, **kw)
+        self.tokenizer = None
+        tok = self.meta.get("tokenizer")
+        if (self.dir / "tokenizer.json").is_file() or isinstance(tok, dict):
+            from ..data.tokenizer import load_tokenizer
+            self.tokenizer = load_tokenizer(tok if isinstance(tok, dict) else self.dir / "tokenizer.json")
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is not None:
+            return self.tokenizer.vocab_size
+        return int(self.meta.get("vocab_size", 0))
+
+    def batch(self, split: str, step: int, micro_step: int = 0):
+        """(x, y) on the device for the optimiser step (train) or the eval batch number (val)."""
+        sampler = self.train if split == "train" else self.val
+        return sampler.batch(step, micro_step, device=self.ctx.device)
+
+
+def resolve_data_dir(data_dir, ctx: D.DistContext) -> Path:
+    """The prepared directory for `data_dir`. "bundled" means the bundled corpus slice in tda.data's cache
+    directory; any directory named `bundled` without a meta.json is prepared there from the bundled slice.
+    Preparation runs on rank 0 alone (seconds, offline); the other ranks wait for it."""
+    from ..data.prepare import default_data_dir, ensure_bundled_data
+    d = default_data_dir("bundled") if str(data_dir) == "bundled" else Path(data_dir)
+    if d.name == "bundled" and not (d / "meta.json").is_file():
+        if ctx.is_main:
+            ensure_bundled_data(d)
+        D.barrier(ctx)
+    return d
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def autocast_dtype(cfg: TrainConfig, device_type: str):
+    """None (fp32) or the autocast dtype: 'auto' = bf16 on CUDA, fp32 on CPU."""
+    name = cfg.dtype
+    if name == "auto":
+        name = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    return None if name == "float32" else getattr(torch, name)
+
+
+class MetricsLog:
+    """metrics.jsonl (rank 0 only) mirrored in memory so checkpoints carry the history."""
+
+    def __init__(self, path: Path, enabled: bool, rows=None):
+        self.path, self.enabled = path, enabled
+        self.rows = list(rows or [])
+        if enabled:  # rewrite from the checkpoint's history: drops rows past the resumed step
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w") as f:
+                for r in self.rows:
+                    f.write(json.dumps(r) + "\n")
+
+    def write(self, row: dict):
+        self.rows.append(row)
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+@torch.no_grad()
+def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext) -> float:
+    """Mean validation loss over eval_iters fixed batches (the same batches at every evaluation),
+    averaged over ranks."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=ctx.device)
+    for i in range(cfg.eval_iters):
+        x, y = data.batch("val", i)
+        with _autocast(ctx, amp_dtype):
+            _, loss = model(x, y)
+        total += loss.float()
+    model.train(was_training)
+    return float(D.all_reduce_mean(total / cfg.eval_iters, ctx))
+
+
+def _autocast(ctx, amp_dtype):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.device_type, dtype=amp_dtype)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train per `cfg`; with resume=True continue from out_dir/last.pt when it exists.
+
+    stop_after: leave the loop after this many completed steps without the final checkpoint, as if
+    the job were killed there (tests; time-boxed jobs). Returns a summary dict (rank 0 meaningful).
+    """
+    ctx = D.setup(cfg.device)
+    try:
+        return _train(cfg, ctx, resume, stop_after)
+    finally:
+        D.cleanup(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None) -> dict:
+    out = Path(cfg.out_dir)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed)
+    if data.vocab_size and cfg.model.vocab_size < data.vocab_size:
+        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                         f"vocabulary ({data.vocab_size}) in {cfg.data_dir}")
+
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+    model = GPT(cfg.model).to(ctx.device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, cfg.betas, ctx.device_type)
+    amp_dtype = autocast_dtype(cfg, ctx.device_type)
+    scaler = torch.amp.GradScaler(ctx.device_type) if amp_dtype == torch.float16 else None
+    torch.manual_seed(cfg.seed + ctx.rank)  # dropout streams differ per rank
+
+    step, best_val, elapsed0, rows = 0, math.inf, 0.0, []
+    last_path = out / "last.pt"
+    if resume and last_path.is_file():
+        ck = resume_state(last_path, model, optimizer, scaler, rank=ctx.rank)
+        if ck["data"].get("world_size", 1) != ctx.world_size and ctx.is_main:
+            print(f"warning: resuming a {ck['data']['world_size']}-process run with {ctx.world_size} "
+                  "processes: batches differ from the original run")
+        step, best_val = int(ck["step"]), float(ck.get("best_val_loss", math.inf))
+        elapsed0, rows = float(ck.get("elapsed", 0.0)), ck.get("metrics", [])
+        if ctx.is_main:
+            print(f"resumed from {last_path} at step {step}")
+    elif resume and ctx.is_main:
+        print(f"no checkpoint at {last_path}; starting from scratch")
+
+    raw = model
+    if cfg.compile:
+        model = torch.compile(model)
+    model = D.wrap(model, ctx)
+    metrics = MetricsLog(out / "metrics.jsonl", ctx.is_main, rows)
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum * ctx.world_size
+
+    def checkpoint(path, with_optimizer=True):
+        rngs = D.gather_objects(rng_state(), ctx)  # every rank takes part; rank 0 writes
+        if not ctx.is_main:
+            return
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "model": raw.state_dict(),
+            "step": step,
+            "model_config": cfg.model.to_dict(),
+            "train_config": cfg.to_dict(),
+            "tokenizer": data.tokenizer.to_dict() if data.tokenizer is not None else None,
+            "rng": rngs,
+            "data": {"seed": cfg.seed, "world_size": ctx.world_size, "step": step},
+            "metrics": list(metrics.rows),
+            "best_val_loss": best_val,
+            "elapsed": elapsed0 + time.time() - t0,
+        }
+        if with_optimizer:
+            state["optimizer"] = optimizer.state_dict()
+            state["scaler"] = scaler.state_dict() if scaler is not None else None
+        save_checkpoint(state, path)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (ctx.is_main and cfg.progress),
+               dynamic_ncols=True, desc="train")
+    model.train()
+    t0 = time.time()
+    t_log, tokens_since = time.time(), 0
+    val_loss = None
+    while step < cfg.max_steps:
+        if stop_after is not None and step >= stop_after:
+            break
+        lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=ctx.device)
+        for micro in range(cfg.grad_accum):
+            x, y = data.batch("train", step, micro)
+            sync = micro == cfg.grad_accum - 1
+            no_sync = model.no_sync() if (ctx.enabled and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with _autocast(ctx, amp_dtype):
+                    _, loss = model(x, y)
+                loss = loss / cfg.grad_accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += loss.detach().float()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since += tokens_per_step
+        bar.update(1)
+
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            train_loss = float(D.all_reduce_mean(loss_sum, ctx))
+            now = time.time()
+            tok_s = tokens_since / max(now - t_log, 1e-9)
+            t_log, tokens_since = now, 0
+            metrics.write({"step": step, "train_loss": round(train_loss, 6), "lr": lr,
+                           "tokens_per_s": round(tok_s, 1), "elapsed": round(elapsed0 + now - t0, 3)})
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+        if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps:
+            val_loss = evaluate(model, data, cfg, amp_dtype, ctx)
+            metrics.write({"step": step, "val_loss": round(val_loss, 6),
+                           "elapsed": round(elapsed0 + time.time() - t0, 3)})
+            if ctx.is_main:
+                bar.write(f"step {step}: val loss {val_loss:.4f}")
+            if val_loss < best_val:
+                best_val = val_loss
+                checkpoint(out / "best.pt", with_optimizer=False)
+        if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
+            checkpoint(last_path)
+    bar.close()
+    D.barrier(ctx)
+    return {"step": step, "val_loss": val_loss, "best_val_loss": best_val, "out_dir": str(out),
+            "last": str(last_path), "best": str(out / "best.pt"), "metrics": str(out / "metrics.jsonl"),
+            "elapsed": elapsed0 + time.time() - t0, "model": raw, "tokenizer": data.tokenizer}

@@ -1,0 +1,285 @@
+"""Trainer: config loading, LR schedule, loss falls on the bundled corpus, exact resume, atomic checkpoints,
+torchrun (2 CPU processes, gloo), exact-zero fraction."""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tda.config import GPTConfig
+from tda.models.gpt import GPT
+from tda.train import checkpoint as ckpt_mod
+from tda.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from tda.train.config import TrainConfig, apply_overrides, load_config, parse_value
+from tda.train.loop import train
+from tda.train.schedule import lr_at
+
+
+@pytest.fixture(scope="session")
+def bundled_dir(tmp_path_factory):
+    from tda.data import ensure_bundled_data
+    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
+
+
+def tiny(data_dir, out_dir, **kw):
+    """A 2-layer TDA model on 32-token windows: a few steps a second on a CPU."""
+    d = {"data_dir": str(data_dir), "out_dir": str(out_dir),
+         "model": {"vocab_size": 4096, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
+         "batch_size": 8, "max_steps": 12, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 3,
+         "eval_interval": 6, "eval_iters": 2, "log_interval": 3, "ckpt_interval": 6, "seed": 0,
+         "device": "cpu", "progress": False}
+    model = kw.pop("model", {})
+    d.update(kw)
+    d["model"].update(model)
+    return TrainConfig.from_dict(d)
+
+
+# --- config ---------------------------------------------------------------------------------------
+def test_config_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("max_steps: 7\nlr: 1.0e-3\nbetas: [0.8, 0.9]\nmodel:\n  n_layer: 3\n  attention: softmax\n")
+    cfg = load_config(p, ["model.n_embd=96", "batch_size=4", "compile=true", "lr_decay_steps=null"])
+    assert cfg.max_steps == 7 and cfg.lr == 1e-3 and cfg.betas == (0.8, 0.9)
+    assert cfg.model.n_layer == 3 and cfg.model.attention == "softmax" and cfg.model.n_embd == 96
+    assert cfg.batch_size == 4 and cfg.compile is True and cfg.lr_decay_steps is None
+    # round trip through the dict a checkpoint stores
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_config_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('max_steps = 5\nbetas = [0.9, 0.99]\n[model]\nn_layer = 1\nattention = "tra"\n')
+    cfg = load_config(p)
+    assert cfg.max_steps == 5 and cfg.betas == (0.9, 0.99) and cfg.model.attention == "tra"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "tiny-cpu.yaml", "tiny-cpu-softmax.toml", "gpt2-small-tda.yaml",
+                                  "gpt2-small-softmax.yaml"])
+def test_shipped_configs_load(name):
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    cfg = load_config(os.path.join(root, name))
+    assert cfg.max_steps > 0
+
+
+def test_gpt2_small_configs_are_162m():
+    from tda.layers.params import count_params
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    for name in ("gpt2-small-tda.yaml", "gpt2-small-softmax.yaml"):
+        n = count_params(load_config(os.path.join(root, name)).model, non_embedding=False)
+        assert abs(n - 162.2e6) < 0.1e6, (name, n)
+
+
+@pytest.mark.parametrize("text, key", [("lrr: 1\n", "lrr"), ("model:\n  n_layr: 2\n", "model.n_layr")])
+def test_config_unknown_key_is_named(tmp_path, text, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("override, key", [("warmup=3", "warmup"), ("model.heads=2", "model.heads"),
+                                           ("lr.x=2", "lr.x")])
+def test_override_unknown_key_is_named(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        apply_overrides({}, [override])
+
+
+def test_config_bad_values():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="fp8")
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["lr"])
+    with pytest.raises(ValueError, match=r"\.yaml"):
+        load_config(__file__)
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
+    assert parse_value("null") is None and parse_value("[1, 2]") == [1, 2] and parse_value("softmax") == "softmax"
+
+
+def test_schedule():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=10, decay_steps=110)
+    assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.55)          # half-way down the cosine
+    assert lr_at(110, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
+    lrs = [lr_at(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+# --- training -------------------------------------------------------------------------------------
+def test_loss_falls_on_bundled_corpus(bundled_dir, tmp_path):
+    cfg = tiny(bundled_dir, tmp_path / "run", max_steps=40, eval_interval=40, eval_iters=4, ckpt_interval=0,
+               log_interval=10, lr=1e-2, min_lr=1e-3, warmup_steps=5, model={"n_embd": 64})
+    s = train(cfg)
+    # an untrained model sits at ln(4096) = 8.32; 40 tiny steps learn unigram-and-better statistics (~6.8)
+    assert s["val_loss"] < math.log(4096) - 1.2, s["val_loss"]
+    rows = [json.loads(line) for line in open(s["metrics"])]
+    train_rows = [r for r in rows if "train_loss" in r]
+    assert train_rows[-1]["train_loss"] < math.log(4096) - 1.0
+    assert {"step", "train_loss", "lr", "tokens_per_s", "elapsed"} <= set(train_rows[0])
+    assert any("val_loss" in r for r in rows)
+    # last.pt is written at the end, best.pt at the best evaluation
+    assert os.path.isfile(s["last"]) and os.path.isfile(s["best"])
+
+
+def test_exact_resume(bundled_dir, tmp_path):
+    """N steps straight == N/2, 'kill', resume to N: bit-identical parameters, optimizer state and losses
+    (with dropout on and gradient accumulation, so RNG and micro-batch indexing are exercised)."""
+    kw = dict(grad_accum=2, model={"dropout": 0.1})
+    a = train(tiny(bundled_dir, tmp_path / "a", **kw))
+    train(tiny(bundled_dir, tmp_path / "b", **kw), stop_after=6)   # last.pt at step 6, then "killed"
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["step"] == 6
+    b = train(tiny(bundled_dir, tmp_path / "b", **kw), resume=True)
+    assert b["step"] == a["step"] == 12
+    sa, sb = a["model"].state_dict(), b["model"].state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert a["val_loss"] == b["val_loss"]
+    oa = read_checkpoint(tmp_path / "a" / "last.pt")["optimizer"]["state"]
+    ob = read_checkpoint(tmp_path / "b" / "last.pt")["optimizer"]["state"]
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(oa[i][k], ob[i][k])
+
+    def losses(path):
+        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, open(path))]
+    assert losses(tmp_path / "a" / "metrics.jsonl") == losses(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_resume_without_checkpoint_starts_fresh(bundled_dir, tmp_path):
+    s = train(tiny(bundled_dir, tmp_path / "r", max_steps=2, eval_interval=0, ckpt_interval=0), resume=True)
+    assert s["step"] == 2
+
+
+def test_checkpoint_contents_and_load(bundled_dir, tmp_path):
+    s = train(tiny(bundled_dir, tmp_path / "c", max_steps=3, eval_interval=0))
+    ck = read_checkpoint(s["last"])
+    for key in ("model", "optimizer", "step", "model_config", "train_config", "tokenizer", "rng", "data",
+                "metrics", "best_val_loss"):
+        assert key in ck, key
+    model, tok = load_checkpoint(s["last"])
+    assert isinstance(model, GPT) and not model.training
+    for k, v in s["model"].state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    ids = tok.encode("To be, or not to be")
+    assert tok.decode(ids) == "To be, or not to be"
+    assert model(torch.tensor([ids])).shape == (1, len(ids), 4096)
+    # the public entry point
+    import tda
+    model2, _ = tda.load_checkpoint(s["last"])
+    assert torch.equal(model2.wte.weight, model.wte.weight)
+
+
+def test_vocab_too_small_is_an_error(bundled_dir, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(tiny(bundled_dir, tmp_path / "v", model={"vocab_size": 100}))
+
+
+def test_missing_data_dir_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        train(tiny(tmp_path / "nowhere", tmp_path / "o"))
+
+
+# --- atomic save ----------------------------------------------------------------------------------
+def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(4)}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")   # the temp file is open and partly written ...
+        raise OSError("disk full")       # ... when the process dies
+
+    monkeypatch.setattr(ckpt_mod, "_serialize", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
+    ck = torch.load(path, weights_only=True)
+    assert ck["step"] == 1 and torch.equal(ck["w"], torch.arange(4))
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]   # no temp file left behind
+
+
+def test_crash_mid_save_in_trainer(bundled_dir, tmp_path, monkeypatch):
+    """The trainer's second checkpoint crashes: last.pt still holds the first, and resume works from it."""
+    out = tmp_path / "t"
+    real, calls = ckpt_mod._serialize, []
+
+    def flaky(obj, f):
+        calls.append(obj.get("step"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # killed mid-save
+        real(obj, f)
+
+    monkeypatch.setattr(ckpt_mod, "_serialize", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(bundled_dir, out, eval_interval=0, ckpt_interval=3, max_steps=6))
+    assert read_checkpoint(out / "last.pt")["step"] == 3
+    assert [f for f in os.listdir(out) if f.endswith(".tmp")] == []
+    monkeypatch.setattr(ckpt_mod, "_serialize", real)
+    s = train(tiny(bundled_dir, out, eval_interval=0, ckpt_interval=3, max_steps=6), resume=True)
+    assert s["step"] == 6
+
+
+# --- torchrun -------------------------------------------------------------------------------------
+DDP_SCRIPT = """
+import os, sys, torch
+from tda.train.config import load_config
+from tda.train.loop import train
+cfg = load_config(None, sys.argv[1:])
+s = train(cfg)
+torch.save(s["model"].state_dict(), os.path.join(cfg.out_dir, "rank%s.pt" % os.environ["RANK"]))
+"""
+
+
+def test_torchrun_two_processes(bundled_dir, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    out = tmp_path / "ddp"
+    args = [f"data_dir={bundled_dir}", f"out_dir={out}", "model.vocab_size=4096", "model.block_size=32",
+            "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "batch_size=4", "max_steps=4",
+            "warmup_steps=1", "eval_interval=2", "eval_iters=1", "log_interval=2", "ckpt_interval=2",
+            "device=cpu", "progress=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), *args], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["step"] == 4 and ck["data"]["world_size"] == 2 and len(ck["rng"]) == 2
+    s0, s1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+        assert torch.equal(s0[k], ck["model"][k]), k
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]   # rank 0 alone writes metrics
+
+
+# --- exact zeros ----------------------------------------------------------------------------------
+def test_exact_zero_fraction():
+    from tda.eval.sparsity import exact_zero_fraction
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (2, 48))
+    m = GPT(GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=2, n_embd=32, attention="tda"))
+    z = exact_zero_fraction(m, ids)
+    assert len(z["per_layer"]) == 2 and z["causal_weights"] == 2 * 2 * 48 * 49 // 2
+    assert 0.9 < z["overall"] <= 1.0   # random cosines rarely exceed the threshold
+    assert all(b.attn.record_weights is False and b.attn.last_weights is None for b in m.blocks)
+    # cross-check by hand on layer 0
+    m.record_attention(True)
+    m(ids)
+    w = m.attention_weights()[0]
+    m.record_attention(False)
+    causal = torch.ones(48, 48, dtype=torch.bool).tril()
+    assert z["per_layer"][0] == pytest.approx(float((w[..., causal] == 0).float().mean()))
+    s = GPT(GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=2, n_embd=32, attention="softmax"))
+    assert exact_zero_fraction(s, ids)["overall"] == 0.0
+    with pytest.raises(ValueError, match="input_ids"):
+        exact_zero_fraction(s, ids[0])
