@@ -1,0 +1,150 @@
+"""The `tda` command: train / sample / info / demo, plugin registration, and clear errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tda.cli import DEMO_CONFIG, build_parser, demo_config, main
+from tda.train.config import TrainConfig, load_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+TINY = """
+data_dir: {data}
+out_dir: {out}
+model: {{vocab_size: 4096, block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}}
+batch_size: 4
+max_steps: 4
+warmup_steps: 1
+eval_interval: 2
+eval_iters: 1
+log_interval: 2
+ckpt_interval: 2
+device: cpu
+progress: false
+"""
+
+
+@pytest.fixture(scope="module")
+def bundled_dir(tmp_path_factory):
+    from tda.data import ensure_bundled_data
+    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
+
+
+@pytest.fixture(scope="module")
+def tiny_config(bundled_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    p = d / "tiny.yaml"
+    p.write_text(TINY.format(data=bundled_dir, out=d / "run"))
+    return p
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_config):
+    assert main(["train", str(tiny_config)]) == 0
+    return str(load_config(tiny_config).out_dir + "/last.pt")
+
+
+def test_train_prints_summary_and_resumes(tiny_config, ckpt, capsys):
+    capsys.readouterr()
+    assert main(["train", str(tiny_config), "--resume", "--set", "max_steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step 6" in out and "last.pt" in out
+
+
+def test_info(ckpt, capsys):
+    assert main(["info", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert "step" in out and "parameters" in out and "val loss" in out and "tda" in out
+    assert main(["info", ckpt, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] >= 4 and info["params"] > 0 and info["val_loss"] > 0
+    assert info["model_config"]["n_layer"] == 1 and info["has_optimizer"]
+
+
+def test_sample_is_seeded(ckpt, capsys):
+    args = ["sample", ckpt, "--prompt", "The king", "--max-new-tokens", "8", "--seed", "3"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("The king") and len(first) > len("The king")
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert main(["sample", ckpt, "--max-new-tokens", "4", "--temperature", "0", "--num-samples", "2"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["sample", "/nonexistent/x.pt"], "not found"),
+    (["info", "/nonexistent/x.pt"], "not found"),
+    (["train", "/nonexistent/c.yaml"], "not found"),
+    (["demo", "--attention", "nope"], "--attention"),
+    (["demo", "--steps", "0"], "--steps"),
+])
+def test_bad_arguments_exit_nonzero_with_message(args, msg, capsys):
+    assert main(args) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_sample_bad_values(ckpt, capsys):
+    assert main(["sample", ckpt, "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
+    assert main(["sample", ckpt, "--temperature", "-1"]) == 2
+    assert "--temperature" in capsys.readouterr().err
+
+
+def test_train_unknown_key_is_named(tiny_config, capsys):
+    assert main(["train", str(tiny_config), "--set", "model.n_layr=2"]) == 2
+    assert "model.n_layr" in capsys.readouterr().err
+    assert main(["train", str(tiny_config), "--set", "lr"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+def test_argparse_errors_exit_2(capsys):
+    for args in (["sample"], ["train"], ["frobnicate"], ["sample", "x.pt", "--max-new-tokens", "many"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+    assert "usage" in capsys.readouterr().err
+    assert main([]) == 2   # no command: help, non-zero
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tda.cli", "info", str(tmp_path / "missing.pt")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "tda info: error" in r.stderr
+
+
+def test_plugins_register_their_subcommands():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("demo", "train", "sample", "info"):
+        assert name in sub.choices
+    try:
+        import tda.data.cli  # noqa: F401
+        assert "data" in sub.choices
+    except ImportError:
+        pass
+
+
+def test_demo_config_matches_configs_demo_yaml():
+    shipped = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
+    embedded = TrainConfig.from_dict(DEMO_CONFIG)
+    assert shipped == embedded
+    cfg = demo_config("softmax", out="x", steps=30)
+    assert cfg.model.attention == "softmax" and cfg.max_steps == 30 and cfg.out_dir == "x"
+    assert cfg.eval_interval == 10 and cfg.warmup_steps == 3
+
+
+def test_demo_end_to_end_small(bundled_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--steps", "2", "--out", str(out), "--data-dir", str(bundled_dir),
+               "--set", "model.block_size=32", "--set", "model.n_layer=1", "--set", "model.n_embd=32",
+               "--set", "batch_size=2", "--set", "eval_iters=1", "--set", "progress=false"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "validation loss" in text and "exact zeros" in text and "last.pt" in text
+    res = json.loads((out / "demo.json").read_text())
+    assert res["steps"] == 2 and 0.5 < res["exact_zero_fraction"] <= 1.0
+    for f in ("last.pt", "best.pt", "metrics.jsonl", "sample.txt"):
+        assert (out / f).is_file(), f
