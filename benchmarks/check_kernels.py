@@ -92,11 +92,32 @@ def run(c, t, dout, dtype, backend):
     return {k: v.double() for k, v in res.items()}
 
 
+def compile_check(gen):
+    import torch._dynamo
+    xs = [torch.randn(2, 4, 300, 64, generator=gen, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+          for _ in range(5)]
+    beta = torch.ones(4, device=DEV, requires_grad=True)
+    lam = torch.full((4,), 0.5, device=DEV, requires_grad=True)
+
+    def f(q1, k1, q2, k2, v, beta, lam):
+        return ops.threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, backend="triton")
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    outs = []
+    for fn in (cf, f):
+        o = fn(*xs, beta, lam)
+        outs.append([o] + list(torch.autograd.grad(o.float().square().sum(), xs + [beta, lam])))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", default=None)
+    ap.add_argument("--shard", default="0/1", help="i/n: run only the configs of every n-th kernel variant "
+                    "(run n processes side by side so that their compilations overlap)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
     args = ap.parse_args()
     global DEV
@@ -106,8 +127,14 @@ def main():
     log = open(args.log, "w") if args.log else None
     fails, worst = [], {}
     t0 = time.time()
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
+    n_run = 0
     for i in range(args.n):
         c = random_config(rng)
+        vi = VARIANTS.index((c["dtype"], c["D"], c["p"], c["two"]))
+        if (2 * vi + c["causal"]) % n_shards != shard:
+            continue
+        n_run += 1
         t, dout, dt = make_inputs(c, gen)
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
@@ -135,10 +162,18 @@ def main():
         msg = f"[{i}] {c}\n    " + " ".join(line)
         if log:
             log.write(msg + "\n")
+            log.flush()
         if any(f[0] == i for f in fails):
             print(msg, flush=True)
+    if shard == 0:  # torch.compile(fullgraph=True) through the custom ops: same output and gradients
+        try:
+            compile_check(gen)
+            print("compile check (fullgraph, aot_eager): ok")
+        except Exception as e:  # noqa: BLE001
+            fails.append((-1, "compile", None, str(e)[:300], None))
+            print(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}")
     dt_s = time.time() - t0
-    summary = (f"check_kernels: {args.n} configs, {len(fails)} failures, {dt_s:.0f}s; "
+    summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures, {dt_s:.0f}s; "
                f"worst |ker-ref64|/|lowp-ref64| per tensor: "
                + ", ".join(f"{k}={v:.2f}" for k, v in sorted(worst.items())))
     print(summary)

@@ -172,7 +172,7 @@ def test_survivor_flags_and_skipping():
     assert (expect == 0).any() and (expect == 1).any()
     assert (w != 0).any()
     # skipping (and how loads are placed around it) must not change any result
-    for skip, prefetch in ((0, False), (2, True)):
+    for skip, prefetch in ((0, False), (2, True), (3, False)):
         tk.SKIP_EMPTY, tk.PREFETCH = skip, prefetch
         out_other = _compare(inputs, **kw)
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
@@ -237,3 +237,25 @@ def test_custom_op_opcheck():
     torch.library.opcheck(torch.ops.tda.threshold_attention_fwd.default,
                           (q, k, q.clone(), k.clone(), v, tau, lam, 2.0, True),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_validation_cache_sees_in_place_changes():
+    torch.manual_seed(8)
+    q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
+    beta = torch.full((2,), 0.5, dtype=DT, device=DEV)
+    tk.tra(q, q, q, beta)
+    tk.tra(q, q, q, beta)  # validated once, reused
+    beta.fill_(float("nan"))  # an in-place change bumps the version: checked again
+    with pytest.raises(ValueError, match="beta"):
+        tk.tra(q, q, q, beta)
+    with pytest.raises(ValueError, match="beta"):
+        tk.tra(q, q, q, torch.full((2,), float("nan"), dtype=DT, device=DEV))
+
+
+def test_cached_tau_equals_reference():
+    beta = torch.rand(3, device=DEV) + 0.5
+    for M, off, kappa, D in ((17, 0, 1.0, 64), (5, 1000, 0.3, 128)):
+        got = tk._tau_rows(beta, M, off, kappa, D, torch.float32)
+        got = tk._tau_rows(beta, M, off, kappa, D, torch.float32)  # second call: from the cache
+        want = reference.tau(torch.arange(off, off + M, device=DEV), beta, kappa, D)
+        assert torch.equal(got, want)

@@ -51,11 +51,13 @@ def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
                 e2 = tl.where(ok, e2, 0.0)
             w = w - lam * exceed_pow(e2, P, p_val)
             live = live + e2
-        # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
-        alive = tl.max(tl.max(live, 1), 0) > 0
-        tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+        if SKIP_EMPTY != 3:
+            # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
+            alive = tl.max(tl.max(live, 1), 0) > 0
+            tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
         # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
-        # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product
+        # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product;
+        # 3 = no survivor test at all (the launcher sets every flag)
         if SKIP_EMPTY == 2:
             if MASKED:
                 v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
