@@ -302,3 +302,14 @@ def test_analyze_end_to_end(tmp_path):
     assert summary["softmax"]["main"]["exact_zero_fraction"] == 0.0
     assert summary["TDA"]["main"]["exact_zero_fraction"] > 0.5
     assert set(summary["TDA"]["lengths"]) == {"32", "64", "128"}
+
+
+def test_passkey_early_stop_never_changes_the_verdict():
+    from tda.eval.passkey import _stop_when_decided
+    tok = ByteTokenizer()
+    stop = _stop_when_decided(tok, "12345")
+    assert not stop(tok.encode(" 123"))          # still a prefix of the answer
+    assert stop(tok.encode(" 124"))              # diverged: wrong whatever follows
+    assert stop(tok.encode(" 12345."))           # complete
+    assert not stop(tok.encode(" 12345"))        # might still grow into 123456
+    assert stop(tok.encode(" the grass is green"))

@@ -9,6 +9,7 @@ Also runnable as `python -m tda.eval.cli analyze ...`.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shlex
@@ -19,9 +20,17 @@ from pathlib import Path
 from .report import DEFAULT_LENGTHS
 
 TASKS = ("passkey", "extrapolation", "survivors", "all")
+print = functools.partial(print, flush=True)  # noqa: A001  (progress lines appear while long jobs run)
 
 
 def add_eval_cli(subparsers) -> None:
+    """Register `tda eval` and `tda analyze` (the latter only if no other plugin registered it)."""
+    if "analyze" not in subparsers.choices:
+        add_analyze_cli(subparsers)
+    _add_eval_parser(subparsers)
+
+
+def add_analyze_cli(subparsers) -> None:
     a = subparsers.add_parser(
         "analyze", help="sparsity, attention sinks and dispersion of one or more checkpoints, side by side",
         description="Measure exact zeros, attention sinks (Sink_1, first-token share) and dispersion "
@@ -41,6 +50,8 @@ def add_eval_cli(subparsers) -> None:
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_analyze)
 
+
+def _add_eval_parser(subparsers) -> None:
     e = subparsers.add_parser(
         "eval", help="passkey retrieval, length extrapolation, survivor theory",
         description="Passkey retrieval (single/multi-needle) and long-document perplexity at 1x..8x the "

@@ -104,12 +104,16 @@ def greedy_decode(model, ids: list, max_new_tokens: int, stop=None) -> list:
     return new
 
 
-def _digits_done(tokenizer):
+def _stop_when_decided(tokenizer, answer: str):
+    """Stop decoding as soon as the outcome is fixed: the first integer is complete (a non-digit follows
+    it), its digits already diverge from the answer, or ~12 characters came out without any digit.
+    Early stopping never changes the result of `is_correct`."""
     def stop(new):
         s = tokenizer.decode(new)
         m = re.search(r"\d+", s)
-        # a number has started and something non-digit followed it, or text without digits ran on
-        return (m is not None and m.end() < len(s)) or (m is None and len(s.strip()) > 12)
+        if m is None:
+            return len(s.strip()) > 12
+        return m.end() < len(s) or not answer.startswith(m.group(0))
     return stop
 
 
@@ -123,7 +127,6 @@ def passkey_accuracy(model, tokenizer, lengths, trials: int = 50, n_needles: int
     model.eval()
     rng = random.Random(seed)
     acc, per = [], []
-    stop = _digits_done(tokenizer)
     it = lengths
     if progress:
         from tqdm import tqdm
@@ -137,7 +140,7 @@ def passkey_accuracy(model, tokenizer, lengths, trials: int = 50, n_needles: int
             query = rng.randrange(n_needles)
             pr = build_prompt(units, keys, depths, query)
             ids = tokenizer.encode(pr.text)
-            out = tokenizer.decode(greedy_decode(model, ids, max_new_tokens, stop))
+            out = tokenizer.decode(greedy_decode(model, ids, max_new_tokens, _stop_when_decided(tokenizer, pr.answer)))
             rows.append({"depth": depths[query], "answer": pr.answer, "output": out,
                          "ok": is_correct(out, pr.answer), "n_tokens": len(ids)})
         per.append(rows)

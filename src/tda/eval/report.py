@@ -38,11 +38,12 @@ def _describe(model) -> dict:
 
 
 def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS, n_seqs: int = 4,
-                  n_seqs_long: int = 1, map_len: int = 48, topk=DEFAULT_TOPK, log=print) -> dict:
+                  n_seqs_long: int = 1, map_len: int = 48, topk=DEFAULT_TOPK, log=None) -> dict:
     """All statistics of one model on one token stream. Returns a dict with "model", "main" (summary at
     the training length over n_seqs windows, plus per-head and per-position arrays), "lengths" (summary per
     context length, n_seqs_long windows each) and "maps" (per-layer (H, n, n) weights of the first
     map_len tokens)."""
+    log = log or (lambda *a: print(*a, flush=True))
     device = next(model.parameters()).device
     T = len(tokens)
     N0 = min(model.config.block_size, max_len, T)
@@ -75,13 +76,14 @@ def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS
 def analyze_models(models: dict, out_dir, *, text: str | None = None, tokens: dict | None = None,
                    max_len: int = 4096, lengths=DEFAULT_LENGTHS, n_seqs: int = 4, n_seqs_long: int = 1,
                    map_len: int = 48, topk=DEFAULT_TOPK, source: str = "", command: str = "",
-                   log=print) -> dict:
+                   log=None) -> dict:
     """Analyse models = {name: (model, tokenizer)} on the same text and write the report.
 
     Give either `text` (encoded with each model's tokenizer) or `tokens` = {name: token ids}.
     Figures: sparsity_heatmap.png, sparsity_vs_position.png, sink_alpha1_heatmap.png,
     first_token_share.png, first_token_share_vs_length.png, entropy_vs_length.png, topk_mass_vs_length.png,
     attention_maps_<name>.png; data: summary.json; text: report.md."""
+    log = log or (lambda *a: print(*a, flush=True))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = {}
