@@ -52,7 +52,11 @@ def setup(device: str = "auto") -> DistContext:
         torch.cuda.set_device(dev)
     ctx = DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
     if ctx.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if ctx.device_type == "cuda" else "gloo")
+        if ctx.device_type == "cuda":
+            # binding the device up front lets NCCL set up eagerly and keeps barrier() on the right GPU
+            dist.init_process_group(backend="nccl", device_id=torch.device(dev))
+        else:
+            dist.init_process_group(backend="gloo")
     return ctx
 
 

@@ -149,6 +149,9 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                          f"vocabulary ({data.vocab_size}) in {cfg.data_dir}")
 
+    if ctx.device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast: TF32 tensor cores
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     model = GPT(cfg.model).to(ctx.device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, cfg.betas, ctx.device_type)
