@@ -23,26 +23,61 @@ def _plt():
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if not fig.get_constrained_layout():
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     _plt().close(fig)
     return path
 
 
-def log_binned(y, n_bins: int = 40, start: int = 1):
-    """(x, y) averaged over log-spaced position bins [start, N) — per-position curves are noisy."""
+def log_binned(y, n_bins: int = 40, start: int = 1, weights=None):
+    """(x, y) averaged over log-spaced position bins [start, N) — per-position curves are noisy.
+    With weights (e.g. the number of rows behind each position's mean) the bin mean is weighted."""
     y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
     N = len(y)
     if N <= start + 1:
         return np.arange(N), y
     edges = np.unique(np.round(np.logspace(math.log10(start), math.log10(N), n_bins + 1)).astype(int))
     xs, ys = [], []
     for a, b in zip(edges[:-1], edges[1:]):
-        seg = y[a:b]
-        if len(seg) and np.isfinite(seg).any():
+        seg, ws = y[a:b], w[a:b]
+        ok = np.isfinite(seg) & (ws > 0)
+        if ok.any():
             xs.append((a + b - 1) / 2)
-            ys.append(np.nanmean(seg))
+            ys.append(float((seg[ok] * ws[ok]).sum() / ws[ok].sum()))
     return np.array(xs), np.array(ys)
+
+
+def first_token_figure(series: dict, path, title: str):
+    """series: name -> (first_share_pos, valid_pos). Left: share vs 1/(i+1) (log-log; bins where the share
+    is exactly 0 cannot be drawn there). Right: ratio (i+1)·p_i0 to the uniform baseline (1 = no sink)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.7))
+    N = max(len(v[0]) for v in series.values())
+    for name, (share, valid) in series.items():
+        share = np.asarray(share, dtype=np.float64)
+        i = np.arange(len(share))
+        x, y = log_binned(share, start=1, weights=valid)
+        pos = y > 0
+        axes[0].plot(x[pos], y[pos], marker=".", lw=1.3, label=name)
+        xr, yr = log_binned(share * (i + 1), n_bins=20, start=1, weights=valid)
+        axes[1].plot(xr, yr, marker=".", lw=1.3, label=name)
+    i = np.arange(1, N)
+    axes[0].plot(i, 1.0 / (i + 1), "k--", lw=1, label="uniform 1/(i+1)")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("p_i0 (rows with mass)")
+    axes[1].axhline(1.0, color="k", ls="--", lw=1, label="uniform")
+    axes[1].set_ylabel("(i+1) · p_i0  (sink ratio)")
+    axes[1].set_yscale("symlog", linthresh=0.1)
+    axes[1].set_ylim(bottom=0)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("query position i")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
 
 
 def heatmaps(mats: dict, path, title: str, cbar_label: str, vmin=None, vmax=None, cmap="viridis",
@@ -107,7 +142,8 @@ def attention_map_grid(maps: list, path, title: str, signed: bool, tokens: list 
     layers = list(range(L)) if L <= max_layers else sorted({0, L // 3, (2 * L) // 3, L - 1})
     H = maps[0].shape[0]
     N = maps[0].shape[-1]
-    fig, axes = plt.subplots(len(layers), H, figsize=(1.9 * H + 0.8, 1.9 * len(layers) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(layers), H, figsize=(1.9 * H + 0.8, 1.9 * len(layers) + 0.6), squeeze=False,
+                             layout="constrained")
     upper = np.triu(np.ones((N, N), dtype=bool), 1)
     for r, l in enumerate(layers):
         layer = np.asarray(maps[l], dtype=np.float64)
@@ -126,7 +162,7 @@ def attention_map_grid(maps: list, path, title: str, signed: bool, tokens: list 
                 ax.set_title(f"head {h}", fontsize=7)
             if h == 0:
                 ax.set_ylabel(f"layer {l}", fontsize=7)
-        fig.colorbar(im, ax=axes[r][-1], fraction=0.046)
+        fig.colorbar(im, ax=list(axes[r]), fraction=0.03, pad=0.01)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 

@@ -66,7 +66,7 @@ def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS
                  "zero_frac": main.zero_frac.tolist(), "alpha_1": main.alpha_1.tolist(),
                  "zero_row_frac": main.zero_row_frac.tolist(), "entropy": main.entropy.tolist(),
                  "zero_frac_pos": main.zero_frac_pos.tolist(), "first_share_pos": main.first_share_pos.tolist(),
-                 "entropy_pos": main.entropy_pos.tolist()},
+                 "entropy_pos": main.entropy_pos.tolist(), "valid_pos": main.valid_pos.tolist()},
         "lengths": sweep,
         "maps": maps,
         "signed": main.signed,
@@ -120,12 +120,9 @@ def write_figures(res: dict, out: Path) -> dict:
         {n: plots.log_binned(res[n]["main"]["zero_frac_pos"], start=1) for n in names},
         out / "sparsity_vs_position.png", "exact-zero fraction of row i (causal entries)", "query position i",
         "fraction exactly zero", logx=True)
-    N0 = max(len(res[n]["main"]["first_share_pos"]) for n in names)
-    i = np.arange(1, N0)
-    figs["first_token_share"] = plots.curves(
-        {n: plots.log_binned(res[n]["main"]["first_share_pos"], start=1) for n in names},
-        out / "first_token_share.png", "share of |weight| on the first token", "query position i",
-        "p_i0 (rows with mass)", logx=True, logy=True, baseline=(i, 1.0 / (i + 1)), baseline_label="uniform 1/(i+1)")
+    figs["first_token_share"] = plots.first_token_figure(
+        {n: (res[n]["main"]["first_share_pos"], res[n]["main"]["valid_pos"]) for n in names},
+        out / "first_token_share.png", "share of each row's |weight| on the first token vs uniform")
     sweep = {n: sorted((int(L), v) for L, v in res[n]["lengths"].items()) for n in names}
     if any(len(s) for s in sweep.values()):
         Ls = sorted({L for s in sweep.values() for L, _ in s})
@@ -229,7 +226,8 @@ def markdown_report(summary: dict, figs: dict, source: str = "", command: str = 
         "sparsity_heatmap": "Exact-zero fraction per layer x head.",
         "sparsity_vs_position": "Exact-zero fraction of row i.",
         "sink_alpha1_heatmap": "α_1 per layer x head (first-token importance).",
-        "first_token_share": "First-token share per query position vs the uniform baseline 1/(i+1).",
+        "first_token_share": "First-token share per query position vs the uniform baseline 1/(i+1) (left), and "
+                             "their ratio (right; 1 = no sink). Log-binned, weighted by the rows with mass.",
         "first_token_share_vs_length": "First-token sink ratio (mean share / mean uniform share over the same rows) vs context length.",
         "entropy_vs_length": "Row entropy vs context length (dispersion).",
         "topk_mass_vs_length": "Top-k mass vs context length.",
