@@ -229,6 +229,7 @@ def test_passkey_answer_parser_is_exact_match():
     assert not is_correct(" 123456", "12345")
     assert not is_correct(" 1234", "12345")
     assert not is_correct(" no idea", "12345")
+    assert not is_correct(" the key 12345", "12345")      # the answer must come first
     assert parse_answer("none") is None
 
 
@@ -312,4 +313,5 @@ def test_passkey_early_stop_never_changes_the_verdict():
     assert stop(tok.encode(" 124"))              # diverged: wrong whatever follows
     assert stop(tok.encode(" 12345."))           # complete
     assert not stop(tok.encode(" 12345"))        # might still grow into 123456
-    assert stop(tok.encode(" the grass is green"))
+    assert stop(tok.encode(" t"))                # not a number: already wrong
+    assert not stop(tok.encode("  "))

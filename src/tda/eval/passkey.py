@@ -9,8 +9,9 @@ Prompt (single needle), built to a target length in tokens:
 
 with filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 repeated, N a random 5-digit integer, and the needle placed at a random depth (a fraction of the filler
-units before it). The model decodes greedily; the trial succeeds when the first integer in its output
-equals N exactly.
+units before it). The model decodes greedily; the trial succeeds when its continuation, after leading
+whitespace, begins with exactly the integer N (not a longer or shorter number, and not a number that
+only appears later: after "The pass key is" the answer must come first).
 
 Multi-needle: n needles with n distinct keys, each labelled, e.g. "The pass key number 2 is N. Remember
 it. N is the pass key number 2.", at independent random depths; the question asks for one of them
@@ -78,13 +79,13 @@ def units_for_length(tokenizer, target_tokens: int, n_needles: int = 1) -> int:
 
 
 def parse_answer(generated: str) -> str | None:
-    """The first integer in the model's continuation (None if it produced none)."""
-    m = re.search(r"\d+", generated)
-    return m.group(0) if m else None
+    """The integer the model's continuation begins with, after whitespace (None if it begins otherwise)."""
+    m = re.match(r"\s*(\d+)", generated)
+    return m.group(1) if m else None
 
 
 def is_correct(generated: str, answer: str) -> bool:
-    """Exact match of the first integer with the key (a longer or shorter number is wrong)."""
+    """Exact match of the leading integer with the key (a longer or shorter number is wrong)."""
     return parse_answer(generated) == str(answer)
 
 
@@ -105,15 +106,17 @@ def greedy_decode(model, ids: list, max_new_tokens: int, stop=None) -> list:
 
 
 def _stop_when_decided(tokenizer, answer: str):
-    """Stop decoding as soon as the outcome is fixed: the first integer is complete (a non-digit follows
-    it), its digits already diverge from the answer, or ~12 characters came out without any digit.
-    Early stopping never changes the result of `is_correct`."""
+    """Stop decoding as soon as the outcome is fixed: something other than whitespace or a digit came
+    first, the leading integer is complete (a non-digit follows it), or its digits already diverge from
+    the answer. Early stopping never changes the result of `is_correct`."""
     def stop(new):
         s = tokenizer.decode(new)
-        m = re.search(r"\d+", s)
+        if not s.strip():
+            return False
+        m = re.match(r"\s*(\d+)", s)
         if m is None:
-            return len(s.strip()) > 12
-        return m.end() < len(s) or not answer.startswith(m.group(0))
+            return True
+        return m.end() < len(s) or not answer.startswith(m.group(1))
     return stop
 
 
