@@ -90,6 +90,23 @@ def test_compare_resumes_unfinished_variant(tmp_path, data_dir):
     assert [s for s, _ in rows[0]["curve"]["train"]] == [1, 2, 3, 4]
 
 
+def test_failed_variant_is_reported_and_others_run(tmp_path, data_dir, monkeypatch):
+    import tda.train.compare as C
+    real = C.run_variant
+
+    def flaky(cfg, cmp, variant, **kw):
+        if variant.name == "softmax":
+            raise RuntimeError("kernel exploded")
+        return real(cfg, cmp, variant, **kw)
+
+    monkeypatch.setattr(C, "run_variant", flaky)
+    cfg = write_cfg(tmp_path, data_dir)
+    compare(cfg, overrides=["max_steps=2"], results_dir=tmp_path / "res", log=lambda *a: None)
+    table = (tmp_path / "res" / "results.md").read_text()
+    assert "failed: RuntimeError: kernel exploded" in table
+    assert "| rela | rela |" in table
+
+
 def test_variant_specs_and_errors():
     v = parse_variants(["softmax", {"name": "tda_k2", "attention": "tda", "model": {"kappa": 2.0}}])
     assert v[1].attention == "tda" and v[1].model == {"kappa": 2.0}

@@ -330,10 +330,25 @@ def compare(config_path, overrides=None, only=None, results_dir=None, force=Fals
     cfgs = [variant_config(base, cmp, v) for v in variants]
     results = []
     for v, cfg in zip(variants, cfgs):
-        results.append(run_variant(cfg, cmp, v, force=force, log=log))
-        paths = write_results(results, base, cmp, res_dir, config_path, overrides)
+        try:
+            results.append(run_variant(cfg, cmp, v, force=force, log=log))
+        except Exception as e:  # one broken variant (an OOM, a kernel error) must not sink the others
+            import traceback
+            traceback.print_exc()
+            log(f"[compare] {v.name}: FAILED ({type(e).__name__}: {e}); continuing with the next variant")
+            results.append(_failed_row(v, cfg, e))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        paths = write_results(results, base, cmp, res_dir, config_path, overrides, only, results_dir)
     log(f"[compare] table: {paths['table']}\n[compare] curves: {paths['plot']}")
     return {"results": results, **paths}
+
+
+def _failed_row(v: Variant, cfg: TrainConfig, e: Exception) -> dict:
+    from ..layers.params import count_params
+    return {"name": v.name, "attention": cfg.model.attention, "mlp_hidden": cfg.model.mlp_hidden,
+            "params_non_embedding": count_params(cfg.model), "val_loss": None, "steps": 0, "tokens": 0,
+            "device": cfg.device, "error": f"{type(e).__name__}: {e}"[:300], "curve": {"train": [], "val": []}}
 
 
 def _ensure_data(cfg: TrainConfig, log):
@@ -357,12 +372,16 @@ def _fmt(x, spec, scale=1.0):
 
 
 def markdown_table(results: list, reference: str = "softmax") -> str:
-    ref = next((r for r in results if r["name"] == reference), None)
+    ref = next((r for r in results if r["name"] == reference and not r.get("error")), None)
     ref_loss = ref["val_loss"] if ref else None
     head = ("| variant | attention | non-emb params | mlp_hidden | val loss | Δ vs " + reference
             + " | exact zeros | first-token sink ratio | Sink₁ share | entropy (nats) | tokens/s | peak mem (MiB) |")
     lines = [head, "|" + "|".join(["---"] * 12) + "|"]
     for r in results:
+        if r.get("error"):
+            lines.append(f"| {r['name']} | {r['attention']} | {r['params_non_embedding'] / 1e6:.3f}M | "
+                         f"{r['mlp_hidden']} | failed: {r['error'].splitlines()[0][:80]} |" + " |" * 7)
+            continue
         d = (r["val_loss"] / ref_loss - 1) if (ref_loss and r["val_loss"] is not None) else None
         lines.append("| " + " | ".join([
             r["name"], r["attention"], f"{r['params_non_embedding'] / 1e6:.3f}M", str(r["mlp_hidden"]),
@@ -410,17 +429,22 @@ def _smooth(xs, beta=0.8):
     return out
 
 
-def write_results(results: list, base: TrainConfig, cmp: dict, res_dir: Path, config_path, overrides) -> dict:
+def write_results(results: list, base: TrainConfig, cmp: dict, res_dir: Path, config_path, overrides,
+                  only=None, results_dir=None) -> dict:
     res_dir.mkdir(parents=True, exist_ok=True)
     cmd = "tda compare " + str(config_path) + "".join(f" --set {o}" for o in overrides or ())
-    r0 = results[0]
-    tokens = r0["tokens"]
+    if only:
+        cmd += " --variants " + ",".join(only)
+    if results_dir:
+        cmd += f" --results-dir {results_dir}"
+    r0 = next((r for r in results if "error" not in r), results[0])
     m = base.model
+    tokens = base.max_steps * base.batch_size * base.grad_accum * m.block_size
     text = [
         f"# Attention comparison: {Path(str(config_path)).stem}", "",
         f"Command: `{cmd}`", "",
         f"Model: {m.n_layer} layers, d_model {m.n_embd}, {m.n_head} heads (kv {m.n_kv_head}), head dim "
-        f"{m.head_dim}, context {m.block_size}, vocab {m.vocab_size}. Budget: {r0['steps']} steps × "
+        f"{m.head_dim}, context {m.block_size}, vocab {m.vocab_size}. Budget: {base.max_steps} steps × "
         f"{base.batch_size * base.grad_accum} seqs × {m.block_size} tokens = {tokens:,} tokens per variant, "
         f"seed {base.seed}, lr {base.lr}, data `{base.data_dir}`, device {r0['device']}.", "",
         markdown_table(results, cmp["reference"]), "",
