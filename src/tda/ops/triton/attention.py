@@ -48,10 +48,10 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
         cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
-    elif D <= 64:
-        cfg = {"fwd": (128, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
+    elif D <= 64:  # chosen by benchmarks/bench_attention.py --sweep on an H200 (docs/benchmarks.md)
+        cfg = {"fwd": (128, 128, 8, 2), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
     else:
-        cfg = {"fwd": (128, 64, 8, 2 if two_views else 3), "dkdv": (64, 64, 8, 2), "dq": (64, 64, 8, 2)}
+        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (128, 64, 8, 2)}
     cfg.update(_OVERRIDE)
     return cfg
 
