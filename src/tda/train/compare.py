@@ -415,7 +415,8 @@ def plot_curves(results: list, path: Path):
     axes[1].set(title="validation loss", xlabel="step", ylabel="loss")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
