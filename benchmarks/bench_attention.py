@@ -10,7 +10,6 @@ Writes a Markdown table (--out) carrying the command line and the GPU name.
 """
 import argparse
 import json
-import math
 import sys
 import time
 

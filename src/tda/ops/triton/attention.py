@@ -4,9 +4,14 @@ Semantics are those of tda.ops.reference (see its docstring). What happens outsi
 PyTorch and hence under autograd: l2 normalisation of q/k (reference.l2_normalize) and the row
 thresholds tau (H, M) = beta_h * sqrt(2 max(log((pos+1)/kappa), 0) / d) (reference.tau), so dbeta comes
 from the kernels' per-row dtau by autograd. The kernels see unit vectors, tau and lam, and are wrapped as
-the torch custom ops `tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break).
+the torch custom ops `tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break);
+in eager mode the same launches go through a plain autograd.Function, which dispatches faster.
+
+Forward: tda_fwd_kernel (fwd.py) also records, per (query block, key block), whether any exceedance
+survived; the backward kernels (bwd.py) skip the empty pairs.
 """
 
+import contextlib
 import os
 import weakref
 from typing import Optional
@@ -26,9 +31,10 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # them through `set_config` (e.g. small tiles so that tiny interpreter shapes span several blocks).
 _OVERRIDE: dict = {}
 # Forward handling of survivor-free blocks: 0 accumulate anyway, 1 skip the V load and the product,
-# 2 load V (keeps it in the software pipeline) but skip the product; 3 dense: no survivor test at all
-# (every flag set, so the backward skips nothing either; for measuring what the test costs). Backward: PREFETCH loads a block
-# pair's q/dO (dK/dV kernel) or k/v (dQ kernel) before testing its flag, for the same reason.
+# 2 load V (keeps it in the software pipeline) but skip the product, 3 no survivor test at all (every
+# flag set, so the backward skips nothing either: for measuring what the test costs). Backward:
+# PREFETCH loads a block pair's q/dO (dK/dV kernel) or k/v (dQ kernel) before testing its flag.
+# Defaults are the fastest on an H200 (docs/benchmarks.md).
 SKIP_EMPTY = 1
 PREFETCH = False
 
@@ -100,7 +106,7 @@ def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg):
     if out.numel() == 0:
         return out, flags
     grid = (n_mt, B * H)
-    with torch.cuda.device(q1.device) if q1.is_cuda else _nullctx():
+    with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
         tda_fwd_kernel[grid](
             q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, out, flags,
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
@@ -128,7 +134,7 @@ def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
     else:
         common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride())
         args = (q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, do, flags)
-        with torch.cuda.device(q1.device) if q1.is_cuda else _nullctx():
+        with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
             BM, BN, warps, stages = cfg["dkdv"]
             tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
                 *args, dk1, dk2 if two else dk1, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
@@ -145,14 +151,6 @@ def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
     dtau_h = dtau.view(B, H, M).sum(0)
     dlam_h = dlam.view(B, H, M).sum((0, 2)) if two else dlam
     return dq1, dk1, dq2, dk2, dv, dtau_h, dlam_h
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------
