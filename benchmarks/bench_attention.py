@@ -50,9 +50,7 @@ def tile_density(q1, k1, q2, k2, v, beta, lam):
     """Fraction of the visited (query block, key block) pairs holding any survivor."""
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
-    _, flags = torch.ops.tda.threshold_attention_fwd(
-        reference.l2_normalize(q1), reference.l2_normalize(k1), reference.l2_normalize(q2),
-        reference.l2_normalize(k2), v, tau, lam, 2.0, True)
+    flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, 2.0, True, True)[1]
     BM, BN = tk._configs(D, q1.dtype, True)["fwd"][:2]
     n_mt, n_nt = flags.shape[1:]
     r = torch.arange(n_mt, device="cuda")[:, None] * BM
@@ -62,21 +60,21 @@ def tile_density(q1, k1, q2, k2, v, beta, lam):
 
 
 def prepare(q1, k1, q2, k2, v, beta, lam):
-    """What the public op hands the kernels: unit vectors, tau (H, M) fp32, lam (H,) fp32."""
+    """What the public op hands the kernels: raw q/k (normalised inside), tau (H, M) fp32, lam (H,) fp32."""
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
-    n = reference.l2_normalize
-    return (n(q1), n(k1), n(q2), n(k2), v, tau, lam.float().contiguous())
+    return (q1, k1, q2, k2, v, tau, lam.float().contiguous())
 
 
 def kernel_times(prep, dout):
-    """Kernel-only medians (ms): the forward launch, and both backward launches, on prepared inputs."""
+    """Kernel-only medians (ms): the forward launches (inverse-norm pre-pass + forward kernel, fused
+    normalisation), and both backward launches, on prepared inputs."""
     D = prep[0].shape[-1]
     cfg = tk._configs(D, prep[0].dtype, True)
     MT, NT = cfg["fwd"][:2]
-    _, flags = tk._launch_fwd(*prep, 2.0, True, cfg)
-    t_f = bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg), rep=100)
-    t_b = bench(lambda: tk._launch_bwd(dout, *prep, flags, 2.0, True, MT, NT, cfg), rep=100)
+    _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, cfg, True)
+    t_f = bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True), rep=100)
+    t_b = bench(lambda: tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg), rep=100)
     return t_f, t_b
 
 
@@ -192,6 +190,8 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="tune block configs on (2, 16, 4K) first")
     ap.add_argument("--quick", action="store_true", help="only the first two shapes")
     ap.add_argument("--dims", default="64,128")
+    ap.add_argument("--kinds", default="random,planted", help="input kinds to run (random, planted)")
+    ap.add_argument("--no-ref", action="store_true", help="skip timing the reference op")
     args = ap.parse_args()
     gpu = torch.cuda.get_device_name()
     lines_log = []
@@ -207,12 +207,12 @@ def main():
             log(f"sweep d={D} FAILED {type(e).__name__}: {str(e)[:300]}")
             best = None
         for B, H, N in (SHAPES[:2] if args.quick else SHAPES):
-            for kind in ("random", "planted"):
+            for kind in args.kinds.split(","):
                 if best:
                     use_config(best)
                 t0 = time.time()
                 try:
-                    r = run_case(B, H, N, D, kind, with_ref=(kind == "random"))
+                    r = run_case(B, H, N, D, kind, with_ref=(kind == "random" and not args.no_ref))
                 except Exception as e:  # noqa: BLE001 (report and go on with the other shapes)
                     log(f"{kind} B={B} H={H} N={N} d={D}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
@@ -229,11 +229,13 @@ def main():
     out = [f"# TDA kernel benchmarks", "",
            f"GPU: {gpu}; torch {torch.__version__}, triton {triton.__version__}; bf16, causal, "
            f"beta = 1, lam = 0.5, kappa = 1, p = 2.", "", f"Command: `{cmd}`", "",
-           "Times are medians in ms (triton.testing.do_bench). fwd+bwd includes the l2 normalisation and "
-           "tau outside the kernels. Ratios are TDA / SDPA-flash (lower is better; target fwd+bwd <= 1.0, "
-           "fwd <= 0.8 at N >= 8K). 'kernels only': the Triton launches alone on prepared (normalised) inputs, "
-           "i.e. without the PyTorch work around them (argument checks, l2 normalisation and its backward, "
-           "tau). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
+           "Times are medians in ms (triton.testing.do_bench). The l2 normalisation of q/k is fused in the "
+           "kernels (an inverse-norm pre-pass kernel, then scaled scores; its backward in the kernels' "
+           "epilogues); TDA times include the PyTorch work around the kernels (argument checks, tau). "
+           "Ratios are TDA / SDPA-flash (lower is better; target fwd+bwd <= 1.0, "
+           "fwd <= 0.8 at N >= 8K). 'kernels only': the Triton launches alone (inverse-norm pre-pass and "
+           "forward; dK/dV and dQ) on raw q/k with tau prepared, i.e. without the PyTorch work around them "
+           "(argument checks, tau, autograd). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
            "SDPA: 2 and 5), causal. Memory: peak extra MiB during fwd+bwd. density: fraction of visited "
            "(query block, key block) pairs with any survivor. ref: reference op (skipped, n/a, for "
            f"N > {REF_MAX_N} and for planted inputs).", "",

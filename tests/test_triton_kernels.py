@@ -118,6 +118,46 @@ def test_scalar_beta_lam_and_no_normalize():
     _compare(inputs, normalize_qk=False)
 
 
+def _vary_norms(inputs, gen):
+    """Scale every q/k row by a random factor in [0.1, 10] (log-uniform); then, per view, make one q row
+    and one k row exactly zero and one of each of norm ~eps (where the eps of the normalisation matters)."""
+    with torch.no_grad():
+        for n in [n for n in inputs if n[0] in "qk"]:
+            x = inputs[n]
+            x.mul_(10 ** (torch.rand(x.shape[:-1], generator=gen, dtype=DT).to(DEV) * 2 - 1)[..., None])
+            x[:, :, 3] = 0.0
+            x[:, :, 5] *= 1e-6 / x[:, :, 5].norm(dim=-1, keepdim=True)
+    return inputs
+
+
+@pytest.mark.parametrize("case", [
+    (2, 4, 2, 37, 37, 16, 16, 2.0, True, 0, 1.0, False, True),    # GQA, TDA
+    (1, 2, 1, 21, 45, 32, 16, 1.0, True, 24, 0.5, True, True),    # MQA, KV cache, non-contiguous, p = 1
+    (1, 3, 3, 30, 30, 16, 32, 3.0, False, 0, 1.0, False, False),  # TRA, non-causal
+])
+def test_fused_normalization_varied_norms(case):
+    """normalize_qk=True on rows of very different norms, zero rows and rows of norm ~eps: the kernels'
+    fused normalisation (and its backward) must match reference.l2_normalize under autograd."""
+    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    torch.manual_seed(hash(case) % 2**31)
+    B, H, Hk, M, N, D, Dv, p, causal, off, kappa, nc, two = case
+    inputs = _vary_norms(_make(B, H, Hk, M, N, D, Dv, two, noncontig=nc), gen)
+    _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off, normalize_qk=True)
+
+
+def test_no_normalize_raw_inputs():
+    """normalize_qk=False on non-unit inputs: the kernels use the raw dot products (no scaling)."""
+    torch.manual_seed(9)
+    inputs = _make(1, 4, 2, 27, 27, 16, 16, True)
+    tra = _make(1, 2, 1, 23, 23, 32, 16, False)
+    with torch.no_grad():
+        for d in (inputs, tra):
+            for n in [n for n in d if n[0] in "qk"]:
+                d[n].mul_(0.35)
+    _compare(inputs, p=2.0, normalize_qk=False)
+    _compare(tra, p=1.0, normalize_qk=False)
+
+
 def test_rows_that_see_no_key_are_zero():
     # causal with fewer keys than queries: the first M - N rows see nothing
     torch.manual_seed(2)
@@ -163,10 +203,11 @@ def test_survivor_flags_and_skipping():
     causal = torch.ones(M, N, dtype=torch.bool, device=DEV).tril()
     live = ((flags[0] + flags[1]) * causal > 0)[0]  # (H, M, N)
     expect = live.view(2, 3, 16, 3, 16).any(4).any(2).to(torch.int8)
-    _, got = torch.ops.tda.threshold_attention_fwd(
-        reference.l2_normalize(inputs["q1"].detach()), reference.l2_normalize(inputs["k1"].detach()), reference.l2_normalize(inputs["q2"].detach()),
-        reference.l2_normalize(inputs["k2"].detach()), inputs["v"].detach(), taus.contiguous(),
-        inputs["lam"].detach().contiguous(), 2.0, True)
+    raw = [inputs[n].detach() for n in ("q1", "k1", "q2", "k2")]
+    args = (inputs["v"].detach(), taus.contiguous(), inputs["lam"].detach().contiguous(), 2.0, True)
+    got_fused = torch.ops.tda.threshold_attention_fwd(*raw, *args, True)[1]  # normalisation in the kernel
+    got = torch.ops.tda.threshold_attention_fwd(*[reference.l2_normalize(x) for x in raw], *args)[1]
+    assert torch.equal(got, got_fused)
     got = got.view(2, 3, 3)
     assert torch.equal(got.tril(), expect), (got, expect)
     assert (expect == 0).any() and (expect == 1).any()
@@ -234,9 +275,10 @@ def test_custom_op_opcheck():
     v = torch.randn(1, 1, 17, 16, dtype=DT, device=DEV)
     tau = torch.rand(2, 17, dtype=DT, device=DEV) * 0.3
     lam = torch.rand(2, dtype=DT, device=DEV)
-    torch.library.opcheck(torch.ops.tda.threshold_attention_fwd.default,
-                          (q, k, q.clone(), k.clone(), v, tau, lam, 2.0, True),
-                          test_utils=("test_schema", "test_faketensor"))
+    for normalize in (False, True):
+        torch.library.opcheck(torch.ops.tda.threshold_attention_fwd.default,
+                              (q, k, q.clone(), k.clone(), v, tau, lam, 2.0, True, normalize),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_validation_cache_sees_in_place_changes():

@@ -1,11 +1,14 @@
 """Entry points of the fused kernels: `tda`, `tra`, `unsupported_reason` (called by tda.ops dispatch).
 
-Semantics are those of tda.ops.reference (see its docstring). What happens outside the kernels, in
-PyTorch and hence under autograd: l2 normalisation of q/k (reference.l2_normalize) and the row
-thresholds tau (H, M) = beta_h * sqrt(2 max(log((pos+1)/kappa), 0) / d) (reference.tau), so dbeta comes
-from the kernels' per-row dtau by autograd. The kernels see unit vectors, tau and lam, and are wrapped as
-the torch custom ops `tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break);
-in eager mode the same launches go through a plain autograd.Function, which dispatches faster.
+Semantics are those of tda.ops.reference (see its docstring). The l2 normalisation of q/k is fused
+(normalize_qk=True): the kernels get the raw q/k, a small pre-pass kernel (common.inv_norm_kernel) writes
+the fp32 inverse norms rq (B, H, M) and rk (B, Hk, N) of each view -- O(N), kept for the backward -- and
+the kernels scale the raw dot products by them and apply the normalisation's exact backward in their
+epilogues. What happens outside the kernels, in PyTorch and hence under autograd: the row thresholds
+tau (H, M) = beta_h * sqrt(2 max(log((pos+1)/kappa), 0) / d) (reference.tau), so dbeta comes from the
+kernels' per-row dtau by autograd. The launches are wrapped as the torch custom ops
+`tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break); in eager mode the same
+launches go through a plain autograd.Function, which dispatches faster.
 
 Forward: tda_fwd_kernel (fwd.py) also records, per (query block, key block), whether any exceedance
 survived; the backward kernels (bwd.py) skip the empty pairs.
@@ -22,6 +25,7 @@ import triton
 from .. import reference
 from ..validate import _check_scalar_param, check_inputs
 from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel
+from .common import inv_norm_kernel
 from .fwd import tda_fwd_kernel
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -94,7 +98,33 @@ def unsupported_reason(q, k, v, p) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------------
 # launchers
 
-def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg):
+def _inv_norms(x1, x2):
+    """(T, B, H, M) inverse norms 1 / sqrt(|x|^2 + NORM_EPS^2) of x1 (and x2, same shape), T = 1 or 2:
+    fp32, fp64 for fp64 inputs; the same numbers as reference.l2_normalize's."""
+    B, H, M, D = x1.shape
+    two = x2 is not None
+    rdt = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    r = torch.empty((2 if two else 1, B, H, M), device=x1.device, dtype=rdt)
+    rows = B * H * M
+    if rows == 0:
+        return r
+    BR = 64 if D <= 64 else 32
+    with torch.cuda.device(x1.device) if x1.is_cuda else contextlib.nullcontext():
+        inv_norm_kernel[(triton.cdiv(rows, BR), 2 if two else 1)](
+            x1, x2 if two else x1, r, *x1.stride(), *_strides(x2, x1), H, M, rows,
+            EPS2=reference.NORM_EPS * reference.NORM_EPS, TWO=two, HEAD_D=D, BLOCK_R=BR, num_warps=4)
+    return r
+
+
+def _norm_args(rq, rk, like):
+    """Kernel pointer arguments RQ1, RQ2, RK1, RK2 (any tensor where not normalising)."""
+    if rq is None:
+        return like, like, like, like
+    return rq[0], rq[-1], rk[0], rk[-1]
+
+
+def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize=False):
+    """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -103,20 +133,25 @@ def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg):
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
     flags = (torch.ones if SKIP_EMPTY == 3 else torch.zeros)((B * H, n_mt, n_nt), device=q1.device,
                                                              dtype=torch.int8)
+    rq, rk = (_inv_norms(q1, q2), _inv_norms(k1, k2)) if normalize else (None, None)
     if out.numel() == 0:
-        return out, flags
+        return out, flags, rq, rk
     grid = (n_mt, B * H)
     with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
         tda_fwd_kernel[grid](
             q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, out, flags,
+            *_norm_args(rq, rk, tau),
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
             H, H // Hk, M, N, n_mt, n_nt, float(p),
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-            PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), num_warps=warps, num_stages=stages)
-    return out, flags
+            PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
+            num_warps=warps, num_stages=stages)
+    return out, flags, rq, rk
 
 
-def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
+def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT, cfg):
+    """Gradients with respect to the kernel's q/k inputs: raw q/k when rq/rk (the forward's inverse norms)
+    are given, i.e. the normalisation's backward included; else q/k are taken as the unit vectors."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -133,21 +168,22 @@ def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
             t.zero_()
     else:
         common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride())
-        args = (q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, do, flags)
+        args = (q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, do, flags,
+                *_norm_args(rq, rk, tau))
         with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
             BM, BN, warps, stages = cfg["dkdv"]
             tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
                 *args, dk1, dk2 if two else dk1, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
                 TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
                 MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
-                num_warps=warps, num_stages=stages)
+                NORMALIZE=rq is not None, num_warps=warps, num_stages=stages)
             BM, BN, warps, stages = cfg["dq"]
             tda_bwd_dq_kernel[(triton.cdiv(M, BM), B * H)](
                 *args, dq1, dq2 if two else dq1, dtau, dlam if two else dtau, *common,
                 H, H // Hk, M, N, n_mt, n_nt, float(p),
                 TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
                 MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
-                num_warps=warps, num_stages=stages)
+                NORMALIZE=rq is not None, num_warps=warps, num_stages=stages)
     dtau_h = dtau.view(B, H, M).sum(0)
     dlam_h = dlam.view(B, H, M).sum((0, 2)) if two else dlam
     return dq1, dk1, dq2, dk2, dv, dtau_h, dlam_h
@@ -159,37 +195,55 @@ def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg):
 @torch.library.custom_op("tda::threshold_attention_fwd", mutates_args=())
 def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
                             k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
-                            lam: Optional[torch.Tensor], p: float, causal: bool
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, survivor flags) for unit-vector queries/keys, tau (H, M) fp32 and lam (H,) fp32 (TDA) or
-    None (TRA)."""
+                            lam: Optional[torch.Tensor], p: float, causal: bool, normalize: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, survivor flags, rq, rk) for tau (H, M) fp32 and lam (H,) fp32 (TDA) or None (TRA).
+    normalize: q/k are raw and the op uses their cosine (rq (T, B, H, M), rk (T, B, Hk, N) are the inverse
+    norms, for the backward); else q/k are used as given (unit vectors) and rq, rk are empty."""
     cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
-    return _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg)
+    out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize)
+    if rq is None:
+        rq, rk = tau.new_empty(0), tau.new_empty(0)
+    return out, flags, rq, rk
+
+
+def _norm_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @threshold_attention_fwd.register_fake
-def _(q1, k1, q2, k2, v, tau, lam, p, causal):
+def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     B, H, M, D = q1.shape
-    N = k1.shape[2]
+    Hk, N = k1.shape[1], k1.shape[2]
     BM, BN = _configs(D, q1.dtype, q2 is not None)["fwd"][:2]
     out = q1.new_empty((B, H, M, v.shape[-1]))
     flags = q1.new_empty((B * H, -(-M // BM), -(-N // BN)), dtype=torch.int8)
-    return out, flags
+    T = 2 if q2 is not None else 1
+    if normalize:
+        rq = q1.new_empty((T, B, H, M), dtype=_norm_dtype(q1))
+        rk = q1.new_empty((T, B, Hk, N), dtype=_norm_dtype(q1))
+    else:
+        rq, rk = tau.new_empty(0), tau.new_empty(0)
+    return out, flags, rq, rk
 
 
 @torch.library.custom_op("tda::threshold_attention_bwd", mutates_args=())
 def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
                             k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
-                            lam: Optional[torch.Tensor], flags: torch.Tensor, p: float, causal: bool,
-                            MT: int, NT: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA."""
+                            lam: Optional[torch.Tensor], flags: torch.Tensor, rq: torch.Tensor, rk: torch.Tensor,
+                            p: float, causal: bool, MT: int, NT: int
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                       torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA.
+    rq, rk: the forward's inverse norms (empty: no normalisation)."""
     cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
-    return _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT, cfg)
+    if rq.numel() == 0 or rk.numel() == 0:
+        rq, rk = None, None
+    return _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT, cfg)
 
 
 @threshold_attention_bwd.register_fake
-def _(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT):
+def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT):
     two = q2 is not None
     H, M = q1.shape[1], q1.shape[2]
     dq2 = torch.empty_like(q1) if two else q1.new_empty(0)
@@ -200,21 +254,21 @@ def _(do, q1, k1, q2, k2, v, tau, lam, flags, p, causal, MT, NT):
 
 
 def _setup_context(ctx, inputs, output):
-    q1, k1, q2, k2, v, tau, lam, p, causal = inputs
-    _, flags = output
-    ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags)
+    q1, k1, q2, k2, v, tau, lam, p, causal, normalize = inputs
+    _, flags, rq, rk = output
+    ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
     ctx.p, ctx.causal = p, causal
     ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None)["fwd"][:2]
-    ctx.mark_non_differentiable(flags)
+    ctx.mark_non_differentiable(flags, rq, rk)
 
 
-def _backward(ctx, dout, dflags):
-    q1, k1, q2, k2, v, tau, lam, flags = ctx.saved_tensors
+def _backward(ctx, dout, dflags, drq, drk):
+    q1, k1, q2, k2, v, tau, lam, flags, rq, rk = ctx.saved_tensors
     dq1, dk1, dq2, dk2, dv, dtau, dlam = threshold_attention_bwd(
-        dout, q1, k1, q2, k2, v, tau, lam, flags, ctx.p, ctx.causal, ctx.MT, ctx.NT)
+        dout, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, ctx.p, ctx.causal, ctx.MT, ctx.NT)
     two = q2 is not None
     return (dq1, dk1, dq2 if two else None, dk2 if two else None, dv, dtau, dlam if two else None,
-            None, None)
+            None, None, None)
 
 
 threshold_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -269,40 +323,35 @@ def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, nor
     why = unsupported_reason(q1, k1, v, p)
     if why is not None:
         raise ValueError(f"the Triton kernel cannot run this call: {why}")
-    if normalize_qk:
-        if q2 is not None:
-            # one l2_normalize per view pair (same shapes): half the small kernels, same numbers
-            q1, q2 = reference.l2_normalize(torch.stack((q1, q2))).unbind(0)
-            k1, k2 = reference.l2_normalize(torch.stack((k1, k2))).unbind(0)
-        else:
-            q1, k1 = reference.l2_normalize(q1), reference.l2_normalize(k1)
+    # normalize_qk: fused in the kernels (raw q/k in, their inverse norms computed by a pre-pass kernel)
     tau_rows = _tau_rows(beta, M, position_offset, float(kappa), D, q1.dtype)
     lam_h = lam.to(tau_rows.dtype).contiguous() if lam is not None else None
     if torch.compiler.is_compiling():
-        out, _ = threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal))
+        out = threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal),
+                                      bool(normalize_qk))[0]
     else:  # eager: the same launches through a plain autograd.Function, which dispatches faster
-        out = _EagerTDA.apply(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal))
+        out = _EagerTDA.apply(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal), bool(normalize_qk))
     return out
 
 
 class _EagerTDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q1, k1, q2, k2, v, tau, lam, p, causal):
+    def forward(ctx, q1, k1, q2, k2, v, tau, lam, p, causal, normalize):
         cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
-        out, flags = _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg)
-        ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags)
+        out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize)
+        ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
         ctx.p, ctx.causal, ctx.cfg = p, causal, cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q1, k1, q2, k2, v, tau, lam, flags = ctx.saved_tensors
+        q1, k1, q2, k2, v, tau, lam, flags, rq, rk = ctx.saved_tensors
         MT, NT = ctx.cfg["fwd"][:2]
-        dq1, dk1, dq2, dk2, dv, dtau, dlam = _launch_bwd(dout, q1, k1, q2, k2, v, tau, lam, flags, ctx.p,
-                                                         ctx.causal, MT, NT, ctx.cfg)
+        dq1, dk1, dq2, dk2, dv, dtau, dlam = _launch_bwd(dout, q1, k1, q2, k2, v, tau, lam, flags, rq, rk,
+                                                         ctx.p, ctx.causal, MT, NT, ctx.cfg)
         two = q2 is not None
         return (dq1, dk1, dq2 if two else None, dk2 if two else None, dv, dtau, dlam if two else None,
-                None, None)
+                None, None, None)
 
 
 def tda(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,

@@ -7,11 +7,28 @@ With dDa_ij = dO_i . v_j and e_ij = (s_ij - tau_i)_+ :
     dtau_i = -sum_j (de1 + de2)_ij                 dlam = -sum_ij a2_ij dDa_ij
 No softmax statistics are needed: every weight is recomputed from the scores alone. Pairs of blocks
 that the forward's survivor flags mark empty are skipped outright (no loads, no products).
+
+NORMALIZE (fused cosine normalisation, see fwd.py): s_ij = (q_i . k_j) rq_i rk_j with q^_i = rq_i q_i,
+rq_i = (|q_i|^2 + eps^2)^(-1/2). The loops accumulate the gradients of the unit vectors,
+    dq^_i = sum_j ds_ij k^_j = sum_j (ds_ij rk_j) k_j        dk^_j = sum_i (ds_ij rq_i) q_i
+(the scale folded into ds before the product, which runs on the raw tiles), and the epilogues apply the
+exact derivative of x -> x (|x|^2 + eps^2)^(-1/2):   dx = r dx^ - x r^3 (x . dx^).
+dk^ is summed over the grouped-query heads first (the normalisation is per kv vector, so that is exact).
 """
 import triton
 import triton.language as tl
 
 from .common import exceed_dpow, exceed_pow, pair_alive
+
+
+@triton.jit
+def _unnormalize_grad(dxh, x, r, ACC: tl.constexpr):
+    """dx = r dx^ - x r^3 (x . dx^): the exact backward of x^ = x (|x|^2 + eps^2)^(-1/2), r its inverse
+    norm (per row), dx^ the gradient of the unit vector; in fp32 (fp64 for fp64 inputs)."""
+    xf = x.to(ACC)
+    g = dxh.to(ACC)
+    xg = tl.sum(xf * g, 1)
+    return r[:, None] * g - xf * (r * r * r * xg)[:, None]
 
 
 @triton.jit
@@ -56,13 +73,13 @@ def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k
 
 
 @triton.jit
-def _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_base, flag_base,
-                s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base, flag_base,
+                rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                 start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
                 MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-                PREFETCH: tl.constexpr):
+                PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -77,27 +94,39 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_bas
                                                    s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                                    TWO_VIEWS, HEAD_D, HEAD_DV)
             # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
-            e1 = tl.maximum(tl.dot(k1, tl.trans(q1), input_precision=PREC) - tau[None, :], 0.0)
+            s1 = tl.dot(k1, tl.trans(q1), input_precision=PREC)
+            if NORMALIZE:
+                rq1 = tl.load(rq1_base + offs_m, mask=offs_m < M, other=0.0)
+                s1 = s1 * rk1[:, None] * rq1[None, :]
+            e1 = tl.maximum(s1 - tau[None, :], 0.0)
             if MASKED:
                 ok = offs_n[:, None] <= offs_m[None, :] + diag
                 e1 = tl.where(ok, e1, 0.0)
             dda = tl.dot(v, tl.trans(do), input_precision=PREC)
             w = exceed_pow(e1, P, p_val)
             de1 = dda * exceed_dpow(e1, P, p_val)
+            if NORMALIZE:
+                de1 = de1 * rq1[None, :]
             dk1 += tl.dot(de1.to(q1.dtype), q1, input_precision=PREC)
             if TWO_VIEWS:
-                e2 = tl.maximum(tl.dot(k2, tl.trans(q2), input_precision=PREC) - tau[None, :], 0.0)
+                s2 = tl.dot(k2, tl.trans(q2), input_precision=PREC)
+                if NORMALIZE:
+                    rq2 = tl.load(rq2_base + offs_m, mask=offs_m < M, other=0.0)
+                    s2 = s2 * rk2[:, None] * rq2[None, :]
+                e2 = tl.maximum(s2 - tau[None, :], 0.0)
                 if MASKED:
                     e2 = tl.where(ok, e2, 0.0)
                 w = w - lam * exceed_pow(e2, P, p_val)
                 de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
+                if NORMALIZE:
+                    de2 = de2 * rq2[None, :]
                 dk2 += tl.dot(de2.to(q2.dtype), q2, input_precision=PREC)
             dv += tl.dot(w.to(do.dtype), do, input_precision=PREC)
     return dk1, dk2, dv
 
 
 @triton.jit
-def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
+def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
                         s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                         s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                         s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -105,7 +134,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
                         TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr):
+                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
     """One program per (key block, batch * kv head); loops over the G query heads sharing the kv head
     (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
     pid_n = tl.program_id(0)
@@ -128,6 +157,15 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
         k2 = k1
     v = tl.load(V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
                 mask=key_ok[:, None], other=0.0)
+    if NORMALIZE:  # RK* contiguous (B, Hk, N), RQ* contiguous (B, H, M)
+        rk1 = tl.load(RK1 + bhk.to(tl.int64) * N + offs_n, mask=key_ok, other=0.0)
+        if TWO_VIEWS:
+            rk2 = tl.load(RK2 + bhk.to(tl.int64) * N + offs_n, mask=key_ok, other=0.0)
+        else:
+            rk2 = rk1
+    else:
+        rk1 = 0.0
+        rk2 = 0.0
     dk1 = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dk2 = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DV], dtype=tl.float32)
@@ -153,16 +191,22 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
         do_base = DO + b * s_dob + h * s_doh
         tau_base = TAU + h * M
         flag_base = FLAGS + bh * n_mt * n_nt
-        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_base,
-                                   flag_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+        rq1_base = RQ1 + bh * M
+        rq2_base = RQ2 + bh * M
+        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base,
+                                   flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH)
-        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, lam, q1_base, q2_base, do_base, tau_base,
-                                   flag_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base,
+                                   flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                    False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH)
+                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+    if NORMALIZE:  # from the unit vectors' gradient to the raw keys': dk = r dk^ - k r^3 (k . dk^)
+        dk1 = _unnormalize_grad(dk1, k1, rk1, RK1.dtype.element_ty)
+        if TWO_VIEWS:
+            dk2 = _unnormalize_grad(dk2, k2, rk2, RK1.dtype.element_ty)
     # outputs are contiguous (B, Hk, N, D)
     o = (b * Hk + hk) * N
     tl.store(DK1 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk1.to(DK1.dtype.element_ty),
@@ -175,13 +219,13 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DK1, DK2, DV,
 
 
 @triton.jit
-def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
-              s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
+              rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
               start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
               MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-              PREFETCH: tl.constexpr):
+              PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -192,7 +236,11 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_ba
             if not PREFETCH:
                 k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                            s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
-            e1 = tl.maximum(tl.dot(q1, tl.trans(k1), input_precision=PREC) - tau[:, None], 0.0)
+            s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+            if NORMALIZE:
+                rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
+                s1 = s1 * rq1[:, None] * rk1[None, :]
+            e1 = tl.maximum(s1 - tau[:, None], 0.0)
             if MASKED:
                 ok = offs_n[None, :] < N
                 if CAUSAL:
@@ -200,13 +248,23 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_ba
                 e1 = tl.where(ok, e1, 0.0)
             dda = tl.dot(do, tl.trans(v), input_precision=PREC)
             ds = dda * exceed_dpow(e1, P, p_val)
-            dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=PREC)
+            if NORMALIZE:
+                dq1 += tl.dot((ds * rk1[None, :]).to(k1.dtype), k1, input_precision=PREC)
+            else:
+                dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=PREC)
             if TWO_VIEWS:
-                e2 = tl.maximum(tl.dot(q2, tl.trans(k2), input_precision=PREC) - tau[:, None], 0.0)
+                s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
+                if NORMALIZE:
+                    rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
+                    s2 = s2 * rq2[:, None] * rk2[None, :]
+                e2 = tl.maximum(s2 - tau[:, None], 0.0)
                 if MASKED:
                     e2 = tl.where(ok, e2, 0.0)
                 de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
-                dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
+                if NORMALIZE:
+                    dq2 += tl.dot((de2 * rk2[None, :]).to(k2.dtype), k2, input_precision=PREC)
+                else:
+                    dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
                 dlam -= tl.sum(exceed_pow(e2, P, p_val) * dda, 1)
                 ds = ds + de2
             dtau -= tl.sum(ds, 1)
@@ -214,7 +272,7 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_ba
 
 
 @triton.jit
-def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DLAM,
+def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -222,7 +280,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DL
                       TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr):
+                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
     """One program per (query block, batch * head): dq1, dq2 (contiguous), and per row
     dtau_i and -sum_j a2_ij dDa_ij (fp32, (B*H, M)), reduced over rows/batch in torch."""
     pid_m = tl.program_id(0)
@@ -252,6 +310,18 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DL
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
     flag_base = FLAGS + bh.to(tl.int64) * n_mt * n_nt
+    # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), RK* contiguous (B, Hk, N)
+    rk1_base = RK1 + (b * (H // G) + hk) * N
+    rk2_base = RK2 + (b * (H // G) + hk) * N
+    if NORMALIZE:
+        rq1 = tl.load(RQ1 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        if TWO_VIEWS:
+            rq2 = tl.load(RQ2 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        else:
+            rq2 = rq1
+    else:
+        rq1 = tau
+        rq2 = tau
     if CAUSAL:
         last_row = tl.minimum(start_m + BLOCK_M, M) - 1
         free = tl.minimum(tl.maximum(start_m + diag + 1, 0), N)
@@ -264,16 +334,22 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, DQ1, DQ2, DTAU, DL
     dq2 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     dtau = tl.zeros([BLOCK_M], dtype=tl.float32)
     dlam = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_base,
-                                     flag_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+    dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
+                                     k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
+                                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                      start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
                                      False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC, PREFETCH)
-    dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, do, tau, lam, k1_base, k2_base, v_base,
-                                     flag_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+                                     MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+    dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
+                                     k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
+                                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                      start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
                                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC, PREFETCH)
+                                     MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+    if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^)
+        dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
+        if TWO_VIEWS:
+            dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
     o = bh.to(tl.int64) * M
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
              mask=row_ok[:, None])

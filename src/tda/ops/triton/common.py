@@ -56,3 +56,29 @@ def pair_alive(flag_base, start_m, start_n, n_mt, n_nt,
                          mask=(rows[:, None] < n_mt) & (cols[None, :] < n_nt), other=0).to(tl.int32)
             f = tl.max(tl.max(ff, 1), 0)
     return f > 0
+
+
+@triton.jit
+def inv_norm_kernel(X1, X2, R, s1b, s1h, s1m, s1d, s2b, s2h, s2m, s2d, H, M, rows,
+                    EPS2: tl.constexpr, TWO: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """R[t, b, h, m] = 1 / sqrt(|x_t[b, h, m, :]|^2 + EPS2) for x_1 = X1, x_2 = X2 (TWO) of one shape
+    (B, H, M, HEAD_D), any strides; R contiguous (T, B, H, M) in fp32 (fp64 for fp64 inputs). The same
+    numbers as reference.l2_normalize's inverse norm (sum of squares in at least fp32, eps^2 added)."""
+    t = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = r < rows
+    r64 = r.to(tl.int64)
+    b = r64 // (H * M)
+    h = (r64 // M) % H
+    m = r64 % M
+    offs_d = tl.arange(0, HEAD_D)
+    if TWO:
+        if t == 0:
+            ptrs = X1 + (b * s1b + h * s1h + m * s1m)[:, None] + offs_d[None, :] * s1d
+        else:
+            ptrs = X2 + (b * s2b + h * s2h + m * s2m)[:, None] + offs_d[None, :] * s2d
+    else:
+        ptrs = X1 + (b * s1b + h * s1h + m * s1m)[:, None] + offs_d[None, :] * s1d
+    x = tl.load(ptrs, mask=ok[:, None], other=0.0).to(R.dtype.element_ty)
+    ss = tl.sum(x * x, 1) + tl.full([BLOCK_R], EPS2, R.dtype.element_ty)
+    tl.store(R + t * rows + r64, tl.rsqrt(ss), mask=ok)

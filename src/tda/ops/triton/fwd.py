@@ -6,6 +6,10 @@ query block may see) and a masked stage (the diagonal blocks and the ragged key 
 the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
 exceedance survived; a pair with none skips the V load and the PV product, and the backward skips it
 entirely.
+
+NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
+inverse norms rq, rk (reference.l2_normalize's, eps included) precomputed by common.inv_norm_kernel:
+the products still run on the raw input-dtype tiles, and no normalised copy of q/k is ever written.
 """
 import triton
 import triton.language as tl
@@ -14,12 +18,12 @@ from .common import exceed_pow
 
 
 @triton.jit
-def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                flag_row, offs_m, lo, hi, diag, N, p_val,
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-               PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+               PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     for start_n in range(lo, hi, BLOCK_N):
@@ -31,6 +35,12 @@ def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
         else:
             k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
         s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+        if NORMALIZE:  # cosine: scale the raw dot products by both inverse norms
+            if MASKED:
+                rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
+            else:
+                rk1 = tl.load(rk1_base + offs_n)
+            s1 = s1 * rq1[:, None] * rk1[None, :]
         e1 = tl.maximum(s1 - tau[:, None], 0.0)
         if MASKED:
             ok = offs_n[None, :] < N
@@ -46,6 +56,12 @@ def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
             else:
                 k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
             s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
+            if NORMALIZE:
+                if MASKED:
+                    rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
+                else:
+                    rk2 = tl.load(rk2_base + offs_n)
+                s2 = s2 * rq2[:, None] * rk2[None, :]
             e2 = tl.maximum(s2 - tau[:, None], 0.0)
             if MASKED:
                 e2 = tl.where(ok, e2, 0.0)
@@ -85,14 +101,14 @@ def _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
 
 
 @triton.jit
-def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS,
+def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
                    H, G, M, N, n_mt, n_nt, p_val,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-                   PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+                   PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -116,6 +132,18 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS,
         q2 = q1
         lam = 0.0
     tau = tl.load(TAU + h64 * M + offs_m, mask=row_ok, other=0.0)
+    # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), RK* contiguous (B, Hk, N)
+    rk1_base = RK1 + (b * (H // G) + hk) * N
+    rk2_base = RK2 + (b * (H // G) + hk) * N
+    if NORMALIZE:
+        rq1 = tl.load(RQ1 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        if TWO_VIEWS:
+            rq2 = tl.load(RQ2 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        else:
+            rq2 = rq1
+    else:
+        rq1 = tau
+        rq2 = tau
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
@@ -131,11 +159,11 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS,
         lo = (N // BLOCK_N) * BLOCK_N
         hi = N
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
-    acc = _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, 0, lo, diag, N, p_val,
-                     False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY)
-    acc = _fwd_inner(acc, q1, q2, tau, lam, k1_base, k2_base, v_base,
+                     False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE)
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, lo, hi, diag, N, p_val,
-                     True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY)
+                     True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE)
     o_ptrs = OUT + b * s_ob + h64 * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
