@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tda.cli import DEMO_CONFIG, build_parser, demo_config, main
 from tda.train.config import TrainConfig, load_config
@@ -25,6 +26,15 @@ ckpt_interval: 2
 device: cpu
 progress: false
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the CPU is shared (no OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

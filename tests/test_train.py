@@ -19,6 +19,15 @@ from tda.train.loop import train
 from tda.train.schedule import lr_at
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the CPU is shared (no OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def bundled_dir(tmp_path_factory):
     from tda.data import ensure_bundled_data
