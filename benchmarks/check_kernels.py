@@ -131,6 +131,9 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/n: run only the configs of every n-th kernel variant "
                     "(run n processes side by side so that their compilations overlap)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="stop drawing new configurations after this many seconds (0: no limit); the summary "
+                    "then says how many ran")
     args = ap.parse_args()
     global DEV
     DEV = args.device
@@ -142,6 +145,9 @@ def main():
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     n_run = 0
     for i in range(args.n):
+        if args.budget_s and time.time() - t0 > args.budget_s:
+            print(f"time budget of {args.budget_s:.0f}s spent after {i} of {args.n} draws", flush=True)
+            break
         c = random_config(rng)
         vi = VARIANTS.index((c["dtype"], c["D"], c["p"], c["two"]))
         if (2 * vi + c["causal"]) % n_shards != shard:
