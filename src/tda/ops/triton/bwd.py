@@ -203,15 +203,16 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, R
                                    start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                    False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
-    if NORMALIZE:  # from the unit vectors' gradient to the raw keys': dk = r dk^ - k r^3 (k . dk^)
-        dk1 = _unnormalize_grad(dk1, k1, rk1, RK1.dtype.element_ty)
-        if TWO_VIEWS:
-            dk2 = _unnormalize_grad(dk2, k2, rk2, RK1.dtype.element_ty)
-    # outputs are contiguous (B, Hk, N, D)
+    # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
+    # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
     o = (b * Hk + hk) * N
+    if NORMALIZE:
+        dk1 = _unnormalize_grad(dk1, k1, rk1, RK1.dtype.element_ty)
     tl.store(DK1 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk1.to(DK1.dtype.element_ty),
              mask=key_ok[:, None])
     if TWO_VIEWS:
+        if NORMALIZE:
+            dk2 = _unnormalize_grad(dk2, k2, rk2, RK1.dtype.element_ty)
         tl.store(DK2 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk2.to(DK2.dtype.element_ty),
                  mask=key_ok[:, None])
     tl.store(DV + (o + offs_n[:, None]) * HEAD_DV + offs_dv[None, :], dv.to(DV.dtype.element_ty),
@@ -346,14 +347,14 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2
                                      start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
                                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
                                      MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
-    if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^)
-        dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
-        if TWO_VIEWS:
-            dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
     o = bh.to(tl.int64) * M
+    if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^), one view at a time (each stored before the next)
+        dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
              mask=row_ok[:, None])
     if TWO_VIEWS:
+        if NORMALIZE:
+            dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
         tl.store(DQ2 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq2.to(DQ2.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(DLAM + o + offs_m, dlam, mask=row_ok)
