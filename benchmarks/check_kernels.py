@@ -26,8 +26,7 @@ import torch
 DEV = "cuda"
 
 import tda.ops as ops
-from tda.ops import reference
-from tda.ops.triton import attention as tk
+from tda.ops.triton import attention as tk  # noqa: F401  (registers the torch.ops.tda custom ops)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # (dtype, d, p, two_views): a fixed set of kernel variants keeps the number of compilations bounded
