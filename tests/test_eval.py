@@ -315,3 +315,11 @@ def test_passkey_early_stop_never_changes_the_verdict():
     assert not stop(tok.encode(" 12345"))        # might still grow into 123456
     assert stop(tok.encode(" t"))                # not a number: already wrong
     assert not stop(tok.encode("  "))
+
+
+def test_multi_needle_passkey_runs_and_asks_for_one_key():
+    m, tok = tiny_model("tda"), ByteTokenizer()
+    r = passkey_accuracy(m, tok, [500], trials=2, n_needles=3, max_new_tokens=2, seed=3)
+    assert r["n_needles"] == 3 and len(r["per_trial"][0]) == 2
+    for row in r["per_trial"][0]:
+        assert len(row["answer"]) == 5 and row["n_tokens"] <= 500
