@@ -19,8 +19,7 @@ def _check_backend(backend):
 
 def _triton_module():
     """The kernel package, or None where triton cannot be imported."""
-    try:
-        from . import triton as tk  # noqa: F401  (imports triton lazily: CPU-only installs work without it)
+    try:  # imported lazily: CPU-only installs work without triton
         from .triton import attention as tk_attention
     except ImportError:
         return None
@@ -45,6 +44,17 @@ def _use_triton(backend, q, reason_args):
     return tk
 
 
+def _pick_kernel(backend, q, k, v, p, return_weights, key_padding_mask):
+    """The kernel module to run this call with, or None for the reference."""
+    _check_backend(backend)
+    if return_weights or key_padding_mask is not None:
+        if backend == "triton":
+            raise ValueError("backend='triton' does not support return_weights or key_padding_mask; "
+                             "use backend='reference'")
+        return None
+    return _use_triton(backend, q, (k, v, p))
+
+
 def threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True,
                                      position_offset=0, normalize_qk=True, backend="auto",
                                      key_padding_mask=None, return_weights=False):
@@ -53,13 +63,7 @@ def threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0,
     Tensors are (B, H, N, D); k/v may have fewer heads than q (grouped-query) and be longer than q
     (KV cache: position_offset = number of cached positions). Returns the pre-RMSNorm aggregation.
     """
-    _check_backend(backend)
-    tk = None
-    if not return_weights and key_padding_mask is None:
-        tk = _use_triton(backend, q1, (k1, v, p))
-    elif backend == "triton":
-        raise ValueError("backend='triton' does not support return_weights or key_padding_mask; "
-                         "use backend='reference'")
+    tk = _pick_kernel(backend, q1, k1, v, p, return_weights, key_padding_mask)
     if tk is not None:
         return tk.tda(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal,
                       position_offset=position_offset, normalize_qk=normalize_qk)
@@ -72,13 +76,7 @@ def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=Tru
                                   normalize_qk=True, backend="auto", key_padding_mask=None,
                                   return_weights=False):
     """sum_j (cos(q_i, k_j) - tau_i)_+^p v_j — the single-view (TRA) case; see reference.py."""
-    _check_backend(backend)
-    tk = None
-    if not return_weights and key_padding_mask is None:
-        tk = _use_triton(backend, q, (k, v, p))
-    elif backend == "triton":
-        raise ValueError("backend='triton' does not support return_weights or key_padding_mask; "
-                         "use backend='reference'")
+    tk = _pick_kernel(backend, q, k, v, p, return_weights, key_padding_mask)
     if tk is not None:
         return tk.tra(q, k, v, beta, kappa=kappa, p=p, causal=causal, position_offset=position_offset,
                       normalize_qk=normalize_qk)
