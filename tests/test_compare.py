@@ -107,6 +107,22 @@ def test_failed_variant_is_reported_and_others_run(tmp_path, data_dir, monkeypat
     assert "| rela | rela |" in table
 
 
+def test_failed_measurement_keeps_the_trained_variant(tmp_path, data_dir, monkeypatch):
+    import tda.train.compare as C
+
+    def broken(*a, **kw):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(C, "attention_measurements", broken)
+    cfg = write_cfg(tmp_path, data_dir)
+    compare(cfg, overrides=["max_steps=2"], only=["softmax"], results_dir=tmp_path / "res", log=lambda *a: None)
+    row = json.loads((tmp_path / "res" / "results.json").read_text())[0]
+    assert row["steps"] == 2 and row["val_loss"] is not None and "error" not in row
+    assert "same device" in row["measure_errors"][0]
+    table = (tmp_path / "res" / "results.md").read_text()
+    assert "softmax: measurement failed: attention statistics" in table
+
+
 def test_variant_specs_and_errors():
     v = parse_variants(["softmax", {"name": "tda_k2", "attention": "tda", "model": {"kappa": 2.0}}])
     assert v[1].attention == "tda" and v[1].model == {"kappa": 2.0}

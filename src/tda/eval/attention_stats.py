@@ -189,9 +189,11 @@ class _LayerAccumulator:
         f64 = torch.float64
         if self.s is None:
             self.N = N
-            self.s = {n: torch.zeros(H, dtype=f64) for n in ("zeros", "alpha", "valid", "ent")}
-            self.s.update({("top", k): torch.zeros(H, dtype=f64) for k in self.topk})
-            self.pos = {n: torch.zeros(N, dtype=f64) for n in ("zeros", "first", "valid", "ent", "cnt")}
+            # accumulators on the weights' device (a GPU run sums there); per_head() hands back CPU tensors
+            dev = w.device
+            self.s = {n: torch.zeros(H, dtype=f64, device=dev) for n in ("zeros", "alpha", "valid", "ent")}
+            self.s.update({("top", k): torch.zeros(H, dtype=f64, device=dev) for k in self.topk})
+            self.pos = {n: torch.zeros(N, dtype=f64, device=dev) for n in ("zeros", "first", "valid", "ent", "cnt")}
         elif N != self.N:
             raise ValueError(f"all batches must have the same length; got {N} after {self.N}")
         s, pos = self.s, self.pos
@@ -201,7 +203,8 @@ class _LayerAccumulator:
             c = w[:, :, r0:r0 + self.row_chunk].float()
             C = c.shape[-2]
             sl = slice(r0, r0 + C)
-            allowed = torch.arange(N)[None, :] <= torch.arange(r0, r0 + C)[:, None]     # (C, N)
+            allowed = (torch.arange(N, device=w.device)[None, :]
+                       <= torch.arange(r0, r0 + C, device=w.device)[:, None])                # (C, N)
             z = (c == 0) & allowed                                                     # (B, H, C, N)
             s["zeros"] += z.sum((0, 2, 3)).to(f64)
             pos["zeros"][sl] += z.sum((0, 1, 3)).to(f64)
@@ -223,7 +226,7 @@ class _LayerAccumulator:
             del p
 
     def per_head(self) -> dict:
-        s, N, B = self.s, self.N, self.n_seqs
+        s, N, B = {k: v.cpu() for k, v in self.s.items()}, self.N, self.n_seqs
         valid = s["valid"]
         mean = lambda x: torch.where(valid > 0, x / valid.clamp_min(1), torch.full_like(x, float("nan")))  # noqa: E731
         return {
@@ -238,7 +241,7 @@ class _LayerAccumulator:
 def _combine(accs) -> AttentionStats:
     heads = [a.per_head() for a in accs]
     stack = lambda key: torch.stack([x[key] for x in heads])  # noqa: E731
-    pos = {k: sum(a.pos[k] for a in accs) for k in accs[0].pos}
+    pos = {k: sum(a.pos[k].cpu() for a in accs) for k in accs[0].pos}
     N = accs[0].N
     i = torch.arange(N, dtype=torch.float64)
     return AttentionStats(

@@ -300,15 +300,23 @@ def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = Fal
                   "val": [(r["step"], r["val_loss"]) for r in vals]},
     }
     t0 = time.time()
-    ids = _stats_batch(cfg, int(cmp["stats_seqs"]), device)
-    res.update(attention_measurements(model, ids, amp))
+    # a failing measurement must not throw away the trained variant: its loss and curve are kept and the
+    # error is recorded in the row (and the table), the other measurements still run
+    try:
+        ids = _stats_batch(cfg, int(cmp["stats_seqs"]), device)
+        res.update(attention_measurements(model, ids, amp))
+    except Exception as e:  # noqa: BLE001
+        _measure_failed(res, "attention statistics", e, log)
     del model, summary
-    if device.type == "cuda":
-        res["peak_mem_mib"] = peak_memory_cuda(cfg, device, amp)
-        res["peak_mem_method"] = "cuda max_memory_allocated, one train step"
-    else:
-        res["peak_mem_mib"] = peak_memory_cpu(cfg)
-        res["peak_mem_method"] = "cpu peak-RSS (VmHWM) growth, one train step (subprocess)"
+    try:
+        if device.type == "cuda":
+            res["peak_mem_mib"] = peak_memory_cuda(cfg, device, amp)
+            res["peak_mem_method"] = "cuda max_memory_allocated, one train step"
+        else:
+            res["peak_mem_mib"] = peak_memory_cpu(cfg)
+            res["peak_mem_method"] = "cpu peak-RSS (VmHWM) growth, one train step (subprocess)"
+    except Exception as e:  # noqa: BLE001
+        _measure_failed(res, "peak memory", e, log)
     res["measure_s"] = time.time() - t0
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(res, indent=1))
@@ -342,6 +350,14 @@ def compare(config_path, overrides=None, only=None, results_dir=None, force=Fals
         paths = write_results(results, base, cmp, res_dir, config_path, overrides, only, results_dir)
     log(f"[compare] table: {paths['table']}\n[compare] curves: {paths['plot']}")
     return {"results": results, **paths}
+
+
+def _measure_failed(res: dict, what: str, e: Exception, log) -> None:
+    import traceback
+    traceback.print_exc()
+    msg = f"{what}: {type(e).__name__}: {e}"[:300]
+    res.setdefault("measure_errors", []).append(msg)
+    log(f"[compare] {res['name']}: measurement failed ({msg}); keeping the training results")
 
 
 def _failed_row(v: Variant, cfg: TrainConfig, e: Exception) -> dict:
@@ -393,6 +409,9 @@ def markdown_table(results: list, reference: str = "softmax") -> str:
             _fmt(r.get("tokens_per_s"), ",.0f"),
             _fmt(r.get("peak_mem_mib"), ",.0f"),
         ]) + " |")
+    notes = [f"- {r['name']}: measurement failed: {m}" for r in results for m in r.get("measure_errors", [])]
+    if notes:
+        lines += ["", "Measurement errors (the variant trained; '–' marks what could not be measured):", *notes]
     return "\n".join(lines)
 
 
