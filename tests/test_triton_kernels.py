@@ -295,9 +295,26 @@ def test_validation_cache_sees_in_place_changes():
 
 
 def test_cached_tau_equals_reference():
+    """tau_i = beta_h * scale_i, formed in the kernels from the cached beta-free scale, has
+    reference.tau's rounding: the fp32 product of the fp32-cast beta and the fp32 scale."""
     beta = torch.rand(3, device=DEV) + 0.5
     for M, off, kappa, D in ((17, 0, 1.0, 64), (5, 1000, 0.3, 128)):
-        got = tk._tau_rows(beta, M, off, kappa, D, torch.float32)
-        got = tk._tau_rows(beta, M, off, kappa, D, torch.float32)  # second call: from the cache
+        scale = tk._tau_scale(M, off, kappa, D, beta.device, torch.float32)
+        assert tk._tau_scale(M, off, kappa, D, beta.device, torch.float32) is scale  # cached
         want = reference.tau(torch.arange(off, off + M, device=DEV), beta, kappa, D)
-        assert torch.equal(got, want)
+        assert torch.equal(beta[:, None] * scale[None, :], want)
+        want16 = reference.tau(torch.arange(off, off + M, device=DEV), beta.bfloat16(), kappa, D)
+        assert torch.equal(beta.bfloat16().float()[:, None] * scale[None, :], want16)
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+def test_fp32_inputs_and_beta_gradients(scalar):
+    """fp32 inputs (the kernels' fp32 tau path, dbeta formed from the in-kernel scaled dtau rows), with
+    per-head or 0-dim beta/lam, against the reference in fp32."""
+    torch.manual_seed(9)
+    inputs = _make(2, 2, 1, 33, 33, 16, 16, True)
+    inputs = {n: t.detach().float().requires_grad_(True) for n, t in inputs.items()}
+    if scalar:
+        inputs["beta"] = torch.tensor(0.7).requires_grad_(True)
+        inputs["lam"] = torch.tensor(0.3).requires_grad_(True)
+    _compare(inputs, tol=2e-5, kappa=0.9, p=2.0, causal=True, position_offset=3)

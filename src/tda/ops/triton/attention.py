@@ -1,14 +1,15 @@
 """Entry points of the fused kernels: `tda`, `tra`, `unsupported_reason` (called by tda.ops dispatch).
 
 Semantics are those of tda.ops.reference (see its docstring). The l2 normalisation of q/k is fused
-(normalize_qk=True): the kernels get the raw q/k, a small pre-pass kernel (common.inv_norm_kernel) writes
-the fp32 inverse norms rq (B, H, M) and rk (B, Hk, N) of each view -- O(N), kept for the backward -- and
-the kernels scale the raw dot products by them and apply the normalisation's exact backward in their
-epilogues. What happens outside the kernels, in PyTorch and hence under autograd: the row thresholds
-tau (H, M) = beta_h * sqrt(2 max(log((pos+1)/kappa), 0) / d) (reference.tau), so dbeta comes from the
-kernels' per-row dtau by autograd. The launches are wrapped as the torch custom ops
-`tda::threshold_attention_fwd` / `_bwd` (opaque to torch.compile: no graph break); in eager mode the same
-launches go through a plain autograd.Function, which dispatches faster.
+(normalize_qk=True): the kernels get the raw q/k and scale the raw dot products by fp32 inverse norms --
+rq (T, B, H, M) computed and stored by the forward kernel itself, rk (T, B, Hk, N) by one small pre-pass
+launch (common.inv_norm_kernel) -- O(N), kept for the backward, whose epilogues apply the normalisation's
+exact backward. The row thresholds tau_i = beta_h * scale_i, scale_i = sqrt(2 max(log((pos+1)/kappa), 0) / d)
+(reference.tau), are formed inside the kernels from beta and a cached scale vector, and the dq kernel
+returns each row's dbeta share, so a call runs no PyTorch kernels besides allocations and one final
+reduction: at short N the per-call host work, not the GPU, sets the time. In eager mode the launches go
+through a plain autograd.Function; under torch.compile through the torch custom ops
+`tda::threshold_attention_fwd` / `_bwd` (opaque: no graph break), with tau (H, M) formed in torch.
 
 Forward: tda_fwd_kernel (fwd.py) also records, per (query block, key block), whether any exceedance
 survived; the backward kernels (bwd.py) skip the empty pairs.
@@ -29,6 +30,7 @@ from .common import inv_norm_kernel
 from .fwd import tda_fwd_kernel
 
 HEAD_DIMS = (16, 32, 64, 128)
+_EPS2 = reference.NORM_EPS * reference.NORM_EPS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Block sizes: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel. Tests and benchmarks may override
@@ -96,23 +98,29 @@ def unsupported_reason(q, k, v, p) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# launchers
+# launchers (the caller sets the CUDA device: _on_device)
+
+def _on_device(t):
+    """torch.cuda.device(t.device) only where it differs from the current device (entering the context
+    costs a few microseconds, a large share of a small call)."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
 
 def _inv_norms(x1, x2):
     """(T, B, H, M) inverse norms 1 / sqrt(|x|^2 + NORM_EPS^2) of x1 (and x2, same shape), T = 1 or 2:
     fp32, fp64 for fp64 inputs; the same numbers as reference.l2_normalize's."""
     B, H, M, D = x1.shape
     two = x2 is not None
-    rdt = torch.float64 if x1.dtype == torch.float64 else torch.float32
-    r = torch.empty((2 if two else 1, B, H, M), device=x1.device, dtype=rdt)
+    r = torch.empty((2 if two else 1, B, H, M), device=x1.device, dtype=_norm_dtype(x1))
     rows = B * H * M
     if rows == 0:
         return r
     BR = 64 if D <= 64 else 32
-    with torch.cuda.device(x1.device) if x1.is_cuda else contextlib.nullcontext():
-        inv_norm_kernel[(triton.cdiv(rows, BR), 2 if two else 1)](
-            x1, x2 if two else x1, r, *x1.stride(), *_strides(x2, x1), H, M, rows,
-            EPS2=reference.NORM_EPS * reference.NORM_EPS, TWO=two, HEAD_D=D, BLOCK_R=BR, num_warps=4)
+    inv_norm_kernel[(triton.cdiv(rows, BR), 2 if two else 1)](
+        x1, x2 if two else x1, r, *x1.stride(), *_strides(x2, x1), H, M, rows,
+        EPS2=_EPS2, TWO=two, HEAD_D=D, BLOCK_R=BR, num_warps=4)
     return r
 
 
@@ -123,74 +131,91 @@ def _norm_args(rq, rk, like):
     return rq[0], rq[-1], rk[0], rk[-1]
 
 
-def _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize=False):
-    """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize)."""
+def _tau_args(beta, scale):
+    """Kernel arguments BETA, SCALE, s_beta, s_scale, HAS_BETA for tau_i = beta_h * scale[h, i]: beta (H,)
+    (any stride) with the beta-free row factor scale (M,), or beta None with tau itself as scale (H, M)."""
+    if beta is None:
+        return scale, scale, 0, scale.stride(0), False
+    return beta, scale, beta.stride(0), 0, True
+
+
+def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=False):
+    """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize).
+    tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     BM, BN, warps, stages = cfg["fwd"]
     n_mt, n_nt = triton.cdiv(M, BM), triton.cdiv(N, BN)
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
-    flags = (torch.ones if SKIP_EMPTY == 3 else torch.zeros)((B * H, n_mt, n_nt), device=q1.device,
-                                                             dtype=torch.int8)
-    rq, rk = (_inv_norms(q1, q2), _inv_norms(k1, k2)) if normalize else (None, None)
-    if out.numel() == 0:
+    empty = out.numel() == 0
+    # the kernel writes every flag (visited pairs: survivor or not; the rest: 0), so no zero-fill launch
+    alloc = torch.ones if SKIP_EMPTY == 3 else (torch.zeros if empty else torch.empty)
+    flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
+    rq = rk = None
+    if normalize:  # rq is written by the forward kernel itself, rk by the pre-pass
+        rq = torch.empty((2 if two else 1, B, H, M), device=q1.device, dtype=_norm_dtype(q1))
+        rk = _inv_norms(k1, k2)
+    if empty:
         return out, flags, rq, rk
-    grid = (n_mt, B * H)
-    with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
-        tda_fwd_kernel[grid](
-            q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, out, flags,
-            *_norm_args(rq, rk, tau),
-            *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
-            H, H // Hk, M, N, n_mt, n_nt, float(p),
-            TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-            PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
-            num_warps=warps, num_stages=stages)
+    BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
+    tda_fwd_kernel[(n_mt, B * H)](
+        q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out, flags,
+        *_norm_args(rq, rk, SCALE),
+        *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
+        s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
+        TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+        PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
+        HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2,
+        num_warps=warps, num_stages=stages)
     return out, flags, rq, rk
 
 
-def _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT, cfg):
-    """Gradients with respect to the kernel's q/k inputs: raw q/k when rq/rk (the forward's inverse norms)
-    are given, i.e. the normalisation's backward included; else q/k are taken as the unit vectors."""
+def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg):
+    """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
+    rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
+    taken as the unit vectors -- and g (2, B, H, M) fp32: per row, dtau_i (times scale_i, i.e. the row's
+    dbeta share, when beta is given) and -sum_j a2_ij dDa_ij (TDA; zero for TRA)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     n_mt, n_nt = flags.shape[1], flags.shape[2]
-    dq1 = torch.empty_like(q1, memory_format=torch.contiguous_format)
-    dk1 = torch.empty_like(k1, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    dq2 = torch.empty_like(dq1) if two else dq1.new_empty(0)
-    dk2 = torch.empty_like(dk1) if two else dk1.new_empty(0)
-    dtau = torch.empty((B * H, M), device=q1.device, dtype=tau.dtype)
-    dlam = torch.empty((B * H, M), device=q1.device, dtype=tau.dtype) if two else dtau.new_empty(0)
+    # separate buffers: the custom op may not return outputs that alias each other
+    dq1 = torch.empty((B, H, M, D), device=q1.device, dtype=q1.dtype)
+    dk1 = torch.empty((B, Hk, N, D), device=q1.device, dtype=q1.dtype)
+    dq2 = torch.empty_like(dq1) if two else dq1
+    dk2 = torch.empty_like(dk1) if two else dk1
+    dv = torch.empty((B, Hk, N, Dv), device=q1.device, dtype=v.dtype)
+    tdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
+    g = (torch.empty if two else torch.zeros)((2, B, H, M), device=q1.device, dtype=tdt)
     if dq1.numel() == 0 or dk1.numel() == 0:
-        for t in (dq1, dk1, dv, dq2, dk2, dtau, dlam):
+        for t in (dq1, dk1, dq2, dk2, dv, g):
             t.zero_()
     else:
-        common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride())
-        args = (q1, k1, q2 if two else q1, k2 if two else k1, v, tau, lam if two else tau, do, flags,
-                *_norm_args(rq, rk, tau))
-        with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
-            BM, BN, warps, stages = cfg["dkdv"]
-            tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
-                *args, dk1, dk2 if two else dk1, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
-                TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
-                NORMALIZE=rq is not None, num_warps=warps, num_stages=stages)
-            BM, BN, warps, stages = cfg["dq"]
-            tda_bwd_dq_kernel[(triton.cdiv(M, BM), B * H)](
-                *args, dq1, dq2 if two else dq1, dtau, dlam if two else dtau, *common,
-                H, H // Hk, M, N, n_mt, n_nt, float(p),
-                TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-                MT=MT, NT=NT, R=max(BM // MT, 1), C=max(BN // NT, 1), PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH),
-                NORMALIZE=rq is not None, num_warps=warps, num_stages=stages)
-    dtau_h = dtau.view(B, H, M).sum(0)
-    dlam_h = dlam.view(B, H, M).sum((0, 2)) if two else dlam
-    return dq1, dk1, dq2, dk2, dv, dtau_h, dlam_h
+        BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
+        common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride(),
+                  s_beta, s_scale, lam.stride(0) if two else 0)
+        args = (q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, do, flags,
+                *_norm_args(rq, rk, SCALE))
+        meta = dict(TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), HEAD_D=D, HEAD_DV=Dv, MT=MT, NT=NT,
+                    PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH), NORMALIZE=rq is not None,
+                    HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
+        BM, BN, warps, stages = cfg["dkdv"]
+        tda_bwd_dkdv_kernel[(triton.cdiv(N, BN), B * Hk)](
+            *args, dk1, dk2, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
+            BLOCK_M=BM, BLOCK_N=BN, R=max(BM // MT, 1), C=max(BN // NT, 1), **meta,
+            num_warps=warps, num_stages=stages)
+        BM, BN, warps, stages = cfg["dq"]
+        tda_bwd_dq_kernel[(triton.cdiv(M, BM), B * H)](
+            *args, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
+            BLOCK_M=BM, BLOCK_N=BN, R=max(BM // MT, 1), C=max(BN // NT, 1), SCALE_DTAU=has_beta, **meta,
+            num_warps=warps, num_stages=stages)
+    return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g
 
 
 # ---------------------------------------------------------------------------------------------------
-# torch custom ops (opaque to torch.compile) with autograd
+# torch custom ops (opaque to torch.compile) with autograd: tau (H, M) precomputed, so beta's gradient
+# flows through it by autograd
 
 @torch.library.custom_op("tda::threshold_attention_fwd", mutates_args=())
 def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
@@ -201,7 +226,8 @@ def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[tor
     normalize: q/k are raw and the op uses their cosine (rq (T, B, H, M), rk (T, B, Hk, N) are the inverse
     norms, for the backward); else q/k are used as given (unit vectors) and rq, rk are empty."""
     cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
-    out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize)
+    with _on_device(q1):
+        out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, None, tau, lam, p, causal, cfg, normalize)
     if rq is None:
         rq, rk = tau.new_empty(0), tau.new_empty(0)
     return out, flags, rq, rk
@@ -239,7 +265,13 @@ def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor
     cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
     if rq.numel() == 0 or rk.numel() == 0:
         rq, rk = None, None
-    return _launch_bwd(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT, cfg)
+    with _on_device(q1):
+        dq1, dk1, dq2, dk2, dv, g = _launch_bwd(do, q1, k1, q2, k2, v, None, tau, lam, flags, rq, rk, p, causal,
+                                                MT, NT, cfg)
+    dtau = g[0].sum(0).to(tau.dtype)
+    if q2 is None:
+        return dq1, dk1, q1.new_empty(0), k1.new_empty(0), dv, dtau, tau.new_empty(0)
+    return dq1, dk1, dq2, dk2, dv, dtau, g[1].sum((0, 2)).to(tau.dtype)
 
 
 @threshold_attention_bwd.register_fake
@@ -278,40 +310,38 @@ threshold_attention_fwd.register_autograd(_backward, setup_context=_setup_contex
 # public functions (same signature, checks and error messages as reference.py)
 
 _VALIDATED: dict = {}  # name -> (weakref to a beta/lam tensor, its version) that passed the checks
-_SCALE_CACHE: dict = {}  # (device, M, offset, kappa, d) -> fp32 (M,) row factor of tau
+_SCALE_CACHE: dict = {}  # (device, M, offset, kappa, d, dtype) -> (M,) beta-free row factor of tau
 
 
 def _scalar_param(name, t, n_heads, ref):
     """_check_scalar_param, whose finiteness test costs a host sync on CUDA, skipped for the very tensor
-    object (same version counter, so not modified in place since) that passed it on the previous call."""
+    object (same version counter, so not modified in place since) that passed it on the previous call.
+    Returns an (H,) view on ref's device."""
     if isinstance(t, torch.Tensor) and not torch.compiler.is_compiling():
         seen = _VALIDATED.get(name)
         if (seen is not None and seen[0]() is t and seen[1] == t._version and seen[2] == n_heads
                 and t.is_floating_point()):
-            return t.reshape(-1).expand(n_heads)
+            out = t.reshape(-1).expand(n_heads)
+        else:
+            out = _check_scalar_param(name, t, n_heads, ref)
+            _VALIDATED[name] = (weakref.ref(t), t._version, n_heads)
+    else:
         out = _check_scalar_param(name, t, n_heads, ref)
-        _VALIDATED[name] = (weakref.ref(t), t._version, n_heads)
-        return out
-    return _check_scalar_param(name, t, n_heads, ref)
+    return out if out.device == ref.device else out.to(ref.device)
 
 
-def _tau_rows(beta, M, position_offset, kappa, D, dtype):
-    """reference.tau(positions, beta, kappa, D) as (H, M) fp32 (fp64 for fp64 inputs), the beta-free row
-    factor cached per shape so that a call costs one multiply instead of a dozen small kernels."""
-    pdt = torch.float64 if dtype == torch.float64 else torch.float32
-    if torch.compiler.is_compiling() or beta.dtype == torch.float64:
-        positions = torch.arange(position_offset, position_offset + M, device=beta.device)
-        return reference.tau(positions, beta, kappa, D).to(pdt).contiguous()
-    key = (beta.device, M, position_offset, kappa, D)
+def _tau_scale(M, position_offset, kappa, D, device, dtype):
+    """reference.tau's beta-free row factor (M,) in dtype (fp32, or fp64 for an fp64 beta), cached per
+    shape: tau_i = beta_h * scale_i is then formed inside the kernels, with reference.tau's rounding."""
+    key = (device, M, position_offset, kappa, D, dtype)
     scale = _SCALE_CACHE.get(key)
     if scale is None:
-        positions = torch.arange(position_offset, position_offset + M, device=beta.device)
-        scale = reference.tau(positions, torch.ones(1, device=beta.device), kappa, D)[0]
+        positions = torch.arange(position_offset, position_offset + M, device=device)
+        scale = reference.tau(positions, torch.ones(1, device=device, dtype=dtype), kappa, D)[0].contiguous()
         if len(_SCALE_CACHE) > 64:
             _SCALE_CACHE.clear()
         _SCALE_CACHE[key] = scale
-    # same rounding as reference.tau: fp32 beta times the fp32 scale
-    return (beta.to(torch.float32)[:, None] * scale[None, :]).to(pdt)
+    return scale
 
 
 def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk):
@@ -323,35 +353,41 @@ def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, nor
     why = unsupported_reason(q1, k1, v, p)
     if why is not None:
         raise ValueError(f"the Triton kernel cannot run this call: {why}")
-    # normalize_qk: fused in the kernels (raw q/k in, their inverse norms computed by a pre-pass kernel)
-    tau_rows = _tau_rows(beta, M, position_offset, float(kappa), D, q1.dtype)
-    lam_h = lam.to(tau_rows.dtype).contiguous() if lam is not None else None
-    if torch.compiler.is_compiling():
-        out = threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal),
-                                      bool(normalize_qk))[0]
-    else:  # eager: the same launches through a plain autograd.Function, which dispatches faster
-        out = _EagerTDA.apply(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal), bool(normalize_qk))
-    return out
+    # normalize_qk: fused in the kernels (raw q/k in, inverse norms computed by the kernels)
+    if torch.compiler.is_compiling():  # the custom op, with tau (H, M) formed in torch
+        pdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
+        positions = torch.arange(position_offset, position_offset + M, device=q1.device)
+        tau_rows = reference.tau(positions, beta, kappa, D).to(pdt).contiguous()
+        lam_h = lam.to(pdt).contiguous() if lam is not None else None
+        return threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal),
+                                       bool(normalize_qk))[0]
+    # eager: the same launches through a plain autograd.Function (dispatches faster), tau formed in-kernel
+    sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
+    scale = _tau_scale(M, position_offset, float(kappa), D, q1.device, sdt)
+    return _EagerTDA.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), bool(causal), bool(normalize_qk))
 
 
 class _EagerTDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q1, k1, q2, k2, v, tau, lam, p, causal, normalize):
+    def forward(ctx, q1, k1, q2, k2, v, beta, lam, scale, p, causal, normalize):
         cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
-        out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, tau, lam, p, causal, cfg, normalize)
-        ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
+        with _on_device(q1):
+            out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize)
+        ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk)
         ctx.p, ctx.causal, ctx.cfg = p, causal, cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q1, k1, q2, k2, v, tau, lam, flags, rq, rk = ctx.saved_tensors
+        q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk = ctx.saved_tensors
         MT, NT = ctx.cfg["fwd"][:2]
-        dq1, dk1, dq2, dk2, dv, dtau, dlam = _launch_bwd(dout, q1, k1, q2, k2, v, tau, lam, flags, rq, rk,
-                                                         ctx.p, ctx.causal, MT, NT, ctx.cfg)
+        with _on_device(q1):
+            dq1, dk1, dq2, dk2, dv, g = _launch_bwd(dout, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk,
+                                                    ctx.p, ctx.causal, MT, NT, ctx.cfg)
+        g = g.sum((1, 3))  # one reduction for both: (dbeta (H,), dlam (H,))
         two = q2 is not None
-        return (dq1, dk1, dq2 if two else None, dk2 if two else None, dv, dtau, dlam if two else None,
-                None, None, None)
+        return (dq1, dk1, dq2, dk2, dv, g[0].to(beta.dtype), g[1].to(lam.dtype) if two else None,
+                None, None, None, None)
 
 
 def tda(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,

@@ -18,7 +18,7 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import exceed_dpow, exceed_pow, pair_alive
+from .common import exceed_dpow, exceed_pow, load_tau, pair_alive
 
 
 @triton.jit
@@ -32,8 +32,10 @@ def _unnormalize_grad(dxh, x, r, ACC: tl.constexpr):
 
 
 @triton.jit
-def _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                     TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr):
+def _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale, offs_m, M,
+                     s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                     TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+                     HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
@@ -44,7 +46,7 @@ def _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M, s_q1m, s_q1
     else:
         q2 = q1
     do = tl.load(do_base + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod, mask=row_ok[:, None], other=0.0)
-    tau = tl.load(tau_base + offs_m, mask=row_ok, other=0.0)
+    tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     return q1, q2, do, tau
 
 
@@ -73,26 +75,27 @@ def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k
 
 
 @triton.jit
-def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base, flag_base,
-                rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
+                s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                 start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
                 MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-                PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+                PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
+                TAU_F64: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         if PREFETCH:
-            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M,
-                                               s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                               TWO_VIEWS, HEAD_D, HEAD_DV)
+            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
+                                               offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                               TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
         if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
             if not PREFETCH:
-                q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, tau_base, offs_m, M,
-                                                   s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                                   TWO_VIEWS, HEAD_D, HEAD_DV)
+                q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
+                                                   s_scale, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom,
+                                                   s_dod, TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
             # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
             s1 = tl.dot(k1, tl.trans(q1), input_precision=PREC)
             if NORMALIZE:
@@ -126,15 +129,16 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
 
 
 @triton.jit
-def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
                         s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                         s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                         s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                        Hk, G, M, N, n_mt, n_nt, p_val,
+                        s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                         TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
     """One program per (key block, batch * kv head); loops over the G query heads sharing the kv head
     (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
     pid_n = tl.program_id(0)
@@ -183,26 +187,25 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, R
         h = hk * G + g
         bh = b * H + h
         if TWO_VIEWS:
-            lam = tl.load(LAM + h)
+            lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
         else:
             lam = 0.0
         q1_base = Q1 + b * s_q1b + h * s_q1h
         q2_base = Q2 + b * s_q2b + h * s_q2h
         do_base = DO + b * s_dob + h * s_doh
-        tau_base = TAU + h * M
         flag_base = FLAGS + bh * n_mt * n_nt
         rq1_base = RQ1 + bh * M
         rq2_base = RQ2 + bh * M
-        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base,
-                                   flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
+                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
-        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, tau_base,
-                                   flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
+                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                    False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
     # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
     # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
     o = (b * Hk + hk) * N
@@ -273,17 +276,19 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
 
 
 @triton.jit
-def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
+def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                      H, G, M, N, n_mt, n_nt, p_val,
+                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                       TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                      HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr):
     """One program per (query block, batch * head): dq1, dq2 (contiguous), and per row
-    dtau_i and -sum_j a2_ij dDa_ij (fp32, (B*H, M)), reduced over rows/batch in torch."""
+    dtau_i and -sum_j a2_ij dDa_ij (fp32, (B*H, M)), reduced over rows/batch in torch. SCALE_DTAU: store
+    dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -300,13 +305,13 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2
     if TWO_VIEWS:
         q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d,
                      mask=row_ok[:, None], other=0.0)
-        lam = tl.load(LAM + h)
+        lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
     else:
         q2 = q1
         lam = 0.0
     do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod,
                  mask=row_ok[:, None], other=0.0)
-    tau = tl.load(TAU + h * M + offs_m, mask=row_ok, other=0.0)
+    tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
@@ -358,4 +363,6 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, TAU, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2
         tl.store(DQ2 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq2.to(DQ2.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(DLAM + o + offs_m, dlam, mask=row_ok)
+    if SCALE_DTAU:
+        dtau = dtau * tl.load(SCALE + h * s_scale + offs_m, mask=row_ok, other=0.0)
     tl.store(DTAU + o + offs_m, dtau, mask=row_ok)

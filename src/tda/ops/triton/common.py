@@ -82,3 +82,28 @@ def inv_norm_kernel(X1, X2, R, s1b, s1h, s1m, s1d, s2b, s2h, s2m, s2d, H, M, row
     x = tl.load(ptrs, mask=ok[:, None], other=0.0).to(R.dtype.element_ty)
     ss = tl.sum(x * x, 1) + tl.full([BLOCK_R], EPS2, R.dtype.element_ty)
     tl.store(R + t * rows + r64, tl.rsqrt(ss), mask=ok)
+
+
+@triton.jit
+def load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, mask, HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
+    """Row thresholds tau_i = beta_h * scale[h * s_scale + i] with reference.tau's rounding: the product
+    in SCALE's dtype (fp32, fp64 for an fp64 beta), then cast to fp32 (fp64 for fp64 inputs). The eager
+    path passes the per-head beta and the cached beta-free row factor (s_scale = 0); the torch.compile
+    path passes tau itself (H, M) as SCALE and no beta (HAS_BETA = False)."""
+    scale = tl.load(SCALE + h * s_scale + offs_m, mask=mask, other=0.0)
+    if HAS_BETA:
+        scale = tl.load(BETA + h * s_beta).to(scale.dtype) * scale
+    if TAU_F64:
+        t = scale.to(tl.float64)
+    else:
+        t = scale.to(tl.float32)
+    return t
+
+
+@triton.jit
+def inv_norm_rows(x, EPS2: tl.constexpr, ACC: tl.constexpr):
+    """Per-row 1 / sqrt(|x|^2 + eps^2) of a (rows, d) tile, the sum of squares in ACC (fp32 / fp64):
+    the same numbers as inv_norm_kernel and reference.l2_normalize."""
+    xf = x.to(ACC)
+    ss = tl.sum(xf * xf, 1)
+    return tl.rsqrt(ss + tl.full(ss.shape, EPS2, ACC))

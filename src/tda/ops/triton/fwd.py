@@ -14,7 +14,7 @@ the products still run on the raw input-dtype tiles, and no normalised copy of q
 import triton
 import triton.language as tl
 
-from .common import exceed_pow
+from .common import exceed_pow, inv_norm_rows, load_tau
 
 
 @triton.jit
@@ -101,14 +101,15 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_ba
 
 
 @triton.jit
-def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
+def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
-                   H, G, M, N, n_mt, n_nt, p_val,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-                   PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr):
+                   PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
+                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -127,18 +128,23 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
     if TWO_VIEWS:
         q2 = tl.load(Q2 + b * s_q2b + h64 * s_q2h + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d,
                      mask=row_ok[:, None], other=0.0)
-        lam = tl.load(LAM + h)
     else:
         q2 = q1
+    tau = load_tau(BETA, SCALE, h64, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
+    if TWO_VIEWS:
+        lam = tl.load(LAM + h64 * s_lam).to(tau.dtype)
+    else:
         lam = 0.0
-    tau = tl.load(TAU + h64 * M + offs_m, mask=row_ok, other=0.0)
-    # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), RK* contiguous (B, Hk, N)
+    # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), written here for the backward (every query row
+    # belongs to exactly one program); RK* contiguous (B, Hk, N), from the pre-pass kernel
     rk1_base = RK1 + (b * (H // G) + hk) * N
     rk2_base = RK2 + (b * (H // G) + hk) * N
     if NORMALIZE:
-        rq1 = tl.load(RQ1 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        rq1 = inv_norm_rows(q1, EPS2, RQ1.dtype.element_ty)
+        tl.store(RQ1 + bh.to(tl.int64) * M + offs_m, rq1, mask=row_ok)
         if TWO_VIEWS:
-            rq2 = tl.load(RQ2 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+            rq2 = inv_norm_rows(q2, EPS2, RQ1.dtype.element_ty)
+            tl.store(RQ2 + bh.to(tl.int64) * M + offs_m, rq2, mask=row_ok)
         else:
             rq2 = rq1
     else:
@@ -165,5 +171,10 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, TAU, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, lo, hi, diag, N, p_val,
                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE)
+    if SKIP_EMPTY != 3:
+        # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
+        # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
+        for t in range(tl.cdiv(hi, BLOCK_N), n_nt):
+            tl.store(flag_row + t, tl.zeros([], dtype=tl.int8))
     o_ptrs = OUT + b * s_ob + h64 * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
