@@ -1,0 +1,134 @@
+"""Where the time of one TDA call goes (GPU): host work per call vs GPU kernel time.
+
+1. Host cost per call: a tiny shape (GPU work negligible), N calls back to back, wall time / N -- the
+   Python + dispatch + launch work the CPU does for one call (TDA op, SDPA, a bare Triton launch, an empty
+   allocation), forward alone (no grad) and forward + backward.
+2. GPU time per kernel (torch.profiler, CUDA activity) for one forward + backward of TDA and of SDPA-flash
+   at the benchmark shapes: the sum of the kernel durations, i.e. the time with no host overhead at all.
+
+    PYTHONPATH=src python3 benchmarks/profile_op.py [--shapes 4x16x1024,2x16x4096] [--dims 64,128]
+"""
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import tda.ops as ops
+from tda.ops.triton import attention as tk
+
+
+def _inputs(B, H, N, D, grad):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randn(B, H, N, D, generator=g, device="cuda").bfloat16().requires_grad_(grad) for _ in range(5)]
+    beta = torch.ones(H, device="cuda", requires_grad=grad)
+    lam = torch.full((H,), 0.5, device="cuda", requires_grad=grad)
+    return xs, beta, lam
+
+
+def host_cost(fn, n=300):
+    for _ in range(30):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def host_table(log):
+    xs, beta, lam = _inputs(1, 1, 64, 64, True)
+    dout = torch.randn_like(xs[0])
+    xd = [x.detach() for x in xs]
+
+    def tda_f():
+        with torch.no_grad():
+            ops.threshold_differential_attention(*xd[:4], xd[4], beta, lam)
+
+    def tda_fb():
+        ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam).backward(dout)
+
+    def sdpa_f():
+        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(xd[0], xd[1], xd[4], is_causal=True)
+
+    def sdpa_fb():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(xs[0], xs[1], xs[4], is_causal=True).backward(dout)
+
+    k1, k2 = xd[1], xd[3]
+
+    def one_launch():
+        tk._inv_norms(k1, k2)
+
+    def empty():
+        torch.empty(64, 64, device="cuda")
+
+    log("host cost per call (us), B=1 H=1 N=64 d=64 bf16 (GPU work negligible):")
+    for name, fn in (("TDA fwd (no grad)", tda_f), ("TDA fwd+bwd", tda_fb), ("SDPA fwd (no grad)", sdpa_f),
+                     ("SDPA fwd+bwd", sdpa_fb), ("one Triton launch (inv-norm pre-pass)", one_launch),
+                     ("torch.empty", empty)):
+        log(f"  {name:40s} {host_cost(fn):8.1f}")
+
+
+def gpu_kernels(fn, reps=5):
+    """{kernel name: mean CUDA time per call (us)} over `reps` profiled calls."""
+    fn()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    tot = defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            tot[e.name] += e.device_time / reps
+    return dict(tot)
+
+
+def gpu_table(shapes, dims, log):
+    log("\nGPU kernel time per fwd+bwd (us, torch.profiler, sum of kernel durations):")
+    for (B, H, N) in shapes:
+        for D in dims:
+            xs, beta, lam = _inputs(B, H, N, D, True)
+            dout = torch.randn_like(xs[0])
+
+            def tda_fb():
+                ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam).backward(dout)
+                for t in (*xs, beta, lam):
+                    t.grad = None
+
+            def sdpa_fb():
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    F.scaled_dot_product_attention(xs[0], xs[1], xs[4], is_causal=True).backward(dout)
+                for t in xs:
+                    t.grad = None
+
+            t = gpu_kernels(tda_fb)
+            s = gpu_kernels(sdpa_fb)
+            tt, st = sum(t.values()), sum(s.values())
+            log(f"  B={B} H={H} N={N} d={D}: TDA {tt:8.1f}  SDPA {st:8.1f}  ratio {tt / st:5.2f}")
+            for name, us in sorted(t.items(), key=lambda kv: -kv[1]):
+                log(f"      {us:8.1f}  {name[:90]}")
+            del xs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="4x16x1024,2x16x4096,1x16x8192,1x16x16384")
+    ap.add_argument("--dims", default="64,128")
+    a = ap.parse_args()
+    shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
+    dims = [int(d) for d in a.dims.split(",")]
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    host_table(log)
+    gpu_table(shapes, dims, log)
+
+
+if __name__ == "__main__":
+    main()
