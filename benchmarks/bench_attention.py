@@ -60,10 +60,10 @@ def tile_density(q1, k1, q2, k2, v, beta, lam):
 
 
 def prepare(q1, k1, q2, k2, v, beta, lam):
-    """What the public op hands the kernels: raw q/k (normalised inside), tau (H, M) fp32, lam (H,) fp32."""
+    """What the public op hands the kernels: raw q/k (normalised inside), beta (H,), the cached beta-free
+    tau row factor (M,) fp32 and lam (H,)."""
     M, D = q1.shape[2], q1.shape[3]
-    tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
-    return (q1, k1, q2, k2, v, tau, lam.float().contiguous())
+    return (q1, k1, q2, k2, v, beta, tk._tau_scale(M, 0, 1.0, D, q1.device, torch.float32), lam)
 
 
 def kernel_times(prep, dout):
@@ -230,12 +230,12 @@ def main():
            f"GPU: {gpu}; torch {torch.__version__}, triton {triton.__version__}; bf16, causal, "
            f"beta = 1, lam = 0.5, kappa = 1, p = 2.", "", f"Command: `{cmd}`", "",
            "Times are medians in ms (triton.testing.do_bench). The l2 normalisation of q/k is fused in the "
-           "kernels (an inverse-norm pre-pass kernel, then scaled scores; its backward in the kernels' "
-           "epilogues); TDA times include the PyTorch work around the kernels (argument checks, tau). "
+           "kernels (keys: an inverse-norm pre-pass launch; queries: in the forward kernel; scaled scores, and the backward in the kernels' "
+           "epilogues); TDA times include the PyTorch work around the kernels (argument checks, allocations, autograd). "
            "Ratios are TDA / SDPA-flash (lower is better; target fwd+bwd <= 1.0, "
            "fwd <= 0.8 at N >= 8K). 'kernels only': the Triton launches alone (inverse-norm pre-pass and "
            "forward; dK/dV and dQ) on raw q/k with tau prepared, i.e. without the PyTorch work around them "
-           "(argument checks, tau, autograd). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
+           "(argument checks, allocations, autograd). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
            "SDPA: 2 and 5), causal. Memory: peak extra MiB during fwd+bwd. density: fraction of visited "
            "(query block, key block) pairs with any survivor. ref: reference op (skipped, n/a, for "
            f"N > {REF_MAX_N} and for planted inputs).", "",

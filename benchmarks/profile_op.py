@@ -61,6 +61,22 @@ def host_table(log):
 
     k1, k2 = xd[1], xd[3]
 
+    def tda_f_grad():
+        ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam)
+
+    cfg = tk._configs(64, torch.bfloat16, True)
+    scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
+    _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
+
+    def launch_fwd():
+        tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
+
+    def launch_bwd():
+        tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags, rq, rk, 2.0, True, *cfg["fwd"][:2], cfg)
+
+    def grad_only():
+        torch.autograd.grad(ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam), xs + [beta, lam], dout)
+
     def one_launch():
         tk._inv_norms(k1, k2)
 
@@ -68,7 +84,9 @@ def host_table(log):
         torch.empty(64, 64, device="cuda")
 
     log("host cost per call (us), B=1 H=1 N=64 d=64 bf16 (GPU work negligible):")
-    for name, fn in (("TDA fwd (no grad)", tda_f), ("TDA fwd+bwd", tda_fb), ("SDPA fwd (no grad)", sdpa_f),
+    for name, fn in (("TDA fwd (no grad)", tda_f), ("TDA fwd+bwd", tda_fb), ("TDA fwd (grad enabled)", tda_f_grad),
+                     ("TDA fwd + autograd.grad", grad_only), ("TDA forward launchers only", launch_fwd),
+                     ("TDA backward launchers only", launch_bwd), ("SDPA fwd (no grad)", sdpa_f),
                      ("SDPA fwd+bwd", sdpa_fb), ("one Triton launch (inv-norm pre-pass)", one_launch),
                      ("torch.empty", empty)):
         log(f"  {name:40s} {host_cost(fn):8.1f}")

@@ -174,7 +174,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
 def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg):
     """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
     rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
-    taken as the unit vectors -- and g (2, B, H, M) fp32: per row, dtau_i (times scale_i, i.e. the row's
+    taken as the unit vectors -- and g (2, H, B, M) fp32: per row, dtau_i (times scale_i, i.e. the row's
     dbeta share, when beta is given) and -sum_j a2_ij dDa_ij (TDA; zero for TRA)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -187,7 +187,7 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
     dk2 = torch.empty_like(dk1) if two else dk1
     dv = torch.empty((B, Hk, N, Dv), device=q1.device, dtype=v.dtype)
     tdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
-    g = (torch.empty if two else torch.zeros)((2, B, H, M), device=q1.device, dtype=tdt)
+    g = (torch.empty if two else torch.zeros)((2, H, B, M), device=q1.device, dtype=tdt)
     if dq1.numel() == 0 or dk1.numel() == 0:
         for t in (dq1, dk1, dq2, dk2, dv, g):
             t.zero_()
@@ -268,10 +268,10 @@ def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor
     with _on_device(q1):
         dq1, dk1, dq2, dk2, dv, g = _launch_bwd(do, q1, k1, q2, k2, v, None, tau, lam, flags, rq, rk, p, causal,
                                                 MT, NT, cfg)
-    dtau = g[0].sum(0).to(tau.dtype)
+    dtau = g[0].sum(1).to(tau.dtype)
     if q2 is None:
         return dq1, dk1, q1.new_empty(0), k1.new_empty(0), dv, dtau, tau.new_empty(0)
-    return dq1, dk1, dq2, dk2, dv, dtau, g[1].sum((0, 2)).to(tau.dtype)
+    return dq1, dk1, dq2, dk2, dv, dtau, g[1].sum((1, 2)).to(tau.dtype)
 
 
 @threshold_attention_bwd.register_fake
@@ -384,7 +384,7 @@ class _EagerTDA(torch.autograd.Function):
         with _on_device(q1):
             dq1, dk1, dq2, dk2, dv, g = _launch_bwd(dout, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk,
                                                     ctx.p, ctx.causal, MT, NT, ctx.cfg)
-        g = g.sum((1, 3))  # one reduction for both: (dbeta (H,), dlam (H,))
+        g = g.view(2, g.shape[1], g.shape[2] * g.shape[3]).sum(2)  # one contiguous reduction for both: (dbeta (H,), dlam (H,))
         two = q2 is not None
         return (dq1, dk1, dq2, dk2, dv, g[0].to(beta.dtype), g[1].to(lam.dtype) if two else None,
                 None, None, None, None)

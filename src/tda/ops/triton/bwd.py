@@ -128,7 +128,8 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
     return dk1, dk2, dv
 
 
-@triton.jit
+# sizes that vary per call are not specialised on (see fwd.py)
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "Hk", "G", "M", "N", "n_mt", "n_nt", "p_val"])
 def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
                         s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                         s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
@@ -275,7 +276,7 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
     return dq1, dq2, dtau, dlam
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
 def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
@@ -287,7 +288,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                       C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                       HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr):
     """One program per (query block, batch * head): dq1, dq2 (contiguous), and per row
-    dtau_i and -sum_j a2_ij dDa_ij (fp32, (B*H, M)), reduced over rows/batch in torch. SCALE_DTAU: store
+    dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch. SCALE_DTAU: store
     dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -353,6 +354,9 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
                                      MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
     o = bh.to(tl.int64) * M
+    # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
+    # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
+    og = (h * (tl.num_programs(1) // H) + b) * M
     if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^), one view at a time (each stored before the next)
         dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
@@ -362,7 +366,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
             dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
         tl.store(DQ2 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq2.to(DQ2.dtype.element_ty),
                  mask=row_ok[:, None])
-        tl.store(DLAM + o + offs_m, dlam, mask=row_ok)
+        tl.store(DLAM + og + offs_m, dlam, mask=row_ok)
     if SCALE_DTAU:
         dtau = dtau * tl.load(SCALE + h * s_scale + offs_m, mask=row_ok, other=0.0)
-    tl.store(DTAU + o + offs_m, dtau, mask=row_ok)
+    tl.store(DTAU + og + offs_m, dtau, mask=row_ok)

@@ -100,7 +100,9 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_ba
     return acc
 
 
-@triton.jit
+# sizes that vary per call are not specialised on (Triton would compile a variant per value class, i.e.
+# per ==1 / %16 pattern of M, N, heads...): one compiled kernel serves every sequence length
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
 def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
