@@ -83,13 +83,44 @@ def host_table(log):
     def empty():
         torch.empty(64, 64, device="cuda")
 
+    class Ident(torch.autograd.Function):  # the floor: a Python autograd.Function with no work at all
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    def ident_fb():
+        Ident.apply(xs[0]).backward(dout)
+
+    def tda_fb_1thread():
+        with torch.autograd.set_multithreading_enabled(False):
+            ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam).backward(dout)
+
     log("host cost per call (us), B=1 H=1 N=64 d=64 bf16 (GPU work negligible):")
+    for name, fn in (("empty autograd.Function fwd+bwd", ident_fb),
+                     ("TDA fwd+bwd, backward on the calling thread", tda_fb_1thread)):
+        log(f"  {name:40s} {host_cost(fn):8.1f}")
     for name, fn in (("TDA fwd (no grad)", tda_f), ("TDA fwd+bwd", tda_fb), ("TDA fwd (grad enabled)", tda_f_grad),
                      ("TDA fwd + autograd.grad", grad_only), ("TDA forward launchers only", launch_fwd),
                      ("TDA backward launchers only", launch_bwd), ("SDPA fwd (no grad)", sdpa_f),
                      ("SDPA fwd+bwd", sdpa_fb), ("one Triton launch (inv-norm pre-pass)", one_launch),
                      ("torch.empty", empty)):
         log(f"  {name:40s} {host_cost(fn):8.1f}")
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        tda_fb_1thread()
+    torch.cuda.synchronize()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+    log("cProfile of 200 TDA fwd+bwd (backward on the calling thread), by own time:\n" + buf.getvalue())
 
 
 def gpu_kernels(fn, reps=5):
@@ -139,13 +170,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="4x16x1024,2x16x4096,1x16x8192,1x16x16384")
     ap.add_argument("--dims", default="64,128")
+    ap.add_argument("--host-only", action="store_true")
     a = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     dims = [int(d) for d in a.dims.split(",")]
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     host_table(log)
-    gpu_table(shapes, dims, log)
+    if not a.host_only:
+        gpu_table(shapes, dims, log)
 
 
 if __name__ == "__main__":
