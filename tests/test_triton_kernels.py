@@ -269,6 +269,25 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
+def test_torch_compile_inductor_noncontiguous():
+    """Inductor (not only aot_eager) around the custom ops, with transposed q/k/v views as the model
+    passes them: the fake kernels' strides must match the real ops' (an earlier mismatch broke
+    `compile: true` on CUDA)."""
+    torch.manual_seed(10)
+    inputs = _make(1, 2, 1, 19, 19, 16, 16, True, noncontig=True)
+
+    def f(q1, k1, q2, k2, v, beta, lam):
+        return ops.threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, backend="triton").square().sum()
+
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True, backend="inductor")
+    a, b = cf(**inputs), f(**inputs)
+    torch.testing.assert_close(a, b)
+    for x, y in zip(torch.autograd.grad(a, list(inputs.values())), torch.autograd.grad(b, list(inputs.values()))):
+        torch.testing.assert_close(x, y)
+
+
 def test_custom_op_opcheck():
     torch.manual_seed(7)
     q = reference.l2_normalize(torch.randn(1, 2, 17, 16, dtype=DT, device=DEV))
@@ -280,6 +299,16 @@ def test_custom_op_opcheck():
         torch.library.opcheck(torch.ops.tda.threshold_attention_fwd.default,
                               (q, k, q.clone(), k.clone(), v, tau, lam, 2.0, True, normalize),
                               test_utils=("test_schema", "test_faketensor"))
+    # the backward op, on transposed (non-contiguous) inputs as the model's q/k/v views are: the fake
+    # kernel must report the real op's (contiguous) gradient strides, or torch.compile rejects it
+    nc = lambda x: x.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  same values, other strides
+    qn, kn, vn = nc(q), nc(k), nc(v)
+    out, flags, rq, rk = torch.ops.tda.threshold_attention_fwd(qn, kn, nc(q.clone()), nc(k.clone()), vn, tau, lam,
+                                                               2.0, True, True)
+    torch.library.opcheck(torch.ops.tda.threshold_attention_bwd.default,
+                          (torch.randn_like(out), qn, kn, nc(q.clone()), nc(k.clone()), vn, tau, lam, flags, rq, rk,
+                           2.0, True, *tk._configs(16, DT, True)["fwd"][:2]),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_validation_cache_sees_in_place_changes():

@@ -276,12 +276,14 @@ def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor
 
 @threshold_attention_bwd.register_fake
 def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT):
+    # the real op returns contiguous gradients whatever the inputs' strides (empty_like would copy a
+    # transposed input's strides, and torch.compile rejects a fake kernel whose strides differ)
     two = q2 is not None
     H, M = q1.shape[1], q1.shape[2]
-    dq2 = torch.empty_like(q1) if two else q1.new_empty(0)
-    dk2 = torch.empty_like(k1) if two else k1.new_empty(0)
+    dq2 = q1.new_empty(q1.shape) if two else q1.new_empty(0)
+    dk2 = k1.new_empty(k1.shape) if two else k1.new_empty(0)
     dlam = q1.new_empty((H,), dtype=tau.dtype) if two else q1.new_empty(0, dtype=tau.dtype)
-    return (torch.empty_like(q1), torch.empty_like(k1), dq2, dk2, torch.empty_like(v),
+    return (q1.new_empty(q1.shape), k1.new_empty(k1.shape), dq2, dk2, v.new_empty(v.shape),
             q1.new_empty((H, M), dtype=tau.dtype), dlam)
 
 
