@@ -129,10 +129,12 @@ def run_case(B, H, N, D, kind, with_ref=True):
 
 FWD_CANDS = {64: [(128, 64, 4, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
              128: [(128, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 3)]}
+# d = 128 backward: more small-tile candidates, since the fused normalisation's epilogue raised register
+# pressure (spills) after the last sweep
 DKDV_CANDS = {64: [(64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 3)],
-              128: [(64, 64, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]}
+              128: [(64, 64, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2)]}
 DQ_CANDS = {64: [(64, 64, 4, 2), (128, 64, 8, 2)],
-            128: [(64, 64, 8, 2), (128, 64, 8, 2)]}
+            128: [(64, 64, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]}
 
 
 def sweep(D, B=2, H=16, N=4096, log=print):

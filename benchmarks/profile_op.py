@@ -123,6 +123,44 @@ def host_table(log):
     log("cProfile of 200 TDA fwd+bwd (backward on the calling thread), by own time:\n" + buf.getvalue())
 
 
+def thread_experiments(log):
+    """Which part of a backward costs more on the autograd engine's device thread than on the calling
+    thread: a probe autograd.Function whose backward does one kind of work, timed both ways."""
+    xs, beta, lam = _inputs(1, 1, 64, 64, True)
+    xd = [x.detach() for x in xs]
+    dout = torch.randn_like(xs[0])
+    cfg = tk._configs(64, torch.bfloat16, True)
+    scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
+    _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
+    work = {
+        "nothing": lambda: None,
+        "6 x torch.empty": lambda: [torch.empty(64, 64, device="cuda") for _ in range(6)],
+        "1 small Triton launch": lambda: tk._inv_norms(xd[1], xd[3]),
+        "backward launchers (2 launches)": lambda: tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags,
+                                                                  rq, rk, 2.0, True, *cfg["fwd"][:2], cfg),
+        "torch.cuda.current_device x10": lambda: [torch.cuda.current_device() for _ in range(10)],
+    }
+    log("\nbackward-thread experiments (us per fwd+bwd of a probe Function; device thread / calling thread):")
+    for name, fn in work.items():
+        class Probe(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx, g):
+                fn()
+                return g
+
+        def dev_thread():
+            Probe.apply(xs[0]).backward(dout)
+
+        def calling_thread():
+            with torch.autograd.set_multithreading_enabled(False):
+                Probe.apply(xs[0]).backward(dout)
+        log(f"  {name:36s} {host_cost(dev_thread):8.1f} / {host_cost(calling_thread):8.1f}")
+
+
 def gpu_kernels(fn, reps=5):
     """{kernel name: mean CUDA time per call (us)} over `reps` profiled calls."""
     fn()
@@ -171,12 +209,15 @@ def main():
     ap.add_argument("--shapes", default="4x16x1024,2x16x4096,1x16x8192,1x16x16384")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--host-only", action="store_true")
+    ap.add_argument("--threads", action="store_true", help="also the backward-thread experiments")
     a = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     dims = [int(d) for d in a.dims.split(",")]
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     host_table(log)
+    if a.threads:
+        thread_experiments(log)
     if not a.host_only:
         gpu_table(shapes, dims, log)
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device call for the kernel issue: host/thread profile, block-config sweep + full benchmark table,
+# then the randomised correctness check, each under a time guard, all output under $OUT (<= 8 files):
+#     run(command="bash benchmarks/gpu_kernel_session.sh", timeout_s=600)
+# Guards (seconds): PROFILE_S (default 60), BENCH_S (260), CHECK_S (200: the check stops drawing new
+# configurations then; in-flight ones finish).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+OUT=${OUT:-runs/gpu-kernel-session}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/hardware.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/hardware.txt"
+git rev-parse HEAD >> "$OUT/hardware.txt" 2>/dev/null || true
+
+timeout "${PROFILE_S:-60}" python3 benchmarks/profile_op.py --host-only --threads > "$OUT/profile_host.txt" 2>&1
+echo "profile rc $?"
+timeout "${BENCH_S:-260}" python3 benchmarks/bench_attention.py --sweep --kinds random,planted \
+    --out "$OUT/benchmarks.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench rc $?"
+tmp=$(mktemp -d)
+for i in 0 1 2 3 4 5 6 7; do
+    python3 benchmarks/check_kernels.py --n 400 --seed "${CHECK_SEED:-13}" --shard "$i/8" \
+        --budget-s "${CHECK_S:-200}" --log "$tmp/c$i.log" > /dev/null 2>&1 &
+done
+wait
+cat "$tmp"/c*.log > "$OUT/check.log"
+grep -h "^check_kernels" "$tmp"/c*.log
