@@ -44,7 +44,9 @@ def poison():
 
 
 def random_config(rng):
-    dt, d, p, two = rng.choice(VARIANTS)
+    # Triton's CPU interpreter computes in numpy, which has no bf16 and gives garbage for low-precision
+    # dots there: the CPU smoke mode draws fp32 variants only
+    dt, d, p, two = rng.choice(VARIANTS if DEV == "cuda" else [v for v in VARIANTS if v[0] == "fp32"])
     hk = rng.choice([1, 2, 4])
     g = rng.choice([1, 1, 2, 4])
     M = rng.choice([1, 7, 64, 100, 128, 129, 255, 333, 512, 700] if DEV == "cuda" else [1, 7, 20, 33])
