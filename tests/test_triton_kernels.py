@@ -348,3 +348,19 @@ def test_fp32_inputs_and_beta_gradients(scalar):
         inputs["beta"] = torch.tensor(0.7).requires_grad_(True)
         inputs["lam"] = torch.tensor(0.3).requires_grad_(True)
     _compare(inputs, tol=2e-5, kappa=0.9, p=2.0, causal=True, position_offset=3)
+
+
+def test_check_finite_false_skips_only_the_value_test():
+    """check_finite=False (what the layers pass for their learned beta/lam) skips the NaN test, a host
+    sync on CUDA; it must not mark the tensor as validated for a later checked call."""
+    q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
+    beta = torch.full((2,), float("nan"), dtype=DT, device=DEV)
+    for backend in ("reference", "triton"):
+        out = ops.threshold_rectified_attention(q, q, q, beta, backend=backend, check_finite=False)
+        # unchecked non-finite beta: undefined output (the reference propagates NaN; the kernel's max()
+        # drops it and may return zeros), but no exception
+        assert out.shape == q.shape and (backend == "triton" or torch.isnan(out).any())
+        with pytest.raises(ValueError, match="beta must be finite"):
+            ops.threshold_rectified_attention(q, q, q, beta, backend=backend)
+    with pytest.raises(ValueError, match="beta must be a scalar"):  # shape checks still run
+        ops.threshold_rectified_attention(q, q, q, torch.ones(3, dtype=DT), backend="triton", check_finite=False)

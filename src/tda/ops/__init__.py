@@ -57,32 +57,37 @@ def _pick_kernel(backend, q, k, v, p, return_weights, key_padding_mask):
 
 def threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True,
                                      position_offset=0, normalize_qk=True, backend="auto",
-                                     key_padding_mask=None, return_weights=False):
+                                     key_padding_mask=None, return_weights=False, check_finite=True):
     """sum_j (a1_ij - lam * a2_ij) v_j with a_ij = (cos(q_i, k_j) - tau_i)_+^p; see reference.py.
 
     Tensors are (B, H, N, D); k/v may have fewer heads than q (grouped-query) and be longer than q
     (KV cache: position_offset = number of cached positions). Returns the pre-RMSNorm aggregation.
+    check_finite=False skips the NaN/inf test of beta/lam, which costs a host sync per call on CUDA
+    (the layers pass False: their beta/lam are learned, and divergence shows in the loss); a non-finite
+    beta/lam then gives undefined output (the kernel may return zeros) instead of a ValueError.
     """
     tk = _pick_kernel(backend, q1, k1, v, p, return_weights, key_padding_mask)
     if tk is not None:
         return tk.tda(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal,
-                      position_offset=position_offset, normalize_qk=normalize_qk)
+                      position_offset=position_offset, normalize_qk=normalize_qk, check_finite=check_finite)
     return reference.threshold_differential_attention(
         q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal, position_offset=position_offset,
-        normalize_qk=normalize_qk, key_padding_mask=key_padding_mask, return_weights=return_weights)
+        normalize_qk=normalize_qk, key_padding_mask=key_padding_mask, return_weights=return_weights,
+        check_finite=check_finite)
 
 
 def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=True, position_offset=0,
                                   normalize_qk=True, backend="auto", key_padding_mask=None,
-                                  return_weights=False):
+                                  return_weights=False, check_finite=True):
     """sum_j (cos(q_i, k_j) - tau_i)_+^p v_j — the single-view (TRA) case; see reference.py."""
     tk = _pick_kernel(backend, q, k, v, p, return_weights, key_padding_mask)
     if tk is not None:
         return tk.tra(q, k, v, beta, kappa=kappa, p=p, causal=causal, position_offset=position_offset,
-                      normalize_qk=normalize_qk)
+                      normalize_qk=normalize_qk, check_finite=check_finite)
     return reference.threshold_rectified_attention(
         q, k, v, beta, kappa=kappa, p=p, causal=causal, position_offset=position_offset,
-        normalize_qk=normalize_qk, key_padding_mask=key_padding_mask, return_weights=return_weights)
+        normalize_qk=normalize_qk, key_padding_mask=key_padding_mask, return_weights=return_weights,
+        check_finite=check_finite)
 
 
 __all__ = ["threshold_differential_attention", "threshold_rectified_attention", "l2_normalize", "tau",

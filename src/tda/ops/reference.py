@@ -73,7 +73,7 @@ def _chunk(q1, k1, q2, k2, v, tau_rows, lam, allowed, p, want_weights):
 
 
 def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk,
-               key_padding_mask, return_weights, chunk_size):
+               key_padding_mask, return_weights, chunk_size, check_finite=True):
     # name the arguments as the caller did: q1/q2/k1/k2 for TDA, q/k for TRA
     qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
     ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
@@ -81,8 +81,8 @@ def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offse
                                      key_padding_mask=key_padding_mask)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    beta = _check_scalar_param("beta", beta, H, q1)
-    lam = _check_scalar_param("lam", lam, H, q1) if q2 is not None else None
+    beta = _check_scalar_param("beta", beta, H, q1, check_finite)
+    lam = _check_scalar_param("lam", lam, H, q1, check_finite) if q2 is not None else None
 
     if normalize_qk:
         q1, k1 = l2_normalize(q1), l2_normalize(k1)
@@ -120,26 +120,28 @@ def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offse
 
 def threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True,
                                      position_offset=0, normalize_qk=True, key_padding_mask=None,
-                                     return_weights=False, chunk_size=256):
+                                     return_weights=False, chunk_size=256, check_finite=True):
     """TDA aggregation sum_j (a1_ij - lam * a2_ij) v_j, shape (B, H, M, Dv).
 
     q1, q2: (B, H, M, D); k1, k2: (B, Hk, N, D); v: (B, Hk, N, Dv) with Hk dividing H (grouped-query).
     beta, lam: float or tensor of shape () or (H,), differentiable. key_padding_mask: bool (B, N),
     True = attend. return_weights=True also returns the signed weights (B, H, M, N) (O(M*N) memory).
+    check_finite=False skips the NaN/inf test of beta and lam (on CUDA a host sync per call; a non-finite
+    value then gives undefined output); the layers, whose beta/lam are learned parameters, pass False.
     """
     if q2 is None or k2 is None:
         raise ValueError("q2 and k2 are required for TDA; use threshold_rectified_attention for one view")
     return _attention(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal,
                       position_offset=position_offset, normalize_qk=normalize_qk,
                       key_padding_mask=key_padding_mask, return_weights=return_weights,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, check_finite=check_finite)
 
 
 def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=True, position_offset=0,
                                   normalize_qk=True, key_padding_mask=None, return_weights=False,
-                                  chunk_size=256):
+                                  chunk_size=256, check_finite=True):
     """TRA aggregation sum_j (s_ij - tau_i)_+^p v_j, the single-view case of TDA."""
     return _attention(q, k, None, None, v, beta, None, kappa=kappa, p=p, causal=causal,
                       position_offset=position_offset, normalize_qk=normalize_qk,
                       key_padding_mask=key_padding_mask, return_weights=return_weights,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, check_finite=check_finite)

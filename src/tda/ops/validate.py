@@ -18,8 +18,10 @@ def _check_tensor(name: str, t, ndim: int = 4) -> None:
         raise ValueError(f"{name} must have {ndim} dims (B, H, N, D), got shape {tuple(t.shape)}")
 
 
-def _check_scalar_param(name: str, t, n_heads: int, ref: torch.Tensor) -> torch.Tensor:
-    """beta / lam: a Python number or a tensor of shape () or (H,). Returns a float32 (H,) tensor."""
+def _check_scalar_param(name: str, t, n_heads: int, ref: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+    """beta / lam: a Python number or a tensor of shape () or (H,). Returns a float32 (H,) tensor.
+    check_finite=False skips the value test (a host sync for CUDA tensors): for callers whose beta/lam are
+    learned parameters, where a non-finite value can only come from a diverged optimiser."""
     if not isinstance(t, torch.Tensor):
         if not isinstance(t, (int, float)):
             raise ValueError(f"{name} must be a float or a tensor, got {type(t).__name__}")
@@ -30,7 +32,7 @@ def _check_scalar_param(name: str, t, n_heads: int, ref: torch.Tensor) -> torch.
         raise ValueError(f"{name} must be a scalar or have shape ({n_heads},) (one per query head), "
                          f"got shape {tuple(t.shape)}")
     # A host sync on CUDA; skipped while tracing under torch.compile, where it would break the graph.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
+    if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
         raise ValueError(f"{name} must be finite, got {t.detach().cpu().tolist()}")
     return t.reshape(-1).expand(n_heads)
 

@@ -315,7 +315,7 @@ _VALIDATED: dict = {}  # name -> (weakref to a beta/lam tensor, its version) tha
 _SCALE_CACHE: dict = {}  # (device, M, offset, kappa, d, dtype) -> (M,) beta-free row factor of tau
 
 
-def _scalar_param(name, t, n_heads, ref):
+def _scalar_param(name, t, n_heads, ref, check_finite=True):
     """_check_scalar_param, whose finiteness test costs a host sync on CUDA, skipped for the very tensor
     object (same version counter, so not modified in place since) that passed it on the previous call.
     Returns an (H,) view on ref's device."""
@@ -325,10 +325,11 @@ def _scalar_param(name, t, n_heads, ref):
                 and t.is_floating_point()):
             out = t.reshape(-1).expand(n_heads)
         else:
-            out = _check_scalar_param(name, t, n_heads, ref)
-            _VALIDATED[name] = (weakref.ref(t), t._version, n_heads)
+            out = _check_scalar_param(name, t, n_heads, ref, check_finite)
+            if check_finite:
+                _VALIDATED[name] = (weakref.ref(t), t._version, n_heads)
     else:
-        out = _check_scalar_param(name, t, n_heads, ref)
+        out = _check_scalar_param(name, t, n_heads, ref, check_finite)
     return out if out.device == ref.device else out.to(ref.device)
 
 
@@ -346,12 +347,12 @@ def _tau_scale(M, position_offset, kappa, D, device, dtype):
     return scale
 
 
-def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk):
+def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk, check_finite=True):
     qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
     ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
     B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, position_offset=position_offset)
-    beta = _scalar_param("beta", beta, H, q1)
-    lam = _scalar_param("lam", lam, H, q1) if q2 is not None else None
+    beta = _scalar_param("beta", beta, H, q1, check_finite)
+    lam = _scalar_param("lam", lam, H, q1, check_finite) if q2 is not None else None
     why = unsupported_reason(q1, k1, v, p)
     if why is not None:
         raise ValueError(f"the Triton kernel cannot run this call: {why}")
@@ -393,15 +394,16 @@ class _EagerTDA(torch.autograd.Function):
 
 
 def tda(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,
-        normalize_qk=True):
+        normalize_qk=True, check_finite=True):
     """Fused TDA: sum_j (a1_ij - lam a2_ij) v_j, a_ij = (cos(q_i, k_j) - tau_i)_+^p; see reference.py."""
     if q2 is None or k2 is None:
         raise ValueError("q2 and k2 are required for TDA; use threshold_rectified_attention for one view")
     return _run(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=causal,
-                position_offset=position_offset, normalize_qk=normalize_qk)
+                position_offset=position_offset, normalize_qk=normalize_qk, check_finite=check_finite)
 
 
-def tra(q, k, v, beta, *, kappa=1.0, p=2.0, causal=True, position_offset=0, normalize_qk=True):
+def tra(q, k, v, beta, *, kappa=1.0, p=2.0, causal=True, position_offset=0, normalize_qk=True,
+        check_finite=True):
     """Fused TRA: sum_j (cos(q_i, k_j) - tau_i)_+^p v_j (single view)."""
     return _run(q, k, None, None, v, beta, None, kappa=kappa, p=p, causal=causal,
-                position_offset=position_offset, normalize_qk=normalize_qk)
+                position_offset=position_offset, normalize_qk=normalize_qk, check_finite=check_finite)
