@@ -166,6 +166,27 @@ def test_exact_resume(bundled_dir, tmp_path):
     assert losses(tmp_path / "a" / "metrics.jsonl") == losses(tmp_path / "b" / "metrics.jsonl")
 
 
+def test_divergence_stops_before_overwriting_the_checkpoint(bundled_dir, tmp_path, monkeypatch):
+    """A NaN loss from step 5 on: the run raises at the next check (step 6), and last.pt still holds the
+    finite step-3 weights."""
+    from tda.models.gpt import GPT
+    real, calls = GPT.forward, [0]
+
+    def poisoned(self, input_ids, targets=None, **kw):
+        out = real(self, input_ids, targets, **kw)
+        if targets is None:
+            return out
+        calls[0] += 1
+        return (out[0], out[1] * float("nan")) if calls[0] >= 5 else out
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="diverged.*step 6"):
+        train(tiny(bundled_dir, tmp_path / "d", ckpt_interval=3, log_interval=3, eval_interval=0))
+    ck = read_checkpoint(tmp_path / "d" / "last.pt")
+    assert ck["step"] == 3
+    assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+
+
 def test_resume_without_checkpoint_starts_fresh(bundled_dir, tmp_path):
     s = train(tiny(bundled_dir, tmp_path / "r", max_steps=2, eval_interval=0, ckpt_interval=0), resume=True)
     assert s["step"] == 2

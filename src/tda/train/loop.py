@@ -241,8 +241,16 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         tokens_since += tokens_per_step
         bar.update(1)
 
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+        ckpt_now = (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps
+        if step % cfg.log_interval == 0 or step == cfg.max_steps or ckpt_now:
+            # a diverged run stops here, before its NaN weights can overwrite the last good checkpoint
             train_loss = float(D.all_reduce_mean(loss_sum, ctx))
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise FloatingPointError(
+                    f"training diverged: train loss is {train_loss} at step {step}; the checkpoints in {out} "
+                    f"are from earlier steps and were kept (lower lr, set grad_clip, or check the data)")
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
             now = time.time()
             tok_s = tokens_since / max(now - t_log, 1e-9)
             t_log, tokens_since = now, 0
@@ -251,6 +259,10 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
         if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps:
             val_loss = evaluate(model, data, cfg, amp_dtype, ctx)
+            if not math.isfinite(val_loss):
+                bar.close()
+                raise FloatingPointError(f"training diverged: validation loss is {val_loss} at step {step}; "
+                                         f"the checkpoints in {out} are from earlier steps and were kept")
             metrics.write({"step": step, "val_loss": round(val_loss, 6),
                            "elapsed": round(elapsed0 + time.time() - t0, 3)})
             if ctx.is_main:
@@ -258,7 +270,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             if val_loss < best_val:
                 best_val = val_loss
                 checkpoint(out / "best.pt", with_optimizer=False)
-        if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
+        if ckpt_now:
             checkpoint(last_path)
     bar.close()
     D.barrier(ctx)
