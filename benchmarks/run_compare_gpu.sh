@@ -10,6 +10,8 @@
 #        run(command="bash benchmarks/run_compare_gpu.sh", carry=["data/gpt2", "data/pylib"], timeout_s=600)
 #    -> $OUT/compare-gpu/{results.md, results.json, loss_curves.png}, $OUT/compare-gpu.log
 #
+# COMPARE_CONFIG picks another config (default configs/compare-gpu.yaml; configs/compare-gpu-long.yaml is
+# the 560-step version, with COMPARE_TIMEOUT_S=540).
 # Wall-time guard: the comparison is stopped at COMPARE_TIMEOUT_S (default 500 s), well inside the 9-minute
 # target; the table is rewritten after every finished variant, so a cut-short run still reports those
 # (variants run cheap-first, TDA second, entmax last).
@@ -44,7 +46,7 @@ LOG="$OUT/compare-gpu.log"
 start=$(date +%s)
 set +e
 timeout --signal=INT --kill-after=20 "${COMPARE_TIMEOUT_S:-500}" \
-    python3 -m tda.train.compare configs/compare-gpu.yaml --results-dir "$RES" "$@" 2>&1 | tee -a "$LOG"
+    python3 -m tda.train.compare "${COMPARE_CONFIG:-configs/compare-gpu.yaml}" --results-dir "$RES" "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 echo "compare exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
