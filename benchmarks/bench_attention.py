@@ -51,11 +51,11 @@ def tile_density(q1, k1, q2, k2, v, beta, lam):
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
     flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, 2.0, True, True)[1]
-    BM, BN = tk._configs(D, q1.dtype, True)["fwd"][:2]
+    FM, FN = tk._configs(D, q1.dtype, True)["flags"]  # the flags' grain (the forward block by default)
     n_mt, n_nt = flags.shape[1:]
-    r = torch.arange(n_mt, device="cuda")[:, None] * BM
-    c = torch.arange(n_nt, device="cuda")[None, :] * BN
-    visited = (c <= r + BM - 1)
+    r = torch.arange(n_mt, device="cuda")[:, None] * FM
+    c = torch.arange(n_nt, device="cuda")[None, :] * FN
+    visited = (c <= r + FM - 1)  # cells that meet the causal region
     return (flags.bool() & visited).sum().item() / (visited.sum().item() * flags.shape[0])
 
 
@@ -71,7 +71,7 @@ def kernel_times(prep, dout):
     normalisation), and both backward launches, on prepared inputs."""
     D = prep[0].shape[-1]
     cfg = tk._configs(D, prep[0].dtype, True)
-    MT, NT = cfg["fwd"][:2]
+    MT, NT = cfg["flags"]
     _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, cfg, True)
     t_f = bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True), rep=100)
     t_b = bench(lambda: tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg), rep=100)
@@ -157,6 +157,21 @@ def sweep(D, B=2, H=16, N=4096, log=print):
             times[c] = t_f if key == "fwd" else t_b
             log(f"  d={D} {key} {c}: kernels fwd {t_f:.3f} ms, bwd {t_b:.3f} ms")
         best[key] = min(times, key=times.get)
+    # the survivor flags' grain: the forward block (default) or finer, which lets the backward's smaller
+    # blocks skip more pairs; chosen by total kernel time
+    BM, BN = best["fwd"][:2]
+    grains = {}
+    for g in [(BM, BN), (64, 64), (32, 32)]:
+        if BM % g[0] or BN % g[1] or g in grains:
+            continue
+        tk.set_config(**best, flags=g)
+        try:
+            grains[g] = sum(kernel_times(prep, dout))
+        except Exception as e:  # noqa: BLE001
+            log(f"  d={D} flags {g}: failed ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        log(f"  d={D} flags {g}: kernels fwd+bwd {grains[g]:.3f} ms")
+    best["flags"] = min(grains, key=grains.get)
     tk.set_config(**best)
     modes = {}
     for skip, prefetch in ((1, False), (0, False), (3, False), (1, True)):
@@ -177,7 +192,7 @@ def use_config(best):
         tk.set_config()
         tk.SKIP_EMPTY, tk.PREFETCH = 1, False
         return
-    tk.set_config(**{k: v for k, v in best.items() if k in ("fwd", "dkdv", "dq")})
+    tk.set_config(**{k: v for k, v in best.items() if k in ("fwd", "dkdv", "dq", "flags")})
     tk.SKIP_EMPTY, tk.PREFETCH = best["skip"], best["prefetch"]
 
 

@@ -2,6 +2,8 @@
 # One device call for the kernel issue: host/thread profile, block-config sweep + full benchmark table,
 # then the randomised correctness check, each under a time guard, all output under $OUT (<= 8 files):
 #     run(command="bash benchmarks/gpu_kernel_session.sh", timeout_s=600)
+# The check runs the code's default configs: when the sweep picks different ones (block sizes, the flags'
+# grain), set them as the defaults in src/tda/ops/triton/attention.py and run the check again.
 # Guards (seconds): PROFILE_S (default 60), BENCH_S (260), CHECK_S (200: the check stops drawing new
 # configurations then; in-flight ones finish).
 set -uo pipefail

@@ -72,7 +72,7 @@ def host_table(log):
         tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
 
     def launch_bwd():
-        tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags, rq, rk, 2.0, True, *cfg["fwd"][:2], cfg)
+        tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags, rq, rk, 2.0, True, *cfg["flags"], cfg)
 
     def grad_only():
         torch.autograd.grad(ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam), xs + [beta, lam], dout)
@@ -137,7 +137,7 @@ def thread_experiments(log):
         "6 x torch.empty": lambda: [torch.empty(64, 64, device="cuda") for _ in range(6)],
         "1 small Triton launch": lambda: tk._inv_norms(xd[1], xd[3]),
         "backward launchers (2 launches)": lambda: tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags,
-                                                                  rq, rk, 2.0, True, *cfg["fwd"][:2], cfg),
+                                                                  rq, rk, 2.0, True, *cfg["flags"], cfg),
         "torch.cuda.current_device x10": lambda: [torch.cuda.current_device() for _ in range(10)],
     }
     log("\nbackward-thread experiments (us per fwd+bwd of a probe Function; device thread / calling thread):")

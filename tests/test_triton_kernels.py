@@ -95,6 +95,17 @@ def test_tda_matches_reference(case):
     _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off)
 
 
+@pytest.mark.parametrize("case", TDA_CASES)
+def test_tda_finer_flags_match_reference(case):
+    """Survivor flags at a finer grain than the forward blocks (16 x 16 flags in 32 x 32 blocks), read by
+    16 x 16 backward blocks: same results, every case (GQA, KV cache, non-causal, N < M, general p)."""
+    tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
+    torch.manual_seed(hash(case) % 2**31 + 1)
+    B, H, Hk, M, N, D, Dv, p, causal, off, kappa, nc = case
+    inputs = _make(B, H, Hk, M, N, D, Dv, True, noncontig=nc)
+    _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off)
+
+
 @pytest.mark.parametrize("case", [
     (1, 2, 2, 35, 35, 16, 16, 2.0, True, 0, 1.0, False),
     (2, 4, 2, 19, 44, 32, 32, 1.0, True, 25, 0.7, True),
@@ -169,6 +180,8 @@ def test_rows_that_see_no_key_are_zero():
 @pytest.mark.parametrize("cfg", [
     dict(fwd=(32, 32, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1)),   # backward blocks inside flag tiles
     dict(fwd=(16, 16, 4, 1), dkdv=(32, 32, 4, 1), dq=(32, 32, 4, 1)),   # backward blocks span 2x2 tiles
+    dict(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1)),  # flags finer than fwd
+    dict(fwd=(32, 32, 4, 1), flags=(16, 8), dkdv=(32, 16, 4, 1), dq=(16, 32, 4, 1)),   # mixed grains
 ])
 def test_block_configs(cfg):
     torch.manual_seed(3)
@@ -176,7 +189,12 @@ def test_block_configs(cfg):
     _compare(_make(1, 2, 1, 45, 45, 16, 16, True), p=2.0, causal=True)
 
 
-def test_survivor_flags_and_skipping():
+@pytest.mark.parametrize("grain", ["block", "finer"])
+def test_survivor_flags_and_skipping(grain):
+    """The forward's flags equal 'any exceedance in the 16 x 16 tile', computed from the reference. 'finer':
+    32 x 32 forward blocks that record 16 x 16 flags (sub-tile grain), which the 16 x 16 backward reads."""
+    if grain == "finer":
+        tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
     torch.manual_seed(4)
     M = N = 48
     D = 16
@@ -238,6 +256,9 @@ def test_bad_input_raises():
         tk.tda(q, q, q, q, q, 1.0, torch.ones(3, dtype=DT))
     with pytest.raises(ValueError, match="q2 and k2"):
         tk.tda(q, q, None, q, q, 1.0, 0.5)
+    tk.set_config(fwd=(32, 32, 4, 1), flags=(24, 16))
+    with pytest.raises(ValueError, match="flags grain"):
+        tk.tda(q, q, q, q, q, 1.0, 0.5)
 
 
 def test_unsupported_reason(monkeypatch):
@@ -307,7 +328,7 @@ def test_custom_op_opcheck():
                                                                2.0, True, True)
     torch.library.opcheck(torch.ops.tda.threshold_attention_bwd.default,
                           (torch.randn_like(out), qn, kn, nc(q.clone()), nc(k.clone()), vn, tau, lam, flags, rq, rk,
-                           2.0, True, *tk._configs(16, DT, True)["fwd"][:2]),
+                           2.0, True, *tk._configs(16, DT, True)["flags"]),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -50,7 +50,9 @@ def _interpreting() -> bool:
 
 
 def set_config(**kw):
-    """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=...); no args resets."""
+    """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN));
+    no args resets. flags: the grain of the forward's survivor flags (dividing the forward block; default
+    the block itself) -- finer flags let the backward skip more of its smaller blocks."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
 
@@ -65,6 +67,10 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
     else:
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (128, 64, 8, 2)}
     cfg.update(_OVERRIDE)
+    BM, BN = cfg["fwd"][:2]
+    FM, FN = cfg.setdefault("flags", (BM, BN))
+    if BM % FM or BN % FN:
+        raise ValueError(f"flags grain {(FM, FN)} must divide the forward block {(BM, BN)}")
     return cfg
 
 
@@ -146,7 +152,8 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     BM, BN, warps, stages = cfg["fwd"]
-    n_mt, n_nt = triton.cdiv(M, BM), triton.cdiv(N, BN)
+    FM, FN = cfg["flags"]
+    n_mt, n_nt = triton.cdiv(M, FM), triton.cdiv(N, FN)
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
     empty = out.numel() == 0
     # the kernel writes every flag (visited pairs: survivor or not; the rest: 0), so no zero-fill launch
@@ -159,14 +166,14 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     if empty:
         return out, flags, rq, rk
     BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
-    tda_fwd_kernel[(n_mt, B * H)](
+    tda_fwd_kernel[(triton.cdiv(M, BM), B * H)](
         q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out, flags,
         *_norm_args(rq, rk, SCALE),
         *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
         s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
         TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
         PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
-        HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2,
+        HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
         num_warps=warps, num_stages=stages)
     return out, flags, rq, rk
 
@@ -241,9 +248,9 @@ def _norm_dtype(x):
 def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     B, H, M, D = q1.shape
     Hk, N = k1.shape[1], k1.shape[2]
-    BM, BN = _configs(D, q1.dtype, q2 is not None)["fwd"][:2]
+    FM, FN = _configs(D, q1.dtype, q2 is not None)["flags"]
     out = q1.new_empty((B, H, M, v.shape[-1]))
-    flags = q1.new_empty((B * H, -(-M // BM), -(-N // BN)), dtype=torch.int8)
+    flags = q1.new_empty((B * H, -(-M // FM), -(-N // FN)), dtype=torch.int8)
     T = 2 if q2 is not None else 1
     if normalize:
         rq = q1.new_empty((T, B, H, M), dtype=_norm_dtype(q1))
@@ -292,7 +299,7 @@ def _setup_context(ctx, inputs, output):
     _, flags, rq, rk = output
     ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
     ctx.p, ctx.causal = p, causal
-    ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None)["fwd"][:2]
+    ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None)["flags"]
     ctx.mark_non_differentiable(flags, rq, rk)
 
 
@@ -383,7 +390,7 @@ class _EagerTDA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk = ctx.saved_tensors
-        MT, NT = ctx.cfg["fwd"][:2]
+        MT, NT = ctx.cfg["flags"]
         with _on_device(q1):
             dq1, dk1, dq2, dk2, dv, g = _launch_bwd(dout, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk,
                                                     ctx.p, ctx.causal, MT, NT, ctx.cfg)

@@ -4,7 +4,8 @@ One program per (query block, batch * head). Both views are scored against the s
 pass; the causal loop is split Triton-tutorial style into an unmasked stage (key blocks every row of the
 query block may see) and a masked stage (the diagonal blocks and the ragged key tail); key blocks above
 the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
-exceedance survived; a pair with none skips the V load and the PV product, and the backward skips it
+exceedance survived (per FLAG_M x FLAG_N sub-tile when the flags are set finer than the blocks); a
+pair with none skips the V load and the PV product, and the backward skips it (at the flags' grain)
 entirely.
 
 NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
@@ -20,10 +21,11 @@ from .common import exceed_pow, inv_norm_rows, load_tau
 @triton.jit
 def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-               flag_row, offs_m, lo, hi, diag, N, p_val,
+               flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag, N, p_val,
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-               PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr):
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+               PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     for start_n in range(lo, hi, BLOCK_N):
@@ -70,7 +72,15 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_ba
         if SKIP_EMPTY != 3:
             # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
             alive = tl.max(tl.max(live, 1), 0) > 0
-            tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+            if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
+                tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+            else:  # finer flags: one per FLAG_M x FLAG_N sub-tile, so the backward can skip at that grain
+                sub = tl.reshape(live, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N, FLAG_N))
+                sub = tl.max(tl.max(sub, 3), 1) > 0
+                rr = tl.arange(0, BLOCK_M // FLAG_M)
+                cc = start_n // FLAG_N + tl.arange(0, BLOCK_N // FLAG_N)
+                tl.store(flag_row + rr[:, None] * n_nt + cc[None, :], sub.to(tl.int8),
+                         mask=((frow0 + rr) < n_mt)[:, None] & (cc < n_nt)[None, :])
         # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
         # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product;
         # 3 = no survivor test at all (the launcher sets every flag)
@@ -111,7 +121,8 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr):
+                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
+                   FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -155,7 +166,10 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
-    flag_row = FLAGS + bh.to(tl.int64) * n_mt * n_nt + pid_m * n_nt
+    # flags: one per FLAG_M x FLAG_N sub-tile (n_mt x n_nt of them per head); this program owns flag rows
+    # frow0 .. frow0 + BLOCK_M // FLAG_M - 1
+    frow0 = pid_m * (BLOCK_M // FLAG_M)
+    flag_row = FLAGS + bh.to(tl.int64) * n_mt * n_nt + frow0 * n_nt
 
     if CAUSAL:
         last_row = tl.minimum(start_m + BLOCK_M, M) - 1
@@ -168,15 +182,23 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
         hi = N
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, 0, lo, diag, N, p_val,
-                     False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE)
+                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
+                     N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
+                     NORMALIZE, FLAG_M, FLAG_N)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, offs_m, lo, hi, diag, N, p_val,
-                     True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE)
+                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
+                     N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
+                     NORMALIZE, FLAG_M, FLAG_N)
     if SKIP_EMPTY != 3:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
-        for t in range(tl.cdiv(hi, BLOCK_N), n_nt):
-            tl.store(flag_row + t, tl.zeros([], dtype=tl.int8))
+        if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
+            for t in range(tl.cdiv(hi, BLOCK_N), n_nt):
+                tl.store(flag_row + t, tl.zeros([], dtype=tl.int8))
+        else:
+            rr = tl.arange(0, BLOCK_M // FLAG_M)
+            for t in range(tl.cdiv(hi, BLOCK_N) * (BLOCK_N // FLAG_N), n_nt):
+                tl.store(flag_row + rr * n_nt + t, tl.zeros([BLOCK_M // FLAG_M], dtype=tl.int8),
+                         mask=(frow0 + rr) < n_mt)
     o_ptrs = OUT + b * s_ob + h64 * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
