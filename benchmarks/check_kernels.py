@@ -55,7 +55,7 @@ def random_config(rng):
                 causal=rng.random() < 0.85, offset=extra if rng.random() < 0.8 else rng.choice([0, 5, 3000]),
                 kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
-                normalize=rng.random() < 0.6)
+                normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3)
 
 
 def make_inputs(c, gen):
@@ -158,12 +158,17 @@ def main():
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
         poison()
+        # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
+        BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"])["fwd"][:2]
+        tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
             ker = run(c, t, dout, dt, "triton")
         except Exception as e:  # noqa: BLE001 (a crash is a failure of this configuration)
             fails.append((i, "crash", c, str(e)[:300], None))
             print(f"[{i}] {c}\n    CRASH {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
+        finally:
+            tk.set_config()
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []
