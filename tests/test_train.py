@@ -187,6 +187,15 @@ def test_divergence_stops_before_overwriting_the_checkpoint(bundled_dir, tmp_pat
     assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
 
 
+def test_backward_threads_option_trains_identically(bundled_dir, tmp_path):
+    """backward_threads only moves the backward to another thread (CUDA); results are the same."""
+    a = train(tiny(bundled_dir, tmp_path / "t0", max_steps=3, eval_interval=0, ckpt_interval=0))
+    b = train(tiny(bundled_dir, tmp_path / "t1", max_steps=3, eval_interval=0, ckpt_interval=0,
+                   backward_threads=True))
+    for (k, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        assert torch.equal(x, y), k
+
+
 def test_resume_without_checkpoint_starts_fresh(bundled_dir, tmp_path):
     s = train(tiny(bundled_dir, tmp_path / "r", max_steps=2, eval_interval=0, ckpt_interval=0), resume=True)
     assert s["step"] == 2

@@ -38,6 +38,9 @@ class TrainConfig:
     device: str = "auto"                # "auto" = cuda if available else cpu
     dtype: str = "auto"                 # "auto" = bf16 autocast on CUDA, fp32 on CPU; or float32|bfloat16|float16
     compile: bool = False
+    # False runs backward on the calling thread. On CUDA, autograd's device thread cost each TDA layer call
+    # ~0.5 ms more host time on an H200 host (benchmarks/profile_op.py, docs/benchmarks.md).
+    backward_threads: bool = False
     progress: bool = True               # tqdm bar on rank 0
 
     def __post_init__(self):

@@ -225,7 +225,8 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
                 with _autocast(ctx, amp_dtype):
                     _, loss = model(x, y)
                 loss = loss / cfg.grad_accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+                with torch.autograd.set_multithreading_enabled(cfg.backward_threads):
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += loss.detach().float()
         if scaler is not None:
             scaler.unscale_(optimizer)
