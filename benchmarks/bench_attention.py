@@ -174,14 +174,16 @@ def sweep(D, B=2, H=16, N=4096, log=print):
     best["flags"] = min(grains, key=grains.get)
     tk.set_config(**best)
     modes = {}
-    for skip, prefetch in ((1, False), (0, False), (3, False), (1, True)):
-        tk.SKIP_EMPTY, tk.PREFETCH = skip, prefetch
-        modes[(skip, prefetch)] = kernel_times(prep, dout)
-        log(f"  d={D} {best}: kernels fwd {modes[(skip, prefetch)][0]:.3f} ms, bwd "
-            f"{modes[(skip, prefetch)][1]:.3f} ms (SKIP_EMPTY={skip}, PREFETCH={prefetch})")
-    # the forward mode by total kernel time (mode 3 also makes the backward dense), prefetch by bwd time
-    best["skip"] = min((m for m in modes if not m[1]), key=lambda m: sum(modes[m]))[0]
-    best["prefetch"] = modes[(1, True)][1] < modes[(1, False)][1]
+    for skip, prefetch, screen in ((1, False, True), (1, False, False), (0, False, False), (3, False, False),
+                                   (1, True, True)):
+        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = skip, prefetch, screen
+        modes[(skip, prefetch, screen)] = m = kernel_times(prep, dout)
+        log(f"  d={D} {best}: kernels fwd {m[0]:.3f} ms, bwd {m[1]:.3f} ms "
+            f"(SKIP_EMPTY={skip}, PREFETCH={prefetch}, SCREEN={screen})")
+    # the forward mode (skip, screen) by total kernel time (mode 3 also makes the backward dense), prefetch
+    # by bwd time
+    best["skip"], _, best["screen"] = min((m for m in modes if not m[1]), key=lambda m: sum(modes[m]))
+    best["prefetch"] = modes[(1, True, True)][1] < modes[(1, False, True)][1]
     log(f"  d={D} chosen: {best}")
     use_config(None)
     return best
@@ -190,10 +192,10 @@ def sweep(D, B=2, H=16, N=4096, log=print):
 def use_config(best):
     if best is None:
         tk.set_config()
-        tk.SKIP_EMPTY, tk.PREFETCH = 1, False
+        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = 1, False, True
         return
     tk.set_config(**{k: v for k, v in best.items() if k in ("fwd", "dkdv", "dq", "flags")})
-    tk.SKIP_EMPTY, tk.PREFETCH = best["skip"], best["prefetch"]
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = best["skip"], best["prefetch"], best["screen"]
 
 
 def fmt(x, nd=2):

@@ -161,6 +161,71 @@ def thread_experiments(log):
         log(f"  {name:36s} {host_cost(dev_thread):8.1f} / {host_cost(calling_thread):8.1f}")
 
 
+class _Timed:
+    """Stands in for a module attribute (a function or a Triton kernel) and sums the host time of its calls
+    (for a kernel: of its launches, kernel[grid](...)) into acc[name]."""
+
+    def __init__(self, obj, name, acc):
+        self.obj, self.name, self.acc = obj, name, acc
+
+    def _time(self, fn, *a, **k):
+        t = time.perf_counter()
+        r = fn(*a, **k)
+        self.acc[self.name] += time.perf_counter() - t
+        return r
+
+    def __call__(self, *a, **k):
+        return self._time(self.obj, *a, **k)
+
+    def __getitem__(self, grid):
+        return lambda *a, **k: self._time(self.obj[grid], *a, **k)
+
+
+def section_experiments(log, n=300):
+    """Where the backward's host time goes, inside the real op, with the backward on the engine's device
+    thread, on the calling thread, and the same launcher called outside autograd: host us per call of the
+    backward node (PyNode body), of _launch_bwd, of each kernel launch, and of the whole fwd+bwd."""
+    xs, beta, lam = _inputs(1, 1, 64, 64, True)
+    dout = torch.randn_like(xs[0])
+    acc = defaultdict(float)
+    saved = {n_: getattr(tk, n_) for n_ in ("_launch_bwd", "tda_bwd_dkdv_kernel", "tda_bwd_dq_kernel")}
+    orig_backward = tk._EagerTDA.backward
+    try:
+        tk._launch_bwd = _Timed(saved["_launch_bwd"], "_launch_bwd", acc)
+        tk.tda_bwd_dkdv_kernel = _Timed(saved["tda_bwd_dkdv_kernel"], "dkdv launch", acc)
+        tk.tda_bwd_dq_kernel = _Timed(saved["tda_bwd_dq_kernel"], "dq launch", acc)
+        timed_bwd = _Timed(orig_backward, "backward node body", acc)
+        tk._EagerTDA.backward = staticmethod(lambda ctx, g: timed_bwd(ctx, g))
+
+        def fb():
+            ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam).backward(dout)
+
+        def fb_1thread():
+            with torch.autograd.set_multithreading_enabled(False):
+                fb()
+
+        xd = [x.detach() for x in xs]
+        cfg = tk._configs(64, torch.bfloat16, True)
+        scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
+        _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
+
+        def direct():
+            tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags, rq, rk, 2.0, True, *cfg["flags"], cfg)
+
+        log("\nbackward host time by section (us per call; B=1 H=1 N=64 d=64):")
+        for name, fn in (("device thread", fb), ("calling thread", fb_1thread), ("outside autograd", direct)):
+            for _ in range(30):
+                fn()
+            acc.clear()
+            total = host_cost(fn, n)
+            parts = ", ".join(f"{k} {v / (n + 30) * 1e6:.1f}" for k, v in acc.items())
+            log(f"  {name:18s} whole call {total:7.1f}: {parts}")
+    finally:
+        for n_, v in saved.items():
+            setattr(tk, n_, v)
+        tk._EagerTDA.backward = staticmethod(orig_backward)
+
+
 def gpu_kernels(fn, reps=5):
     """{kernel name: mean CUDA time per call (us)} over `reps` profiled calls."""
     fn()
@@ -218,6 +283,7 @@ def main():
     host_table(log)
     if a.threads:
         thread_experiments(log)
+        section_experiments(log)
     if not a.host_only:
         gpu_table(shapes, dims, log)
 

@@ -26,10 +26,10 @@ TOL = 1e-4 if ON_GPU else 1e-10
 @pytest.fixture(autouse=True)
 def _reset_config():
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH = 1, False
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = 1, False, True
     yield
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH = 1, False
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = 1, False, True
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -231,11 +231,50 @@ def test_survivor_flags_and_skipping(grain):
     assert not got.triu(1).any()  # never-visited pairs are written as zero by the kernel
     assert (expect == 0).any() and (expect == 1).any()
     assert (w != 0).any()
-    # skipping (and how loads are placed around it) must not change any result
-    for skip, prefetch in ((0, False), (2, True), (3, False)):
-        tk.SKIP_EMPTY, tk.PREFETCH = skip, prefetch
+    # skipping (and how loads are placed around it, and the forward's screen) must not change any result
+    for skip, prefetch, screen in ((0, False, True), (2, True, True), (3, False, True), (1, False, False)):
+        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = skip, prefetch, screen
         out_other = _compare(inputs, **kw)
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
+
+
+def test_screen_keeps_every_survivor():
+    """fp32 scores planted within a few ulps of tau in pairs the forward screens (below the diagonal): the
+    screen must pass every pair the exact path finds alive -- same flags, bit-identical output and
+    gradients with the screen off."""
+    torch.manual_seed(12)
+    M = N = 64
+    D = 16
+    beta = 1.3  # tau ~ 0.9: unplanted random pairs stay below it
+    q = torch.randn(1, 1, M, D)
+    k = torch.randn(1, 1, N, D)
+    taus = reference.tau(torch.arange(M), torch.tensor([beta]), 1.0, D).float()
+    plants = [(40, 3), (45, 17), (50, 20), (63, 33), (60, 5), (52, 30), (48, 12), (62, 40)]
+    for t, (i, j) in enumerate(plants):  # cos(q_i, k_j) = tau_i (1 + delta), delta from -8e-7 to 6e-7
+        c = taus[0, i].double() * (1 + (t - 4) * 2e-7)
+        qi = q[0, 0, i].double() / q[0, 0, i].double().norm()
+        u = torch.randn(D, dtype=torch.float64)
+        u = u - (u @ qi) * qi
+        k[0, 0, j] = (3.0 * (c * qi + (1 - c * c).sqrt() * u / u.norm())).float()
+    v = torch.randn(1, 1, N, D)
+    # view 2 random (no plants), so that view 1's screen alone decides the planted pairs
+    args = (q, k, torch.randn(1, 1, M, D), torch.randn(1, 1, N, D), v, taus.contiguous(), torch.full((1,), 0.5),
+            2.0, True, True)
+    tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
+    res = {}
+    for screen in (True, False):
+        tk.SCREEN = screen
+        leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                  for a in args]
+        out, flags, _, _ = torch.ops.tda.threshold_attention_fwd(*leaves)
+        grads = torch.autograd.grad(out, leaves[:5], torch.ones_like(out))
+        res[screen] = (out, flags, grads)
+    assert torch.equal(res[True][1], res[False][1])
+    assert torch.equal(res[True][0], res[False][0])
+    for a, b in zip(res[True][2], res[False][2]):
+        assert torch.equal(a, b)
+    planted = [res[False][1][0, i // 16, j // 16].item() for i, j in plants]
+    assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
 
 
 def test_bad_input_raises():

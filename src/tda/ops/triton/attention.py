@@ -43,6 +43,9 @@ _OVERRIDE: dict = {}
 # Defaults are the fastest on an H200 (docs/benchmarks.md).
 SKIP_EMPTY = 1
 PREFETCH = False
+# SCREEN: the forward first tests each unmasked pair for a possible survivor with one fused multiply-add
+# per score (no exceedance, power or difference), and only pairs that pass take the exact path
+SCREEN = True
 
 
 def _interpreting() -> bool:
@@ -51,8 +54,9 @@ def _interpreting() -> bool:
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN));
-    no args resets. flags: the grain of the forward's survivor flags (dividing the forward block; default
-    the block itself) -- finer flags let the backward skip more of its smaller blocks."""
+    no args resets. flags: the grain of the forward's survivor flags (dividing the forward block; default:
+    per head dim in _configs, else the block itself) -- finer flags let the backward skip more of its
+    smaller blocks."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
 
@@ -63,9 +67,9 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:  # chosen by benchmarks/bench_attention.py --sweep on an H200 (docs/benchmarks.md)
-        cfg = {"fwd": (128, 128, 8, 2), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
+        cfg = {"fwd": (128, 128, 8, 2), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
     else:
-        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (128, 64, 8, 2)}
+        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
     cfg.update(_OVERRIDE)
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
@@ -174,7 +178,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
         TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
         PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
         HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-        num_warps=warps, num_stages=stages)
+        SCREEN=bool(SCREEN) and SKIP_EMPTY in (1, 2), num_warps=warps, num_stages=stages)
     return out, flags, rq, rk
 
 

@@ -19,15 +19,91 @@ from .common import exceed_pow, inv_norm_rows, load_tau
 
 
 @triton.jit
-def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
+def _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+    rr = tl.arange(0, BLOCK_M // FLAG_M)
+    cc = start_n // FLAG_N + tl.arange(0, BLOCK_N // FLAG_N)
+    tl.store(flag_row + rr[:, None] * n_nt + cc[None, :], sub,
+             mask=((frow0 + rr) < n_mt)[:, None] & (cc < n_nt)[None, :])
+
+
+@triton.jit
+def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+          flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+          MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DV: tl.constexpr,
+          PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
+          FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+    """One (query block, key block) pair from its raw scores s1, s2: exceedances, flags, and the PV product
+    into acc -- the exact path, the one the backward recomputes."""
+    offs_dv = tl.arange(0, HEAD_DV)
+    if NORMALIZE:  # cosine: scale the raw dot products by both inverse norms
+        s1 = s1 * rq1[:, None] * rk1[None, :]
+    e1 = tl.maximum(s1 - tau[:, None], 0.0)
+    if MASKED:
+        ok = offs_n[None, :] < N
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        e1 = tl.where(ok, e1, 0.0)
+    w = exceed_pow(e1, P, p_val)
+    live = e1
+    if TWO_VIEWS:
+        if NORMALIZE:
+            s2 = s2 * rq2[:, None] * rk2[None, :]
+        e2 = tl.maximum(s2 - tau[:, None], 0.0)
+        if MASKED:
+            e2 = tl.where(ok, e2, 0.0)
+        w = w - lam * exceed_pow(e2, P, p_val)
+        live = live + e2
+    if SKIP_EMPTY != 3:
+        # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
+        alive = tl.max(tl.max(live, 1), 0) > 0
+        if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
+            tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+        else:  # finer flags: one per FLAG_M x FLAG_N sub-tile, so the backward can skip at that grain
+            sub = tl.reshape(live, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N, FLAG_N))
+            sub = tl.max(tl.max(sub, 3), 1) > 0
+            _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub.to(tl.int8),
+                             BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+    # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
+    # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product;
+    # 3 = no survivor test at all (the launcher sets every flag)
+    if SKIP_EMPTY == 0 or SKIP_EMPTY == 3:
+        if MASKED:
+            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                        mask=offs_n[:, None] < N, other=0.0)
+        else:
+            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+        acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+    else:
+        if SKIP_EMPTY == 2:
+            if MASKED:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                            mask=offs_n[:, None] < N, other=0.0)
+            else:
+                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+            if alive:
+                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+        else:
+            if alive:
+                if MASKED:
+                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
+                                mask=offs_n[:, None] < N, other=0.0)
+                else:
+                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag, N, p_val,
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
-    offs_dv = tl.arange(0, HEAD_DV)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -37,20 +113,14 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_ba
         else:
             k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
         s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
-        if NORMALIZE:  # cosine: scale the raw dot products by both inverse norms
+        rk1 = tau  # placeholders where not normalising
+        rk2 = tau
+        if NORMALIZE:
             if MASKED:
                 rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
             else:
                 rk1 = tl.load(rk1_base + offs_n)
-            s1 = s1 * rq1[:, None] * rk1[None, :]
-        e1 = tl.maximum(s1 - tau[:, None], 0.0)
-        if MASKED:
-            ok = offs_n[None, :] < N
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
-            e1 = tl.where(ok, e1, 0.0)
-        w = exceed_pow(e1, P, p_val)
-        live = e1
+        s2 = s1
         if TWO_VIEWS:
             if MASKED:
                 k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d,
@@ -63,50 +133,36 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_ba
                     rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
                 else:
                     rk2 = tl.load(rk2_base + offs_n)
-                s2 = s2 * rq2[:, None] * rk2[None, :]
-            e2 = tl.maximum(s2 - tau[:, None], 0.0)
-            if MASKED:
-                e2 = tl.where(ok, e2, 0.0)
-            w = w - lam * exceed_pow(e2, P, p_val)
-            live = live + e2
-        if SKIP_EMPTY != 3:
-            # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
-            alive = tl.max(tl.max(live, 1), 0) > 0
-            if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
-                tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
-            else:  # finer flags: one per FLAG_M x FLAG_N sub-tile, so the backward can skip at that grain
-                sub = tl.reshape(live, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N, FLAG_N))
-                sub = tl.max(tl.max(sub, 3), 1) > 0
-                rr = tl.arange(0, BLOCK_M // FLAG_M)
-                cc = start_n // FLAG_N + tl.arange(0, BLOCK_N // FLAG_N)
-                tl.store(flag_row + rr[:, None] * n_nt + cc[None, :], sub.to(tl.int8),
-                         mask=((frow0 + rr) < n_mt)[:, None] & (cc < n_nt)[None, :])
-        # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
-        # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product;
-        # 3 = no survivor test at all (the launcher sets every flag)
-        if SKIP_EMPTY == 2:
-            if MASKED:
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
-                            mask=offs_n[:, None] < N, other=0.0)
+        if SCREEN and not MASKED:
+            # screen first (most pairs hold no survivor): s * rq * rk > tau  <=>  s * rk > tau / rq, one
+            # fused multiply-add per score against thr = tau / rq lowered by a relative 2^-16 (launcher),
+            # so the screen passes every pair the exact path below would find alive; only those pay it
+            if NORMALIZE:
+                c = s1 * rk1[None, :] - thr1[:, None]
             else:
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
-            if alive:
-                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
-        elif SKIP_EMPTY == 1:
-            if alive:
-                if MASKED:
-                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
-                                mask=offs_n[:, None] < N, other=0.0)
+                c = s1 - thr1[:, None]
+            if TWO_VIEWS:
+                if NORMALIZE:
+                    c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
                 else:
-                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
-                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
-        else:
-            if MASKED:
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
-                            mask=offs_n[:, None] < N, other=0.0)
+                    c = tl.maximum(c, s2 - thr2[:, None])
+            if tl.max(tl.max(c, 1), 0) > 0:
+                acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                            MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                            NORMALIZE, FLAG_M, FLAG_N)
             else:
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
-            acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
+                if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
+                    tl.store(flag_row + start_n // BLOCK_N, tl.zeros([], dtype=tl.int8))
+                else:
+                    _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n,
+                                     tl.zeros([BLOCK_M // FLAG_M, BLOCK_N // FLAG_N], dtype=tl.int8),
+                                     BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+        else:
+            acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                        flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                        MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                        NORMALIZE, FLAG_M, FLAG_N)
     return acc
 
 
@@ -122,7 +178,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
-                   FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+                   FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -163,6 +219,17 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     else:
         rq1 = tau
         rq2 = tau
+    # the screen's row thresholds (SCREEN): tau / rq, lowered by a relative 2^-16 -- far more than the few
+    # fp32 roundings between the screen's s * rk - thr and the exact path's s * rq * rk - tau -- so that a
+    # pair the screen drops has no survivor (any sign of tau)
+    if NORMALIZE:
+        thr1 = tau / rq1
+        thr1 = thr1 - tl.abs(thr1) * 1.52587890625e-05
+        thr2 = tau / rq2
+        thr2 = thr2 - tl.abs(thr2) * 1.52587890625e-05
+    else:
+        thr1 = tau
+        thr2 = tau
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
@@ -181,14 +248,14 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
         lo = (N // BLOCK_N) * BLOCK_N
         hi = N
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
-    acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
                      N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N)
-    acc = _fwd_inner(acc, q1, q2, rq1, rq2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN)
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
                      N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN)
     if SKIP_EMPTY != 3:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
