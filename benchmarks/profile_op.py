@@ -99,7 +99,21 @@ def host_table(log):
         with torch.autograd.set_multithreading_enabled(False):
             ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam).backward(dout)
 
+    from tda.ops.triton import launch
+
+    def jit_launches(fn):  # the same call with every launch through Triton's JIT dispatch
+        def run():
+            launch.ENABLED = False
+            try:
+                fn()
+            finally:
+                launch.ENABLED = True
+        return run
+
     log("host cost per call (us), B=1 H=1 N=64 d=64 bf16 (GPU work negligible):")
+    for name, fn in (("TDA fwd+bwd, Triton JIT launches", jit_launches(tda_fb)),
+                     ("TDA fwd (no grad), Triton JIT launches", jit_launches(tda_f))):
+        log(f"  {name:40s} {host_cost(fn):8.1f}")
     for name, fn in (("empty autograd.Function fwd+bwd", ident_fb),
                      ("TDA fwd+bwd, backward on the calling thread", tda_fb_1thread)):
         log(f"  {name:40s} {host_cost(fn):8.1f}")
@@ -109,6 +123,7 @@ def host_table(log):
                      ("SDPA fwd+bwd", sdpa_fb), ("one Triton launch (inv-norm pre-pass)", one_launch),
                      ("torch.empty", empty)):
         log(f"  {name:40s} {host_cost(fn):8.1f}")
+    log(f"  (direct launches {'on' if launch.ENABLED else 'OFF: the launcher refused them'})")
     import cProfile
     import io
     import pstats
@@ -188,12 +203,12 @@ def section_experiments(log, n=300):
     xs, beta, lam = _inputs(1, 1, 64, 64, True)
     dout = torch.randn_like(xs[0])
     acc = defaultdict(float)
-    saved = {n_: getattr(tk, n_) for n_ in ("_launch_bwd", "tda_bwd_dkdv_kernel", "tda_bwd_dq_kernel")}
+    saved = {n_: getattr(tk, n_) for n_ in ("_launch_bwd", "_dkdv", "_dq")}
     orig_backward = tk._EagerTDA.backward
     try:
         tk._launch_bwd = _Timed(saved["_launch_bwd"], "_launch_bwd", acc)
-        tk.tda_bwd_dkdv_kernel = _Timed(saved["tda_bwd_dkdv_kernel"], "dkdv launch", acc)
-        tk.tda_bwd_dq_kernel = _Timed(saved["tda_bwd_dq_kernel"], "dq launch", acc)
+        tk._dkdv = _Timed(saved["_dkdv"], "dkdv launch", acc)
+        tk._dq = _Timed(saved["_dq"], "dq launch", acc)
         timed_bwd = _Timed(orig_backward, "backward node body", acc)
         tk._EagerTDA.backward = staticmethod(lambda ctx, g: timed_bwd(ctx, g))
 

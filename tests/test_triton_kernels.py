@@ -246,19 +246,20 @@ def test_screen_keeps_every_survivor():
     M = N = 64
     D = 16
     beta = 1.3  # tau ~ 0.9: unplanted random pairs stay below it
-    q = torch.randn(1, 1, M, D)
-    k = torch.randn(1, 1, N, D)
-    taus = reference.tau(torch.arange(M), torch.tensor([beta]), 1.0, D).float()
+    q = torch.randn(1, 1, M, D, device=DEV)
+    k = torch.randn(1, 1, N, D, device=DEV)
+    taus = reference.tau(torch.arange(M, device=DEV), torch.tensor([beta], device=DEV), 1.0, D).float()
     plants = [(40, 3), (45, 17), (50, 20), (63, 33), (60, 5), (52, 30), (48, 12), (62, 40)]
     for t, (i, j) in enumerate(plants):  # cos(q_i, k_j) = tau_i (1 + delta), delta from -8e-7 to 6e-7
         c = taus[0, i].double() * (1 + (t - 4) * 2e-7)
         qi = q[0, 0, i].double() / q[0, 0, i].double().norm()
-        u = torch.randn(D, dtype=torch.float64)
+        u = torch.randn(D, dtype=torch.float64, device=DEV)
         u = u - (u @ qi) * qi
         k[0, 0, j] = (3.0 * (c * qi + (1 - c * c).sqrt() * u / u.norm())).float()
-    v = torch.randn(1, 1, N, D)
+    v = torch.randn(1, 1, N, D, device=DEV)
     # view 2 random (no plants), so that view 1's screen alone decides the planted pairs
-    args = (q, k, torch.randn(1, 1, M, D), torch.randn(1, 1, N, D), v, taus.contiguous(), torch.full((1,), 0.5),
+    args = (q, k, torch.randn(1, 1, M, D, device=DEV), torch.randn(1, 1, N, D, device=DEV), v, taus.contiguous(),
+            torch.full((1,), 0.5, device=DEV),
             2.0, True, True)
     tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
     res = {}

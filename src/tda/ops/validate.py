@@ -34,6 +34,8 @@ def _check_scalar_param(name: str, t, n_heads: int, ref: torch.Tensor, check_fin
     # A host sync on CUDA; skipped while tracing under torch.compile, where it would break the graph.
     if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(t.detach()).all()):
         raise ValueError(f"{name} must be finite, got {t.detach().cpu().tolist()}")
+    if t.dim() == 1 and t.shape[0] == n_heads:
+        return t  # as is: no view nodes for autograd to walk in the backward
     return t.reshape(-1).expand(n_heads)
 
 
