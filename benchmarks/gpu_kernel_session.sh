@@ -5,7 +5,7 @@
 # The check runs the code's default configs: when the sweep picks different ones (block sizes, the flags'
 # grain), set them as the defaults in src/tda/ops/triton/attention.py and run the check again.
 # Guards (seconds): PROFILE_S (default 60), BENCH_S (260), CHECK_S (200: the check stops drawing new
-# configurations then; in-flight ones finish).
+# configurations then; in-flight ones finish). SWEEP=0: the benchmark table with the default configs, no sweep.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -17,7 +17,9 @@ git rev-parse HEAD >> "$OUT/hardware.txt" 2>/dev/null || true
 
 timeout "${PROFILE_S:-60}" python3 benchmarks/profile_op.py --host-only --threads > "$OUT/profile_host.txt" 2>&1
 echo "profile rc $?"
-timeout "${BENCH_S:-260}" python3 benchmarks/bench_attention.py --sweep --kinds random,planted \
+sweep=--sweep
+[ "${SWEEP:-1}" = 0 ] && sweep=
+timeout "${BENCH_S:-260}" python3 benchmarks/bench_attention.py $sweep --kinds random,planted \
     --out "$OUT/benchmarks.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench rc $?"
 tmp=$(mktemp -d)

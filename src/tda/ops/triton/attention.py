@@ -76,7 +76,7 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:  # chosen by benchmarks/bench_attention.py --sweep on an H200 (docs/benchmarks.md)
-        cfg = {"fwd": (128, 128, 8, 2), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
+        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
     else:
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
     cfg.update(_OVERRIDE)
