@@ -5,7 +5,9 @@ non-contiguous inputs) the output and every gradient must satisfy the FlashAtten
 
     |kernel - ref64| <= 2 |ref_lowp - ref64| + atol        (Frobenius norms)
 
-with ref64 the reference in float64 and ref_lowp the reference in the kernel's dtype. As in the
+with ref64 the reference in float64 and ref_lowp the reference in the kernel's dtype. The output is
+checked twice: from the training forward (with grad) and from the inference forward (no_grad, which
+skips the survivor flags), as `out` and `out_nograd`. As in the
 FlashAttention tests, inputs are drawn in the kernel's dtype and upcast for ref64, so that rounding them
 is not an error shared by kernel and ref_lowp. With normalize_qk=True the kernels normalise inside
 (fp32 inverse norms scaling fp32 dot products of the raw tiles): unlike ref_lowp they never round the
@@ -83,6 +85,20 @@ def make_inputs(c, gen):
             t["lam"] = torch.rand(H, generator=gen, device=DEV) * 0.8 + 0.1
     dout = torch.randn(B, H, M, D, generator=gen, device=DEV).to(dt).to(torch.float32)
     return t, dout, dt
+
+
+def run_inference(c, t, dtype, normalize=None):
+    """The kernel's output with no gradient wanted (the forward without flags: FOR_BWD off)."""
+    with torch.no_grad():
+        inp = {k: x.to(dtype) if k not in ("beta", "lam") else x.float() for k, x in t.items()}
+        kw = dict(kappa=c["kappa"], p=c["p"], causal=c["causal"], position_offset=c["offset"], backend="triton",
+                  normalize_qk=c["normalize"] if normalize is None else normalize)
+        if c["two"]:
+            out = ops.threshold_differential_attention(inp["q1"], inp["k1"], inp["q2"], inp["k2"], inp["v"],
+                                                       inp["beta"], inp["lam"], **kw)
+        else:
+            out = ops.threshold_rectified_attention(inp["q1"], inp["k1"], inp["v"], inp["beta"], **kw)
+    return out.double()
 
 
 def run(c, t, dout, dtype, backend, normalize=None):
@@ -167,6 +183,8 @@ def main():
             run(c, t, dout, dt, "triton")
             poison()
             ker = run(c, t, dout, dt, "triton")
+            poison()
+            ker["out_nograd"] = run_inference(c, t, dt)
         except Exception as e:  # noqa: BLE001 (a crash is a failure of this configuration)
             fails.append((i, "crash", c, str(e)[:300], None))
             print(f"[{i}] {c}\n    CRASH {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -176,10 +194,10 @@ def main():
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []
-        for k in ref64:
-            r64 = ref64[k]
+        for k in ker:
+            r64 = ref64[k.replace("_nograd", "")]  # the inference output against the same references
             e_ker = (ker[k] - r64).norm().item()
-            e_low = (low[k] - r64).norm().item()
+            e_low = (low[k.replace("_nograd", "")] - r64).norm().item()
             atol = 1e-6 * r64.norm().item() + 1e-6 * math.sqrt(r64.numel())
             ok = math.isfinite(e_ker) and bool(torch.isfinite(ker[k]).all()) and e_ker <= 2 * e_low + atol
             ratio = e_ker / max(e_low, 1e-30)

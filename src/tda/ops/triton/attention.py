@@ -161,9 +161,10 @@ def _tau_args(beta, scale):
     return beta, scale, beta.stride(0), 0, True
 
 
-def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=False):
+def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=False, for_bwd=True):
     """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize).
-    tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA)."""
+    tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA). for_bwd=False (no
+    backward will run): the kernel neither computes nor stores the flags and rq, returned as None."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -172,25 +173,28 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     n_mt, n_nt = _cdiv(M, FM), _cdiv(N, FN)
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
     empty = out.numel() == 0
-    # the kernel writes every flag (visited pairs: survivor or not; the rest: 0), so no zero-fill launch
-    alloc = torch.ones if SKIP_EMPTY == 3 else (torch.zeros if empty else torch.empty)
-    flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
-    rq = rk = None
+    flags = rq = rk = None
+    if for_bwd:
+        # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
+        alloc = torch.ones if SKIP_EMPTY == 3 else (torch.zeros if empty else torch.empty)
+        flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
     if normalize:  # rq is written by the forward kernel itself, rk by the pre-pass
-        rq = torch.empty((2 if two else 1, B, H, M), device=q1.device, dtype=_norm_dtype(q1))
+        if for_bwd:
+            rq = torch.empty((2 if two else 1, B, H, M), device=q1.device, dtype=_norm_dtype(q1))
         rk = _inv_norms(k1, k2)
     if empty:
         return out, flags, rq, rk
     BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
+    RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
     _fwd[(_cdiv(M, BM), B * H)](
-        q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out, flags,
-        *_norm_args(rq, rk, SCALE),
+        q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
+        flags if for_bwd else out, RQ1, RQ2, RK1, RK2,
         *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
         s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
         TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-        PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rq is not None,
+        PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rk is not None,
         HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-        SCREEN=bool(SCREEN) and SKIP_EMPTY in (1, 2), num_warps=warps, num_stages=stages)
+        SCREEN=bool(SCREEN) and SKIP_EMPTY in (1, 2), FOR_BWD=for_bwd, num_warps=warps, num_stages=stages)
     return out, flags, rq, rk
 
 
@@ -391,6 +395,11 @@ def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, nor
     # eager: the same launches through a plain autograd.Function (dispatches faster), tau formed in-kernel
     sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
     scale = _tau_scale(M, position_offset, float(kappa), D, q1.device, sdt)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q1, k1, q2, k2, v, beta, lam))):
+        # no backward can follow (inference): no autograd node, and a forward that keeps nothing for one
+        with _on_device(q1):
+            return _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, float(p), bool(causal),
+                               _configs(D, q1.dtype, q2 is not None), bool(normalize_qk), for_bwd=False)[0]
     return _EagerTDA.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), bool(causal), bool(normalize_qk))
 
 

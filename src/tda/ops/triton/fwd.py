@@ -6,7 +6,13 @@ query block may see) and a masked stage (the diagonal blocks and the ragged key 
 the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
 exceedance survived (per FLAG_M x FLAG_N sub-tile when the flags are set finer than the blocks); a
 pair with none skips the V load and the PV product, and the backward skips it (at the flags' grain)
-entirely.
+entirely. FOR_BWD = False (no gradient wanted: inference) leaves out what only the backward reads -- the
+flags and the query inverse norms -- so their reductions and stores cost nothing there.
+
+Flags from the screen (SCREEN, unmasked pairs): the screen's conservative values decide the flags, so a
+flag may be set for a sub-tile whose exceedances all turn out zero (a score within the screen's 2^-16
+margin below tau); the backward then recomputes that sub-tile and finds nothing -- wasted work, never a
+wrong gradient. A cleared flag always means no survivor.
 
 NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
 inverse norms rq, rk (reference.l2_normalize's, eps included) precomputed by common.inv_norm_kernel:
@@ -28,14 +34,27 @@ def _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub,
 
 
 @triton.jit
+def _grid_live(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+    """(BLOCK_M // FLAG_M, BLOCK_N // FLAG_N) int8: whether each FLAG_M x FLAG_N sub-tile of x holds a value
+    > 0. Row maxima first (within a warp), so only a short vector is regrouped across warps."""
+    if FLAG_N == BLOCK_N:
+        g = tl.max(tl.reshape(tl.max(x, 1), (BLOCK_M // FLAG_M, FLAG_M)), 1)[:, None]
+    else:
+        g = tl.max(tl.reshape(x, (BLOCK_M, BLOCK_N // FLAG_N, FLAG_N)), 2)
+        g = tl.max(tl.reshape(g, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N)), 1)
+    return (g > 0).to(tl.int8)
+
+
+@triton.jit
 def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
           flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
           MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DV: tl.constexpr,
           PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-          FLAG_M: tl.constexpr, FLAG_N: tl.constexpr):
+          FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, FOR_BWD: tl.constexpr, SCREENED: tl.constexpr):
     """One (query block, key block) pair from its raw scores s1, s2: exceedances, flags, and the PV product
-    into acc -- the exact path, the one the backward recomputes."""
+    into acc -- the exact path, the one the backward recomputes. SCREENED: the screen has already found a
+    possible survivor and written the flags, so neither a survivor test nor flags are needed here."""
     offs_dv = tl.arange(0, HEAD_DV)
     if NORMALIZE:  # cosine: scale the raw dot products by both inverse norms
         s1 = s1 * rq1[:, None] * rk1[None, :]
@@ -55,20 +74,22 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
             e2 = tl.where(ok, e2, 0.0)
         w = w - lam * exceed_pow(e2, P, p_val)
         live = live + e2
-    if SKIP_EMPTY != 3:
-        # exceedances are >= 0, so the block has a survivor iff the largest one is > 0
-        alive = tl.max(tl.max(live, 1), 0) > 0
-        if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
-            tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
-        else:  # finer flags: one per FLAG_M x FLAG_N sub-tile, so the backward can skip at that grain
-            sub = tl.reshape(live, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N, FLAG_N))
-            sub = tl.max(tl.max(sub, 3), 1) > 0
-            _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub.to(tl.int8),
-                             BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+    alive = True
+    if SKIP_EMPTY != 3 and not SCREENED:
+        # exceedances are >= 0, so a (sub-)tile has a survivor iff its largest one is > 0
+        if FOR_BWD and (FLAG_M != BLOCK_M or FLAG_N != BLOCK_N):
+            # finer flags: one per FLAG_M x FLAG_N sub-tile, so the backward can skip at that grain
+            sub = _grid_live(live, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+            _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+            alive = tl.max(tl.max(sub, 1), 0) > 0
+        else:
+            alive = tl.max(tl.max(live, 1), 0) > 0
+            if FOR_BWD:
+                tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
     # SKIP_EMPTY: 0 = always accumulate; 1 = a survivor-free block skips the V load and the product;
     # 2 = it loads V regardless (keeps the load in the software pipeline) and skips only the product;
-    # 3 = no survivor test at all (the launcher sets every flag)
-    if SKIP_EMPTY == 0 or SKIP_EMPTY == 3:
+    # 3 = no survivor test at all (the launcher sets every flag). A screened pair is known alive.
+    if SKIP_EMPTY == 0 or SKIP_EMPTY == 3 or SCREENED:
         if MASKED:
             v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
                         mask=offs_n[:, None] < N, other=0.0)
@@ -102,7 +123,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr):
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -146,23 +167,25 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                     c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
                 else:
                     c = tl.maximum(c, s2 - thr2[:, None])
-            if tl.max(tl.max(c, 1), 0) > 0:
+            # the flags come from the screen's values (conservative: see the module docstring)
+            if FOR_BWD and (FLAG_M != BLOCK_M or FLAG_N != BLOCK_N):
+                sub = _grid_live(c, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+                _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+                alive = tl.max(tl.max(sub, 1), 0) > 0
+            else:
+                alive = tl.max(tl.max(c, 1), 0) > 0
+                if FOR_BWD:
+                    tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+            if alive:
                 acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                             flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                             MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                            NORMALIZE, FLAG_M, FLAG_N)
-            else:
-                if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
-                    tl.store(flag_row + start_n // BLOCK_N, tl.zeros([], dtype=tl.int8))
-                else:
-                    _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n,
-                                     tl.zeros([BLOCK_M // FLAG_M, BLOCK_N // FLAG_N], dtype=tl.int8),
-                                     BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+                            NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
         else:
             acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                         flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                         MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                        NORMALIZE, FLAG_M, FLAG_N)
+                        NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False)
     return acc
 
 
@@ -178,7 +201,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
-                   FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr):
+                   FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -209,11 +232,13 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     rk1_base = RK1 + (b * (H // G) + hk) * N
     rk2_base = RK2 + (b * (H // G) + hk) * N
     if NORMALIZE:
-        rq1 = inv_norm_rows(q1, EPS2, RQ1.dtype.element_ty)
-        tl.store(RQ1 + bh.to(tl.int64) * M + offs_m, rq1, mask=row_ok)
+        rq1 = inv_norm_rows(q1, EPS2, RK1.dtype.element_ty)
+        if FOR_BWD:
+            tl.store(RQ1 + bh.to(tl.int64) * M + offs_m, rq1, mask=row_ok)
         if TWO_VIEWS:
-            rq2 = inv_norm_rows(q2, EPS2, RQ1.dtype.element_ty)
-            tl.store(RQ2 + bh.to(tl.int64) * M + offs_m, rq2, mask=row_ok)
+            rq2 = inv_norm_rows(q2, EPS2, RK1.dtype.element_ty)
+            if FOR_BWD:
+                tl.store(RQ2 + bh.to(tl.int64) * M + offs_m, rq2, mask=row_ok)
         else:
             rq2 = rq1
     else:
@@ -251,12 +276,12 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
                      N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
                      N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN)
-    if SKIP_EMPTY != 3:
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
+    if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
         if FLAG_M == BLOCK_M and FLAG_N == BLOCK_N:
