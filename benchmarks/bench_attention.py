@@ -51,7 +51,7 @@ def tile_density(q1, k1, q2, k2, v, beta, lam):
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
     flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, 2.0, True, True)[1]
-    FM, FN = tk._configs(D, q1.dtype, True)["flags"]  # the flags' grain (the forward block by default)
+    FM, FN = tk._configs(D, q1.dtype, True, k1.shape[2])["flags"]  # the flags' grain (the forward block by default)
     n_mt, n_nt = flags.shape[1:]
     r = torch.arange(n_mt, device="cuda")[:, None] * FM
     c = torch.arange(n_nt, device="cuda")[None, :] * FN
@@ -70,7 +70,7 @@ def kernel_times(prep, dout):
     """Kernel-only medians (ms): the forward launches (inverse-norm pre-pass + forward kernel, fused
     normalisation), and both backward launches, on prepared inputs."""
     D = prep[0].shape[-1]
-    cfg = tk._configs(D, prep[0].dtype, True)
+    cfg = tk._configs(D, prep[0].dtype, True, prep[1].shape[2])
     MT, NT = cfg["flags"]
     _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, cfg, True)
     t_f = bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True), rep=100)

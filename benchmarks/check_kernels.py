@@ -57,7 +57,7 @@ def random_config(rng):
                 causal=rng.random() < 0.85, offset=extra if rng.random() < 0.8 else rng.choice([0, 5, 3000]),
                 kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
-                normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3)
+                normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5)
 
 
 def make_inputs(c, gen):
@@ -161,6 +161,7 @@ def main():
     t0 = time.time()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     n_run = 0
+    short_n = tk.SHORT_N
     for i in range(args.n):
         if args.budget_s and time.time() - t0 > args.budget_s:
             print(f"time budget of {args.budget_s:.0f}s spent after {i} of {args.n} draws", flush=True)
@@ -174,8 +175,10 @@ def main():
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
         poison()
+        # long_cfg: the long-sequence configs (tk.SHORT_N = 0), which the check's short N would not reach;
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
-        BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"])["fwd"][:2]
+        tk.SHORT_N = 0 if c["long_cfg"] else short_n
+        BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
             # a first call goes through Triton's JIT (compiling, and filling the launch cache); the checked
@@ -191,6 +194,7 @@ def main():
             continue
         finally:
             tk.set_config()
+            tk.SHORT_N = short_n
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

@@ -64,7 +64,7 @@ def host_table(log):
     def tda_f_grad():
         ops.threshold_differential_attention(*xs[:4], xs[4], beta, lam)
 
-    cfg = tk._configs(64, torch.bfloat16, True)
+    cfg = tk._configs(64, torch.bfloat16, True, 64)
     scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
     _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
 
@@ -144,7 +144,7 @@ def thread_experiments(log):
     xs, beta, lam = _inputs(1, 1, 64, 64, True)
     xd = [x.detach() for x in xs]
     dout = torch.randn_like(xs[0])
-    cfg = tk._configs(64, torch.bfloat16, True)
+    cfg = tk._configs(64, torch.bfloat16, True, 64)
     scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
     _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
     work = {
@@ -220,7 +220,7 @@ def section_experiments(log, n=300):
                 fb()
 
         xd = [x.detach() for x in xs]
-        cfg = tk._configs(64, torch.bfloat16, True)
+        cfg = tk._configs(64, torch.bfloat16, True, 64)
         scale = tk._tau_scale(64, 0, 1.0, 64, xd[0].device, torch.float32)
         _, flags, rq, rk = tk._launch_fwd(*xd[:4], xd[4], beta, scale, lam, 2.0, True, cfg, True)
 

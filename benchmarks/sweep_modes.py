@@ -27,9 +27,9 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=20, rep=60, return_mode="median")
 
 
-def variants(D):
+def variants(D, fwds=None, screens=(True, False)):
     seen = []
-    for fwd, grain, screen in itertools.product(FWD[D], GRAINS[D], (True, False)):
+    for fwd, grain, screen in itertools.product(fwds or FWD[D], GRAINS[D], screens):
         g = grain or fwd[:2]
         if fwd[0] % g[0] or fwd[1] % g[1] or (fwd, g, screen) in seen:
             continue
@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--warm-only", action="store_true")
     ap.add_argument("--inference-only", action="store_true", help="only the inference forward modes")
     ap.add_argument("--shard", default="0/1", help="i/n: only every n-th variant (for parallel --warm-only)")
+    ap.add_argument("--fwds", default=None, help="forward blocks to try, e.g. '128,64,8,3;64,32,4,3'")
+    ap.add_argument("--screens", default="1,0", help="screen settings to try (1 on, 0 off)")
     args = ap.parse_args()
     B, H, N = (int(x) for x in args.shape.split(","))
     print(f"{torch.cuda.get_device_name()}; shape B={B} H={H} N={N}, {args.kind} inputs, kernel-only ms", flush=True)
@@ -55,13 +57,14 @@ def main():
         dout = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
         rows = []
         i, n = (int(x) for x in args.shard.split("/"))
-        vs = variants(D)[i::n]
+        fwds = [tuple(int(x) for x in f.split(",")) for f in args.fwds.split(";")] if args.fwds else None
+        vs = variants(D, fwds, [bool(int(x)) for x in args.screens.split(",")])[i::n]
         if args.inference_only:
-            vs = [(tk._configs(D, q1.dtype, True)["fwd"], None, s) for s in (True, False)]
+            vs = [(tk._configs(D, q1.dtype, True, N)["fwd"], None, s) for s in (True, False)]
         for fwd, g, screen in vs:
             tk.set_config(fwd=fwd, flags=g)
             tk.SCREEN = screen
-            cfg = tk._configs(D, q1.dtype, True)
+            cfg = tk._configs(D, q1.dtype, True, N)
             MT, NT = cfg["flags"]
             t0 = time.time()
             try:
@@ -72,6 +75,9 @@ def main():
                     return tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False)
                 _, flags, rq, rk = f_train()
                 f_inf()
+                tk.SKIP_EMPTY = 3
+                f_inf()
+                tk.SKIP_EMPTY = 1
 
                 def f_bwd():
                     return tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg)

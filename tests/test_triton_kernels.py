@@ -281,7 +281,8 @@ def test_screen_keeps_every_survivor():
     assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
 
 
-@pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense"])
+@pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense",
+                                     "tda_infer_dense"])
 def test_inference_forward_equals_training_forward(variant):
     """Without a gradient to compute, the forward runs with FOR_BWD off (no flags, no stored inverse norms,
     no autograd node); its output must be bit-identical to the training forward's."""
@@ -292,6 +293,8 @@ def test_inference_forward_equals_training_forward(variant):
         tk.SCREEN = False
     if variant == "tda_dense":
         tk.SKIP_EMPTY = 3
+    if variant == "tda_infer_dense":  # the inference forward alone without a survivor test, other blocks
+        tk.set_config(infer=(32, 16, 4, 1, False))
     inputs = _make(2, 2, 1, 45, 53, 16, 16, variant != "tra")
     kw = dict(p=2.0, causal=True, position_offset=8, normalize_qk=variant != "tda_raw")
     fn = ops.threshold_rectified_attention if variant == "tra" else ops.threshold_differential_attention
@@ -313,6 +316,24 @@ def test_inference_forward_equals_training_forward(variant):
                                         2.0, True, cfg, kw["normalize_qk"], for_bwd=False)
     assert flags is None and rq is None and (rk is not None) == kw["normalize_qk"]
     torch.testing.assert_close(out, out_inf, rtol=0, atol=0)
+
+
+def test_config_table(monkeypatch):
+    """The GPU block table: short keys (N <= SHORT_N) take the short-sequence configs; every flags grain
+    divides its forward block; overrides of the forward apply to inference too and reset the grain."""
+    monkeypatch.setattr(tk, "_interpreting", lambda: False)
+    for D in (16, 32, 64, 128):
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            for N in (None, 1, tk.SHORT_N, tk.SHORT_N + 1, 16384):
+                cfg = tk._configs(D, dt, True, N)
+                (BM, BN), (FM, FN) = cfg["fwd"][:2], cfg["flags"]
+                assert BM % FM == 0 and BN % FN == 0 and len(cfg["infer"]) == 5
+    short, long = tk._configs(64, torch.bfloat16, True, 1024), tk._configs(64, torch.bfloat16, True, 4096)
+    assert short["fwd"] != long["fwd"] and short["infer"][4] is False and long["infer"][4] is True
+    assert tk._configs(64, torch.bfloat16, True) == long
+    tk.set_config(fwd=(64, 64, 4, 2))
+    cfg = tk._configs(128, torch.bfloat16, True, 1024)
+    assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)
 
 
 def test_bad_input_raises():

@@ -61,25 +61,44 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Key lengths up to SHORT_N take the short-sequence configs: there most pairs hold a survivor (tau is low
+# for early rows), so smaller forward blocks with flags at block grain win, and inference runs without a
+# survivor test (benchmarks/sweep_modes.py on an H200, docs/benchmarks.md)
+SHORT_N = 1024
+
+
 def set_config(**kw):
-    """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN));
-    no args resets. flags: the grain of the forward's survivor flags (dividing the forward block; default:
-    per head dim in _configs, else the block itself) -- finer flags let the backward skip more of its
-    smaller blocks."""
+    """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
+    infer=(BM, BN, warps, stages, test)); no args resets. flags: the grain of the forward's survivor flags
+    (dividing the forward block; default: per head dim in _configs, else the block itself) -- finer flags
+    let the backward skip more of its smaller blocks. infer: the forward with no backward to follow; test
+    False runs it without any survivor test (the PV product on every visited pair)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
 
 
-def _configs(D: int, dtype: torch.dtype, two_views: bool) -> dict:
+def _configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int] = None) -> dict:
+    """Block configs for head dim D and key length N (None: long sequences). The forward and the backward
+    of one call must agree on the flags' grain, so both pass the same N (the key length)."""
+    short = N is not None and N <= SHORT_N
     if _interpreting():
         cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
-    elif D <= 64:  # chosen by benchmarks/bench_attention.py --sweep on an H200 (docs/benchmarks.md)
+    elif D <= 64:  # chosen by the sweeps of benchmarks/ on an H200 (docs/benchmarks.md)
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
+        if short:
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(64, 32, 4, 3, False))
     else:
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
+        if short:
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, False))
+    if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
+        cfg.pop("infer", None)
+        if "fwd" in _OVERRIDE:
+            cfg.pop("flags", None)
     cfg.update(_OVERRIDE)
+    cfg.setdefault("infer", (*cfg["fwd"], True))
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
     if BM % FM or BN % FN:
@@ -168,15 +187,20 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
-    BM, BN, warps, stages = cfg["fwd"]
-    FM, FN = cfg["flags"]
+    skip = int(SKIP_EMPTY)
+    if for_bwd:
+        BM, BN, warps, stages = cfg["fwd"]
+    else:
+        BM, BN, warps, stages, test = cfg["infer"]
+        skip = skip if test else 3
+    FM, FN = cfg["flags"] if for_bwd else (BM, BN)
     n_mt, n_nt = _cdiv(M, FM), _cdiv(N, FN)
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
     empty = out.numel() == 0
     flags = rq = rk = None
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
-        alloc = torch.ones if SKIP_EMPTY == 3 else (torch.zeros if empty else torch.empty)
+        alloc = torch.ones if skip == 3 else (torch.zeros if empty else torch.empty)
         flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
     if normalize:  # rq is written by the forward kernel itself, rk by the pre-pass
         if for_bwd:
@@ -192,9 +216,9 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
         *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
         s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
         TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-        PREC=_prec(q1.dtype), SKIP_EMPTY=int(SKIP_EMPTY), NORMALIZE=rk is not None,
+        PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
         HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-        SCREEN=bool(SCREEN) and SKIP_EMPTY in (1, 2), FOR_BWD=for_bwd, num_warps=warps, num_stages=stages)
+        SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, num_warps=warps, num_stages=stages)
     return out, flags, rq, rk
 
 
@@ -252,7 +276,7 @@ def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[tor
     """(out, survivor flags, rq, rk) for tau (H, M) fp32 and lam (H,) fp32 (TDA) or None (TRA).
     normalize: q/k are raw and the op uses their cosine (rq (T, B, H, M), rk (T, B, Hk, N) are the inverse
     norms, for the backward); else q/k are used as given (unit vectors) and rq, rk are empty."""
-    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
+    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])
     with _on_device(q1):
         out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, None, tau, lam, p, causal, cfg, normalize)
     if rq is None:
@@ -268,7 +292,7 @@ def _norm_dtype(x):
 def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     B, H, M, D = q1.shape
     Hk, N = k1.shape[1], k1.shape[2]
-    FM, FN = _configs(D, q1.dtype, q2 is not None)["flags"]
+    FM, FN = _configs(D, q1.dtype, q2 is not None, N)["flags"]
     out = q1.new_empty((B, H, M, v.shape[-1]))
     flags = q1.new_empty((B * H, -(-M // FM), -(-N // FN)), dtype=torch.int8)
     T = 2 if q2 is not None else 1
@@ -289,7 +313,7 @@ def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor
                                        torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA.
     rq, rk: the forward's inverse norms (empty: no normalisation)."""
-    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
+    cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])
     if rq.numel() == 0 or rk.numel() == 0:
         rq, rk = None, None
     with _on_device(q1):
@@ -319,7 +343,7 @@ def _setup_context(ctx, inputs, output):
     _, flags, rq, rk = output
     ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
     ctx.p, ctx.causal = p, causal
-    ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None)["flags"]
+    ctx.MT, ctx.NT = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])["flags"]
     ctx.mark_non_differentiable(flags, rq, rk)
 
 
@@ -399,14 +423,14 @@ def _run(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, nor
         # no backward can follow (inference): no autograd node, and a forward that keeps nothing for one
         with _on_device(q1):
             return _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, float(p), bool(causal),
-                               _configs(D, q1.dtype, q2 is not None), bool(normalize_qk), for_bwd=False)[0]
+                               _configs(D, q1.dtype, q2 is not None, N), bool(normalize_qk), for_bwd=False)[0]
     return _EagerTDA.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), bool(causal), bool(normalize_qk))
 
 
 class _EagerTDA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q1, k1, q2, k2, v, beta, lam, scale, p, causal, normalize):
-        cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None)
+        cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])
         with _on_device(q1):
             out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize)
         ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk)
