@@ -161,7 +161,6 @@ def main():
     t0 = time.time()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     n_run = 0
-    short_n = tk.SHORT_N
     for i in range(args.n):
         if args.budget_s and time.time() - t0 > args.budget_s:
             print(f"time budget of {args.budget_s:.0f}s spent after {i} of {args.n} draws", flush=True)
@@ -175,9 +174,9 @@ def main():
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
         poison()
-        # long_cfg: the long-sequence configs (tk.SHORT_N = 0), which the check's short N would not reach;
+        # long_cfg: the long-sequence configs (tk.BY_LENGTH off), which the check's short N would not reach;
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
-        tk.SHORT_N = 0 if c["long_cfg"] else short_n
+        tk.BY_LENGTH = not c["long_cfg"]
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -194,7 +193,7 @@ def main():
             continue
         finally:
             tk.set_config()
-            tk.SHORT_N = short_n
+            tk.BY_LENGTH = True
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

@@ -16,7 +16,7 @@ done; done
 wait
 cat "$tmp"/w*.log | grep -i "fail" | head
 for s in 2,16,4096 1,16,16384 8,16,2048; do
-    timeout 100 python3 benchmarks/sweep_modes.py --shape $s --fwds "$FW" --screens 1 > "$OUT/sweep-$s.log" 2>&1
+    timeout 100 python3 benchmarks/sweep_modes.py --shape $s --fwds "$FW" --screens 1 > "$OUT/sweep-${s//,/x}.log" 2>&1
     echo "sweep $s rc $?"
 done
 grep -h "best\|shape" "$OUT"/*.log

@@ -319,18 +319,23 @@ def test_inference_forward_equals_training_forward(variant):
 
 
 def test_config_table(monkeypatch):
-    """The GPU block table: short keys (N <= SHORT_N) take the short-sequence configs; every flags grain
-    divides its forward block; overrides of the forward apply to inference too and reset the grain."""
+    """The GPU block table: configs by key length (short keys: smaller forward blocks, inference without a
+    survivor test); every flags grain divides its forward block; BY_LENGTH = False gives the long configs;
+    overrides of the forward apply to inference too and reset the grain."""
     monkeypatch.setattr(tk, "_interpreting", lambda: False)
     for D in (16, 32, 64, 128):
         for dt in (torch.bfloat16, torch.float16, torch.float32):
-            for N in (None, 1, tk.SHORT_N, tk.SHORT_N + 1, 16384):
+            for N in (None, 1, 1024, 1025, 2048, 4096, 4097, 16384):
                 cfg = tk._configs(D, dt, True, N)
                 (BM, BN), (FM, FN) = cfg["fwd"][:2], cfg["flags"]
                 assert BM % FM == 0 and BN % FN == 0 and len(cfg["infer"]) == 5
-    short, long = tk._configs(64, torch.bfloat16, True, 1024), tk._configs(64, torch.bfloat16, True, 4096)
-    assert short["fwd"] != long["fwd"] and short["infer"][4] is False and long["infer"][4] is True
-    assert tk._configs(64, torch.bfloat16, True) == long
+    for D in (64, 128):
+        short, long = tk._configs(D, torch.bfloat16, True, 1024), tk._configs(D, torch.bfloat16, True, 16384)
+        assert short["fwd"] != long["fwd"] and short["infer"][4] is False and long["infer"][4] is True
+        assert tk._configs(D, torch.bfloat16, True) == long
+        monkeypatch.setattr(tk, "BY_LENGTH", False)
+        assert tk._configs(D, torch.bfloat16, True, 1024) == long
+        monkeypatch.setattr(tk, "BY_LENGTH", True)
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)

@@ -61,10 +61,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# Key lengths up to SHORT_N take the short-sequence configs: there most pairs hold a survivor (tau is low
-# for early rows), so smaller forward blocks with flags at block grain win, and inference runs without a
-# survivor test (benchmarks/sweep_modes.py on an H200, docs/benchmarks.md)
-SHORT_N = 1024
+# BY_LENGTH: block configs depend on the key length N (see _configs); False uses the long-sequence configs
+# at every N (the GPU check uses it to reach them with short inputs)
+BY_LENGTH = True
 
 
 def set_config(**kw):
@@ -79,20 +78,26 @@ def set_config(**kw):
 
 def _configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int] = None) -> dict:
     """Block configs for head dim D and key length N (None: long sequences). The forward and the backward
-    of one call must agree on the flags' grain, so both pass the same N (the key length)."""
-    short = N is not None and N <= SHORT_N
+    of one call must agree on the flags' grain, so both pass the same N (the key length).
+
+    Chosen by benchmarks/sweep_modes.py on an H200 (kernel-only time; docs/benchmarks.md). Short keys: most
+    pairs hold a survivor there (tau is low for early rows), so smaller forward blocks with flags at block
+    grain win, and the inference forward runs faster without any survivor test."""
+    n = N if (N is not None and BY_LENGTH) else 1 << 62
     if _interpreting():
         cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
-    elif D <= 64:  # chosen by the sweeps of benchmarks/ on an H200 (docs/benchmarks.md)
-        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
-        if short:
-            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(64, 32, 4, 3, False))
+    elif D <= 64:
+        cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
+        if n <= 1024:
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32))
+        if n <= 2048:
+            cfg.update(infer=(64, 32, 4, 3, False))
     else:
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
-        if short:
-            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, False))
+        if n <= 4096:
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, n > 2048))
     if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
         cfg.pop("infer", None)
         if "fwd" in _OVERRIDE:
