@@ -121,6 +121,27 @@ def run(c, t, dout, dtype, backend, normalize=None):
     return {k: v.double() for k, v in res.items()}
 
 
+def near_ties(c, t, rel=1e-6):
+    """Per view, the number of visible (row, key) pairs whose exact (fp64) score lies within rel * tau of
+    tau. At p = 1 the weight's slope jumps from 0 to 1 at tau, so a pair whose low-precision score lands on
+    the other side of tau than the fp64 one (in the kernel or in ref_lowp) moves the q/k gradients by a
+    whole term of order dO . v: a failure of this kind with such pairs present is a rounding tie."""
+    from tda.ops import reference
+    B, H, Hk, M, N, D = c["B"], c["H"], c["Hk"], c["M"], c["N"], c["D"]
+    beta = t["beta"].double().reshape(-1).expand(H)
+    taus = reference.tau(torch.arange(c["offset"], c["offset"] + M, device=DEV), beta, c["kappa"], D)
+    counts = []
+    for qn, kn in (("q1", "k1"), ("q2", "k2")) if c["two"] else (("q1", "k1"),):
+        q, k = t[qn].double(), t[kn].double().repeat_interleave(H // Hk, dim=1)
+        if c["normalize"]:
+            q, k = reference.l2_normalize(q), reference.l2_normalize(k)
+        gap = (q @ k.transpose(-1, -2) - taus[None, :, :, None]).abs() <= rel * taus[None, :, :, None].abs()
+        if c["causal"]:
+            gap &= torch.ones(M, N, dtype=torch.bool, device=DEV).tril(N - M)
+        counts.append(int(gap.sum()))
+    return counts
+
+
 def compile_check(gen):
     import torch._dynamo
     xs = [torch.randn(2, 4, 300, 64, generator=gen, device=DEV, dtype=torch.bfloat16, requires_grad=True)
@@ -213,6 +234,9 @@ def main():
             log.write(msg + "\n")
             log.flush()
         if any(f[0] == i for f in fails):
+            msg += f"\n    near-tie pairs per view (|s64 - tau| <= 1e-6 tau): {near_ties(c, t)}"
+            if log:
+                log.write(msg.splitlines()[-1] + "\n")
             print(msg, flush=True)
     if shard == 0:  # torch.compile(fullgraph=True) through the custom ops: same output and gradients
         try:
