@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--variants", default="softmax,tda")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, default mode)")
+    ap.add_argument("--tables", type=int, default=18, help="rows of the profiler tables (0: summary only)")
     args = ap.parse_args()
     base = GPTConfig(vocab_size=50304, block_size=1024, n_layer=8, n_head=8, n_embd=512, attn_backend="auto")
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; batch {args.batch} x 1024", flush=True)
@@ -39,10 +41,16 @@ def main():
         torch.manual_seed(0)
         model = GPT(cfg).cuda()
         opt = model.configure_optimizer(0.1, 1e-3, device_type="cuda")
+        if args.compile:
+            t0 = time.perf_counter()
+            model = torch.compile(model)
+            print(f"{variant}: compiling", flush=True)
         x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.block_size), device="cuda")
         for _ in range(5):
             one_step(model, opt, x)
         torch.cuda.synchronize()
+        if args.compile:
+            print(f"{variant}: compiled and warm after {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
         for _ in range(args.steps):
             one_step(model, opt, x)
@@ -59,11 +67,13 @@ def main():
                 one_step(model, opt, x)
             torch.cuda.synchronize()
         ev = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in ev) / 3 / 1e3
+        # device time of the kernels alone (op rows would count it again)
+        gpu = sum(e.self_device_time_total for e in ev if e.device_type == torch.autograd.DeviceType.CUDA) / 3 / 1e3
         print(f"\n== {variant}: wall {wall:.1f} ms/step ({args.batch * 1024 / wall * 1e3:,.0f} tok/s), "
               f"GPU busy {gpu:.1f} ms/step, host enqueue of one step {host:.1f} ms", flush=True)
-        print(ev.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
-        print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+        if args.tables:
+            print(ev.table(sort_by="self_device_time_total", row_limit=args.tables, max_name_column_width=60))
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
         del model, opt
         torch.cuda.empty_cache()
 
