@@ -78,6 +78,13 @@ def kernel_times(prep, dout):
     return t_f, t_b
 
 
+def kernel_time_inference(prep):
+    """Kernel-only median (ms) of the inference forward (no flags: what a no_grad call launches)."""
+    D = prep[0].shape[-1]
+    cfg = tk._configs(D, prep[0].dtype, True, prep[1].shape[2])
+    return bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False), rep=100)
+
+
 def run_case(B, H, N, D, kind, with_ref=True):
     q1, k1, q2, k2, v = make_inputs(B, H, N, D, kind)
     beta = torch.ones(H, device="cuda")
@@ -86,6 +93,7 @@ def run_case(B, H, N, D, kind, with_ref=True):
     res["density"] = tile_density(q1, k1, q2, k2, v, beta, lam)
     dout = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
     res["k_fwd"], res["k_bwd"] = kernel_times(prepare(q1, k1, q2, k2, v, beta, lam), dout)
+    res["k_inf"] = kernel_time_inference(prepare(q1, k1, q2, k2, v, beta, lam))
     leaves = [t.detach().requires_grad_(True) for t in (q1, k1, q2, k2, v)]
     betal, laml = beta.clone().requires_grad_(True), lam.clone().requires_grad_(True)
 
@@ -242,7 +250,7 @@ def main():
                 log(f"{kind:8s} B={B} H={H} N={N} d={D}: tda fwd {r['tda_fwd']:.3f} fb {r['tda_fb']:.3f} | "
                     f"sdpa fwd {r['sdpa_fwd']:.3f} fb {r['sdpa_fb']:.3f} | ref fb {fmt(r.get('ref_fb'))} | "
                     f"fwd x{r['tda_fwd'] / r['sdpa_fwd']:.2f} fb x{r['tda_fb'] / r['sdpa_fb']:.2f} "
-                    f"kernels {r['k_fwd']:.3f}+{r['k_bwd']:.3f} "
+                    f"kernels {r['k_fwd']:.3f}+{r['k_bwd']:.3f} (inference fwd {r['k_inf']:.3f}) "
                     f"density {r['density']:.3f} ({time.time() - t0:.0f}s)")
     cmd = "PYTHONPATH=src python3 " + " ".join(sys.argv)
     out = [f"# TDA kernel benchmarks", "",
@@ -254,13 +262,14 @@ def main():
            "Ratios are TDA / SDPA-flash (lower is better; target fwd+bwd <= 1.0, "
            "fwd <= 0.8 at N >= 8K). 'kernels only': the Triton launches alone (inverse-norm pre-pass and "
            "forward; dK/dV and dQ) on raw q/k with tau prepared, i.e. without the PyTorch work around them "
-           "(argument checks, allocations, autograd). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
+           "(argument checks, allocations, autograd); 'inference' is the forward a no_grad call launches (no flags). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
            "SDPA: 2 and 5), causal. Memory: peak extra MiB during fwd+bwd. density: fraction of visited "
            "(query block, key block) pairs with any survivor. ref: reference op (skipped, n/a, for "
            f"N > {REF_MAX_N} and for planted inputs).", "",
            "| inputs | B | H | N | d | density | TDA fwd | SDPA fwd | fwd ratio | TDA fwd+bwd | SDPA fwd+bwd | "
            "fwd+bwd ratio | TDA TFLOP/s fwd / fwd+bwd | SDPA TFLOP/s fwd / fwd+bwd | ref fwd / fwd+bwd | "
-           "mem MiB TDA / SDPA / ref | TDA kernels only fwd / bwd | kernels-only ratio fwd / fwd+bwd |",
+           "mem MiB TDA / SDPA / ref | TDA kernels only fwd / bwd / inference fwd | kernels-only ratio fwd / fwd+bwd / "
+           "inference fwd |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
@@ -270,8 +279,8 @@ def main():
             f"{r['tda_fwd_tflops']:.0f} / {r['tda_fb_tflops']:.0f} | {r['sdpa_fwd_tflops']:.0f} / "
             f"{r['sdpa_fb_tflops']:.0f} | {fmt(r.get('ref_fwd'), 1)} / {fmt(r.get('ref_fb'), 1)} | "
             f"{fmt(r['tda_mem'], 0)} / {fmt(r['sdpa_mem'], 0)} / {fmt(r.get('ref_mem'), 0)} | "
-            f"{r['k_fwd']:.3f} / {r['k_bwd']:.3f} | {r['k_fwd'] / r['sdpa_fwd']:.2f} / "
-            f"{(r['k_fwd'] + r['k_bwd']) / r['sdpa_fb']:.2f} |")
+            f"{r['k_fwd']:.3f} / {r['k_bwd']:.3f} / {r['k_inf']:.3f} | {r['k_fwd'] / r['sdpa_fwd']:.2f} / "
+            f"{(r['k_fwd'] + r['k_bwd']) / r['sdpa_fb']:.2f} / {r['k_inf'] / r['sdpa_fwd']:.2f} |")
     if args.sweep:
         out += ["", "Block-config sweep on (B, H, N) = (2, 16, 4096), random inputs, kernel-only times "
                 "(BLOCK_M, BLOCK_N, num_warps, num_stages):", "", "```"] + \

@@ -1,0 +1,79 @@
+"""Kernel-only sweep of the backward's blocks (dK/dV and dQ kernels) at one shape, the forward and the flags'
+grain at their defaults for that key length. Each candidate is timed as the whole backward (both launches)
+with one kernel's block changed, and listed with its sm_90 register/spill count (tda.ops.triton.sm90), since
+the table's backward kernels spill when compiled with Triton 3.9 (docs/benchmarks.md).
+
+    PYTHONPATH=src python3 benchmarks/sweep_bwd.py --shape 2,16,4096 --dims 64,128 [--kind planted] [--warm-only]
+"""
+import argparse
+import time
+
+import torch
+import triton
+
+from tda.ops.triton import attention as tk
+from tda.ops.triton import sm90
+
+import bench_attention as ba
+
+CANDS = {64: {"dkdv": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)],
+              "dq": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)]},
+         128: {"dkdv": [(64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2)],
+               "dq": [(64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2)]}}
+
+
+def spills(D, N, kernel, block):
+    """sm_90 registers and spill bytes of this kernel at this block (the table's constexprs otherwise)."""
+    tag = f"d{D}-{'short' if N <= 1024 else 'long'}"
+    for name, fn, consts, _, _ in sm90.table_variants(full=True):
+        if name == f"{kernel}-{tag}":
+            BM, BN, w, s = block
+            c = dict(consts, BLOCK_M=BM, BLOCK_N=BN, R=max(BM // consts["MT"], 1), C=max(BN // consts["NT"], 1))
+            try:
+                r = sm90.resource_usage(sm90.compile_kernel(fn, c, w, s))
+                return f"regs {r['regs']}, spill {r['stack_local']} B"
+            except Exception as e:  # noqa: BLE001
+                return f"sm90 compile failed ({type(e).__name__})"
+    return "n/a"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="2,16,4096")
+    ap.add_argument("--dims", default="64,128")
+    ap.add_argument("--kind", default="random")
+    ap.add_argument("--warm-only", action="store_true")
+    ap.add_argument("--shard", default="0/1")
+    args = ap.parse_args()
+    B, H, N = (int(x) for x in args.shape.split(","))
+    i, n = (int(x) for x in args.shard.split("/"))
+    print(f"{torch.cuda.get_device_name()}; B={B} H={H} N={N}, {args.kind} inputs; kernel-only backward ms",
+          flush=True)
+    for D in (int(x) for x in args.dims.split(",")):
+        q1, k1, q2, k2, v = ba.make_inputs(B, H, N, D, args.kind, seed=1)
+        beta, lam = torch.ones(H, device="cuda"), torch.full((H,), 0.5, device="cuda")
+        prep = ba.prepare(q1, k1, q2, k2, v, beta, lam)
+        dout = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+        base = tk._configs(D, q1.dtype, True, N)
+        _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, base, True)
+        MT, NT = base["flags"]
+        jobs = [(k, c) for k in ("dkdv", "dq") for c in CANDS[D][k]][i::n]
+        for kernel, block in jobs:
+            cfg = dict(base, **{kernel: block})
+            try:
+                def f_bwd():
+                    return tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg)
+                f_bwd()
+                torch.cuda.synchronize()
+                if args.warm_only:
+                    continue
+                t = triton.testing.do_bench(f_bwd, warmup=20, rep=80, return_mode="median")
+            except Exception as e:  # noqa: BLE001 (out of resources: report, go on)
+                print(f"  d={D} {kernel} {block}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            mark = " (default)" if base[kernel] == block else ""
+            print(f"  d={D} {kernel} {block}{mark}: bwd {t:.3f} ms | {spills(D, N, kernel, block)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
