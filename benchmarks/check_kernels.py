@@ -57,7 +57,8 @@ def random_config(rng):
                 causal=rng.random() < 0.85, offset=extra if rng.random() < 0.8 else rng.choice([0, 5, 3000]),
                 kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
-                normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5)
+                normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
+                two_launch_bwd=rng.random() < 0.25)
 
 
 def make_inputs(c, gen):
@@ -198,6 +199,8 @@ def main():
         # long_cfg: the long-sequence configs (tk.BY_LENGTH off), which the check's short N would not reach;
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
         tk.BY_LENGTH = not c["long_cfg"]
+        # two_launch_bwd: the backward as two kernels (dK/dV, dQ) instead of the default one-launch kernel
+        tk.MERGED_BWD = not c.get("two_launch_bwd", False)
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -214,7 +217,7 @@ def main():
             continue
         finally:
             tk.set_config()
-            tk.BY_LENGTH = True
+            tk.BY_LENGTH, tk.MERGED_BWD = True, True
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []
@@ -246,7 +249,7 @@ def main():
             fails.append((-1, "compile", None, str(e)[:300], None))
             print(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}")
     dt_s = time.time() - t0
-    direct = sum(k.direct_launches for k in (tk._inv_norm, tk._fwd, tk._dkdv, tk._dq))
+    direct = sum(k.direct_launches for k in (tk._inv_norm, tk._fwd, tk._dkdv, tk._dq, tk._bwd))
     summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures, {dt_s:.0f}s, "
                f"{direct} direct (cached) kernel launches; "
                f"worst |ker-ref64|/|lowp-ref64| per tensor: "

@@ -15,7 +15,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     ap.add_argument("--block", action="append", default=[],
-                    help="KERNEL=BM,BN,WARPS,STAGES for fwd-train / fwd-infer / dkdv / dq (repeatable)")
+                    help="KERNEL=BM,BN,WARPS,STAGES for fwd-train / fwd-infer / dkdv / dq (repeatable; not bwd)")
     args = ap.parse_args()
     over = {}
     for b in args.block:
@@ -37,7 +37,12 @@ def main():
             r = sm90.resource_usage(sm90.compile_kernel(fn, consts, warps, stages))
         except Exception as e:  # noqa: BLE001 (report and go on)
             r = f"failed: {type(e).__name__}: {str(e)[:200]}"
-        print(f"{name:22s} {consts['BLOCK_M']}x{consts['BLOCK_N']} w{warps} s{stages}: {r}", flush=True)
+        if "BLOCK_M" in consts:
+            blocks = f"{consts['BLOCK_M']}x{consts['BLOCK_N']}"
+        else:  # the one-launch backward: dK/dV blocks + dQ blocks
+            blocks = (f"{consts['KV_BLOCK_M']}x{consts['KV_BLOCK_N']}+"
+                      f"{consts['Q_BLOCK_M']}x{consts['Q_BLOCK_N']}")
+        print(f"{name:22s} {blocks} w{warps} s{stages}: {r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,19 @@ def host_table(log):
                 launch.ENABLED = True
         return run
 
+    def two_launch(fn):  # the same call with the backward as two kernels (dK/dV, dQ)
+        def run():
+            tk.MERGED_BWD = False
+            try:
+                fn()
+            finally:
+                tk.MERGED_BWD = True
+        return run
+
     log("host cost per call (us), B=1 H=1 N=64 d=64 bf16 (GPU work negligible):")
+    for name, fn in (("TDA fwd+bwd, two-launch backward", two_launch(tda_fb)),
+                     ("TDA fwd+bwd, two-launch bwd, calling thread", two_launch(tda_fb_1thread))):
+        log(f"  {name:40s} {host_cost(fn):8.1f}")
     for name, fn in (("TDA fwd+bwd, Triton JIT launches", jit_launches(tda_fb)),
                      ("TDA fwd (no grad), Triton JIT launches", jit_launches(tda_f))):
         log(f"  {name:40s} {host_cost(fn):8.1f}")
@@ -203,12 +215,13 @@ def section_experiments(log, n=300):
     xs, beta, lam = _inputs(1, 1, 64, 64, True)
     dout = torch.randn_like(xs[0])
     acc = defaultdict(float)
-    saved = {n_: getattr(tk, n_) for n_ in ("_launch_bwd", "_dkdv", "_dq")}
+    saved = {n_: getattr(tk, n_) for n_ in ("_launch_bwd", "_dkdv", "_dq", "_bwd")}
     orig_backward = tk._EagerTDA.backward
     try:
         tk._launch_bwd = _Timed(saved["_launch_bwd"], "_launch_bwd", acc)
         tk._dkdv = _Timed(saved["_dkdv"], "dkdv launch", acc)
         tk._dq = _Timed(saved["_dq"], "dq launch", acc)
+        tk._bwd = _Timed(saved["_bwd"], "one-launch bwd", acc)
         timed_bwd = _Timed(orig_backward, "backward node body", acc)
         tk._EagerTDA.backward = staticmethod(lambda ctx, g: timed_bwd(ctx, g))
 

@@ -26,7 +26,7 @@ import torch
 
 from .. import reference
 from ..validate import _check_scalar_param, check_inputs
-from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel
+from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
 from .common import inv_norm_kernel
 from .fwd import tda_fwd_kernel
 from .launch import FastKernel
@@ -37,6 +37,7 @@ _inv_norm = FastKernel(inv_norm_kernel)
 _fwd = FastKernel(tda_fwd_kernel)
 _dkdv = FastKernel(tda_bwd_dkdv_kernel)
 _dq = FastKernel(tda_bwd_dq_kernel)
+_bwd = FastKernel(tda_bwd_kernel)
 _EPS2 = reference.NORM_EPS * reference.NORM_EPS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -53,6 +54,12 @@ PREFETCH = False
 # SCREEN: the forward first tests each unmasked pair for a possible survivor with one fused multiply-add
 # per score (no exceedance, power or difference), and only pairs that pass take the exact path
 SCREEN = True
+# MERGED_BWD: the backward's dK/dV and dQ programs in one launch (bwd.tda_bwd_kernel) whenever their
+# configs agree on warps and stages; False: two launches
+MERGED_BWD = True
+# HEAVY_FIRST: the forward and dQ grids run query blocks last-to-first (causal: the last blocks see the most
+# keys), so the lightest programs fill the grid's tail
+HEAVY_FIRST = True
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -76,11 +83,27 @@ def set_config(**kw):
     False runs it without any survivor test (the PV product on every visited pair)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
+    _CFG_CACHE.clear()
+
+
+_CFG_CACHE: dict = {}  # _configs' results (a few microseconds of dict building per call otherwise)
 
 
 def _configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int] = None) -> dict:
-    """Block configs for head dim D and key length N (None: long sequences). The forward and the backward
-    of one call must agree on the flags' grain, so both pass the same N (the key length).
+    """Block configs for head dim D and key length N (None: long sequences), cached: callers must not
+    modify the dict. The forward and the backward of one call must agree on the flags' grain, so both pass
+    the same N (the key length)."""
+    key = (D, dtype, two_views, N, BY_LENGTH, _interpreting())
+    cfg = _CFG_CACHE.get(key)
+    if cfg is None:
+        if len(_CFG_CACHE) > 256:
+            _CFG_CACHE.clear()
+        cfg = _CFG_CACHE[key] = _make_configs(D, dtype, two_views, N)
+    return cfg
+
+
+def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int]) -> dict:
+    """_configs, uncached.
 
     Chosen by benchmarks/sweep_modes.py on an H200 (kernel-only time; docs/benchmarks.md). Short keys: most
     pairs hold a survivor there (tau is low for early rows), so smaller forward blocks with flags at block
@@ -93,7 +116,7 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int] = Non
     elif D <= 64:
         cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
         if n <= 1024:
-            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32))
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), dq=(64, 32, 4, 2))
         if n <= 2048:
             cfg.update(infer=(64, 32, 4, 3, False))
     else:
@@ -225,15 +248,18 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
         TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
         PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
         HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-        SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, num_warps=warps, num_stages=stages)
+        SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), num_warps=warps,
+        num_stages=stages)
     return out, flags, rq, rk
 
 
-def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg):
+def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg, norm=None):
     """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
     rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
     taken as the unit vectors -- and g (2, H, B, M) fp32: per row, dtau_i (times scale_i, i.e. the row's
-    dbeta share, when beta is given) and -sum_j a2_ij dDa_ij (TDA; zero for TRA)."""
+    dbeta share, when beta is given) and -sum_j a2_ij dDa_ij (TDA; zero for TRA). norm: _norm_args(rq, rk,
+    scale) if the caller prepared it already (the eager op does so in its forward, off the backward's
+    thread)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -254,20 +280,28 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         common = (*q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride(),
                   s_beta, s_scale, lam.stride(0) if two else 0)
         args = (q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, do, flags,
-                *_norm_args(rq, rk, SCALE))
+                *(norm if norm is not None else _norm_args(rq, rk, SCALE)))
         meta = dict(TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), HEAD_D=D, HEAD_DV=Dv, MT=MT, NT=NT,
                     PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH), NORMALIZE=rq is not None,
                     HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
-        BM, BN, warps, stages = cfg["dkdv"]
-        _dkdv[(_cdiv(N, BN), B * Hk)](
-            *args, dk1, dk2, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
-            BLOCK_M=BM, BLOCK_N=BN, R=max(BM // MT, 1), C=max(BN // NT, 1), **meta,
-            num_warps=warps, num_stages=stages)
-        BM, BN, warps, stages = cfg["dq"]
-        _dq[(_cdiv(M, BM), B * H)](
-            *args, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
-            BLOCK_M=BM, BLOCK_N=BN, R=max(BM // MT, 1), C=max(BN // NT, 1), SCALE_DTAU=has_beta, **meta,
-            num_warps=warps, num_stages=stages)
+        (KBM, KBN, warps, stages), (QBM, QBN, q_warps, q_stages) = cfg["dkdv"], cfg["dq"]
+        if MERGED_BWD and (warps, stages) == (q_warps, q_stages):
+            n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
+            _bwd[(n_kb * B * Hk + n_qb * B * H,)](
+                *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
+                n_kb, n_kb * B * Hk, n_qb, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
+                KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
+                Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), **meta,
+                num_warps=warps, num_stages=stages)
+        else:
+            _dkdv[(_cdiv(N, KBN), B * Hk)](
+                *args, dk1, dk2, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
+                BLOCK_M=KBM, BLOCK_N=KBN, R=max(KBM // MT, 1), C=max(KBN // NT, 1), **meta,
+                num_warps=warps, num_stages=stages)
+            _dq[(_cdiv(M, QBM), B * H)](
+                *args, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
+                BLOCK_M=QBM, BLOCK_N=QBN, R=max(QBM // MT, 1), C=max(QBN // NT, 1), SCALE_DTAU=has_beta,
+                HEAVY_FIRST=bool(HEAVY_FIRST), **meta, num_warps=q_warps, num_stages=q_stages)
     return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g
 
 
@@ -440,21 +474,32 @@ class _EagerTDA(torch.autograd.Function):
         cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])
         with _on_device(q1):
             out, flags, rq, rk = _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize)
-        ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk)
+        ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam)
+        # the op's own tensors (no autograd history, so no reference cycle) ride on ctx as they are, with the
+        # backward's norm pointer arguments prepared here: the backward runs on autograd's device thread,
+        # where the same Python runs markedly slower (docs/benchmarks.md, "Host cost per call")
+        norm = _norm_args(rq, rk, scale) if rq is not None else None
+        ctx.own = (scale, flags, rq, rk, norm)
         ctx.p, ctx.causal, ctx.cfg = p, causal, cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q1, k1, q2, k2, v, beta, lam, scale, flags, rq, rk = ctx.saved_tensors
+        q1, k1, q2, k2, v, beta, lam = ctx.saved_tensors
+        scale, flags, rq, rk, norm = ctx.own
         MT, NT = ctx.cfg["flags"]
         with _on_device(q1):
             dq1, dk1, dq2, dk2, dv, g = _launch_bwd(dout, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk,
-                                                    ctx.p, ctx.causal, MT, NT, ctx.cfg)
-        g = g.view(2, g.shape[1], g.shape[2] * g.shape[3]).sum(2)  # one contiguous reduction for both: (dbeta (H,), dlam (H,))
-        two = q2 is not None
-        return (dq1, dk1, dq2, dk2, dv, g[0].to(beta.dtype), g[1].to(lam.dtype) if two else None,
-                None, None, None, None)
+                                                    ctx.p, ctx.causal, MT, NT, ctx.cfg, norm)
+        # one contiguous reduction for both: (dbeta (H,), dlam (H,))
+        dbeta, dlam = g.view(2, g.shape[1], g.shape[2] * g.shape[3]).sum(2).unbind(0)
+        if q2 is None:
+            dlam = None
+        elif dlam.dtype != lam.dtype:
+            dlam = dlam.to(lam.dtype)
+        if dbeta.dtype != beta.dtype:
+            dbeta = dbeta.to(beta.dtype)
+        return dq1, dk1, dq2, dk2, dv, dbeta, dlam, None, None, None, None
 
 
 def tda(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,

@@ -128,22 +128,19 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
     return dk1, dk2, dv
 
 
-# sizes that vary per call are not specialised on (see fwd.py)
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "Hk", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
-                        s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                        s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                        s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                        s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
-                        TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-                        HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
-    """One program per (key block, batch * kv head); loops over the G query heads sharing the kv head
-    (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
-    pid_n = tl.program_id(0)
-    bhk = tl.program_id(1)
+@triton.jit
+def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+                  s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                  s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                  s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                  s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
+                  TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+                  HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
+                  C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
+    """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
+    kv head (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
     b = (bhk // Hk).to(tl.int64)
     hk = (bhk % Hk).to(tl.int64)
     H = Hk * G
@@ -198,12 +195,14 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
         rq1_base = RQ1 + bh * M
         rq2_base = RQ2 + bh * M
         dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
-                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
+                                   s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
         dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
-                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
+                                   s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                    False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
@@ -276,22 +275,21 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
     return dq1, dq2, dtau, dlam
 
 
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                      s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                      s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                      s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
-                      TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-                      HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                      HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr):
-    """One program per (query block, batch * head): dq1, dq2 (contiguous), and per row
-    dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch. SCALE_DTAU: store
-    dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+@triton.jit
+def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
+                DQ1, DQ2, DTAU, DLAM,
+                s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+                HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
+                C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr):
+    """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
+    and per row dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch.
+    SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i)."""
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     hk = h // G
@@ -356,7 +354,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
     o = bh.to(tl.int64) * M
     # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
     # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
-    og = (h * (tl.num_programs(1) // H) + b) * M
+    og = (h * (n_bh // H) + b) * M
     if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^), one view at a time (each stored before the next)
         dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
@@ -370,3 +368,99 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
     if SCALE_DTAU:
         dtau = dtau * tl.load(SCALE + h * s_scale + offs_m, mask=row_ok, other=0.0)
     tl.store(DTAU + og + offs_m, dtau, mask=row_ok)
+
+
+# sizes that vary per call are not specialised on (see fwd.py)
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "Hk", "G", "M", "N", "n_mt", "n_nt", "p_val"])
+def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+                        s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                        s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                        s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                        s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
+                        TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+                        HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
+                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
+    """One program per (key block, batch * kv head): see _dkdv_program."""
+    _dkdv_program(tl.program_id(0), tl.program_id(1),
+                  Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, s_q1b,
+                  s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d, s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h,
+                  s_k2n, s_k2d, s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod, s_beta, s_scale, s_lam,
+                  Hk, G, M, N, n_mt, n_nt, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                  MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+
+
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
+def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
+                      s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                      s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                      s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                      TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+                      HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
+                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                      HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
+                      HEAVY_FIRST: tl.constexpr):
+    """One program per (query block, batch * head): see _dq_program. HEAVY_FIRST: the query blocks in
+    reverse order (causal: the last ones see the most keys, so the grid's tail is the light ones)."""
+    if HEAVY_FIRST:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    _dq_program(pid_m, tl.program_id(1), tl.num_programs(1),
+                Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
+                s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d, s_k1b, s_k1h, s_k1n, s_k1d, s_k2b,
+                s_k2h, s_k2n, s_k2d, s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod, s_beta, s_scale,
+                s_lam, H, G, M, N, n_mt, n_nt, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
+                HEAD_DV, MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU)
+
+
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
+                               "n_kb", "n_kv", "n_qb"])
+def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
+                   DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM,
+                   s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                   s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb,
+                   TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                   KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
+                   Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
+                   HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
+                   PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
+                   HEAVY_FIRST: tl.constexpr):
+    """The whole backward in one launch (one launch less of host work than the two kernels above, and no
+    idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
+    key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
+    The two halves share nothing, so they may run in any order; both need the same warps and stages.
+    Causal work per program falls with the key block (dK/dV) and grows with the query block (dQ), so the
+    dK/dV half runs key blocks in order and, with HEAVY_FIRST, the dQ half query blocks in reverse: the
+    grid ends on the lightest programs."""
+    pid = tl.program_id(0)
+    Hk = H // G
+    if pid < n_kv:
+        _dkdv_program(pid % n_kb, pid // n_kb,
+                      Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+                      s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                      s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                      s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                      s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
+                      TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
+                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+    else:
+        pq = pid - n_kv
+        if HEAVY_FIRST:
+            pid_m = n_qb - 1 - pq % n_qb
+        else:
+            pid_m = pq % n_qb
+        _dq_program(pid_m, pq // n_qb, (n_kv // n_kb) * G,
+                    Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
+                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                    s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                    s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                    TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
+                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU)

@@ -76,9 +76,10 @@ def resource_usage(compiled) -> dict:
 def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
     bf16 TDA, p = 2, fused normalisation; d 64 / 128; short and long keys; forward for training and for
-    inference). full=False: the long-key d 64 and short-key d 128 configs only."""
+    inference, dK/dV, dQ, and the one-launch backward). full=False: the long-key d 64 and short-key d 128
+    configs only."""
     from . import attention as tk
-    from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel
+    from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
     from .fwd import tda_fwd_kernel
     import torch
 
@@ -93,16 +94,21 @@ def table_variants(full: bool = True):
         BM, BN, w, s = cfg["fwd"]
         out.append((f"fwd-train-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                         SCREEN=True, FOR_BWD=True), w, s))
+                         SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True), w, s))
         BM, BN, w, s, test = cfg["infer"]
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2,
-                         FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False), w, s))
+                         FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True), w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
                      PREFETCH=False)
             if name == "dq":
-                c["SCALE_DTAU"] = True
+                c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
             out.append((f"{name}-{tag}", kern, c, w, s))
+        (KBM, KBN, w, s), (QBM, QBN, _, _) = cfg["dkdv"], cfg["dq"]
+        out.append((f"bwd-{tag}", tda_bwd_kernel,
+                    dict(common, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // FM, 1), KV_C=max(KBN // FN, 1),
+                         Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
+                         NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True), w, s))
     return out
