@@ -1,5 +1,6 @@
 """A/B in one process of a switch of tda.ops.triton.attention at the benchmark shapes:
-MERGED_BWD (the backward as one launch, tda_bwd_kernel, against dK/dV then dQ) or HEAVY_FIRST (the forward
+MERGED_BWD (the backward as one launch, tda_bwd_kernel, against dK/dV then dQ), LISTS (live-block lists in the
+backward) or HEAVY_FIRST (the forward
 and dQ grids run query blocks last-to-first). Kernel-only times (the launchers on prepared inputs) and the
 full op (public function, eager; fwd under no_grad, fwd+bwd with .backward() on autograd's device thread),
 alternating on / off twice and keeping each one's best, so host drift hits both alike; SDPA-flash for the
@@ -21,7 +22,7 @@ import bench_attention as ba
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flag", default="MERGED_BWD", choices=["MERGED_BWD", "HEAVY_FIRST"])
+    ap.add_argument("--flag", default="MERGED_BWD", choices=["MERGED_BWD", "HEAVY_FIRST", "LISTS"])
     ap.add_argument("--kinds", default="random,planted")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in ba.SHAPES))

@@ -16,10 +16,17 @@ from tda.ops.triton import sm90
 
 import bench_attention as ba
 
+# per head dim: candidate blocks per kernel; "both" sets dK/dV and dQ together (same warps and stages, so
+# the one-launch backward runs them); the rest change one kernel (the two-launch backward where the warps or
+# stages then differ from the other kernel's)
 CANDS = {64: {"dkdv": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)],
-              "dq": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)]},
+              "dq": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)],
+              "both": [((64, 64, 4, 2), (64, 64, 4, 2)), ((64, 64, 4, 3), (64, 64, 4, 3)), ((64, 64, 4, 1), (64, 64, 4, 1)),
+                       ((64, 64, 4, 3), (64, 32, 4, 3)), ((128, 64, 8, 2), (64, 128, 8, 2))]},
          128: {"dkdv": [(64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2)],
-               "dq": [(64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2)]}}
+               "dq": [(64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2)],
+               "both": [((64, 32, 4, 2), (64, 32, 4, 2)), ((64, 32, 4, 3), (64, 32, 4, 3)), ((64, 32, 4, 1), (64, 32, 4, 1)),
+                        ((64, 64, 8, 2), (64, 64, 8, 2))]}}
 
 
 def spills(D, N, kernel, block):
@@ -44,6 +51,7 @@ def main():
     ap.add_argument("--kind", default="random")
     ap.add_argument("--warm-only", action="store_true")
     ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--kernels", default="dkdv,dq,both", help="which candidate lists to run")
     args = ap.parse_args()
     B, H, N = (int(x) for x in args.shape.split(","))
     i, n = (int(x) for x in args.shard.split("/"))
@@ -57,9 +65,12 @@ def main():
         base = tk._configs(D, q1.dtype, True, N)
         _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, base, True)
         MT, NT = base["flags"]
-        jobs = [(k, c) for k in ("dkdv", "dq") for c in CANDS[D][k]][i::n]
+        jobs = [(k, c) for k in args.kernels.split(",") for c in CANDS[D][k]][i::n]
         for kernel, block in jobs:
-            cfg = dict(base, **{kernel: block})
+            if kernel == "both":
+                cfg = dict(base, dkdv=block[0], dq=block[1])
+            else:
+                cfg = dict(base, **{kernel: block})
             try:
                 def f_bwd():
                     return tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg)
@@ -70,6 +81,10 @@ def main():
                 t = triton.testing.do_bench(f_bwd, warmup=20, rep=80, return_mode="median")
             except Exception as e:  # noqa: BLE001 (out of resources: report, go on)
                 print(f"  d={D} {kernel} {block}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            if kernel == "both":
+                mark = " (one launch)" if block[0][2:] == block[1][2:] else ""
+                print(f"  d={D} dkdv {block[0]} + dq {block[1]}{mark}: bwd {t:.3f} ms", flush=True)
                 continue
             mark = " (default)" if base[kernel] == block else ""
             print(f"  d={D} {kernel} {block}{mark}: bwd {t:.3f} ms | {spills(D, N, kernel, block)}", flush=True)

@@ -26,10 +26,12 @@ TOL = 1e-4 if ON_GPU else 1e-10
 @pytest.fixture(autouse=True)
 def _reset_config():
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
+        1, False, True, True, True, True, 64)
     yield
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
+        1, False, True, True, True, True, 64)
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -196,22 +198,26 @@ def test_block_configs(cfg):
 ])
 def test_merged_backward_equals_two_launches(two_views, cfg):
     """The one-launch backward (tda_bwd_kernel: dK/dV and dQ programs in one flat grid) gives bit-identical
-    gradients to the two kernels, and the heavy-first program order (HEAVY_FIRST) the same output and
-    gradients as the natural order, GQA and ragged shapes included; and it matches the reference."""
+    gradients to the two kernels; so do the heavy-first program order (HEAVY_FIRST) and the live-block lists
+    (LISTS, also with 2-block chunks so that the compaction takes several chunks) against their
+    alternatives; GQA (scratch rows reused across the group) and ragged shapes included. And it matches the
+    reference."""
     torch.manual_seed(11)
     tk.set_config(**cfg)
     inputs = _make(2, 4, 2, 37, 45, 16, 16, two_views)
     dout = torch.randn(2, 4, 37, 16, dtype=DT, device=DEV)
     res = {}
-    for merged, heavy in ((True, True), (False, True), (True, False), (False, False)):
-        tk.MERGED_BWD, tk.HEAVY_FIRST = merged, heavy
-        res[merged, heavy] = _run("triton", inputs, lambda out: dout, position_offset=8)
-    base = res[True, True]
+    for variant in ((True, True, True, 64), (False, True, True, 64), (True, False, True, 64),
+                    (False, False, True, 64), (True, True, False, 64), (False, True, False, 64),
+                    (True, True, True, 2), (False, False, True, 1)):
+        tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = variant
+        res[variant] = _run("triton", inputs, lambda out: dout, position_offset=8)
+    base = res[True, True, True, 64]
     for key, (out, grads) in res.items():
         assert torch.equal(out, base[0]), key
         for name in inputs:
             assert torch.equal(grads[name], base[1][name]), (key, name)
-    tk.MERGED_BWD, tk.HEAVY_FIRST = True, True
+    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = True, True, True, 64
     _compare(inputs, position_offset=8)
 
 

@@ -60,6 +60,12 @@ MERGED_BWD = True
 # HEAVY_FIRST: the forward and dQ grids run query blocks last-to-first (causal: the last blocks see the most
 # keys), so the lightest programs fill the grid's tail
 HEAVY_FIRST = True
+# LISTS: each backward program first compacts the live blocks of its unmasked stage (from the survivor
+# flags, LIST_CHUNK per vector load) into its row of an int32 scratch buffer, then loops over that list with
+# no test in the loop: no serial flag load per empty block, and loads the compiler can pipeline. False: the
+# loop visits every block and tests its flag.
+LISTS = True
+LIST_CHUNK = 64
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -285,21 +291,28 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
                     PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH), NORMALIZE=rq is not None,
                     HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
         (KBM, KBN, warps, stages), (QBM, QBN, q_warps, q_stages) = cfg["dkdv"], cfg["dq"]
+        n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
+        lists = bool(LISTS)
+        # scratch rows for the lists: one per dK/dV program (cdiv(M, KBM) entries), then one per dQ program
+        # (cdiv(N, QBN) entries); O(N^2 / block^2) int32, like the flags
+        scr_q = B * Hk * n_kb * _cdiv(M, KBM)
+        scr = torch.empty(scr_q + B * H * n_qb * _cdiv(N, QBN), device=q1.device, dtype=torch.int32) \
+            if lists else flags
+        meta.update(LISTS=lists, CHUNK=int(LIST_CHUNK))
         if MERGED_BWD and (warps, stages) == (q_warps, q_stages):
-            n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
-                *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
-                n_kb, n_kb * B * Hk, n_qb, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
+                *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
+                n_kb, n_kb * B * Hk, n_qb, scr_q, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
                 KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
                 Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), **meta,
                 num_warps=warps, num_stages=stages)
         else:
-            _dkdv[(_cdiv(N, KBN), B * Hk)](
-                *args, dk1, dk2, dv, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
+            _dkdv[(n_kb, B * Hk)](
+                *args, dk1, dk2, dv, scr, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
                 BLOCK_M=KBM, BLOCK_N=KBN, R=max(KBM // MT, 1), C=max(KBN // NT, 1), **meta,
                 num_warps=warps, num_stages=stages)
-            _dq[(_cdiv(M, QBM), B * H)](
-                *args, dq1, dq2, g[0], g[1], *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
+            _dq[(n_qb, B * H)](
+                *args, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p), scr_q,
                 BLOCK_M=QBM, BLOCK_N=QBN, R=max(QBM // MT, 1), C=max(QBN // NT, 1), SCALE_DTAU=has_beta,
                 HEAVY_FIRST=bool(HEAVY_FIRST), **meta, num_warps=q_warps, num_stages=q_stages)
     return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g

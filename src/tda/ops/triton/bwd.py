@@ -18,7 +18,7 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import exceed_dpow, exceed_pow, load_tau, pair_alive
+from .common import exceed_dpow, exceed_pow, live_list, load_tau, pair_alive
 
 
 @triton.jit
@@ -75,6 +75,43 @@ def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k
 
 
 @triton.jit
+def _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base, rq2_base, offs_m, offs_n,
+               diag, M, p_val, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, P: tl.constexpr,
+               PREC: tl.constexpr, NORMALIZE: tl.constexpr):
+    """One live (query block, key block) pair's share of dk1, dk2, dv."""
+    # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
+    s1 = tl.dot(k1, tl.trans(q1), input_precision=PREC)
+    if NORMALIZE:
+        rq1 = tl.load(rq1_base + offs_m, mask=offs_m < M, other=0.0)
+        s1 = s1 * rk1[:, None] * rq1[None, :]
+    e1 = tl.maximum(s1 - tau[None, :], 0.0)
+    if MASKED:
+        ok = offs_n[:, None] <= offs_m[None, :] + diag
+        e1 = tl.where(ok, e1, 0.0)
+    dda = tl.dot(v, tl.trans(do), input_precision=PREC)
+    w = exceed_pow(e1, P, p_val)
+    de1 = dda * exceed_dpow(e1, P, p_val)
+    if NORMALIZE:
+        de1 = de1 * rq1[None, :]
+    dk1 += tl.dot(de1.to(q1.dtype), q1, input_precision=PREC)
+    if TWO_VIEWS:
+        s2 = tl.dot(k2, tl.trans(q2), input_precision=PREC)
+        if NORMALIZE:
+            rq2 = tl.load(rq2_base + offs_m, mask=offs_m < M, other=0.0)
+            s2 = s2 * rk2[:, None] * rq2[None, :]
+        e2 = tl.maximum(s2 - tau[None, :], 0.0)
+        if MASKED:
+            e2 = tl.where(ok, e2, 0.0)
+        w = w - lam * exceed_pow(e2, P, p_val)
+        de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
+        if NORMALIZE:
+            de2 = de2 * rq2[None, :]
+        dk2 += tl.dot(de2.to(q2.dtype), q2, input_precision=PREC)
+    dv += tl.dot(w.to(do.dtype), do, input_precision=PREC)
+    return dk1, dk2, dv
+
+
+@triton.jit
 def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                 s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                 start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
@@ -83,6 +120,7 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
                 MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
                 PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
                 TAU_F64: tl.constexpr):
+    """Query blocks lo, lo + BLOCK_M, ... < hi, each tested against the survivor flags."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -96,40 +134,42 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
                 q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                                                    s_scale, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom,
                                                    s_dod, TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
-            # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
-            s1 = tl.dot(k1, tl.trans(q1), input_precision=PREC)
-            if NORMALIZE:
-                rq1 = tl.load(rq1_base + offs_m, mask=offs_m < M, other=0.0)
-                s1 = s1 * rk1[:, None] * rq1[None, :]
-            e1 = tl.maximum(s1 - tau[None, :], 0.0)
-            if MASKED:
-                ok = offs_n[:, None] <= offs_m[None, :] + diag
-                e1 = tl.where(ok, e1, 0.0)
-            dda = tl.dot(v, tl.trans(do), input_precision=PREC)
-            w = exceed_pow(e1, P, p_val)
-            de1 = dda * exceed_dpow(e1, P, p_val)
-            if NORMALIZE:
-                de1 = de1 * rq1[None, :]
-            dk1 += tl.dot(de1.to(q1.dtype), q1, input_precision=PREC)
-            if TWO_VIEWS:
-                s2 = tl.dot(k2, tl.trans(q2), input_precision=PREC)
-                if NORMALIZE:
-                    rq2 = tl.load(rq2_base + offs_m, mask=offs_m < M, other=0.0)
-                    s2 = s2 * rk2[:, None] * rq2[None, :]
-                e2 = tl.maximum(s2 - tau[None, :], 0.0)
-                if MASKED:
-                    e2 = tl.where(ok, e2, 0.0)
-                w = w - lam * exceed_pow(e2, P, p_val)
-                de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
-                if NORMALIZE:
-                    de2 = de2 * rq2[None, :]
-                dk2 += tl.dot(de2.to(q2.dtype), q2, input_precision=PREC)
-            dv += tl.dot(w.to(do.dtype), do, input_precision=PREC)
+            dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
+                                      rq2_base, offs_m, offs_n, diag, M, p_val, MASKED, TWO_VIEWS, P, PREC,
+                                      NORMALIZE)
+    return dk1, dk2, dv
+
+
+@triton.jit
+def _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
+                 s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                 scratch, start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
+                 TWO_VIEWS: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
+                 R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
+                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, CHUNK: tl.constexpr):
+    """The unmasked query blocks lo, lo + BLOCK_M, ... < hi through a list: the live ones are first
+    compacted into this program's scratch row (flags read CHUNK blocks per load), then visited with no
+    test in the loop, so an empty block costs no serial flag load and the loop's loads can be pipelined."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    cnt = live_list(flag_base, scratch, lo, (hi - lo + BLOCK_M - 1) // BLOCK_M, start_n, n_mt, n_nt, BLOCK_M,
+                    MT, NT, R, C, True, CHUNK)
+    for t in range(0, cnt):
+        start_m = tl.multiple_of(tl.load(scratch + t), BLOCK_M)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
+                                           offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                           TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
+        dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
+                                  rq2_base, offs_m, offs_n, diag, M, p_val, False, TWO_VIEWS, P, PREC,
+                                  NORMALIZE)
+    tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return dk1, dk2, dv
 
 
 @triton.jit
 def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+                  SCR,
                   s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                   s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -138,9 +178,11 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                   HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                   C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
+                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
     """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
-    kv head (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous."""
+    kv head (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous.
+    LISTS: the unmasked query blocks go through _dkdv_listed, with this program's scratch row in SCR
+    (int32, cdiv(M, BLOCK_M) entries per (kv head, key block), rows in program order)."""
     b = (bhk // Hk).to(tl.int64)
     hk = (bhk % Hk).to(tl.int64)
     H = Hk * G
@@ -200,12 +242,21 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
-        dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
-                                   BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
-                                   s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                   start_n, mid, M, diag, M, n_mt, n_nt, p_val,
-                                   False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+        if LISTS:
+            scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * tl.cdiv(M, BLOCK_M)
+            dk1, dk2, dv = _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
+                                        BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
+                                        s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                        scratch, start_n, mid, M, diag, M, n_mt, n_nt, p_val,
+                                        TWO_VIEWS, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                                        MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64, CHUNK)
+        else:
+            dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
+                                       BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
+                                       s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                       start_n, mid, M, diag, M, n_mt, n_nt, p_val,
+                                       False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                                       MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
     # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
     # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
     o = (b * Hk + hk) * N
@@ -223,6 +274,46 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
 
 
 @triton.jit
+def _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v, rk1_base, rk2_base, offs_m,
+             offs_n, diag, N, p_val, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr,
+             P: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr):
+    """One live (query block, key block) pair's share of dq1, dq2 and the rows' dtau / dlam."""
+    s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+    if NORMALIZE:
+        rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
+        s1 = s1 * rq1[:, None] * rk1[None, :]
+    e1 = tl.maximum(s1 - tau[:, None], 0.0)
+    if MASKED:
+        ok = offs_n[None, :] < N
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        e1 = tl.where(ok, e1, 0.0)
+    dda = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = dda * exceed_dpow(e1, P, p_val)
+    if NORMALIZE:
+        dq1 += tl.dot((ds * rk1[None, :]).to(k1.dtype), k1, input_precision=PREC)
+    else:
+        dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=PREC)
+    if TWO_VIEWS:
+        s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
+        if NORMALIZE:
+            rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
+            s2 = s2 * rq2[:, None] * rk2[None, :]
+        e2 = tl.maximum(s2 - tau[:, None], 0.0)
+        if MASKED:
+            e2 = tl.where(ok, e2, 0.0)
+        de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
+        if NORMALIZE:
+            dq2 += tl.dot((de2 * rk2[None, :]).to(k2.dtype), k2, input_precision=PREC)
+        else:
+            dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
+        dlam -= tl.sum(exceed_pow(e2, P, p_val) * dda, 1)
+        ds = ds + de2
+    dtau -= tl.sum(ds, 1)
+    return dq1, dq2, dtau, dlam
+
+
+@triton.jit
 def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
               rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
               start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
@@ -230,6 +321,7 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
               PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+    """Key blocks lo, lo + BLOCK_N, ... < hi, each tested against the survivor flags."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -240,44 +332,37 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
             if not PREFETCH:
                 k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                            s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
-            s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
-            if NORMALIZE:
-                rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
-                s1 = s1 * rq1[:, None] * rk1[None, :]
-            e1 = tl.maximum(s1 - tau[:, None], 0.0)
-            if MASKED:
-                ok = offs_n[None, :] < N
-                if CAUSAL:
-                    ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
-                e1 = tl.where(ok, e1, 0.0)
-            dda = tl.dot(do, tl.trans(v), input_precision=PREC)
-            ds = dda * exceed_dpow(e1, P, p_val)
-            if NORMALIZE:
-                dq1 += tl.dot((ds * rk1[None, :]).to(k1.dtype), k1, input_precision=PREC)
-            else:
-                dq1 += tl.dot(ds.to(k1.dtype), k1, input_precision=PREC)
-            if TWO_VIEWS:
-                s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
-                if NORMALIZE:
-                    rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
-                    s2 = s2 * rq2[:, None] * rk2[None, :]
-                e2 = tl.maximum(s2 - tau[:, None], 0.0)
-                if MASKED:
-                    e2 = tl.where(ok, e2, 0.0)
-                de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
-                if NORMALIZE:
-                    dq2 += tl.dot((de2 * rk2[None, :]).to(k2.dtype), k2, input_precision=PREC)
-                else:
-                    dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
-                dlam -= tl.sum(exceed_pow(e2, P, p_val) * dda, 1)
-                ds = ds + de2
-            dtau -= tl.sum(ds, 1)
+            dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
+                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, MASKED,
+                                            TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
+    return dq1, dq2, dtau, dlam
+
+
+@triton.jit
+def _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
+               rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+               scratch, start_m, offs_m, hi, diag, N, n_mt, n_nt, p_val,
+               TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+               NORMALIZE: tl.constexpr, CHUNK: tl.constexpr):
+    """The unmasked key blocks 0, BLOCK_N, ... < hi through a list (see _dkdv_listed)."""
+    cnt = live_list(flag_base, scratch, 0, hi // BLOCK_N, start_m, n_mt, n_nt, BLOCK_N, MT, NT, R, C, False,
+                    CHUNK)
+    for t in range(0, cnt):
+        start_n = tl.multiple_of(tl.load(scratch + t), BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
+                                   s_vn, s_vd, False, TWO_VIEWS, HEAD_D, HEAD_DV)
+        dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
+                                        rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, False,
+                                        TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
     return dq1, dq2, dtau, dlam
 
 
 @triton.jit
 def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
-                DQ1, DQ2, DTAU, DLAM,
+                DQ1, DQ2, DTAU, DLAM, SCR, scr_q,
                 s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                 s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                 s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -286,10 +371,13 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                 HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                 C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr):
+                HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
+                CHUNK: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
     and per row dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch.
-    SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i)."""
+    SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i).
+    LISTS: the unmasked key blocks go through _dq_listed, with this program's scratch row at SCR + scr_q
+    (int32, cdiv(N, BLOCK_N) entries per (head, query block))."""
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     hk = h // G
@@ -339,12 +427,21 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     dq2 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     dtau = tl.zeros([BLOCK_M], dtype=tl.float32)
     dlam = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
-                                     k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
-                                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                                     start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
-                                     False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+    if LISTS:
+        scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(M, BLOCK_M) + pid_m) * tl.cdiv(N, BLOCK_N)
+        dq1, dq2, dtau, dlam = _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
+                                          k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
+                                          s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+                                          scratch, start_m, offs_m, lo, diag, N, n_mt, n_nt, p_val,
+                                          TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
+                                          MT, NT, R, C, PREC, NORMALIZE, CHUNK)
+    else:
+        dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
+                                         k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
+                                         s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+                                         start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
+                                         False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
+                                         MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
     dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                      k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
@@ -372,7 +469,7 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
 
 # sizes that vary per call are not specialised on (see fwd.py)
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "Hk", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
                         s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                         s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                         s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -381,28 +478,32 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                         C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
+                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr,
+                        CHUNK: tl.constexpr):
     """One program per (key block, batch * kv head): see _dkdv_program."""
     _dkdv_program(tl.program_id(0), tl.program_id(1),
-                  Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, s_q1b,
-                  s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d, s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h,
-                  s_k2n, s_k2d, s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod, s_beta, s_scale, s_lam,
-                  Hk, G, M, N, n_mt, n_nt, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                  MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+                  Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
+                  s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                  s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                  s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                  s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
+                  TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
+                  PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK)
 
 
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
+                               "scr_q"])
 def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                      s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                      SCR, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, scr_q,
                       TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                       C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                       HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                      HEAVY_FIRST: tl.constexpr):
+                      HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
     """One program per (query block, batch * head): see _dq_program. HEAVY_FIRST: the query blocks in
     reverse order (causal: the last ones see the most keys, so the grid's tail is the light ones)."""
     if HEAVY_FIRST:
@@ -411,27 +512,29 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
         pid_m = tl.program_id(0)
     _dq_program(pid_m, tl.program_id(1), tl.num_programs(1),
                 Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d, s_k1b, s_k1h, s_k1n, s_k1d, s_k2b,
-                s_k2h, s_k2n, s_k2d, s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod, s_beta, s_scale,
-                s_lam, H, G, M, N, n_mt, n_nt, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
-                HEAD_DV, MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU)
+                SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
+                s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
+                s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
+                PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK)
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
-                               "n_kb", "n_kv", "n_qb"])
+                               "n_kb", "n_kv", "n_qb", "scr_q"])
 def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
-                   DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM,
+                   DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM, SCR,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb, scr_q,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
                    Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
                    PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
     """The whole backward in one launch (one launch less of host work than the two kernels above, and no
     idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
     key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
@@ -443,13 +546,13 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
     Hk = H // G
     if pid < n_kv:
         _dkdv_program(pid % n_kb, pid // n_kb,
-                      Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
+                      Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                       s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                       TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK)
     else:
         pq = pid - n_kv
         if HEAVY_FIRST:
@@ -458,9 +561,9 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
             pid_m = pq % n_qb
         _dq_program(pid_m, pq // n_qb, (n_kv // n_kb) * G,
                     Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                    SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                     s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                     s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                     TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU)
+                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK)

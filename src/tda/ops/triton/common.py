@@ -107,3 +107,33 @@ def inv_norm_rows(x, EPS2: tl.constexpr, ACC: tl.constexpr):
     xf = x.to(ACC)
     ss = tl.sum(xf * xf, 1)
     return tl.rsqrt(ss + tl.full(ss.shape, EPS2, ACC))
+
+
+@triton.jit
+def live_list(flag_base, scratch, base, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr,
+              MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
+              CHUNK: tl.constexpr):
+    """Writes to scratch[0 : count] the start offsets base + i * STEP (i < n_cand, in order) of the blocks
+    whose pair with the block starting at `fixed` holds a survivor (pair_alive's test, CHUNK blocks per
+    vector load of the flags), and returns count. ALONG_M: the candidates are query blocks and `fixed` a key
+    block's start; else the candidates are key blocks and `fixed` a query block's start."""
+    k = tl.arange(0, R * C)
+    kr = (k // C)[None, :]
+    kc = (k % C)[None, :]
+    cnt = tl.sum(tl.zeros([CHUNK], dtype=tl.int32), 0)
+    for c0 in range(0, n_cand, CHUNK):
+        i = c0 + tl.arange(0, CHUNK)
+        start = base + i * STEP
+        if ALONG_M:
+            rows = (start // MT)[:, None] + kr
+            cols = fixed // NT + kc
+        else:
+            rows = fixed // MT + kr
+            cols = (start // NT)[:, None] + kc
+        ok = (i < n_cand)[:, None] & (rows < n_mt) & (cols < n_nt)
+        alive = tl.max(tl.load(flag_base + rows * n_nt + cols, mask=ok, other=0).to(tl.int32), 1) > 0
+        a = alive.to(tl.int32)
+        tl.store(scratch + cnt + tl.cumsum(a, 0) - 1, start, mask=alive)
+        cnt += tl.sum(a, 0)
+    tl.debug_barrier()  # the list is complete before any thread reads it
+    return cnt

@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 # other upper-case parameter is a tensor in the input dtype
 _FP32_PTRS = {"BETA", "SCALE", "LAM", "RQ1", "RQ2", "RK1", "RK2", "R", "DTAU", "DLAM"}
 _UNALIGNED = {"s_beta", "s_scale", "s_lam"}
-_INTS = {"H", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers
+_INTS = {"H", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the backward's int32 scratch)
 
 
 def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str = "bf16", arch: int = 90):
@@ -38,7 +38,8 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
         if n in consts:
             sig[n] = "constexpr"
         elif n[:1].isupper() and n not in _INTS:
-            sig[n] = "*i8" if n == "FLAGS" else ("*fp32" if n in _FP32_PTRS else "*" + dtype)
+            sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n == "SCR"
+                      else "*fp32" if n in _FP32_PTRS else "*" + dtype)
         elif n == "p_val":
             sig[n] = "fp32"
         elif n.startswith("s_") and n.endswith("d") and n not in _UNALIGNED:
@@ -102,7 +103,7 @@ def table_variants(full: bool = True):
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
-                     PREFETCH=False)
+                     PREFETCH=False, LISTS=bool(tk.LISTS), CHUNK=tk.LIST_CHUNK)
             if name == "dq":
                 c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
             out.append((f"{name}-{tag}", kern, c, w, s))
@@ -110,5 +111,6 @@ def table_variants(full: bool = True):
         out.append((f"bwd-{tag}", tda_bwd_kernel,
                     dict(common, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // FM, 1), KV_C=max(KBN // FN, 1),
                          Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
-                         NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True), w, s))
+                         NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True, LISTS=bool(tk.LISTS),
+                         CHUNK=tk.LIST_CHUNK), w, s))
     return out
