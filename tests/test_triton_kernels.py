@@ -27,11 +27,11 @@ TOL = 1e-4 if ON_GPU else 1e-10
 def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
-        1, False, True, True, True, True, 64)
+        1, False, True, True, True, None, 64)
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
-        1, False, True, True, True, True, 64)
+        1, False, True, True, True, None, 64)
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -368,9 +368,15 @@ def test_config_table(monkeypatch):
         monkeypatch.setattr(tk, "BY_LENGTH", False)
         assert tk._configs(D, torch.bfloat16, True, 1024) == long
         monkeypatch.setattr(tk, "BY_LENGTH", True)
+    # live-block lists in the backward: d = 128 always, d = 64 beyond 4K keys only
+    assert [tk._configs(64, torch.bfloat16, True, n)["lists"] for n in (1024, 4096, 4097, None)] == [
+        False, False, True, True]
+    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] for n in (1024, 4096, None))
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)
+    tk.set_config(lists=False)
+    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] is False
 
 
 def test_bad_input_raises():

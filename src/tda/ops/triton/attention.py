@@ -63,8 +63,8 @@ HEAVY_FIRST = True
 # LISTS: each backward program first compacts the live blocks of its unmasked stage (from the survivor
 # flags, LIST_CHUNK per vector load) into its row of an int32 scratch buffer, then loops over that list with
 # no test in the loop: no serial flag load per empty block, and loads the compiler can pipeline. False: the
-# loop visits every block and tests its flag.
-LISTS = True
+# loop visits every block and tests its flag. None: per the block table (_configs' "lists").
+LISTS = None
 LIST_CHUNK = 64
 
 
@@ -83,12 +83,12 @@ BY_LENGTH = True
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
-    infer=(BM, BN, warps, stages, test)); no args resets. flags: the grain of the forward's survivor flags
+    infer=(BM, BN, warps, stages, test), lists=bool); no args resets. flags: the grain of the forward's survivor flags
     (dividing the forward block; default: per head dim in _configs, else the block itself) -- finer flags
     let the backward skip more of its smaller blocks. infer: the forward with no backward to follow; test
     False runs it without any survivor test (the PV product on every visited pair)."""
     _OVERRIDE.clear()
-    _OVERRIDE.update({k: tuple(v) for k, v in kw.items() if v is not None})
+    _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
 
 
@@ -120,7 +120,9 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:
-        cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
+        # lists: at d = 64 only beyond 4K keys (dense short rows ran slower with them; docs/benchmarks.md)
+        cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64),
+               "lists": n > 4096}
         if n <= 1024:
             cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), dq=(64, 32, 4, 2))
         if n <= 2048:
@@ -135,6 +137,7 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
             cfg.pop("flags", None)
     cfg.update(_OVERRIDE)
     cfg.setdefault("infer", (*cfg["fwd"], True))
+    cfg.setdefault("lists", True)
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
     if BM % FM or BN % FN:
@@ -292,7 +295,7 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
                     HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
         (KBM, KBN, warps, stages), (QBM, QBN, q_warps, q_stages) = cfg["dkdv"], cfg["dq"]
         n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
-        lists = bool(LISTS)
+        lists = bool(cfg["lists"] if LISTS is None else LISTS)
         # scratch rows for the lists: one per dK/dV program (cdiv(M, KBM) entries), then one per dQ program
         # (cdiv(N, QBN) entries); O(N^2 / block^2) int32, like the flags
         scr_q = B * Hk * n_kb * _cdiv(M, KBM)
