@@ -245,9 +245,13 @@ def main():
         try:
             compile_check(gen)
             print("compile check (fullgraph, aot_eager): ok")
+            if log:
+                log.write("compile check (fullgraph, aot_eager): ok\n")
         except Exception as e:  # noqa: BLE001
             fails.append((-1, "compile", None, str(e)[:300], None))
             print(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}")
+            if log:
+                log.write(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}\n")
     dt_s = time.time() - t0
     direct = sum(k.direct_launches for k in (tk._inv_norm, tk._fwd, tk._dkdv, tk._dq, tk._bwd))
     summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures, {dt_s:.0f}s, "

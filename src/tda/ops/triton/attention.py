@@ -12,7 +12,7 @@ through a plain autograd.Function; under torch.compile through the torch custom 
 `tda::threshold_attention_fwd` / `_bwd` (opaque: no graph break), with tau (H, M) formed in torch.
 
 Forward: tda_fwd_kernel (fwd.py) also records, per (query block, key block), whether any exceedance
-survived; the backward kernels (bwd.py) skip the empty pairs. A call that needs no gradient (no_grad, or no
+survived; the backward (bwd.py; one launch, dK/dV and dQ programs in one grid) skips the empty pairs. A call that needs no gradient (no_grad, or no
 input requiring grad) takes the inference forward instead: no autograd node, no flags, no stored norms.
 Block configs depend on the head dim and the key length (_configs; BY_LENGTH = False: the long-key ones).
 """

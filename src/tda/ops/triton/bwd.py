@@ -1,4 +1,5 @@
-"""Backward kernels (Triton fused-attention tutorial split: one produces dK/dV, one dQ).
+"""Backward kernels (Triton fused-attention tutorial split: dK/dV programs and dQ programs), launched as one
+grid (tda_bwd_kernel) or as two kernels (tda_bwd_dkdv_kernel, tda_bwd_dq_kernel).
 
 With dDa_ij = dO_i . v_j and e_ij = (s_ij - tau_i)_+ :
     dv_j   = sum_i Da_ij dO_i                       Da = a1 - lam a2
@@ -6,7 +7,10 @@ With dDa_ij = dO_i . v_j and e_ij = (s_ij - tau_i)_+ :
     dq_t   = de_t @ k_t        dk_t = de_t^T @ q_t  (ds = de: s enters e with slope one)
     dtau_i = -sum_j (de1 + de2)_ij                 dlam = -sum_ij a2_ij dDa_ij
 No softmax statistics are needed: every weight is recomputed from the scores alone. Pairs of blocks
-that the forward's survivor flags mark empty are skipped outright (no loads, no products).
+that the forward's survivor flags mark empty are skipped outright (no loads, no products): in the masked
+(diagonal) stage by a flag test per block, in the unmasked stage either the same way or (LISTS) through a
+list of the live blocks that the program compacts from the flags first (common.live_list), so that its
+loop carries no test, its loads are software-pipelined and an empty block costs no serial flag load.
 
 NORMALIZE (fused cosine normalisation, see fwd.py): s_ij = (q_i . k_j) rq_i rk_j with q^_i = rq_i q_i,
 rq_i = (|q_i|^2 + eps^2)^(-1/2). The loops accumulate the gradients of the unit vectors,
