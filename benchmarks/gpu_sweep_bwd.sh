@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call (KERNELS=both: only the joint candidates): the backward block sweep (benchmarks/sweep_bwd.py) at the 1K, 4K (random and planted)
-# and 16K benchmark rows, after compiling every candidate in parallel. Output under $OUT.
-#     run(command="bash benchmarks/gpu_sweep_bwd.sh", timeout_s=300)
+# One device call: the backward block sweep (benchmarks/sweep_bwd.py) at the 1K, 4K (random and planted)
+# and 16K benchmark rows, after compiling every candidate in parallel. Output under $OUT. KERNELS picks the
+# candidate lists: e.g. KERNELS=lists (d = 64: which programs use the live-block lists, with which blocks).
+#     run(command="KERNELS=lists bash benchmarks/gpu_sweep_bwd.sh", timeout_s=300)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"

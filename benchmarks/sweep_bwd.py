@@ -18,15 +18,24 @@ import bench_attention as ba
 
 # per head dim: candidate blocks per kernel; "both" sets dK/dV and dQ together (same warps and stages, so
 # the one-launch backward runs them); the rest change one kernel (the two-launch backward where the warps or
-# stages then differ from the other kernel's)
+# stages then differ from the other kernel's). num_stages 1-3 compile to the same backward code where its
+# loops test flags (docs/benchmarks.md), so stages are not swept.
 CANDS = {64: {"dkdv": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)],
               "dq": [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)],
-              "both": [((64, 64, 4, 2), (64, 64, 4, 2)), ((64, 64, 4, 3), (64, 64, 4, 3)), ((64, 64, 4, 1), (64, 64, 4, 1)),
-                       ((64, 64, 4, 3), (64, 32, 4, 3)), ((128, 64, 8, 2), (64, 128, 8, 2))]},
+              "both": [((64, 64, 4, 2), (64, 64, 4, 2)), ((64, 64, 4, 2), (64, 32, 4, 2)),
+                       ((128, 64, 8, 2), (64, 128, 8, 2))]},
          128: {"dkdv": [(64, 32, 4, 2), (64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2)],
                "dq": [(64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2)],
-               "both": [((64, 32, 4, 2), (64, 32, 4, 2)), ((64, 32, 4, 3), (64, 32, 4, 3)), ((64, 32, 4, 1), (64, 32, 4, 1)),
-                        ((64, 64, 8, 2), (64, 64, 8, 2))]}}
+               "both": [((64, 32, 4, 2), (64, 32, 4, 2)), ((64, 64, 8, 2), (64, 64, 8, 2))]}}
+# "lists": (dK/dV block, dQ block, (lists for dK/dV, lists for dQ)): which programs loop over live-block
+# lists at d = 64, where lists on both were slower up to 4K keys (docs/benchmarks.md)
+CANDS[64]["lists"] = [((64, 64, 4, 2), (64, 64, 4, 2), (False, False)),
+                      ((64, 64, 4, 2), (64, 64, 4, 2), (True, True)),
+                      ((64, 64, 4, 2), (64, 64, 4, 2), (False, True)),
+                      ((64, 64, 4, 2), (64, 64, 4, 2), (True, False)),
+                      ((64, 32, 4, 2), (64, 64, 4, 2), (True, True)),
+                      ((64, 32, 4, 2), (64, 32, 4, 2), (True, True)),
+                      ((64, 32, 4, 2), (64, 64, 4, 2), (False, True))]
 
 
 def spills(D, N, kernel, block):
@@ -65,10 +74,12 @@ def main():
         base = tk._configs(D, q1.dtype, True, N)
         _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, base, True)
         MT, NT = base["flags"]
-        jobs = [(k, c) for k in args.kernels.split(",") for c in CANDS[D][k]][i::n]
+        jobs = [(k, c) for k in args.kernels.split(",") for c in CANDS[D].get(k, [])][i::n]
         for kernel, block in jobs:
             if kernel == "both":
                 cfg = dict(base, dkdv=block[0], dq=block[1])
+            elif kernel == "lists":
+                cfg = dict(base, dkdv=block[0], dq=block[1], lists=block[2])
             else:
                 cfg = dict(base, **{kernel: block})
             try:
@@ -81,6 +92,10 @@ def main():
                 t = triton.testing.do_bench(f_bwd, warmup=20, rep=80, return_mode="median")
             except Exception as e:  # noqa: BLE001 (out of resources: report, go on)
                 print(f"  d={D} {kernel} {block}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            if kernel == "lists":
+                print(f"  d={D} dkdv {block[0]} + dq {block[1]}, lists (dkdv, dq) {block[2]}: bwd {t:.3f} ms",
+                      flush=True)
                 continue
             if kernel == "both":
                 mark = " (one launch)" if block[0][2:] == block[1][2:] else ""

@@ -212,6 +212,11 @@ def test_merged_backward_equals_two_launches(two_views, cfg):
                     (True, True, True, 2), (False, False, True, 1)):
         tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = variant
         res[variant] = _run("triton", inputs, lambda out: dout, position_offset=8)
+    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = True, True, None, 64
+    for pair in ((True, False), (False, True)):  # lists for one kind of program only (per the block table)
+        tk.set_config(**cfg, lists=pair)
+        res[pair] = _run("triton", inputs, lambda out: dout, position_offset=8)
+    tk.set_config(**cfg)
     base = res[True, True, True, 64]
     for key, (out, grads) in res.items():
         assert torch.equal(out, base[0]), key
@@ -370,13 +375,15 @@ def test_config_table(monkeypatch):
         monkeypatch.setattr(tk, "BY_LENGTH", True)
     # live-block lists in the backward: d = 128 always, d = 64 beyond 4K keys only
     assert [tk._configs(64, torch.bfloat16, True, n)["lists"] for n in (1024, 4096, 4097, None)] == [
-        False, False, True, True]
-    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] for n in (1024, 4096, None))
+        (False, False), (False, False), (True, True), (True, True)]
+    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)
     tk.set_config(lists=False)
-    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] is False
+    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] == (False, False)
+    tk.set_config(lists=(False, True))
+    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] == (False, True)
 
 
 def test_bad_input_raises():

@@ -12,8 +12,9 @@ through a plain autograd.Function; under torch.compile through the torch custom 
 `tda::threshold_attention_fwd` / `_bwd` (opaque: no graph break), with tau (H, M) formed in torch.
 
 Forward: tda_fwd_kernel (fwd.py) also records, per (query block, key block), whether any exceedance
-survived; the backward (bwd.py; one launch, dK/dV and dQ programs in one grid) skips the empty pairs. A call that needs no gradient (no_grad, or no
-input requiring grad) takes the inference forward instead: no autograd node, no flags, no stored norms.
+survived; the backward (bwd.py; one launch, dK/dV and dQ programs in one grid) skips the empty pairs.
+A call that needs no gradient (no_grad, or no input requiring grad) takes the inference forward instead:
+no autograd node, no flags, no stored norms.
 Block configs depend on the head dim and the key length (_configs; BY_LENGTH = False: the long-key ones).
 """
 
@@ -63,7 +64,8 @@ HEAVY_FIRST = True
 # LISTS: each backward program first compacts the live blocks of its unmasked stage (from the survivor
 # flags, LIST_CHUNK per vector load) into its row of an int32 scratch buffer, then loops over that list with
 # no test in the loop: no serial flag load per empty block, and loads the compiler can pipeline. False: the
-# loop visits every block and tests its flag. None: per the block table (_configs' "lists").
+# loop visits every block and tests its flag. None: per the block table (_configs' "lists", a pair: for the
+# dK/dV programs, for the dQ programs).
 LISTS = None
 LIST_CHUNK = 64
 
@@ -83,10 +85,11 @@ BY_LENGTH = True
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
-    infer=(BM, BN, warps, stages, test), lists=bool); no args resets. flags: the grain of the forward's survivor flags
-    (dividing the forward block; default: per head dim in _configs, else the block itself) -- finer flags
-    let the backward skip more of its smaller blocks. infer: the forward with no backward to follow; test
-    False runs it without any survivor test (the PV product on every visited pair)."""
+    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq)); no args resets. flags: the grain of the
+    forward's survivor flags (dividing the forward block; default: per head dim in _configs, else the block
+    itself) -- finer flags let the backward skip more of its smaller blocks. infer: the forward with no
+    backward to follow; test False runs it without any survivor test (the PV product on every visited pair).
+    lists: whether the dK/dV and the dQ programs loop over compacted live-block lists (LISTS)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -122,7 +125,7 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     elif D <= 64:
         # lists: at d = 64 only beyond 4K keys (dense short rows ran slower with them; docs/benchmarks.md)
         cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64),
-               "lists": n > 4096}
+               "lists": (n > 4096, n > 4096)}
         if n <= 1024:
             cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), dq=(64, 32, 4, 2))
         if n <= 2048:
@@ -137,7 +140,9 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
             cfg.pop("flags", None)
     cfg.update(_OVERRIDE)
     cfg.setdefault("infer", (*cfg["fwd"], True))
-    cfg.setdefault("lists", True)
+    lists = cfg.setdefault("lists", (True, True))
+    if isinstance(lists, bool):  # set_config(lists=True): both kinds of program
+        cfg["lists"] = (lists, lists)
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
     if BM % FM or BN % FN:
@@ -295,29 +300,30 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
                     HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
         (KBM, KBN, warps, stages), (QBM, QBN, q_warps, q_stages) = cfg["dkdv"], cfg["dq"]
         n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
-        lists = bool(cfg["lists"] if LISTS is None else LISTS)
+        kv_lists, q_lists = cfg["lists"] if LISTS is None else (bool(LISTS), bool(LISTS))
+        lists = kv_lists or q_lists
         # scratch rows for the lists: one per dK/dV program (cdiv(M, KBM) entries), then one per dQ program
         # (cdiv(N, QBN) entries); O(N^2 / block^2) int32, like the flags
         scr_q = B * Hk * n_kb * _cdiv(M, KBM)
         scr = torch.empty(scr_q + B * H * n_qb * _cdiv(N, QBN), device=q1.device, dtype=torch.int32) \
             if lists else flags
-        meta.update(LISTS=lists, CHUNK=int(LIST_CHUNK))
+        meta.update(CHUNK=int(LIST_CHUNK))
         if MERGED_BWD and (warps, stages) == (q_warps, q_stages):
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
                 n_kb, n_kb * B * Hk, n_qb, scr_q, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
                 KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
-                Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), **meta,
-                num_warps=warps, num_stages=stages)
+                Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), KV_LISTS=kv_lists,
+                Q_LISTS=q_lists, **meta, num_warps=warps, num_stages=stages)
         else:
             _dkdv[(n_kb, B * Hk)](
                 *args, dk1, dk2, dv, scr, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
-                BLOCK_M=KBM, BLOCK_N=KBN, R=max(KBM // MT, 1), C=max(KBN // NT, 1), **meta,
+                BLOCK_M=KBM, BLOCK_N=KBN, R=max(KBM // MT, 1), C=max(KBN // NT, 1), LISTS=kv_lists, **meta,
                 num_warps=warps, num_stages=stages)
             _dq[(n_qb, B * H)](
                 *args, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p), scr_q,
                 BLOCK_M=QBM, BLOCK_N=QBN, R=max(QBM // MT, 1), C=max(QBN // NT, 1), SCALE_DTAU=has_beta,
-                HEAVY_FIRST=bool(HEAVY_FIRST), **meta, num_warps=q_warps, num_stages=q_stages)
+                HEAVY_FIRST=bool(HEAVY_FIRST), LISTS=q_lists, **meta, num_warps=q_warps, num_stages=q_stages)
     return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g
 
 

@@ -538,14 +538,14 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
                    PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr, KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr):
     """The whole backward in one launch (one launch less of host work than the two kernels above, and no
     idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
     key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
     The two halves share nothing, so they may run in any order; both need the same warps and stages.
     Causal work per program falls with the key block (dK/dV) and grows with the query block (dQ), so the
     dK/dV half runs key blocks in order and, with HEAVY_FIRST, the dQ half query blocks in reverse: the
-    grid ends on the lightest programs."""
+    grid ends on the lightest programs. KV_LISTS / Q_LISTS: LISTS of the dK/dV / dQ programs."""
     pid = tl.program_id(0)
     Hk = H // G
     if pid < n_kv:
@@ -556,7 +556,7 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                       s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                       TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK)
+                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK)
     else:
         pq = pid - n_kv
         if HEAVY_FIRST:
@@ -570,4 +570,4 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                     s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                     TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK)
+                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK)
