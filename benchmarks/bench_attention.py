@@ -68,7 +68,7 @@ def prepare(q1, k1, q2, k2, v, beta, lam):
 
 def kernel_times(prep, dout):
     """Kernel-only medians (ms): the forward launches (inverse-norm pre-pass + forward kernel, fused
-    normalisation), and both backward launches, on prepared inputs."""
+    normalisation), and the backward (one launch by default: attention.MERGED_BWD), on prepared inputs."""
     D = prep[0].shape[-1]
     cfg = tk._configs(D, prep[0].dtype, True, prep[1].shape[2])
     MT, NT = cfg["flags"]
@@ -261,7 +261,7 @@ def main():
            "epilogues); TDA times include the PyTorch work around the kernels (argument checks, allocations, autograd). "
            "Ratios are TDA / SDPA-flash (lower is better; target fwd+bwd <= 1.0, "
            "fwd <= 0.8 at N >= 8K). 'kernels only': the Triton launches alone (inverse-norm pre-pass and "
-           "forward; dK/dV and dQ) on raw q/k with tau prepared, i.e. without the PyTorch work around them "
+           "forward; the backward) on raw q/k with tau prepared, i.e. without the PyTorch work around them "
            "(argument checks, allocations, autograd); 'inference' is the forward a no_grad call launches (no flags). TFLOP/s are dense-equivalent (TDA: 3 products forward, 11 backward; "
            "SDPA: 2 and 5), causal. Memory: peak extra MiB during fwd+bwd. density: fraction of visited "
            "(query block, key block) pairs with any survivor. ref: reference op (skipped, n/a, for "

@@ -163,7 +163,7 @@ def thread_experiments(log):
         "nothing": lambda: None,
         "6 x torch.empty": lambda: [torch.empty(64, 64, device="cuda") for _ in range(6)],
         "1 small Triton launch": lambda: tk._inv_norms(xd[1], xd[3]),
-        "backward launchers (2 launches)": lambda: tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags,
+        "backward launcher (1 launch)": lambda: tk._launch_bwd(dout, *xd[:4], xd[4], beta, scale, lam, flags,
                                                                   rq, rk, 2.0, True, *cfg["flags"], cfg),
         "torch.cuda.current_device x10": lambda: [torch.cuda.current_device() for _ in range(10)],
     }
