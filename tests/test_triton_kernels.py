@@ -14,6 +14,10 @@ import tda.ops as ops
 from tda.ops import reference
 
 tk = pytest.importorskip("tda.ops.triton.attention")
+import triton  # noqa: E402 (after the interpreter switch above)
+import triton.language as tl  # noqa: E402
+
+from tda.ops.triton.common import live_list  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
@@ -533,3 +537,42 @@ def test_check_finite_false_skips_only_the_value_test():
             ops.threshold_rectified_attention(q, q, q, beta, backend=backend)
     with pytest.raises(ValueError, match="beta must be a scalar"):  # shape checks still run
         ops.threshold_rectified_attention(q, q, q, torch.ones(3, dtype=DT), backend="triton", check_finite=False)
+
+
+@triton.jit
+def _live_list_probe(FLAGS, SCR, CNT, base, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr, MT: tl.constexpr,
+                     NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
+                     CHUNK: tl.constexpr):
+    """One program: common.live_list, and its count stored."""
+    cnt = live_list(FLAGS, SCR, base, n_cand, fixed, n_mt, n_nt, STEP, MT, NT, R, C, ALONG_M, CHUNK)
+    tl.store(CNT, cnt)
+
+
+@pytest.mark.parametrize("along_m,R,C,chunk", [(True, 1, 1, 4), (True, 2, 1, 2), (False, 1, 2, 4),
+                                               (False, 2, 2, 64), (True, 1, 2, 1)])
+def test_live_list_compacts_the_live_blocks_in_order(along_m, R, C, chunk):
+    """common.live_list against a Python loop over pair_alive's definition: the same blocks, in order, and the
+    count; flags of random density, candidate ranges that start mid-way and run past the flags' edge."""
+    g = torch.Generator().manual_seed(R * 10 + C + chunk)
+    MT, NT = 8, 8
+    n_mt, n_nt = 13, 11
+    STEP = (MT * R) if along_m else (NT * C)
+    for density in (0.0, 0.15, 0.6, 1.0):
+        flags = (torch.rand(n_mt, n_nt, generator=g) < density).to(torch.int8)
+        base = STEP * 2
+        n_cand = (n_mt * MT if along_m else n_nt * NT) // STEP  # the last candidate blocks overhang the flags
+        fixed = (NT * C * 3) if along_m else (MT * R * 4)
+        scr = torch.full((n_cand + 1,), -1, dtype=torch.int32)
+        cnt = torch.zeros(1, dtype=torch.int32)
+        _live_list_probe[(1,)](flags, scr, cnt, base, n_cand, fixed, n_mt, n_nt, STEP=STEP, MT=MT, NT=NT, R=R, C=C,
+                    ALONG_M=along_m, CHUNK=chunk)
+        want = []
+        for i in range(n_cand):
+            start = base + i * STEP
+            r0, c0 = (start // MT, fixed // NT) if along_m else (fixed // MT, start // NT)
+            cells = [flags[r, c].item() for r in range(r0, r0 + R) for c in range(c0, c0 + C)
+                     if r < n_mt and c < n_nt]
+            if any(cells):
+                want.append(start)
+        assert cnt.item() == len(want), (density, cnt.item(), len(want))
+        assert scr[:len(want)].tolist() == want, density
