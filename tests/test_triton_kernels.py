@@ -576,3 +576,26 @@ def test_live_list_compacts_the_live_blocks_in_order(along_m, R, C, chunk):
                 want.append(start)
         assert cnt.item() == len(want), (density, cnt.item(), len(want))
         assert scr[:len(want)].tolist() == want, density
+
+
+@pytest.mark.parametrize("two_views,merged", [(True, True), (True, False), (False, False)])
+def test_batch_times_heads_past_the_grid_cap(monkeypatch, two_views, merged):
+    """batch * heads beyond the grid's second-axis cap (MAX_GRID_Y, 65535 on CUDA; lowered here): the forward
+    (and the two-launch backward) run per batch slice, with the same output and gradients as one launch, GQA
+    included; a head count past the cap is a clear error."""
+    torch.manual_seed(5)
+    inputs = _make(5, 4, 2, 23, 23, 16, 16, two_views)
+    dout = torch.randn(5, 4, 23, 16, dtype=DT, device=DEV)
+    tk.MERGED_BWD = merged
+    whole = _run("triton", inputs, lambda out: dout)
+    monkeypatch.setattr(tk, "MAX_GRID_Y", 9)  # 2 batch entries of 4 heads per launch: slices 2, 2, 1
+    sliced = _run("triton", inputs, lambda out: dout)
+    assert torch.equal(whole[0], sliced[0])
+    for name in inputs:
+        assert torch.equal(whole[1][name], sliced[1][name]), name
+    with torch.no_grad():  # the inference forward too
+        fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+        assert torch.equal(fn(**inputs, backend="triton"), whole[0])
+    monkeypatch.setattr(tk, "MAX_GRID_Y", 3)
+    with pytest.raises(ValueError, match="at most 3 heads"):
+        _run("triton", inputs, lambda out: dout)

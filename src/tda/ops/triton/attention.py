@@ -253,18 +253,41 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     if empty:
         return out, flags, rq, rk
     BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
-    RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
-    _fwd[(_cdiv(M, BM), B * H)](
-        q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
-        flags if for_bwd else out, RQ1, RQ2, RK1, RK2,
-        *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
-        s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
-        TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-        PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
-        HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-        SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), num_warps=warps,
-        num_stages=stages)
+
+    def launch(q1, k1, q2, k2, v, out, flags, rq, rk):
+        RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
+        _fwd[(_cdiv(M, BM), q1.shape[0] * H)](
+            q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
+            flags if for_bwd else out, RQ1, RQ2, RK1, RK2,
+            *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
+            s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
+            TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+            PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
+            HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
+            SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST),
+            num_warps=warps, num_stages=stages)
+
+    if B * H <= MAX_GRID_Y:
+        launch(q1, k1, q2, k2, v, out, flags, rq, rk)
+    else:  # the grid's second axis (batch * heads) is capped: one launch per slice of the batch
+        for sl, fl in _batch_slices(B, H):
+            launch(q1[sl], k1[sl], q2[sl] if two else None, k2[sl] if two else None, v[sl], out[sl],
+                   flags[fl] if for_bwd else None, rq[:, sl] if rq is not None else None,
+                   rk[:, sl] if rk is not None else None)
     return out, flags, rq, rk
+
+
+# CUDA caps a grid's second and third axes at 65535 programs; the forward's (and the two-launch backward's)
+# second axis is batch * heads, so larger calls run as several launches over slices of the batch
+MAX_GRID_Y = 65535
+
+
+def _batch_slices(B: int, H: int):
+    """(batch slice, flat batch * head slice) pairs covering B in chunks of at most MAX_GRID_Y // H."""
+    bc = MAX_GRID_Y // H
+    if bc == 0:
+        raise ValueError(f"the fused kernel takes at most {MAX_GRID_Y} heads per call, got {H}")
+    return [(slice(b0, b0 + bc), slice(b0 * H, min(b0 + bc, B) * H)) for b0 in range(0, B, bc)]
 
 
 def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg, norm=None):
@@ -304,18 +327,20 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         lists = kv_lists or q_lists
         # scratch rows for the lists: one per dK/dV program (cdiv(M, KBM) entries), then one per dQ program
         # (cdiv(N, QBN) entries); O(N^2 / block^2) int32, like the flags
+        merged = MERGED_BWD and (warps, stages) == (q_warps, q_stages)
+        sliced = not merged and B * H > MAX_GRID_Y  # see MAX_GRID_Y
         scr_q = B * Hk * n_kb * _cdiv(M, KBM)
         scr = torch.empty(scr_q + B * H * n_qb * _cdiv(N, QBN), device=q1.device, dtype=torch.int32) \
-            if lists else flags
+            if lists and not sliced else flags
         meta.update(CHUNK=int(LIST_CHUNK))
-        if MERGED_BWD and (warps, stages) == (q_warps, q_stages):
+        if merged:  # one flat grid: no cap on batch * heads
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
                 n_kb, n_kb * B * Hk, n_qb, scr_q, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
                 KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
                 Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), KV_LISTS=kv_lists,
                 Q_LISTS=q_lists, **meta, num_warps=warps, num_stages=stages)
-        else:
+        elif not sliced:
             _dkdv[(n_kb, B * Hk)](
                 *args, dk1, dk2, dv, scr, *common, Hk, H // Hk, M, N, n_mt, n_nt, float(p),
                 BLOCK_M=KBM, BLOCK_N=KBN, R=max(KBM // MT, 1), C=max(KBN // NT, 1), LISTS=kv_lists, **meta,
@@ -324,6 +349,15 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
                 *args, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p), scr_q,
                 BLOCK_M=QBM, BLOCK_N=QBN, R=max(QBM // MT, 1), C=max(QBN // NT, 1), SCALE_DTAU=has_beta,
                 HEAVY_FIRST=bool(HEAVY_FIRST), LISTS=q_lists, **meta, num_warps=q_warps, num_stages=q_stages)
+        else:  # two launches past the grid cap: the backward per batch slice (its own scratch, g buffer)
+            for sl, fl in _batch_slices(B, H):
+                res = _launch_bwd(do[sl], q1[sl], k1[sl], q2[sl] if two else None, k2[sl] if two else None, v[sl],
+                                  beta, scale, lam, flags[fl], rq[:, sl] if rq is not None else None,
+                                  rk[:, sl] if rk is not None else None, p, causal, MT, NT, cfg)
+                for full, part in zip((dq1, dk1, dq2, dk2, dv), res[:5]):
+                    if part is not None:
+                        full[sl] = part
+                g[:, :, sl] = res[5]
     return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g
 
 
