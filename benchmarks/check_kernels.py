@@ -58,7 +58,7 @@ def random_config(rng):
                 kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
                 normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
-                two_launch_bwd=rng.random() < 0.25)
+                two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]))
 
 
 def grid_cap_config(two_launch_bwd):
@@ -211,7 +211,7 @@ def main():
         if i >= 0 and (2 * vi + c["causal"]) % n_shards != shard:
             continue
         n_run += 1
-        cap = tk.MAX_GRID_Y
+        cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -223,6 +223,10 @@ def main():
         tk.BY_LENGTH = not c["long_cfg"]
         # two_launch_bwd: the backward as two kernels (dK/dV, dQ) instead of the default one-launch kernel
         tk.MERGED_BWD = not c.get("two_launch_bwd", False)
+        # list_row: scratch rows shorter than the candidate blocks (several compaction rounds per program,
+        # which the check's short sequences would not reach at the default LIST_ROW), with the lists forced on
+        if c.get("list_row"):
+            tk.LIST_ROW, tk.LISTS = c["list_row"], True
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -240,6 +244,7 @@ def main():
         finally:
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
+            tk.LIST_ROW, tk.LISTS = row, lists
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

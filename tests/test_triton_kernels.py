@@ -30,12 +30,12 @@ TOL = 1e-4 if ON_GPU else 1e-10
 @pytest.fixture(autouse=True)
 def _reset_config():
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
-        1, False, True, True, True, None, 64)
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
     yield
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = (
-        1, False, True, True, True, None, 64)
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -216,7 +216,10 @@ def test_merged_backward_equals_two_launches(two_views, cfg):
                     (True, True, True, 2), (False, False, True, 1)):
         tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = variant
         res[variant] = _run("triton", inputs, lambda out: dout, position_offset=8)
-    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = True, True, None, 64
+    for row, chunk in ((2, 64), (1, 1), (3, 2)):  # scratch rows shorter than the candidates: several rounds
+        tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = True, True, True, chunk, row
+        res["row", row, chunk] = _run("triton", inputs, lambda out: dout, position_offset=8)
+    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = True, True, None, 64, 256
     for pair in ((True, False), (False, True)):  # lists for one kind of program only (per the block table)
         tk.set_config(**cfg, lists=pair)
         res[pair] = _run("triton", inputs, lambda out: dout, position_offset=8)

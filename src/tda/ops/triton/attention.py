@@ -68,6 +68,9 @@ HEAVY_FIRST = True
 # dK/dV programs, for the dQ programs).
 LISTS = None
 LIST_CHUNK = 64
+# LIST_ROW: a program's scratch row holds at most this many entries; a program with more candidate blocks
+# compacts and visits them LIST_ROW at a time, so the scratch grows as O(N) (programs x LIST_ROW), not O(N^2)
+LIST_ROW = 256
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -325,14 +328,15 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
         kv_lists, q_lists = cfg["lists"] if LISTS is None else (bool(LISTS), bool(LISTS))
         lists = kv_lists or q_lists
-        # scratch rows for the lists: one per dK/dV program (cdiv(M, KBM) entries), then one per dQ program
-        # (cdiv(N, QBN) entries); O(N^2 / block^2) int32, like the flags
         merged = MERGED_BWD and (warps, stages) == (q_warps, q_stages)
         sliced = not merged and B * H > MAX_GRID_Y  # see MAX_GRID_Y
-        scr_q = B * Hk * n_kb * _cdiv(M, KBM)
-        scr = torch.empty(scr_q + B * H * n_qb * _cdiv(N, QBN), device=q1.device, dtype=torch.int32) \
+        # scratch rows for the lists, int32: one per dK/dV program (min(LIST_ROW, cdiv(M, KBM)) entries), then
+        # one per dQ program (min(LIST_ROW, cdiv(N, QBN)) entries)
+        row = int(LIST_ROW)
+        scr_q = B * Hk * n_kb * min(row, _cdiv(M, KBM))
+        scr = torch.empty(scr_q + B * H * n_qb * min(row, _cdiv(N, QBN)), device=q1.device, dtype=torch.int32) \
             if lists and not sliced else flags
-        meta.update(CHUNK=int(LIST_CHUNK))
+        meta.update(CHUNK=int(LIST_CHUNK), LIST_ROW=row)
         if merged:  # one flat grid: no cap on batch * heads
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),

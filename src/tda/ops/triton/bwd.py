@@ -147,27 +147,30 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
 @triton.jit
 def _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                  s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                 scratch, start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
+                 scratch, row, start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
                  TWO_VIEWS: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
                  R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, CHUNK: tl.constexpr):
-    """The unmasked query blocks lo, lo + BLOCK_M, ... < hi through a list: the live ones are first
-    compacted into this program's scratch row (flags read CHUNK blocks per load), then visited with no
-    test in the loop, so an empty block costs no serial flag load and the loop's loads can be pipelined."""
+    """The unmasked query blocks lo, lo + BLOCK_M, ... < hi through lists: `row` candidates at a time, the
+    live ones are first compacted into this program's scratch row (flags read CHUNK blocks per load), then
+    visited with no test in the loop, so an empty block costs no serial flag load and the loop's loads can
+    be pipelined. The scratch row holds `row` entries, so the scratch is O(N), not O(N^2)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    cnt = live_list(flag_base, scratch, lo, (hi - lo + BLOCK_M - 1) // BLOCK_M, start_n, n_mt, n_nt, BLOCK_M,
-                    MT, NT, R, C, True, CHUNK)
-    for t in range(0, cnt):
-        start_m = tl.multiple_of(tl.load(scratch + t), BLOCK_M)
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
-                                           offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                           TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
-        dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
-                                  rq2_base, offs_m, offs_n, diag, M, p_val, False, TWO_VIEWS, P, PREC,
-                                  NORMALIZE)
-    tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
+    n_cand = (hi - lo + BLOCK_M - 1) // BLOCK_M
+    for r0 in range(0, n_cand, row):
+        cnt = live_list(flag_base, scratch, lo + r0 * BLOCK_M, tl.minimum(n_cand - r0, row), start_n, n_mt,
+                        n_nt, BLOCK_M, MT, NT, R, C, True, CHUNK)
+        for t in range(0, cnt):
+            start_m = tl.multiple_of(tl.load(scratch + t), BLOCK_M)
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
+                                               offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
+                                               TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
+            dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
+                                      rq2_base, offs_m, offs_n, diag, M, p_val, False, TWO_VIEWS, P, PREC,
+                                      NORMALIZE)
+        tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return dk1, dk2, dv
 
 
@@ -182,7 +185,8 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                   HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                   C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
+                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
+                  LIST_ROW: tl.constexpr):
     """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
     kv head (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous.
     LISTS: the unmasked query blocks go through _dkdv_listed, with this program's scratch row in SCR
@@ -247,11 +251,12 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
         if LISTS:
-            scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * tl.cdiv(M, BLOCK_M)
+            row = tl.minimum(tl.cdiv(M, BLOCK_M), LIST_ROW)
+            scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * row
             dk1, dk2, dv = _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                         BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                         s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                        scratch, start_n, mid, M, diag, M, n_mt, n_nt, p_val,
+                                        scratch, row, start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                         TWO_VIEWS, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                         MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64, CHUNK)
         else:
@@ -345,22 +350,25 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
 @triton.jit
 def _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
                rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-               scratch, start_m, offs_m, hi, diag, N, n_mt, n_nt, p_val,
+               scratch, row, start_m, offs_m, hi, diag, N, n_mt, n_nt, p_val,
                TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
                NORMALIZE: tl.constexpr, CHUNK: tl.constexpr):
-    """The unmasked key blocks 0, BLOCK_N, ... < hi through a list (see _dkdv_listed)."""
-    cnt = live_list(flag_base, scratch, 0, hi // BLOCK_N, start_m, n_mt, n_nt, BLOCK_N, MT, NT, R, C, False,
-                    CHUNK)
-    for t in range(0, cnt):
-        start_n = tl.multiple_of(tl.load(scratch + t), BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
-                                   s_vn, s_vd, False, TWO_VIEWS, HEAD_D, HEAD_DV)
-        dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
-                                        rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, False,
-                                        TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
+    """The unmasked key blocks 0, BLOCK_N, ... < hi through lists of `row` candidates (see _dkdv_listed)."""
+    n_cand = hi // BLOCK_N
+    for r0 in range(0, n_cand, row):
+        cnt = live_list(flag_base, scratch, r0 * BLOCK_N, tl.minimum(n_cand - r0, row), start_m, n_mt, n_nt,
+                        BLOCK_N, MT, NT, R, C, False, CHUNK)
+        for t in range(0, cnt):
+            start_n = tl.multiple_of(tl.load(scratch + t), BLOCK_N)
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
+                                       s_vn, s_vd, False, TWO_VIEWS, HEAD_D, HEAD_DV)
+            dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
+                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, False,
+                                            TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
+        tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return dq1, dq2, dtau, dlam
 
 
@@ -376,7 +384,7 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                 C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
-                CHUNK: tl.constexpr):
+                CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
     and per row dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch.
     SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i).
@@ -432,11 +440,12 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     dtau = tl.zeros([BLOCK_M], dtype=tl.float32)
     dlam = tl.zeros([BLOCK_M], dtype=tl.float32)
     if LISTS:
-        scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(M, BLOCK_M) + pid_m) * tl.cdiv(N, BLOCK_N)
+        row = tl.minimum(tl.cdiv(N, BLOCK_N), LIST_ROW)
+        scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(M, BLOCK_M) + pid_m) * row
         dq1, dq2, dtau, dlam = _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                           k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                           s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                                          scratch, start_m, offs_m, lo, diag, N, n_mt, n_nt, p_val,
+                                          scratch, row, start_m, offs_m, lo, diag, N, n_mt, n_nt, p_val,
                                           TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
                                           MT, NT, R, C, PREC, NORMALIZE, CHUNK)
     else:
@@ -483,7 +492,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                         C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                         HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr,
-                        CHUNK: tl.constexpr):
+                        CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """One program per (key block, batch * kv head): see _dkdv_program."""
     _dkdv_program(tl.program_id(0), tl.program_id(1),
                   Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
@@ -492,7 +501,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                   s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                   TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                  PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK)
+                  PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK, LIST_ROW)
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
@@ -507,7 +516,8 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                       C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                       HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                      HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr):
+                      HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
+                      LIST_ROW: tl.constexpr):
     """One program per (query block, batch * head): see _dq_program. HEAVY_FIRST: the query blocks in
     reverse order (causal: the last ones see the most keys, so the grid's tail is the light ones)."""
     if HEAVY_FIRST:
@@ -521,7 +531,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                 s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                 s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                 TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK)
+                PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK, LIST_ROW)
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
@@ -538,7 +548,8 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
                    PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr, KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr, KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr,
+                   LIST_ROW: tl.constexpr):
     """The whole backward in one launch (one launch less of host work than the two kernels above, and no
     idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
     key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
@@ -556,7 +567,7 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                       s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                       TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK)
+                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
     else:
         pq = pid - n_kv
         if HEAVY_FIRST:
@@ -570,4 +581,4 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                     s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                     TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK)
+                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)

@@ -103,7 +103,8 @@ def table_variants(full: bool = True):
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
-                     PREFETCH=False, LISTS=cfg["lists"][0 if name == "dkdv" else 1], CHUNK=tk.LIST_CHUNK)
+                     PREFETCH=False, LISTS=cfg["lists"][0 if name == "dkdv" else 1], CHUNK=tk.LIST_CHUNK,
+                     LIST_ROW=tk.LIST_ROW)
             if name == "dq":
                 c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
             out.append((f"{name}-{tag}", kern, c, w, s))
@@ -112,5 +113,6 @@ def table_variants(full: bool = True):
                     dict(common, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // FM, 1), KV_C=max(KBN // FN, 1),
                          Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
                          NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
-                         KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK), w, s))
+                         KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
+                         LIST_ROW=tk.LIST_ROW), w, s))
     return out
