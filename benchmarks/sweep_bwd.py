@@ -36,6 +36,12 @@ CANDS[64]["lists"] = [((64, 64, 4, 2), (64, 64, 4, 2), (False, False)),
                       ((64, 32, 4, 2), (64, 64, 4, 2), (True, True)),
                       ((64, 32, 4, 2), (64, 32, 4, 2), (True, True)),
                       ((64, 32, 4, 2), (64, 64, 4, 2), (False, True))]
+# "grain": (the forward's flags grain, dK/dV block, dQ block, lists) at d = 64: finer flags with backward blocks
+# to match, for dense rows (planted 4K), where 64 x 64 blocks hold a survivor about half the time. These time
+# the training forward too (finer flags cost it a reduction and more stores) and print fwd + bwd.
+_G = {(64, 64): [(64, 64, 4, 2)], (64, 32): [(64, 32, 4, 2), (32, 32, 4, 2)],
+      (32, 64): [(32, 64, 4, 2), (32, 32, 4, 2)], (32, 32): [(64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2)]}
+CANDS[64]["grain"] = [(g, blk, blk, lists) for g, blks in _G.items() for blk in blks for lists in (False, True)]
 
 
 def spills(D, N, kernel, block):
@@ -74,17 +80,35 @@ def main():
         base = tk._configs(D, q1.dtype, True, N)
         _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, base, True)
         MT, NT = base["flags"]
+        fwd_of = {}  # flags grain -> (training forward ms, flags, rq, rk) for the "grain" candidates
         jobs = [(k, c) for k in args.kernels.split(",") for c in CANDS[D].get(k, [])][i::n]
         for kernel, block in jobs:
             if kernel == "both":
                 cfg = dict(base, dkdv=block[0], dq=block[1])
             elif kernel == "lists":
                 cfg = dict(base, dkdv=block[0], dq=block[1], lists=block[2])
+            elif kernel == "grain":
+                if base["fwd"][0] % block[0][0] or base["fwd"][1] % block[0][1]:
+                    continue  # the grain must divide this length's forward block
+                cfg = dict(base, flags=block[0], dkdv=block[1], dq=block[2], lists=(block[3], block[3]))
             else:
                 cfg = dict(base, **{kernel: block})
             try:
+                fl, r_q, r_k, (mt, nt) = flags, rq, rk, (MT, NT)
+                if kernel == "grain":
+                    if block[0] not in fwd_of:
+                        def f_fwd():
+                            return tk._launch_fwd(*prep, 2.0, True, cfg, True)
+                        _, gfl, grq, grk = f_fwd()
+                        torch.cuda.synchronize()
+                        tf = 0.0 if args.warm_only else triton.testing.do_bench(f_fwd, warmup=20, rep=80,
+                                                                                return_mode="median")
+                        fwd_of[block[0]] = (tf, gfl, grq, grk)
+                    tf, fl, r_q, r_k = fwd_of[block[0]]
+                    mt, nt = block[0]
+
                 def f_bwd():
-                    return tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg)
+                    return tk._launch_bwd(dout, *prep, fl, r_q, r_k, 2.0, True, mt, nt, cfg)
                 f_bwd()
                 torch.cuda.synchronize()
                 if args.warm_only:
@@ -92,6 +116,10 @@ def main():
                 t = triton.testing.do_bench(f_bwd, warmup=20, rep=80, return_mode="median")
             except Exception as e:  # noqa: BLE001 (out of resources: report, go on)
                 print(f"  d={D} {kernel} {block}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            if kernel == "grain":
+                print(f"  d={D} flags {block[0]}, dkdv = dq {block[1]}, lists {block[3]}: fwd {tf:.3f} + "
+                      f"bwd {t:.3f} = {tf + t:.3f} ms", flush=True)
                 continue
             if kernel == "lists":
                 print(f"  d={D} dkdv {block[0]} + dq {block[1]}, lists (dkdv, dq) {block[2]}: bwd {t:.3f} ms",

@@ -380,10 +380,13 @@ def test_config_table(monkeypatch):
         monkeypatch.setattr(tk, "BY_LENGTH", False)
         assert tk._configs(D, torch.bfloat16, True, 1024) == long
         monkeypatch.setattr(tk, "BY_LENGTH", True)
-    # live-block lists in the backward: d = 128 always, d = 64 beyond 4K keys only
-    assert [tk._configs(64, torch.bfloat16, True, n)["lists"] for n in (1024, 4096, 4097, None)] == [
-        (False, False), (False, False), (True, True), (True, True)]
-    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
+    # live-block lists in the backward at every length of the table; d = 64 up to 4K keys: flags at 64 x 32
+    # with backward blocks to match
+    for D in (64, 128):
+        assert all(tk._configs(D, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
+    for n, grain in ((1024, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
+        cfg = tk._configs(64, torch.bfloat16, True, n)
+        assert cfg["flags"] == grain and cfg["dkdv"][:2] == cfg["dq"][:2] == grain
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)
@@ -514,16 +517,35 @@ def test_cached_tau_equals_reference():
 
 
 @pytest.mark.parametrize("scalar", [False, True])
-def test_fp32_inputs_and_beta_gradients(scalar):
+def test_fp32_inputs_and_beta_gradients(scalar, monkeypatch):
     """fp32 inputs (the kernels' fp32 tau path, dbeta formed from the in-kernel scaled dtau rows), with
-    per-head or 0-dim beta/lam, against the reference in fp32."""
+    per-head or 0-dim beta/lam, against the reference in fp32; the rows' dbeta / dlam shares are summed in
+    fp64 (their reduction to a scalar cancels heavily), and the scalars agree with the float64 reference."""
     torch.manual_seed(9)
     inputs = _make(2, 2, 1, 33, 33, 16, 16, True)
     inputs = {n: t.detach().float().requires_grad_(True) for n, t in inputs.items()}
     if scalar:
         inputs["beta"] = torch.tensor(0.7).requires_grad_(True)
         inputs["lam"] = torch.tensor(0.3).requires_grad_(True)
-    _compare(inputs, tol=2e-5, kappa=0.9, p=2.0, causal=True, position_offset=3)
+    kw = dict(kappa=0.9, p=2.0, causal=True, position_offset=3)
+    shares = []
+    launch = tk._launch_bwd
+
+    def spy(*a, **k):
+        res = launch(*a, **k)
+        shares.append(res[5])
+        return res
+    monkeypatch.setattr(tk, "_launch_bwd", spy)
+    _compare(inputs, tol=2e-5, **kw)
+    assert shares and all(g.dtype == torch.float64 for g in shares)
+    dout = torch.randn(2, 2, 33, 16, generator=torch.Generator().manual_seed(3)).to(DEV)
+    got = torch.autograd.grad(ops.threshold_differential_attention(**inputs, backend="triton", **kw),
+                              [inputs["beta"], inputs["lam"]], dout.float())
+    ref_in = {n: t.detach().double().requires_grad_(True) for n, t in inputs.items()}
+    want = torch.autograd.grad(ops.threshold_differential_attention(**ref_in, backend="reference", **kw),
+                               [ref_in["beta"], ref_in["lam"]], dout.double())
+    for a, b in zip(got, want):
+        assert ((a.double() - b).norm() / b.norm()).item() < 1e-5
 
 
 def test_check_finite_false_skips_only_the_value_test():

@@ -126,11 +126,13 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:
-        # lists: at d = 64 only beyond 4K keys (dense short rows ran slower with them; docs/benchmarks.md)
-        cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64),
-               "lists": (n > 4096, n > 4096)}
+        cfg = {"fwd": (64, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2), "flags": (64, 64)}
+        if n <= 4096:
+            # up to 4K keys: flags at 64 x 32 with backward blocks to match skip more of the denser rows
+            # (-8% fwd+bwd kernels on planted 4K, -10% random; docs/results/kernels/sweep-bwd/grain/)
+            cfg.update(flags=(64, 32), dkdv=(64, 32, 4, 2), dq=(64, 32, 4, 2))
         if n <= 1024:
-            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), dq=(64, 32, 4, 2))
+            cfg.update(fwd=(64, 32, 4, 3))
         if n <= 2048:
             cfg.update(infer=(64, 32, 4, 3, False))
     else:
@@ -310,7 +312,9 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
     dq2 = torch.empty_like(dq1) if two else dq1
     dk2 = torch.empty_like(dk1) if two else dk1
     dv = torch.empty((B, Hk, N, Dv), device=q1.device, dtype=v.dtype)
-    tdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
+    # the rows' dtau / dlam shares: fp64 for fp32 inputs, so that the heavily cancelling sums behind the scalar
+    # dbeta / dlam keep fp32's accuracy (fp32 partials alone failed the GPU check's criterion there)
+    tdt = torch.float64 if q1.dtype in (torch.float32, torch.float64) else torch.float32
     g = (torch.empty if two else torch.zeros)((2, H, B, M), device=q1.device, dtype=tdt)
     if dq1.numel() == 0 or dk1.numel() == 0:
         for t in (dq1, dk1, dq2, dk2, dv, g):

@@ -316,9 +316,9 @@ def _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v, rk
             dq2 += tl.dot((de2 * rk2[None, :]).to(k2.dtype), k2, input_precision=PREC)
         else:
             dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
-        dlam -= tl.sum(exceed_pow(e2, P, p_val) * dda, 1)
+        dlam -= tl.sum((exceed_pow(e2, P, p_val) * dda).to(dlam.dtype), 1)
         ds = ds + de2
-    dtau -= tl.sum(ds, 1)
+    dtau -= tl.sum(ds.to(dtau.dtype), 1)
     return dq1, dq2, dtau, dlam
 
 
@@ -386,7 +386,8 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
                 CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
-    and per row dtau_i and -sum_j a2_ij dDa_ij (fp32, (H, B, M)), reduced over rows/batch in torch.
+    and per row dtau_i and -sum_j a2_ij dDa_ij ((H, B, M), fp32, or fp64 where DTAU is: fp32 inputs),
+    reduced over rows/batch in torch.
     SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i).
     LISTS: the unmasked key blocks go through _dq_listed, with this program's scratch row at SCR + scr_q
     (int32, cdiv(N, BLOCK_N) entries per (head, query block))."""
@@ -437,8 +438,10 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
         hi = N
     dq1 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     dq2 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
-    dtau = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dlam = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # the rows' dtau / dlam sums in the buffers' dtype: fp64 for fp32 inputs (the launcher's choice), as
+    # their reduction to the scalar dbeta / dlam cancels heavily and fp32 row sums lose what fp32 inputs carry
+    dtau = tl.zeros([BLOCK_M], dtype=DTAU.dtype.element_ty)
+    dlam = tl.zeros([BLOCK_M], dtype=DTAU.dtype.element_ty)
     if LISTS:
         row = tl.minimum(tl.cdiv(N, BLOCK_N), LIST_ROW)
         scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(M, BLOCK_M) + pid_m) * row
