@@ -380,11 +380,12 @@ def test_config_table(monkeypatch):
         monkeypatch.setattr(tk, "BY_LENGTH", False)
         assert tk._configs(D, torch.bfloat16, True, 1024) == long
         monkeypatch.setattr(tk, "BY_LENGTH", True)
-    # live-block lists in the backward at every length of the table; d = 64 up to 4K keys: flags at 64 x 32
-    # with backward blocks to match
-    for D in (64, 128):
-        assert all(tk._configs(D, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
-    for n, grain in ((1024, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
+    # live-block lists in the backward: d = 128 always, d = 64 beyond 1K keys; d = 64 from 1K to 4K keys:
+    # flags at 64 x 32 with backward blocks to match
+    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
+    assert [tk._configs(64, torch.bfloat16, True, n)["lists"] for n in (1024, 1025, 4096, None)] == [
+        (False, False), (True, True), (True, True), (True, True)]
+    for n, grain in ((1025, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
         cfg = tk._configs(64, torch.bfloat16, True, n)
         assert cfg["flags"] == grain and cfg["dkdv"][:2] == cfg["dq"][:2] == grain
     tk.set_config(fwd=(64, 64, 4, 2))

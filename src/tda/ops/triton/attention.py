@@ -132,7 +132,8 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
             # (-8% fwd+bwd kernels on planted 4K, -10% random; docs/results/kernels/sweep-bwd/grain/)
             cfg.update(flags=(64, 32), dkdv=(64, 32, 4, 2), dq=(64, 32, 4, 2))
         if n <= 1024:
-            cfg.update(fwd=(64, 32, 4, 3))
+            # 1K: dK/dV at 64 x 64 and no lists (planted 1K: 0.235 against 0.266 ms backward with the above)
+            cfg.update(fwd=(64, 32, 4, 3), dkdv=(64, 64, 4, 2), lists=(False, False))
         if n <= 2048:
             cfg.update(infer=(64, 32, 4, 3, False))
     else:
