@@ -123,9 +123,12 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr):
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
+               LOOP_STAGES: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
-    for start_n in range(lo, hi, BLOCK_N):
+    # LOOP_STAGES: the loop's own software pipelining (tl.range), which also prefetches the inverse key norms;
+    # the kernel's num_stages alone pipelines only the loads feeding a product (k1, k2)
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=LOOP_STAGES):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if MASKED:
@@ -202,7 +205,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr, LOOP_STAGES: tl.constexpr = None):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -280,11 +283,11 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
                      N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, LOOP_STAGES)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
                      N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, LOOP_STAGES)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
