@@ -9,7 +9,9 @@ this shape of work:
   tile    the same, plus what the forward does per pair today: a whole-tile reduction (across warps) and
           a flag store;
   branch  tile, plus the forward's `if alive:` holding a V load and the PV product (never taken here:
-          thresholds above every score), i.e. the loop's control flow with no work behind it.
+          thresholds above every score), i.e. the loop's control flow with no work behind it;
+  branch+rk  branch with the forward's screen: inverse key norms loaded in the loop, s * rk - thr;
+  branch+rk prefetched  the same with the norms loaded one key block ahead.
 Compared in one process against SDPA-flash's forward and the TDA inference forward at the same shape.
 
     PYTHONPATH=src python3 benchmarks/probe_fwd_loop.py [--shapes 1,16,8192;1,16,16384] [--dims 64,128]
@@ -27,7 +29,7 @@ from tda.ops.triton import attention as tk
 
 
 @triton.jit
-def probe_kernel(Q1, K1, Q2, K2, V, THR, OUT, FLAGS, M, N, n_nt,
+def probe_kernel(Q1, K1, Q2, K2, V, THR, RK1, RK2, OUT, FLAGS, M, N, n_nt,
                  D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy first, as the forward
     bh = tl.program_id(1).to(tl.int64)
@@ -41,19 +43,32 @@ def probe_kernel(Q1, K1, Q2, K2, V, THR, OUT, FLAGS, M, N, n_nt,
     run = tl.full([BLOCK_M], -1.0, tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     hi = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N  # the unmasked causal key blocks
+    rb = bh * N
+    nk1 = tl.load(RK1 + rb + tl.arange(0, BLOCK_N))  # MODE 4: the first block's inverse norms, prefetched
+    nk2 = tl.load(RK2 + rb + tl.arange(0, BLOCK_N))
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k1 = tl.load(K1 + kb + offs_n[:, None] * D + offs_d[None, :])
         k2 = tl.load(K2 + kb + offs_n[:, None] * D + offs_d[None, :])
         s1 = tl.dot(q1, tl.trans(k1))
         s2 = tl.dot(q2, tl.trans(k2))
-        c = tl.maximum(s1 - thr[:, None], s2 - thr[:, None])
+        if MODE == 3:  # the forward's screen: inverse key norms loaded in the loop, one FMA per score
+            rk1 = tl.load(RK1 + rb + offs_n)
+            rk2 = tl.load(RK2 + rb + offs_n)
+            c = tl.maximum(s1 * rk1[None, :] - thr[:, None], s2 * rk2[None, :] - thr[:, None])
+        elif MODE == 4:  # the same with the norms prefetched one block ahead (registers)
+            c = tl.maximum(s1 * nk1[None, :] - thr[:, None], s2 * nk2[None, :] - thr[:, None])
+            nxt = offs_n + BLOCK_N
+            nk1 = tl.load(RK1 + rb + nxt, mask=nxt < N, other=0.0)
+            nk2 = tl.load(RK2 + rb + nxt, mask=nxt < N, other=0.0)
+        else:
+            c = tl.maximum(s1 - thr[:, None], s2 - thr[:, None])
         if MODE == 0:
             run = tl.maximum(run, tl.max(c, 1))
         else:
             alive = tl.max(tl.max(c, 1), 0) > 0
             tl.store(FLAGS + bh * (M // BLOCK_M) * n_nt + pid_m * n_nt + start_n // BLOCK_N, alive.to(tl.int8))
-            if MODE == 2:
+            if MODE >= 2:
                 if alive:
                     v = tl.load(V + kb + offs_n[:, None] * D + offs_d[None, :])
                     acc += tl.dot(c.to(v.dtype), v)
@@ -67,7 +82,7 @@ def main():
     args = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}; bf16, causal; ms "
           f"(do_bench medians)", flush=True)
-    blocks = {64: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)], 128: [(128, 64, 8, 3), (128, 128, 8, 2)]}
+    blocks = {64: [(64, 64, 4, 3), (128, 64, 8, 3)], 128: [(128, 64, 8, 3)]}
     for shape in args.shapes.split(";"):
         B, H, N = (int(x) for x in shape.split(","))
         for D in (int(x) for x in args.dims.split(",")):
@@ -75,6 +90,7 @@ def main():
             nrm = lambda t: (t.float() / t.float().norm(dim=-1, keepdim=True)).to(t.dtype).contiguous()  # noqa: E731
             q1, k1, q2, k2 = map(nrm, (q1, k1, q2, k2))
             thr = torch.full((N,), 2.0, device="cuda")  # above any cosine: no pair is ever live
+            rk = torch.rand(B * H * N, device="cuda") + 0.5  # stand-in inverse key norms
             beta, lam = torch.ones(H, device="cuda"), torch.full((H,), 0.5, device="cuda")
             prep = ba.prepare(q1, k1, q2, k2, v, beta, lam)
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
@@ -85,9 +101,9 @@ def main():
             for BM, BN, w, st in blocks[D]:
                 out = torch.empty(B * H * N, device="cuda")
                 flags = torch.empty(B * H * (N // BM) * (N // BN), device="cuda", dtype=torch.int8)
-                for mode, name in ((0, "rows"), (1, "tile"), (2, "branch")):
+                for mode, name in ((0, "rows"), (1, "tile"), (2, "branch"), (3, "branch+rk"), (4, "branch+rk prefetched")):
                     def f():
-                        probe_kernel[(N // BM, B * H)](q1, k1, q2, k2, v, thr, out, flags, N, N, N // BN, D=D,
+                        probe_kernel[(N // BM, B * H)](q1, k1, q2, k2, v, thr, rk, rk, out, flags, N, N, N // BN, D=D,
                                                        BLOCK_M=BM, BLOCK_N=BN, MODE=mode, num_warps=w,
                                                        num_stages=st)
                     try:
@@ -96,7 +112,7 @@ def main():
                     except Exception as e:  # noqa: BLE001
                         print(f"  ({BM}, {BN}, {w}, {st}) {name}: failed {type(e).__name__}: {str(e)[:100]}")
                         continue
-                    print(f"  ({BM}, {BN}, {w}, {st}) {name:6s}: {t:.3f} ms = {t / t_sdpa:.2f}x SDPA", flush=True)
+                    print(f"  ({BM}, {BN}, {w}, {st}) {name:20s}: {t:.3f} ms = {t / t_sdpa:.2f}x SDPA", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""A/B of the forward's loop pipelining (attention.LOOP_STAGES: None, or tl.range(num_stages=S) on the key
-loop, which also prefetches the inverse key norms) in one process: kernel-only inference and training
-forward, alternating the variants over rounds and keeping each one's best median, next to SDPA-flash's
-forward at the same shape.
+"""A/B of a forward switch of tda.ops.triton.attention (e.g. RK_PREFETCH: the inverse key norms loaded one
+key block ahead) in one process: kernel-only inference and training forward, alternating the switch's values
+over rounds and keeping each one's best median, next to SDPA-flash's forward at the same shape.
 
-    PYTHONPATH=src python3 benchmarks/ab_fwd_stages.py [--stages none,2,3] [--rounds 2]
+    PYTHONPATH=src python3 benchmarks/ab_fwd.py --flag RK_PREFETCH --values 2,1,0 [--rounds 2]
+
+(values: integers, or none; 1/0 become True/False for boolean switches). An earlier switch, LOOP_STAGES
+(tl.range(num_stages=S) on the forward's key loop), was measured with this script and removed: slower at
+every row (docs/results/kernels/fwd-probe/ab-fwd-stages.log).
 """
 import argparse
 
@@ -20,13 +23,16 @@ def main():
     ap.add_argument("--shapes", default="2,16,4096;1,16,8192;1,16,16384")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--kinds", default="random,planted")
-    ap.add_argument("--stages", default="none,2,3")
+    ap.add_argument("--flag", default="RK_PREFETCH", help="the attention module switch to vary")
+    ap.add_argument("--values", default="2,1,0")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warm-only", action="store_true", help="compile every variant (one call each), no timing")
     args = ap.parse_args()
-    variants = [None if s == "none" else int(s) for s in args.stages.split(",")]
+    cur = getattr(tk, args.flag)
+    variants = [None if s == "none" else (bool(int(s)) if isinstance(cur, bool) else int(s))
+                for s in args.values.split(",")]
     print(f"{torch.cuda.get_device_name()}; kernel-only forward ms (best of {args.rounds} alternating rounds of "
-          f"do_bench medians); LOOP_STAGES variants {variants}", flush=True)
+          f"do_bench medians); {args.flag} values {variants}", flush=True)
     for shape in args.shapes.split(";"):
         B, H, N = (int(x) for x in shape.split(","))
         for D in (int(x) for x in args.dims.split(",")):
@@ -37,7 +43,7 @@ def main():
                 cfg = tk._configs(D, q1.dtype, True, N)
                 if args.warm_only:
                     for ls in variants:
-                        tk.LOOP_STAGES = ls
+                        setattr(tk, args.flag, ls)
                         tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False)
                         tk._launch_fwd(*prep, 2.0, True, cfg, True)
                     torch.cuda.synchronize()
@@ -47,12 +53,12 @@ def main():
                 best = {}
                 for _ in range(args.rounds):
                     for ls in variants:
-                        tk.LOOP_STAGES = ls
+                        setattr(tk, args.flag, ls)
                         t_inf = ba.bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False))
                         t_tr = ba.bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True))
                         o = best.get(ls, (9e9, 9e9))
                         best[ls] = (min(o[0], t_inf), min(o[1], t_tr))
-                tk.LOOP_STAGES = None
+                setattr(tk, args.flag, cur)
                 row = " | ".join(f"{ls}: inf {a:.3f} ({a / t_sdpa:.2f}x) train {b:.3f} ({b / t_sdpa:.2f}x)"
                                  for ls, (a, b) in best.items())
                 print(f"{kind:7s} B={B} H={H} N={N} d={D}: SDPA fwd {t_sdpa:.3f} | {row}", flush=True)
