@@ -1,12 +1,12 @@
-"""A/B of a forward switch of tda.ops.triton.attention (e.g. RK_PREFETCH: the inverse key norms loaded one
-key block ahead) in one process: kernel-only inference and training forward, alternating the switch's values
-over rounds and keeping each one's best median, next to SDPA-flash's forward at the same shape.
+"""A/B of a forward switch of tda.ops.triton.attention (e.g. HEAVY_FIRST, SCREEN) in one process: kernel-only
+inference and training forward, alternating the switch's values over rounds and keeping each one's best
+median, next to SDPA-flash's forward at the same shape.
 
-    PYTHONPATH=src python3 benchmarks/ab_fwd.py --flag RK_PREFETCH --values 2,1,0 [--rounds 2]
+    PYTHONPATH=src python3 benchmarks/ab_fwd.py --flag HEAVY_FIRST --values 1,0 [--rounds 2]
 
-(values: integers, or none; 1/0 become True/False for boolean switches). An earlier switch, LOOP_STAGES
-(tl.range(num_stages=S) on the forward's key loop), was measured with this script and removed: slower at
-every row (docs/results/kernels/fwd-probe/ab-fwd-stages.log).
+(values: integers, or none; 1/0 become True/False for boolean switches). Two switches were measured with it
+and removed, both slower at every row (docs/results/kernels/fwd-probe/): LOOP_STAGES (tl.range(num_stages=S)
+on the forward's key loop) and RK_PREFETCH (the inverse key norms loaded one key block ahead in registers).
 """
 import argparse
 
@@ -23,8 +23,8 @@ def main():
     ap.add_argument("--shapes", default="2,16,4096;1,16,8192;1,16,16384")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--kinds", default="random,planted")
-    ap.add_argument("--flag", default="RK_PREFETCH", help="the attention module switch to vary")
-    ap.add_argument("--values", default="2,1,0")
+    ap.add_argument("--flag", default="HEAVY_FIRST", help="the attention module switch to vary")
+    ap.add_argument("--values", default="1,0")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--warm-only", action="store_true", help="compile every variant (one call each), no timing")
     args = ap.parse_args()

@@ -31,11 +31,11 @@ TOL = 1e-4 if ON_GPU else 1e-10
 def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.RK_PREFETCH = None, 64, 256, 2
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.RK_PREFETCH = None, 64, 256, 2
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -231,32 +231,6 @@ def test_merged_backward_equals_two_launches(two_views, cfg):
             assert torch.equal(grads[name], base[1][name]), (key, name)
     tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = True, True, True, 64
     _compare(inputs, position_offset=8)
-
-
-@pytest.mark.parametrize("two_views,causal,M,N", [(True, True, 37, 45), (True, False, 45, 29), (False, True, 50, 50)])
-def test_rk_prefetch_equals_in_loop_loads(two_views, causal, M, N):
-    """The forward's inverse key norms loaded one key block ahead (RK_PREFETCH 1 and 2) give the bit-identical output
-    and survivor flags (so gradients) of the in-loop loads, for training and inference, on ragged key tails
-    (the prefetch past N loads zeros) and with no key block in one stage (causal, M > N)."""
-    torch.manual_seed(12)
-    tk.set_config(fwd=(16, 16, 4, 1), flags=(16, 16))
-    inputs = _make(2, 2, 1, M, N, 16, 16, two_views)
-    dout = torch.randn(2, 2, M, 16, dtype=DT, device=DEV)
-    res = {}
-    for pre in (2, 1, 0):
-        tk.RK_PREFETCH = pre
-        res[pre] = _run("triton", inputs, lambda out: dout, causal=causal, position_offset=3)
-        with torch.no_grad():
-            res[pre, "infer"] = ops.threshold_differential_attention(
-                **inputs, causal=causal, position_offset=3, backend="triton") if two_views else \
-                ops.threshold_rectified_attention(**inputs, causal=causal, position_offset=3, backend="triton")
-    tk.RK_PREFETCH = 2
-    for pre in (2, 1):
-        assert torch.equal(res[pre][0], res[0][0]) and torch.equal(res[pre, "infer"], res[0, "infer"]), pre
-        for name in inputs:
-            assert torch.equal(res[pre][1][name], res[0][1][name]), (pre, name)
-    assert torch.equal(res[2, "infer"], res[2][0])
-    _compare(inputs, causal=causal, position_offset=3)
 
 
 @pytest.mark.parametrize("grain", ["block", "finer", "rows"])

@@ -71,10 +71,6 @@ LIST_CHUNK = 64
 # LIST_ROW: a program's scratch row holds at most this many entries; a program with more candidate blocks
 # compacts and visits them LIST_ROW at a time, so the scratch grows as O(N) (programs x LIST_ROW), not O(N^2)
 LIST_ROW = 256
-# RK_PREFETCH: the forward loads the inverse key norms one key block ahead (registers) instead of in the loop
-# body, where each iteration waited on them: 1 at the top of the body, 2 at its end; 0: in-loop loads (for A/B,
-# benchmarks/ab_fwd.py)
-RK_PREFETCH = 2
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -275,7 +271,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST),
-            RK_PREFETCH=int(RK_PREFETCH), num_warps=warps, num_stages=stages)
+            num_warps=warps, num_stages=stages)
 
     if B * H <= MAX_GRID_Y:
         launch(q1, k1, q2, k2, v, out, flags, rq, rk)

@@ -123,42 +123,20 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-               RK_PREFETCH: tl.constexpr):
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
-    # RK_PREFETCH (NORMALIZE): the inverse key norms are loaded one key block ahead, in registers: 1 at the top
-    # of the body (in flight during this block's products), 2 at its end (in flight during the next block's
-    # products; fewer registers live across the products). The kernel's num_stages pipelines only the loads
-    # that feed a product, so a load in the loop body (0) leaves every iteration waiting on global memory:
-    # measured at 0.16-0.20x SDPA's forward time (docs/benchmarks.md). Beyond N they load as 0, as before.
-    # (loop-carried: the placeholders need the loaded values' shape and dtype)
-    nk1 = tl.zeros([BLOCK_N], dtype=rk1_base.dtype.element_ty)
-    nk2 = nk1
-    if NORMALIZE and RK_PREFETCH != 0:
-        offs0 = lo + tl.arange(0, BLOCK_N)
-        nk1 = tl.load(rk1_base + offs0, mask=offs0 < N, other=0.0)
-        if TWO_VIEWS:
-            nk2 = tl.load(rk2_base + offs0, mask=offs0 < N, other=0.0)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        rk1 = tau  # placeholders where not normalising
-        rk2 = tau
-        if NORMALIZE and RK_PREFETCH != 0:
-            rk1 = nk1
-            rk2 = nk2
-            if RK_PREFETCH == 1:
-                nxt = offs_n + BLOCK_N
-                nk1 = tl.load(rk1_base + nxt, mask=nxt < N, other=0.0)
-                if TWO_VIEWS:
-                    nk2 = tl.load(rk2_base + nxt, mask=nxt < N, other=0.0)
         if MASKED:
             k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d,
                          mask=offs_n[:, None] < N, other=0.0)
         else:
             k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
         s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
-        if NORMALIZE and RK_PREFETCH == 0:
+        rk1 = tau  # placeholders where not normalising
+        rk2 = tau
+        if NORMALIZE:
             if MASKED:
                 rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
             else:
@@ -171,7 +149,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
             else:
                 k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
             s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
-            if NORMALIZE and RK_PREFETCH == 0:
+            if NORMALIZE:
                 if MASKED:
                     rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
                 else:
@@ -208,11 +186,6 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                         flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                         MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
                         NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False)
-        if NORMALIZE and RK_PREFETCH == 2:
-            nxt = offs_n + BLOCK_N
-            nk1 = tl.load(rk1_base + nxt, mask=nxt < N, other=0.0)
-            if TWO_VIEWS:
-                nk2 = tl.load(rk2_base + nxt, mask=nxt < N, other=0.0)
     return acc
 
 
@@ -229,7 +202,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr, RK_PREFETCH: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -307,11 +280,11 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
                      N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, RK_PREFETCH)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
                      N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, RK_PREFETCH)
+                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ

@@ -95,12 +95,11 @@ def table_variants(full: bool = True):
         BM, BN, w, s = cfg["fwd"]
         out.append((f"fwd-train-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                         SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, RK_PREFETCH=2), w, s))
+                         SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True), w, s))
         BM, BN, w, s, test = cfg["infer"]
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2,
-                         FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True,
-                         RK_PREFETCH=2), w, s))
+                         FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True), w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
