@@ -58,7 +58,8 @@ def random_config(rng):
                 kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]), beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]),
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
                 normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
-                two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]))
+                two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]),
+                screen_hat=rng.random() < 0.3)
 
 
 def grid_cap_config(two_launch_bwd):
@@ -180,6 +181,8 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/n: run only the configs of every n-th kernel variant "
                     "(run n processes side by side so that their compilations overlap)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
+    ap.add_argument("--screen-hat", default="draw", choices=["draw", "on", "off"],
+                    help="the forward's unit-key screen (SCREEN_HAT): drawn for 30%% of configurations, or forced")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -211,7 +214,7 @@ def main():
         if i >= 0 and (2 * vi + c["causal"]) % n_shards != shard:
             continue
         n_run += 1
-        cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
+        cap, row, lists, hat = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS, tk.SCREEN_HAT
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -227,6 +230,9 @@ def main():
         # which the check's short sequences would not reach at the default LIST_ROW), with the lists forced on
         if c.get("list_row"):
             tk.LIST_ROW, tk.LISTS = c["list_row"], True
+        # screen_hat: the forward's unit-key screen (attention.SCREEN_HAT, off by default); --screen-hat on/off
+        # forces it for every configuration
+        tk.SCREEN_HAT = {"on": True, "off": False}.get(args.screen_hat, bool(c.get("screen_hat")))
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -245,6 +251,7 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
             tk.LIST_ROW, tk.LISTS = row, lists
+            tk.SCREEN_HAT = hat
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

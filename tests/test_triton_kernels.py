@@ -31,11 +31,11 @@ TOL = 1e-4 if ON_GPU else 1e-10
 def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, False
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = None, 64, 256
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, False
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -285,10 +285,12 @@ def test_survivor_flags_and_skipping(grain):
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
 
 
-def test_screen_keeps_every_survivor():
+@pytest.mark.parametrize("hat", [False, True])
+def test_screen_keeps_every_survivor(hat):
     """fp32 scores planted within a few ulps of tau in pairs the forward screens (below the diagonal): the
     screen must pass every pair the exact path finds alive -- bit-identical output and gradients with the
-    screen off, and its flags (taken from its conservative values) a superset of the exact ones."""
+    screen off, and its flags (taken from its conservative values) a superset of the exact ones. hat: the
+    unit-key screen (SCREEN_HAT), whose fp32 unit keys are rounded copies."""
     torch.manual_seed(12)
     M = N = 64
     D = 16
@@ -310,6 +312,7 @@ def test_screen_keeps_every_survivor():
             2.0, True, True)
     tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
     res = {}
+    tk.SCREEN_HAT = hat
     for screen in (True, False):
         tk.SCREEN = screen
         leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
@@ -323,6 +326,47 @@ def test_screen_keeps_every_survivor():
         assert torch.equal(a, b)
     planted = [res[False][1][0, i // 16, j // 16].item() for i, j in plants]
     assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
+
+
+@pytest.mark.parametrize("two_views,causal,M,N,cfg", [
+    (True, True, 45, 53, dict(fwd=(16, 16, 4, 1))),
+    (True, False, 40, 29, dict(fwd=(32, 16, 4, 1), flags=(16, 16))),
+    (False, True, 50, 50, dict(fwd=(16, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))),
+])
+def test_screen_hat_equals_exact_screen(two_views, causal, M, N, cfg):
+    """SCREEN_HAT (the screen scores the pre-pass's unit keys; passing pairs recompute the exact scores from the
+    raw keys) gives the bit-identical output (training and inference) and gradients of the per-key-norm
+    screen, and survivor flags that are a superset of its flags; ragged shapes, GQA and finer flags
+    included. Also: the pre-pass's unit keys are the keys times their inverse norms."""
+    torch.manual_seed(21)
+    tk.set_config(**cfg)
+    inputs = _make(2, 4, 2, M, N, 16, 16, two_views)
+    dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
+    kw = dict(causal=causal, position_offset=5)
+    fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+    res = {}
+    for hat in (False, True):
+        tk.SCREEN_HAT = hat
+        res[hat] = _run("triton", inputs, lambda out: dout, **kw)
+        with torch.no_grad():
+            res[hat, "infer"] = fn(**inputs, backend="triton", **kw)
+        k1 = inputs["k1" if two_views else "k"].detach()
+        k2 = inputs["k2"].detach() if two_views else None
+        tau = reference.tau(torch.arange(5, 5 + M, device=DEV), inputs["beta"].detach(), 1.0, 16).to(DT)
+        fl = torch.ops.tda.threshold_attention_fwd(
+            inputs["q1" if two_views else "q"].detach(), k1, inputs["q2"].detach() if two_views else None, k2,
+            inputs["v"].detach(), tau.contiguous(), inputs["lam"].detach() if two_views else None, 2.0, causal,
+            True)[1]
+        res[hat, "flags"] = fl
+    assert torch.equal(res[True][0], res[False][0]) and torch.equal(res[True, "infer"], res[False, "infer"])
+    for name in inputs:
+        assert torch.equal(res[True][1][name], res[False][1][name]), name
+    assert bool((res[True, "flags"] >= res[False, "flags"]).all())
+    assert res[False, "flags"].any() and not res[False, "flags"].all()  # the screen had something to decide
+    rk, kh = tk._inv_norms(k1, k2, hat=True)
+    want = torch.stack([k1] + ([k2] if two_views else [])) * rk[..., None]
+    assert kh.dtype == k1.dtype and torch.allclose(kh, want, rtol=1e-12, atol=0)
+    _compare(inputs, **kw)
 
 
 @pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense",

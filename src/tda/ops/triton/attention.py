@@ -71,6 +71,26 @@ LIST_CHUNK = 64
 # LIST_ROW: a program's scratch row holds at most this many entries; a program with more candidate blocks
 # compacts and visits them LIST_ROW at a time, so the scratch grows as O(N) (programs x LIST_ROW), not O(N^2)
 LIST_ROW = 256
+# SCREEN_HAT (with SCREEN and fused normalisation): the key-norm pre-pass also writes the unit keys, rounded to
+# the inputs' dtype, and the forward's screen scores them (no per-key norm in its loop: the probe in
+# docs/benchmarks.md measured those loads at 0.14-0.40x SDPA's forward); pairs that pass recompute the exact
+# scores from the raw keys as before, so outputs and gradients are unchanged. Costs the unit keys' memory
+# during the forward. Off until measured on a GPU.
+SCREEN_HAT = False
+
+
+# the unit keys' rounding (half an ulp, relative) and the fp32 (fp64) accumulation's unit roundoff
+_HAT_ROUND = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24,
+              torch.float64: 2.0 ** -53}
+
+
+def _hat_delta(dtype: torch.dtype, D: int) -> float:
+    """SCREEN_HAT's margin in cosine units. With unit q^ and k^ (|.| <= 1) the screen's q . round(k^) differs
+    from the exact path's (q . k) rq rk by at most |k^ - round(k^)| (u_k) plus both dot products' rounding
+    ((d + 3) u each, u the accumulation's unit roundoff); this takes twice the latter, u taken as 2^-23 for
+    fp32 accumulation (tensor cores may truncate), so a pair the screen drops has no survivor."""
+    u = 2.0 ** -52 if dtype == torch.float64 else 2.0 ** -23
+    return _HAT_ROUND[dtype] + (4 * D + 16) * u
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -199,20 +219,21 @@ def _on_device(t):
     return contextlib.nullcontext()
 
 
-def _inv_norms(x1, x2):
+def _inv_norms(x1, x2, hat=False):
     """(T, B, H, M) inverse norms 1 / sqrt(|x|^2 + NORM_EPS^2) of x1 (and x2, same shape), T = 1 or 2:
-    fp32, fp64 for fp64 inputs; the same numbers as reference.l2_normalize's."""
+    fp32, fp64 for fp64 inputs; the same numbers as reference.l2_normalize's. hat: returns (norms, unit
+    rows), the unit rows x * norm in x's dtype, contiguous (T, B, H, M, D), for the SCREEN_HAT screen."""
     B, H, M, D = x1.shape
     two = x2 is not None
     r = torch.empty((2 if two else 1, B, H, M), device=x1.device, dtype=_norm_dtype(x1))
+    xh = torch.empty((2 if two else 1, B, H, M, D), device=x1.device, dtype=x1.dtype) if hat else None
     rows = B * H * M
-    if rows == 0:
-        return r
-    BR = 64 if D <= 64 else 32
-    _inv_norm[(_cdiv(rows, BR), 2 if two else 1)](
-        x1, x2 if two else x1, r, *x1.stride(), *_strides(x2, x1), H, M, rows,
-        EPS2=_EPS2, TWO=two, HEAD_D=D, BLOCK_R=BR, num_warps=4)
-    return r
+    if rows > 0:
+        BR = 64 if D <= 64 else 32
+        _inv_norm[(_cdiv(rows, BR), 2 if two else 1)](
+            x1, x2 if two else x1, r, xh if hat else r, *x1.stride(), *_strides(x2, x1), H, M, rows,
+            EPS2=_EPS2, TWO=two, HEAD_D=D, BLOCK_R=BR, WRITE_HAT=hat, num_warps=4)
+    return (r, xh) if hat else r
 
 
 def _norm_args(rq, rk, like):
@@ -252,34 +273,40 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
         alloc = torch.ones if skip == 3 else (torch.zeros if empty else torch.empty)
         flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
-    if normalize:  # rq is written by the forward kernel itself, rk by the pre-pass
+    screen = bool(SCREEN) and skip in (1, 2)
+    hat = bool(SCREEN_HAT) and normalize and screen
+    kh = None
+    if normalize:  # rq is written by the forward kernel itself, rk (and the unit keys kh) by the pre-pass
         if for_bwd:
             rq = torch.empty((2 if two else 1, B, H, M), device=q1.device, dtype=_norm_dtype(q1))
-        rk = _inv_norms(k1, k2)
+        rk = _inv_norms(k1, k2, hat=hat)
+        if hat:
+            rk, kh = rk
     if empty:
         return out, flags, rq, rk
     BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
 
-    def launch(q1, k1, q2, k2, v, out, flags, rq, rk):
+    def launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh):
         RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
+        KH1, KH2 = (kh[0], kh[-1]) if kh is not None else (RK1, RK2)
         _fwd[(_cdiv(M, BM), q1.shape[0] * H)](
             q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
-            flags if for_bwd else out, RQ1, RQ2, RK1, RK2,
+            flags if for_bwd else out, RQ1, RQ2, RK1, RK2, KH1, KH2,
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
             s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
             PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
-            SCREEN=bool(SCREEN) and skip in (1, 2), FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST),
-            num_warps=warps, num_stages=stages)
+            SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
+            HAT_DELTA=_hat_delta(q1.dtype, D) if hat else 0.0, num_warps=warps, num_stages=stages)
 
     if B * H <= MAX_GRID_Y:
-        launch(q1, k1, q2, k2, v, out, flags, rq, rk)
+        launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)
     else:  # the grid's second axis (batch * heads) is capped: one launch per slice of the batch
         for sl, fl in _batch_slices(B, H):
             launch(q1[sl], k1[sl], q2[sl] if two else None, k2[sl] if two else None, v[sl], out[sl],
                    flags[fl] if for_bwd else None, rq[:, sl] if rq is not None else None,
-                   rk[:, sl] if rk is not None else None)
+                   rk[:, sl] if rk is not None else None, kh[:, sl] if kh is not None else None)
     return out, flags, rq, rk
 
 

@@ -59,11 +59,14 @@ def pair_alive(flag_base, start_m, start_n, n_mt, n_nt,
 
 
 @triton.jit
-def inv_norm_kernel(X1, X2, R, s1b, s1h, s1m, s1d, s2b, s2h, s2m, s2d, H, M, rows,
-                    EPS2: tl.constexpr, TWO: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_R: tl.constexpr):
+def inv_norm_kernel(X1, X2, R, XH, s1b, s1h, s1m, s1d, s2b, s2h, s2m, s2d, H, M, rows,
+                    EPS2: tl.constexpr, TWO: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_R: tl.constexpr,
+                    WRITE_HAT: tl.constexpr):
     """R[t, b, h, m] = 1 / sqrt(|x_t[b, h, m, :]|^2 + EPS2) for x_1 = X1, x_2 = X2 (TWO) of one shape
     (B, H, M, HEAD_D), any strides; R contiguous (T, B, H, M) in fp32 (fp64 for fp64 inputs). The same
-    numbers as reference.l2_normalize's inverse norm (sum of squares in at least fp32, eps^2 added)."""
+    numbers as reference.l2_normalize's inverse norm (sum of squares in at least fp32, eps^2 added).
+    WRITE_HAT: also the unit rows x * R rounded to XH's dtype (the inputs'), contiguous (T, B, H, M, HEAD_D):
+    the forward's screen (SCREEN_HAT) scores them, with a margin for that rounding."""
     t = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = r < rows
@@ -81,7 +84,11 @@ def inv_norm_kernel(X1, X2, R, s1b, s1h, s1m, s1d, s2b, s2h, s2m, s2d, H, M, row
         ptrs = X1 + (b * s1b + h * s1h + m * s1m)[:, None] + offs_d[None, :] * s1d
     x = tl.load(ptrs, mask=ok[:, None], other=0.0).to(R.dtype.element_ty)
     ss = tl.sum(x * x, 1) + tl.full([BLOCK_R], EPS2, R.dtype.element_ty)
-    tl.store(R + t * rows + r64, tl.rsqrt(ss), mask=ok)
+    inv = tl.rsqrt(ss)
+    tl.store(R + t * rows + r64, inv, mask=ok)
+    if WRITE_HAT:
+        tl.store(XH + (t * rows + r64)[:, None] * HEAD_D + offs_d[None, :],
+                 (x * inv[:, None]).to(XH.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit

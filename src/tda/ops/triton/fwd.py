@@ -117,82 +117,124 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
 
 
 @triton.jit
+def _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, offs_n, N,
+                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+                NORMALIZE: tl.constexpr):
+    """The raw dot products s1, s2 of the query block with the key block at offs_n (input-dtype tiles, fp32
+    accumulation) and the keys' inverse norms rk1, rk2 (NORMALIZE; else placeholders)."""
+    offs_d = tl.arange(0, HEAD_D)
+    if MASKED:
+        k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d,
+                     mask=offs_n[:, None] < N, other=0.0)
+    else:
+        k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
+    s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+    rk1 = tau  # placeholders where not normalising
+    rk2 = tau
+    if NORMALIZE:
+        if MASKED:
+            rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
+        else:
+            rk1 = tl.load(rk1_base + offs_n)
+    s2 = s1
+    if TWO_VIEWS:
+        if MASKED:
+            k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d,
+                         mask=offs_n[:, None] < N, other=0.0)
+        else:
+            k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
+        s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
+        if NORMALIZE:
+            if MASKED:
+                rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
+            else:
+                rk2 = tl.load(rk2_base + offs_n)
+    return s1, s2, rk1, rk2
+
+
+@triton.jit
+def _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, FOR_BWD: tl.constexpr):
+    """Whether the screen's values c hold any positive one; the flags come from them (conservative: see the
+    module docstring)."""
+    if FOR_BWD and (FLAG_M != BLOCK_M or FLAG_N != BLOCK_N):
+        sub = _grid_live(c, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+        _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
+        alive = tl.max(tl.max(sub, 1), 0) > 0
+    else:
+        alive = tl.max(tl.max(c, 1), 0) > 0
+        if FOR_BWD:
+            tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+    return alive
+
+
+@triton.jit
 def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-               s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
+               kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag, N, p_val,
                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr):
+               FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
+               SCREEN_HAT: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if MASKED:
-            k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d,
-                         mask=offs_n[:, None] < N, other=0.0)
-        else:
-            k1 = tl.load(k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d)
-        s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
-        rk1 = tau  # placeholders where not normalising
-        rk2 = tau
-        if NORMALIZE:
-            if MASKED:
-                rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
-            else:
-                rk1 = tl.load(rk1_base + offs_n)
-        s2 = s1
-        if TWO_VIEWS:
-            if MASKED:
-                k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d,
-                             mask=offs_n[:, None] < N, other=0.0)
-            else:
-                k2 = tl.load(k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d)
-            s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
-            if NORMALIZE:
-                if MASKED:
-                    rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
-                else:
-                    rk2 = tl.load(rk2_base + offs_n)
-        if SCREEN and not MASKED:
-            # screen first (most pairs hold no survivor): s * rq * rk > tau  <=>  s * rk > tau / rq, one
-            # fused multiply-add per score against thr = tau / rq lowered by a relative 2^-16 (launcher),
-            # so the screen passes every pair the exact path below would find alive; only those pay it
-            if NORMALIZE:
-                c = s1 * rk1[None, :] - thr1[:, None]
-            else:
-                c = s1 - thr1[:, None]
+        if SCREEN and SCREEN_HAT and not MASKED:
+            # SCREEN_HAT: the screen scores the unit keys (kh, the pre-pass's rounded copy, contiguous), so it
+            # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher).
+            # Only pairs that pass load the raw keys and their norms and take the exact path
+            kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+            c = tl.dot(q1, tl.trans(kh1), input_precision=PREC) - thr1[:, None]
             if TWO_VIEWS:
-                if NORMALIZE:
-                    c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
-                else:
-                    c = tl.maximum(c, s2 - thr2[:, None])
-            # the flags come from the screen's values (conservative: see the module docstring)
-            if FOR_BWD and (FLAG_M != BLOCK_M or FLAG_N != BLOCK_N):
-                sub = _grid_live(c, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
-                _store_flag_grid(flag_row, frow0, n_mt, n_nt, start_n, sub, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N)
-                alive = tl.max(tl.max(sub, 1), 0) > 0
-            else:
-                alive = tl.max(tl.max(c, 1), 0) > 0
-                if FOR_BWD:
-                    tl.store(flag_row + start_n // BLOCK_N, alive.to(tl.int8))
+                kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+                c = tl.maximum(c, tl.dot(q2, tl.trans(kh2), input_precision=PREC) - thr2[:, None])
+            alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
+                                  FOR_BWD)
             if alive:
+                s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
+                                               s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC,
+                                               NORMALIZE)
                 acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                             flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                             MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
                             NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
         else:
-            acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
-                        flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
-                        MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                        NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False)
+            s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
+                                           s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
+            if SCREEN and not MASKED:
+                # screen first (most pairs hold no survivor): s * rq * rk > tau  <=>  s * rk > tau / rq, one
+                # fused multiply-add per score against thr = tau / rq lowered by a relative 2^-16 (launcher),
+                # so the screen passes every pair the exact path below would find alive; only those pay it
+                if NORMALIZE:
+                    c = s1 * rk1[None, :] - thr1[:, None]
+                else:
+                    c = s1 - thr1[:, None]
+                if TWO_VIEWS:
+                    if NORMALIZE:
+                        c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
+                    else:
+                        c = tl.maximum(c, s2 - thr2[:, None])
+                alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
+                                      FOR_BWD)
+                if alive:
+                    acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                                flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                                MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
+            else:
+                acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                            MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                            NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False)
     return acc
 
 
 # sizes that vary per call are not specialised on (Triton would compile a variant per value class, i.e.
 # per ==1 / %16 pattern of M, N, heads...): one compiled kernel serves every sequence length
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2,
+def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
@@ -202,7 +244,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr):
+                   HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -251,7 +293,12 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     # the screen's row thresholds (SCREEN): tau / rq, lowered by a relative 2^-16 -- far more than the few
     # fp32 roundings between the screen's s * rk - thr and the exact path's s * rq * rk - tau -- so that a
     # pair the screen drops has no survivor (any sign of tau)
-    if NORMALIZE:
+    if SCREEN_HAT:  # the unit-key screen: (tau - HAT_DELTA) / rq, HAT_DELTA covering kh's rounding (launcher)
+        thr1 = (tau - HAT_DELTA) / rq1
+        thr1 = thr1 - tl.abs(thr1) * 1.52587890625e-05
+        thr2 = (tau - HAT_DELTA) / rq2
+        thr2 = thr2 - tl.abs(thr2) * 1.52587890625e-05
+    elif NORMALIZE:
         thr1 = tau / rq1
         thr1 = thr1 - tl.abs(thr1) * 1.52587890625e-05
         thr2 = tau / rq2
@@ -262,6 +309,9 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
     v_base = V + b * s_vb + hk * s_vh
+    # unit keys (SCREEN_HAT): KH* contiguous (B, Hk, N, HEAD_D), from the pre-pass kernel
+    kh1_base = KH1 + ((b * (H // G) + hk) * N) * HEAD_D
+    kh2_base = KH2 + ((b * (H // G) + hk) * N) * HEAD_D
     # flags: one per FLAG_M x FLAG_N sub-tile (n_mt x n_nt of them per head); this program owns flag rows
     # frow0 .. frow0 + BLOCK_M // FLAG_M - 1
     frow0 = pid_m * (BLOCK_M // FLAG_M)
@@ -278,13 +328,13 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
         hi = N
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, 0, lo, diag,
-                     N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
+                     kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
+                     offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
+                     HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-                     s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag,
-                     N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, PREC, SKIP_EMPTY,
-                     NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD)
+                     kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
+                     offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
+                     HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
