@@ -1,8 +1,11 @@
-"""A/B of a forward switch of tda.ops.triton.attention (e.g. HEAVY_FIRST, SCREEN) in one process: kernel-only
-inference and training forward, alternating the switch's values over rounds and keeping each one's best
-median, next to SDPA-flash's forward at the same shape.
+"""A/B of forward switches of tda.ops.triton.attention (e.g. HEAVY_FIRST, SCREEN_HAT, FWD_LISTS) in one
+process: kernel-only inference and training forward (and with --bwd the backward on each variant's flags),
+alternating the variants over rounds and keeping each one's best median, next to SDPA-flash's forward at the
+same shape.
 
     PYTHONPATH=src python3 benchmarks/ab_fwd.py --flag HEAVY_FIRST --values 1,0 [--rounds 2]
+    PYTHONPATH=src python3 benchmarks/ab_fwd.py --bwd \
+        --variants 'default;SCREEN_HAT=1;FWD_LISTS=1;SCREEN_HAT=1,FWD_LISTS=1'
 
 (values: integers, or none; 1/0 become True/False for boolean switches). Two switches were measured with it
 and removed, both slower at every row (docs/results/kernels/fwd-probe/): LOOP_STAGES (tl.range(num_stages=S)
@@ -26,13 +29,31 @@ def main():
     ap.add_argument("--flag", default="HEAVY_FIRST", help="the attention module switch to vary")
     ap.add_argument("--values", default="1,0")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", default=None,
+                    help="instead of --flag/--values: ';'-separated variants, each 'default' or comma-separated "
+                         "NAME=VALUE switch settings, e.g. 'default;SCREEN_HAT=1;SCREEN_HAT=1,FWD_LISTS=1'")
+    ap.add_argument("--bwd", action="store_true", help="also time the backward on each variant's flags")
     ap.add_argument("--warm-only", action="store_true", help="compile every variant (one call each), no timing")
     args = ap.parse_args()
-    cur = getattr(tk, args.flag)
-    variants = [None if s == "none" else (bool(int(s)) if isinstance(cur, bool) else int(s))
-                for s in args.values.split(",")]
+
+    def parse(name, text):
+        cur = getattr(tk, name)
+        return None if text == "none" else (bool(int(text)) if isinstance(cur, bool) else int(text))
+    if args.variants:
+        variants = [tuple((kv.split("=")[0], parse(*kv.split("="))) for kv in v.split(",")) if v != "default"
+                    else () for v in args.variants.split(";")]
+    else:
+        variants = [((args.flag, parse(args.flag, x)),) for x in args.values.split(",")]
+    saved = {n: getattr(tk, n) for v in variants for n, _ in v}
+
+    def use(v):
+        for n, x in saved.items():
+            setattr(tk, n, x)
+        for n, x in v:
+            setattr(tk, n, x)
+    label = lambda v: ",".join(f"{n}={x}" for n, x in v) or "default"  # noqa: E731
     print(f"{torch.cuda.get_device_name()}; kernel-only forward ms (best of {args.rounds} alternating rounds of "
-          f"do_bench medians); {args.flag} values {variants}", flush=True)
+          f"do_bench medians); variants {[label(v) for v in variants]}", flush=True)
     for shape in args.shapes.split(";"):
         B, H, N = (int(x) for x in shape.split(","))
         for D in (int(x) for x in args.dims.split(",")):
@@ -41,26 +62,35 @@ def main():
                 beta, lam = torch.ones(H, device="cuda"), torch.full((H,), 0.5, device="cuda")
                 prep = ba.prepare(q1, k1, q2, k2, v, beta, lam)
                 cfg = tk._configs(D, q1.dtype, True, N)
+                dout = torch.randn_like(q1)
+                MT, NT = cfg["flags"]
+
+                def bwd():
+                    _, flags, rq, rk = tk._launch_fwd(*prep, 2.0, True, cfg, True)
+                    return lambda: tk._launch_bwd(dout, *prep, flags, rq, rk, 2.0, True, MT, NT, cfg)
                 if args.warm_only:
-                    for ls in variants:
-                        setattr(tk, args.flag, ls)
+                    for var in variants:
+                        use(var)
                         tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False)
-                        tk._launch_fwd(*prep, 2.0, True, cfg, True)
+                        f_bwd = bwd()  # (runs the training forward)
+                        if args.bwd:
+                            f_bwd()
                     torch.cuda.synchronize()
                     continue
                 with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
                     t_sdpa = ba.bench(lambda: F.scaled_dot_product_attention(q1, k1, v, is_causal=True))
                 best = {}
                 for _ in range(args.rounds):
-                    for ls in variants:
-                        setattr(tk, args.flag, ls)
+                    for var in variants:
+                        use(var)
                         t_inf = ba.bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False))
                         t_tr = ba.bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True))
-                        o = best.get(ls, (9e9, 9e9))
-                        best[ls] = (min(o[0], t_inf), min(o[1], t_tr))
-                setattr(tk, args.flag, cur)
-                row = " | ".join(f"{ls}: inf {a:.3f} ({a / t_sdpa:.2f}x) train {b:.3f} ({b / t_sdpa:.2f}x)"
-                                 for ls, (a, b) in best.items())
+                        t_b = ba.bench(bwd()) if args.bwd else float("nan")
+                        o = best.get(var, (9e9, 9e9, 9e9))
+                        best[var] = (min(o[0], t_inf), min(o[1], t_tr), min(o[2], t_b))
+                use(())
+                row = " | ".join(f"{label(var)}: inf {a:.3f} ({a / t_sdpa:.2f}x) train {b:.3f} ({b / t_sdpa:.2f}x)"
+                                 + (f" bwd {c:.3f}" if args.bwd else "") for var, (a, b, c) in best.items())
                 print(f"{kind:7s} B={B} H={H} N={N} d={D}: SDPA fwd {t_sdpa:.3f} | {row}", flush=True)
 
 

@@ -31,11 +31,11 @@ TOL = 1e-4 if ON_GPU else 1e-10
 def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, False
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, False, False
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, False
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, False, False
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -333,36 +333,47 @@ def test_screen_keeps_every_survivor(hat):
     (True, False, 40, 29, dict(fwd=(32, 16, 4, 1), flags=(16, 16))),
     (False, True, 50, 50, dict(fwd=(16, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))),
 ])
-def test_screen_hat_equals_exact_screen(two_views, causal, M, N, cfg):
+def test_screen_hat_and_forward_lists_equal_the_one_phase_screen(two_views, causal, M, N, cfg):
     """SCREEN_HAT (the screen scores the pre-pass's unit keys; passing pairs recompute the exact scores from the
-    raw keys) gives the bit-identical output (training and inference) and gradients of the per-key-norm
-    screen, and survivor flags that are a superset of its flags; ragged shapes, GQA and finer flags
-    included. Also: the pre-pass's unit keys are the keys times their inverse norms."""
+    raw keys) and FWD_LISTS (a screen-only phase writing the flags, then the exact path over lists of the
+    flagged blocks, also with 1- and 2-entry rows so that the lists take several rounds), alone and
+    together, give the bit-identical output (training and inference) and gradients of the default forward;
+    their flags equal the default's (FWD_LISTS alone) or are a superset of them (SCREEN_HAT). Ragged shapes,
+    GQA and finer flags included. Also: the pre-pass's unit keys are the keys times their inverse norms."""
     torch.manual_seed(21)
     tk.set_config(**cfg)
     inputs = _make(2, 4, 2, M, N, 16, 16, two_views)
     dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
     kw = dict(causal=causal, position_offset=5)
     fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+    k1 = inputs["k1" if two_views else "k"].detach()
+    k2 = inputs["k2"].detach() if two_views else None
+    tau = reference.tau(torch.arange(5, 5 + M, device=DEV), inputs["beta"].detach(), 1.0, 16).to(DT)
     res = {}
-    for hat in (False, True):
-        tk.SCREEN_HAT = hat
-        res[hat] = _run("triton", inputs, lambda out: dout, **kw)
+    variants = [(False, False, 256), (True, False, 256), (False, True, 256), (True, True, 256), (False, True, 1),
+                (True, True, 2)]
+    for hat, lists, row in variants:
+        tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW = hat, lists, row
+        out, grads = _run("triton", inputs, lambda out: dout, **kw)
         with torch.no_grad():
-            res[hat, "infer"] = fn(**inputs, backend="triton", **kw)
-        k1 = inputs["k1" if two_views else "k"].detach()
-        k2 = inputs["k2"].detach() if two_views else None
-        tau = reference.tau(torch.arange(5, 5 + M, device=DEV), inputs["beta"].detach(), 1.0, 16).to(DT)
-        fl = torch.ops.tda.threshold_attention_fwd(
+            infer = fn(**inputs, backend="triton", **kw)
+        flags = torch.ops.tda.threshold_attention_fwd(
             inputs["q1" if two_views else "q"].detach(), k1, inputs["q2"].detach() if two_views else None, k2,
             inputs["v"].detach(), tau.contiguous(), inputs["lam"].detach() if two_views else None, 2.0, causal,
             True)[1]
-        res[hat, "flags"] = fl
-    assert torch.equal(res[True][0], res[False][0]) and torch.equal(res[True, "infer"], res[False, "infer"])
-    for name in inputs:
-        assert torch.equal(res[True][1][name], res[False][1][name]), name
-    assert bool((res[True, "flags"] >= res[False, "flags"]).all())
-    assert res[False, "flags"].any() and not res[False, "flags"].all()  # the screen had something to decide
+        res[hat, lists, row] = out, grads, infer, flags
+    tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW = False, False, 256
+    out0, grads0, infer0, flags0 = res[False, False, 256]
+    assert flags0.any() and not flags0.all()  # the screen had something to decide
+    for (hat, lists, row), (out, grads, infer, flags) in res.items():
+        key = (hat, lists, row)
+        assert torch.equal(out, out0) and torch.equal(infer, infer0), key
+        for name in inputs:
+            assert torch.equal(grads[name], grads0[name]), (key, name)
+        if hat:
+            assert bool((flags >= flags0).all()), key
+        else:
+            assert torch.equal(flags, flags0), key
     rk, kh = tk._inv_norms(k1, k2, hat=True)
     want = torch.stack([k1] + ([k2] if two_views else [])) * rk[..., None]
     assert kh.dtype == k1.dtype and torch.allclose(kh, want, rtol=1e-12, atol=0)
