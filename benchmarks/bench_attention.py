@@ -219,7 +219,16 @@ def main():
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--kinds", default="random,planted", help="input kinds to run (random, planted)")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the reference op")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a switch of tda.ops.triton.attention first (repeatable), e.g. SCREEN_HAT=1: booleans "
+                         "take 0/1, integer switches an integer")
     args = ap.parse_args()
+    for kv in args.set:
+        name, val = kv.split("=")
+        if not hasattr(tk, name) or not name.isupper():
+            raise SystemExit(f"--set: no switch {name!r} in tda.ops.triton.attention")
+        cur = getattr(tk, name)
+        setattr(tk, name, bool(int(val)) if isinstance(cur, bool) else int(val))
     gpu = torch.cuda.get_device_name()
     lines_log = []
 

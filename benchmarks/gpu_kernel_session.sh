@@ -7,6 +7,8 @@
 # Guards (seconds): PROFILE_S (default 60), BENCH_S (260), CHECK_S (200: the check stops drawing new
 # configurations then; in-flight ones finish), CG_S (120). SWEEP=0: the benchmark table with the default
 # configs, no sweep. PROFILE=0 / BENCH=0 / CHECK=0 leave a step out; CG=1 adds bench_cudagraphs.py.
+# BENCH_ARGS / CHECK_ARGS: extra options, e.g. BENCH_ARGS="--set SCREEN_HAT=1" CHECK_ARGS="--screen-hat on"
+# to measure and check an off-by-default kernel variant.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,7 +25,7 @@ fi
 if [ "${BENCH:-1}" = 1 ]; then
     sweep=--sweep
     [ "${SWEEP:-1}" = 0 ] && sweep=
-    timeout "${BENCH_S:-260}" python3 benchmarks/bench_attention.py $sweep --kinds random,planted \
+    timeout "${BENCH_S:-260}" python3 benchmarks/bench_attention.py $sweep --kinds random,planted ${BENCH_ARGS:-} \
         --out "$OUT/benchmarks.md" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
     echo "bench rc $?"
 fi
@@ -34,7 +36,7 @@ fi
 if [ "${CHECK:-1}" = 1 ]; then
     tmp=$(mktemp -d)
     for i in 0 1 2 3 4 5 6 7; do
-        python3 benchmarks/check_kernels.py --n 1000 --seed "${CHECK_SEED:-13}" --shard "$i/8" \
+        python3 benchmarks/check_kernels.py --n 1000 --seed "${CHECK_SEED:-13}" --shard "$i/8" ${CHECK_ARGS:-} \
             --budget-s "${CHECK_S:-200}" --log "$tmp/c$i.log" > /dev/null 2>&1 &
     done
     wait
