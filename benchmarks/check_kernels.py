@@ -59,7 +59,11 @@ def random_config(rng):
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
                 normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
                 two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]),
-                screen_hat=rng.random() < 0.3, fwd_lists=rng.random() < 0.3)
+                fwd_keys=rng.choice(["table", "table", "raw", "hat", "unit"]), fwd_lists=rng.random() < 0.3)
+
+
+# --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
+FWD_KEYS = {"table": (None, None), "raw": (False, False), "hat": (True, False), "unit": (True, True)}
 
 
 def grid_cap_config(two_launch_bwd):
@@ -181,8 +185,11 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/n: run only the configs of every n-th kernel variant "
                     "(run n processes side by side so that their compilations overlap)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test under TRITON_INTERPRET=1")
-    ap.add_argument("--screen-hat", default="draw", choices=["draw", "on", "off"],
-                    help="the forward's unit-key screen (SCREEN_HAT): drawn for 30%% of configurations, or forced")
+    ap.add_argument("--fwd-keys", default="draw", choices=["draw"] + list(FWD_KEYS),
+                    help="what the forward's screen and exact path score (attention.SCREEN_HAT, UNIT_KEYS): "
+                         "table (the block table's choice), raw (raw keys and norms), hat (a unit-key screen, raw "
+                         "exact path), unit (unit keys for both); drawn per configuration (table 40%%, each "
+                         "other 20%%), or forced")
     ap.add_argument("--fwd-lists", default="draw", choices=["draw", "on", "off"],
                     help="the forward's two-phase unmasked stage (FWD_LISTS): drawn for 30%% of configurations, or "
                          "forced")
@@ -217,7 +224,8 @@ def main():
         if i >= 0 and (2 * vi + c["causal"]) % n_shards != shard:
             continue
         n_run += 1
-        cap, row, lists, hat, fwd_lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS, tk.SCREEN_HAT, tk.FWD_LISTS
+        cap, row, lists, fwd_lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS, tk.FWD_LISTS
+        hat, unit = tk.SCREEN_HAT, tk.UNIT_KEYS
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -233,9 +241,10 @@ def main():
         # which the check's short sequences would not reach at the default LIST_ROW), with the lists forced on
         if c.get("list_row"):
             tk.LIST_ROW, tk.LISTS = c["list_row"], True
-        # screen_hat / fwd_lists: the forward's unit-key screen and two-phase unmasked stage (attention.SCREEN_HAT,
-        # FWD_LISTS; off by default); --screen-hat / --fwd-lists on/off force them for every configuration
-        tk.SCREEN_HAT = {"on": True, "off": False}.get(args.screen_hat, bool(c.get("screen_hat")))
+        # fwd_keys / fwd_lists: what the forward scores (FWD_KEYS: attention.SCREEN_HAT, UNIT_KEYS) and its
+        # two-phase unmasked stage (FWD_LISTS, off by default); --fwd-keys / --fwd-lists force them
+        tk.SCREEN_HAT, tk.UNIT_KEYS = FWD_KEYS[c.get("fwd_keys", "table") if args.fwd_keys == "draw"
+                                               else args.fwd_keys]
         tk.FWD_LISTS = {"on": True, "off": False}.get(args.fwd_lists, bool(c.get("fwd_lists")))
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
@@ -255,7 +264,7 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
             tk.LIST_ROW, tk.LISTS = row, lists
-            tk.SCREEN_HAT, tk.FWD_LISTS = hat, fwd_lists
+            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.FWD_LISTS = hat, unit, fwd_lists
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

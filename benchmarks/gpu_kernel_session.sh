@@ -7,7 +7,7 @@
 # Guards (seconds): PROFILE_S (default 60), BENCH_S (260), CHECK_S (200: the check stops drawing new
 # configurations then; in-flight ones finish), CG_S (120). SWEEP=0: the benchmark table with the default
 # configs, no sweep. PROFILE=0 / BENCH=0 / CHECK=0 leave a step out; CG=1 adds bench_cudagraphs.py.
-# BENCH_ARGS / CHECK_ARGS: extra options, e.g. BENCH_ARGS="--set SCREEN_HAT=1" CHECK_ARGS="--screen-hat on"
+# BENCH_ARGS / CHECK_ARGS: extra options, e.g. BENCH_ARGS="--set SCREEN_HAT=1" CHECK_ARGS="--fwd-keys unit"
 # to measure and check an off-by-default kernel variant.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -31,11 +31,13 @@ TOL = 1e-4 if ON_GPU else 1e-10
 def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, False, False
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, None, False
+    tk.UNIT_KEYS = None
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, False, False
+    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT, tk.FWD_LISTS = None, 64, 256, None, False
+    tk.UNIT_KEYS = None
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -285,12 +287,14 @@ def test_survivor_flags_and_skipping(grain):
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("hat", [False, True])
-def test_screen_keeps_every_survivor(hat):
+@pytest.mark.parametrize("hat,unit", [(False, False), (True, False), (True, True)])
+def test_screen_keeps_every_survivor(hat, unit):
     """fp32 scores planted within a few ulps of tau in pairs the forward screens (below the diagonal): the
     screen must pass every pair the exact path finds alive -- bit-identical output and gradients with the
     screen off, and its flags (taken from its conservative values) a superset of the exact ones. hat: the
-    unit-key screen (SCREEN_HAT), whose fp32 unit keys are rounded copies."""
+    unit-key screen (SCREEN_HAT), whose fp32 unit keys are rounded copies. unit (UNIT_KEYS): the forward's
+    output comes from those rounded unit keys (close, not identical); the flags must still cover every pair
+    the backward, which scores the raw keys, finds alive, so its gradients stay bit-identical."""
     torch.manual_seed(12)
     M = N = 64
     D = 16
@@ -312,16 +316,18 @@ def test_screen_keeps_every_survivor(hat):
             2.0, True, True)
     tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
     res = {}
-    tk.SCREEN_HAT = hat
     for screen in (True, False):
-        tk.SCREEN = screen
+        tk.SCREEN, tk.SCREEN_HAT, tk.UNIT_KEYS = screen, hat, unit
         leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
                   for a in args]
         out, flags, _, _ = torch.ops.tda.threshold_attention_fwd(*leaves)
         grads = torch.autograd.grad(out, leaves[:5], torch.ones_like(out))
         res[screen] = (out, flags, grads)
     assert bool((res[True][1] >= res[False][1]).all()), (res[True][1], res[False][1])
-    assert torch.equal(res[True][0], res[False][0])
+    if unit:
+        assert torch.allclose(res[True][0], res[False][0], rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(res[True][0], res[False][0])
     for a, b in zip(res[True][2], res[False][2]):
         assert torch.equal(a, b)
     planted = [res[False][1][0, i // 16, j // 16].item() for i, j in plants]
@@ -337,7 +343,8 @@ def test_screen_hat_and_forward_lists_equal_the_one_phase_screen(two_views, caus
     """SCREEN_HAT (the screen scores the pre-pass's unit keys; passing pairs recompute the exact scores from the
     raw keys) and FWD_LISTS (a screen-only phase writing the flags, then the exact path over lists of the
     flagged blocks, also with 1- and 2-entry rows so that the lists take several rounds), alone and
-    together, give the bit-identical output (training and inference) and gradients of the default forward;
+    together, give the bit-identical output (training and inference) and gradients of the default forward
+    (with UNIT_KEYS, whose exact path scores the rounded unit keys: a close output, identical gradients);
     their flags equal the default's (FWD_LISTS alone) or are a superset of them (SCREEN_HAT). Ragged shapes,
     GQA and finer flags included. Also: the pre-pass's unit keys are the keys times their inverse norms."""
     torch.manual_seed(21)
@@ -350,10 +357,11 @@ def test_screen_hat_and_forward_lists_equal_the_one_phase_screen(two_views, caus
     k2 = inputs["k2"].detach() if two_views else None
     tau = reference.tau(torch.arange(5, 5 + M, device=DEV), inputs["beta"].detach(), 1.0, 16).to(DT)
     res = {}
-    variants = [(False, False, 256), (True, False, 256), (False, True, 256), (True, True, 256), (False, True, 1),
-                (True, True, 2)]
-    for hat, lists, row in variants:
-        tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW = hat, lists, row
+    variants = [(False, False, 256, False), (True, False, 256, False), (False, True, 256, False),
+                (True, True, 256, False), (False, True, 1, False), (True, True, 2, False), (True, False, 256, True),
+                (True, True, 2, True)]
+    for hat, lists, row, unit in variants:
+        tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW, tk.UNIT_KEYS = hat, lists, row, unit
         out, grads = _run("triton", inputs, lambda out: dout, **kw)
         with torch.no_grad():
             infer = fn(**inputs, backend="triton", **kw)
@@ -361,13 +369,17 @@ def test_screen_hat_and_forward_lists_equal_the_one_phase_screen(two_views, caus
             inputs["q1" if two_views else "q"].detach(), k1, inputs["q2"].detach() if two_views else None, k2,
             inputs["v"].detach(), tau.contiguous(), inputs["lam"].detach() if two_views else None, 2.0, causal,
             True)[1]
-        res[hat, lists, row] = out, grads, infer, flags
-    tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW = False, False, 256
-    out0, grads0, infer0, flags0 = res[False, False, 256]
+        res[hat, lists, row, unit] = out, grads, infer, flags
+    tk.SCREEN_HAT, tk.FWD_LISTS, tk.LIST_ROW, tk.UNIT_KEYS = None, False, 256, None
+    out0, grads0, infer0, flags0 = res[False, False, 256, False]
     assert flags0.any() and not flags0.all()  # the screen had something to decide
-    for (hat, lists, row), (out, grads, infer, flags) in res.items():
-        key = (hat, lists, row)
-        assert torch.equal(out, out0) and torch.equal(infer, infer0), key
+    for (hat, lists, row, unit), (out, grads, infer, flags) in res.items():
+        key = (hat, lists, row, unit)
+        if unit:  # the output from the rounded unit keys: close (fp64 here), the gradients unchanged
+            assert torch.allclose(out, out0, rtol=1e-12, atol=1e-13) and not torch.equal(out, out0), key
+            assert torch.allclose(infer, infer0, rtol=1e-12, atol=1e-13), key
+        else:
+            assert torch.equal(out, out0) and torch.equal(infer, infer0), key
         for name in inputs:
             assert torch.equal(grads[name], grads0[name]), (key, name)
         if hat:
@@ -443,6 +455,14 @@ def test_config_table(monkeypatch):
     for n, grain in ((1025, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
         cfg = tk._configs(64, torch.bfloat16, True, n)
         assert cfg["flags"] == grain and cfg["dkdv"][:2] == cfg["dq"][:2] == grain
+    # the unit-key forward (SCREEN_HAT + UNIT_KEYS) past 4K keys in bf16/fp16, not for fp32
+    for D in (64, 128):
+        for dt in (torch.bfloat16, torch.float16):
+            assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
+                False, False, True, True]
+        assert not tk._configs(D, torch.float32, True).get("unit_keys", False)
+    tk.set_config(unit_keys=False)
+    assert tk._configs(64, torch.bfloat16, True)["unit_keys"] is False
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)

@@ -73,10 +73,18 @@ LIST_CHUNK = 64
 LIST_ROW = 256
 # SCREEN_HAT (with SCREEN and fused normalisation): the key-norm pre-pass also writes the unit keys, rounded to
 # the inputs' dtype, and the forward's screen scores them (no per-key norm in its loop: the probe in
-# docs/benchmarks.md measured those loads at 0.14-0.40x SDPA's forward); pairs that pass recompute the exact
-# scores from the raw keys as before, so outputs and gradients are unchanged. Costs the unit keys' memory
-# during the forward. Off until measured on a GPU.
-SCREEN_HAT = False
+# docs/benchmarks.md measured those loads at 0.14-0.40x SDPA's forward); without UNIT_KEYS, pairs that pass
+# recompute the exact scores from the raw keys, so outputs and gradients are unchanged. Costs the unit keys'
+# memory during the forward (freed before the backward). None: per the block table (_configs' "unit_keys").
+SCREEN_HAT = None
+# UNIT_KEYS (with SCREEN_HAT): the unmasked pairs' exact path takes its scores from the unit keys too,
+# s = (q . round(k^)) rq -- the reference's own order in the input dtype (reference.l2_normalize rounds k^
+# to it) -- so passing pairs load no raw keys or norms and no score is computed twice. The output moves by
+# k^'s rounding (half an ulp, 2^-8 relative, in bf16: below the reference's own low-precision error); the
+# backward is unchanged (raw keys), its flags the screen's with the margin, a superset of its survivors (it
+# visits a few more pairs: +4-10%). Inference needs no flags, so its screen runs without the margin.
+# None: per the block table (on for long keys in bf16/fp16: forward -16-25% at 8K-16K, docs/benchmarks.md).
+UNIT_KEYS = None
 # FWD_LISTS (with SCREEN): the forward's unmasked stage in two phases -- a screen-only loop that writes the flags,
 # then the exact path over compacted lists of the flagged blocks (LIST_ROW entries a round), so the screen's
 # loop holds no exact path's registers. Same output. Off until measured on a GPU.
@@ -112,11 +120,13 @@ BY_LENGTH = True
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
-    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq)); no args resets. flags: the grain of the
-    forward's survivor flags (dividing the forward block; default: per head dim in _configs, else the block
-    itself) -- finer flags let the backward skip more of its smaller blocks. infer: the forward with no
-    backward to follow; test False runs it without any survivor test (the PV product on every visited pair).
-    lists: whether the dK/dV and the dQ programs loop over compacted live-block lists (LISTS)."""
+    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq), unit_keys=bool); no args resets.
+    flags: the grain of the forward's survivor flags (dividing the forward block; default: per head dim in
+    _configs, else the block itself) -- finer flags let the backward skip more of its smaller blocks.
+    infer: the forward with no backward to follow; test False runs it without any survivor test (the PV
+    product on every visited pair). lists: whether the dK/dV and the dQ programs loop over compacted
+    live-block lists (LISTS). unit_keys: whether the forward scores the unit keys (SCREEN_HAT and
+    UNIT_KEYS, where those switches are None)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -164,6 +174,10 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
         if n <= 4096:
             cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, n > 2048))
+    if dtype != torch.float32 and not _interpreting():
+        # past 4K keys the forward scores the unit keys (SCREEN_HAT + UNIT_KEYS): fwd+bwd kernels -1 to -18%
+        # at 8K-16K; at 4K even (docs/results/kernels/unit-keys/)
+        cfg["unit_keys"] = n > 4096
     if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
         cfg.pop("infer", None)
         if "fwd" in _OVERRIDE:
@@ -274,7 +288,9 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     empty = out.numel() == 0
     flags = rq = rk = None
     screen = bool(SCREEN) and skip in (1, 2)
-    hat = bool(SCREEN_HAT) and normalize and screen
+    table = cfg.get("unit_keys", False)
+    hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
+    unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
     two_phase = bool(FWD_LISTS) and screen
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
@@ -308,7 +324,8 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
-            HAT_DELTA=_hat_delta(q1.dtype, D) if hat else 0.0, FWD_LISTS=two_phase, LIST_ROW=int(LIST_ROW),
+            HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
+            FWD_LISTS=two_phase, LIST_ROW=int(LIST_ROW),
             CHUNK=int(LIST_CHUNK), num_warps=warps, num_stages=stages)
 
     fl_all = flags if for_bwd else (flags_inf if two_phase else None)

@@ -16,7 +16,8 @@ wrong gradient. A cleared flag always means no survivor.
 
 SCREEN_HAT (off by default): the screen scores unit keys the pre-pass wrote (no per-key norm in its loop);
 FWD_LISTS (off by default): the unmasked stage in two phases, screen-only then the exact path over lists of
-the flagged blocks (_fwd_listed). Neither changes the output; both await a GPU measurement.
+the flagged blocks (_fwd_listed). Neither changes the output. UNIT_KEYS (with SCREEN_HAT): the exact path
+of the unmasked pairs scores the unit keys too (see attention.UNIT_KEYS), so it recomputes nothing.
 
 NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
 inverse norms rq, rk (reference.l2_normalize's, eps included) precomputed by common.inv_norm_kernel:
@@ -180,7 +181,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-               SCREEN_HAT: tl.constexpr):
+               SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -190,20 +191,30 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
             # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher).
             # Only pairs that pass load the raw keys and their norms and take the exact path
             kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-            c = tl.dot(q1, tl.trans(kh1), input_precision=PREC) - thr1[:, None]
+            h1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC)
+            c = h1 - thr1[:, None]
+            h2 = h1
             if TWO_VIEWS:
                 kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-                c = tl.maximum(c, tl.dot(q2, tl.trans(kh2), input_precision=PREC) - thr2[:, None])
+                h2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC)
+                c = tl.maximum(c, h2 - thr2[:, None])
             alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
                                   FOR_BWD)
-            if alive:
-                s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
-                                               s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC,
-                                               NORMALIZE)
-                acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
-                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
-                            MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                            NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
+            if UNIT_KEYS:  # the screen's scores are the exact path's too: (q . round(k^)) rq
+                if alive:
+                    acc = _tile(acc, h1 * rq1[:, None], h2 * rq2[:, None], rq1, rq2, rq1, rq2, tau, lam, v_base,
+                                s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                                MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                                False, FLAG_M, FLAG_N, FOR_BWD, True)
+            else:  # passing pairs recompute the scores from the raw keys and their norms
+                if alive:
+                    s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n,
+                                                   s_k1d, s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC,
+                                                   NORMALIZE)
+                    acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                                flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                                MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
         else:
             s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
                                            s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
@@ -242,7 +253,8 @@ def _fwd_listed(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v
                 TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN_HAT: tl.constexpr, CHUNK: tl.constexpr):
+                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr,
+                CHUNK: tl.constexpr):
     """FWD_LISTS: the unmasked key blocks 0, BLOCK_N, ... < hi in two phases. Phase 1 only screens every block
     and writes its flags (a loop with no exact path in it, so fewer registers live across its products);
     phase 2 compacts the flagged blocks into lists of `row` entries (common.live_list) and takes the exact
@@ -278,12 +290,24 @@ def _fwd_listed(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v
         for t in range(0, cnt):
             start_n = tl.multiple_of(tl.load(scratch + t), BLOCK_N)
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
-                                           s_k2n, s_k2d, offs_n, N, False, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
-            acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
-                        flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
-                        False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                        NORMALIZE, FLAG_M, FLAG_N, True, True)  # screened: _tile writes no flags
+            if UNIT_KEYS:
+                kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+                s1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC) * rq1[:, None]
+                s2 = s1
+                if TWO_VIEWS:
+                    kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+                    s2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC) * rq2[:, None]
+                acc = _tile(acc, s1, s2, rq1, rq2, rq1, rq2, tau, lam, v_base, s_vn, s_vd,
+                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                            False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                            False, FLAG_M, FLAG_N, True, True)  # screened: _tile writes no flags
+            else:
+                s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
+                                               s_k2n, s_k2d, offs_n, N, False, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
+                acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
+                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
+                            False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
+                            NORMALIZE, FLAG_M, FLAG_N, True, True)  # screened: _tile writes no flags
         tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return acc
 
@@ -302,7 +326,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr,
-                   FWD_LISTS: tl.constexpr, LIST_ROW: tl.constexpr, CHUNK: tl.constexpr):
+                   UNIT_KEYS: tl.constexpr, FWD_LISTS: tl.constexpr, LIST_ROW: tl.constexpr, CHUNK: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -392,17 +416,18 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                           rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                           FLAGS + bh.to(tl.int64) * n_mt * n_nt, flag_row, frow0, n_mt, n_nt, scratch, row,
                           start_m, offs_m, lo, diag, N, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
-                          HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN_HAT, CHUNK)
+                          HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN_HAT, UNIT_KEYS, CHUNK)
     else:
         acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base,
                          rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
                          n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
                          HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
-                         SCREEN_HAT)
+                         SCREEN_HAT, UNIT_KEYS)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
                      offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
-                     HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT)
+                     HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT,
+                     UNIT_KEYS)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ
