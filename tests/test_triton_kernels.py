@@ -455,14 +455,15 @@ def test_config_table(monkeypatch):
     for n, grain in ((1025, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
         cfg = tk._configs(64, torch.bfloat16, True, n)
         assert cfg["flags"] == grain and cfg["dkdv"][:2] == cfg["dq"][:2] == grain
-    # the unit-key forward (SCREEN_HAT + UNIT_KEYS) past 4K keys in bf16/fp16, not for fp32
+    # the unit-key forward (SCREEN_HAT + UNIT_KEYS) in bf16/fp16, not for fp32: training past 4K keys,
+    # inference everywhere (it only acts where that forward screens)
     for D in (64, 128):
         for dt in (torch.bfloat16, torch.float16):
             assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
-                False, False, True, True]
-        assert not tk._configs(D, torch.float32, True).get("unit_keys", False)
+                (False, True), (False, True), (True, True), (True, True)]
+        assert "unit_keys" not in tk._configs(D, torch.float32, True)
     tk.set_config(unit_keys=False)
-    assert tk._configs(64, torch.bfloat16, True)["unit_keys"] is False
+    assert tk._configs(64, torch.bfloat16, True)["unit_keys"] == (False, False)
     tk.set_config(fwd=(64, 64, 4, 2))
     cfg = tk._configs(128, torch.bfloat16, True, 1024)
     assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)

@@ -83,7 +83,9 @@ SCREEN_HAT = None
 # k^'s rounding (half an ulp, 2^-8 relative, in bf16: below the reference's own low-precision error); the
 # backward is unchanged (raw keys), its flags the screen's with the margin, a superset of its survivors (it
 # visits a few more pairs: +4-10%). Inference needs no flags, so its screen runs without the margin.
-# None: per the block table (on for long keys in bf16/fp16: forward -16-25% at 8K-16K, docs/benchmarks.md).
+# None: per the block table (bf16/fp16: training past 4K keys, inference wherever it screens; forward -8 to
+# -25% at 4K-16K, docs/benchmarks.md). At 4K keys a no-grad call and a training call therefore differ by
+# that rounding.
 UNIT_KEYS = None
 # FWD_LISTS (with SCREEN): the forward's unmasked stage in two phases -- a screen-only loop that writes the flags,
 # then the exact path over compacted lists of the flagged blocks (LIST_ROW entries a round), so the screen's
@@ -126,7 +128,7 @@ def set_config(**kw):
     infer: the forward with no backward to follow; test False runs it without any survivor test (the PV
     product on every visited pair). lists: whether the dK/dV and the dQ programs loop over compacted
     live-block lists (LISTS). unit_keys: whether the forward scores the unit keys (SCREEN_HAT and
-    UNIT_KEYS, where those switches are None)."""
+    UNIT_KEYS, where those switches are None): bool or (training, inference)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -175,9 +177,10 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         if n <= 4096:
             cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, n > 2048))
     if dtype != torch.float32 and not _interpreting():
-        # past 4K keys the forward scores the unit keys (SCREEN_HAT + UNIT_KEYS): fwd+bwd kernels -1 to -18%
-        # at 8K-16K; at 4K even (docs/results/kernels/unit-keys/)
-        cfg["unit_keys"] = n > 4096
+        # (training, inference): the forward scores the unit keys (SCREEN_HAT + UNIT_KEYS) past 4K keys in
+        # training (fwd+bwd kernels -1 to -18% at 8K-16K; at 4K even, the backward paying for the margin's
+        # flags) and wherever the inference forward screens (-8 to -15% at 4K; docs/results/kernels/unit-keys/)
+        cfg["unit_keys"] = (n > 4096, True)
     if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
         cfg.pop("infer", None)
         if "fwd" in _OVERRIDE:
@@ -187,6 +190,8 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     lists = cfg.setdefault("lists", (True, True))
     if isinstance(lists, bool):  # set_config(lists=True): both kinds of program
         cfg["lists"] = (lists, lists)
+    if isinstance(cfg.get("unit_keys"), bool):  # set_config(unit_keys=True): training and inference
+        cfg["unit_keys"] = (cfg["unit_keys"], cfg["unit_keys"])
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
     if BM % FM or BN % FN:
@@ -288,7 +293,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     empty = out.numel() == 0
     flags = rq = rk = None
     screen = bool(SCREEN) and skip in (1, 2)
-    table = cfg.get("unit_keys", False)
+    table = cfg.get("unit_keys", (False, False))[0 if for_bwd else 1]
     hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
     two_phase = bool(FWD_LISTS) and screen

@@ -95,7 +95,7 @@ def table_variants(full: bool = True):
         tag = f"d{D}-{'short' if N else 'long'}"
         BM, BN, w, s = cfg["fwd"]
         lists = dict(FWD_LISTS=False, LIST_ROW=tk.LIST_ROW, CHUNK=tk.LIST_CHUNK)
-        unit = cfg.get("unit_keys", False)  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
+        unit, unit_inf = cfg.get("unit_keys", (False, False))  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
         delta = tk._hat_delta(torch.bfloat16, D)
         keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
         train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
@@ -113,7 +113,7 @@ def table_variants(full: bool = True):
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2,
                          FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True,
-                         HAT_DELTA=0.0, **(keys if test else dict(SCREEN_HAT=False, UNIT_KEYS=False)), **lists),
+                         HAT_DELTA=0.0, SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf, **lists),
                     w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
