@@ -82,14 +82,15 @@ SCREEN_HAT = None
 # to it) -- so passing pairs load no raw keys or norms and no score is computed twice. The output moves by
 # k^'s rounding (half an ulp, 2^-8 relative, in bf16: below the reference's own low-precision error); the
 # backward is unchanged (raw keys), its flags the screen's with the margin, a superset of its survivors (it
-# visits a few more pairs: +4-10%). Inference needs no flags, so its screen runs without the margin.
+# visits a few more pairs: +2-10%). Inference needs no flags, so its screen runs without the margin.
 # None: per the block table (bf16/fp16: training past 4K keys, inference wherever it screens; forward -8 to
 # -25% at 4K-16K, docs/benchmarks.md). At 4K keys a no-grad call and a training call therefore differ by
 # that rounding.
 UNIT_KEYS = None
 # FWD_LISTS (with SCREEN): the forward's unmasked stage in two phases -- a screen-only loop that writes the flags,
 # then the exact path over compacted lists of the flagged blocks (LIST_ROW entries a round), so the screen's
-# loop holds no exact path's registers. Same output. Off until measured on a GPU.
+# loop holds no exact path's registers. Same output. Off: slower in every row measured, with and without the
+# unit keys (docs/results/kernels/unit-keys/).
 FWD_LISTS = False
 
 

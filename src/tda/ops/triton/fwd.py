@@ -14,10 +14,11 @@ flag may be set for a sub-tile whose exceedances all turn out zero (a score with
 margin below tau); the backward then recomputes that sub-tile and finds nothing -- wasted work, never a
 wrong gradient. A cleared flag always means no survivor.
 
-SCREEN_HAT (off by default): the screen scores unit keys the pre-pass wrote (no per-key norm in its loop);
-FWD_LISTS (off by default): the unmasked stage in two phases, screen-only then the exact path over lists of
-the flagged blocks (_fwd_listed). Neither changes the output. UNIT_KEYS (with SCREEN_HAT): the exact path
-of the unmasked pairs scores the unit keys too (see attention.UNIT_KEYS), so it recomputes nothing.
+SCREEN_HAT: the screen scores unit keys the pre-pass wrote (no per-key norm in its loop); UNIT_KEYS (with
+SCREEN_HAT): the exact path of the unmasked pairs scores them too (see attention.UNIT_KEYS), so it
+recomputes nothing -- both on per the block table (long keys). FWD_LISTS (off; measured slower): the
+unmasked stage in two phases, screen-only then the exact path over lists of the flagged blocks
+(_fwd_listed). Without UNIT_KEYS none of them changes the output.
 
 NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
 inverse norms rq, rk (reference.l2_normalize's, eps included) precomputed by common.inv_norm_kernel:
