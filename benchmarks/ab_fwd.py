@@ -1,15 +1,17 @@
-"""A/B of forward switches of tda.ops.triton.attention (e.g. HEAVY_FIRST, SCREEN_HAT, FWD_LISTS) in one
+"""A/B of forward switches of tda.ops.triton.attention (e.g. HEAVY_FIRST, SCREEN_HAT, UNIT_KEYS) in one
 process: kernel-only inference and training forward (and with --bwd the backward on each variant's flags),
 alternating the variants over rounds and keeping each one's best median, next to SDPA-flash's forward at the
 same shape.
 
     PYTHONPATH=src python3 benchmarks/ab_fwd.py --flag HEAVY_FIRST --values 1,0 [--rounds 2]
     PYTHONPATH=src python3 benchmarks/ab_fwd.py --bwd \
-        --variants 'default;SCREEN_HAT=1;FWD_LISTS=1;SCREEN_HAT=1,FWD_LISTS=1'
+        --variants 'SCREEN_HAT=0,UNIT_KEYS=0;SCREEN_HAT=1,UNIT_KEYS=0;SCREEN_HAT=1,UNIT_KEYS=1'
 
-(values: integers, or none; 1/0 become True/False for boolean switches). Two switches were measured with it
-and removed, both slower at every row (docs/results/kernels/fwd-probe/): LOOP_STAGES (tl.range(num_stages=S)
-on the forward's key loop) and RK_PREFETCH (the inverse key norms loaded one key block ahead in registers).
+(values: integers, or none; 1/0 become True/False for boolean switches). Three switches were measured with
+it and removed, each slower at every row: LOOP_STAGES (tl.range(num_stages=S) on the forward's key loop) and
+RK_PREFETCH (the inverse key norms loaded one key block ahead in registers; docs/results/kernels/fwd-probe/),
+and FWD_LISTS (a screen-only phase, then the exact path over compacted lists of the flagged blocks;
+docs/results/kernels/unit-keys/).
 """
 import argparse
 
@@ -31,7 +33,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--variants", default=None,
                     help="instead of --flag/--values: ';'-separated variants, each 'default' or comma-separated "
-                         "NAME=VALUE switch settings, e.g. 'default;SCREEN_HAT=1;SCREEN_HAT=1,FWD_LISTS=1'")
+                         "NAME=VALUE switch settings, e.g. 'default;SCREEN_HAT=0,UNIT_KEYS=0'")
     ap.add_argument("--bwd", action="store_true", help="also time the backward on each variant's flags")
     ap.add_argument("--warm-only", action="store_true", help="compile every variant (one call each), no timing")
     args = ap.parse_args()

@@ -59,7 +59,7 @@ def random_config(rng):
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
                 normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
                 two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]),
-                fwd_keys=rng.choice(["table", "table", "raw", "hat", "unit"]), fwd_lists=rng.random() < 0.3)
+                fwd_keys=rng.choice(["table", "table", "raw", "hat", "unit"]))
 
 
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
@@ -190,9 +190,6 @@ def main():
                          "table (the block table's choice), raw (raw keys and norms), hat (a unit-key screen, raw "
                          "exact path), unit (unit keys for both); drawn per configuration (table 40%%, each "
                          "other 20%%), or forced")
-    ap.add_argument("--fwd-lists", default="draw", choices=["draw", "on", "off"],
-                    help="the forward's two-phase unmasked stage (FWD_LISTS): drawn for 30%% of configurations, or "
-                         "forced")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -224,7 +221,7 @@ def main():
         if i >= 0 and (2 * vi + c["causal"]) % n_shards != shard:
             continue
         n_run += 1
-        cap, row, lists, fwd_lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS, tk.FWD_LISTS
+        cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
         hat, unit = tk.SCREEN_HAT, tk.UNIT_KEYS
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
@@ -241,11 +238,9 @@ def main():
         # which the check's short sequences would not reach at the default LIST_ROW), with the lists forced on
         if c.get("list_row"):
             tk.LIST_ROW, tk.LISTS = c["list_row"], True
-        # fwd_keys / fwd_lists: what the forward scores (FWD_KEYS: attention.SCREEN_HAT, UNIT_KEYS) and its
-        # two-phase unmasked stage (FWD_LISTS, off by default); --fwd-keys / --fwd-lists force them
+        # fwd_keys: what the forward scores (FWD_KEYS: attention.SCREEN_HAT, UNIT_KEYS); --fwd-keys forces it
         tk.SCREEN_HAT, tk.UNIT_KEYS = FWD_KEYS[c.get("fwd_keys", "table") if args.fwd_keys == "draw"
                                                else args.fwd_keys]
-        tk.FWD_LISTS = {"on": True, "off": False}.get(args.fwd_lists, bool(c.get("fwd_lists")))
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -264,7 +259,7 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
             tk.LIST_ROW, tk.LISTS = row, lists
-            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.FWD_LISTS = hat, unit, fwd_lists
+            tk.SCREEN_HAT, tk.UNIT_KEYS = hat, unit
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

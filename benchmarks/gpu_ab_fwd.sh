@@ -2,8 +2,8 @@
 # One device call: compile a forward switch's variants in parallel, then the A/B (benchmarks/ab_fwd.py) in one
 # process. Output under $OUT. VARIANTS (ab_fwd.py --variants) replaces FLAG/VALUES; AB_ARGS adds options.
 #     run(command="FLAG=HEAVY_FIRST VALUES=1,0 bash benchmarks/gpu_ab_fwd.sh", timeout_s=400)
-#     run(command="VARIANTS='default;SCREEN_HAT=1;FWD_LISTS=1;SCREEN_HAT=1,FWD_LISTS=1' AB_ARGS=--bwd \
-#                  bash benchmarks/gpu_ab_fwd.sh", timeout_s=500)
+#     run(command="VARIANTS='SCREEN_HAT=0,UNIT_KEYS=0;SCREEN_HAT=1,UNIT_KEYS=0;SCREEN_HAT=1,UNIT_KEYS=1' \
+#                  AB_ARGS=--bwd bash benchmarks/gpu_ab_fwd.sh", timeout_s=500)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"

@@ -87,11 +87,6 @@ SCREEN_HAT = None
 # -25% at 4K-16K, docs/benchmarks.md). At 4K keys a no-grad call and a training call therefore differ by
 # that rounding.
 UNIT_KEYS = None
-# FWD_LISTS (with SCREEN): the forward's unmasked stage in two phases -- a screen-only loop that writes the flags,
-# then the exact path over compacted lists of the flagged blocks (LIST_ROW entries a round), so the screen's
-# loop holds no exact path's registers. Same output. Off: slower in every row measured, with and without the
-# unit keys (docs/results/kernels/unit-keys/).
-FWD_LISTS = False
 
 
 # the unit keys' rounding (half an ulp, relative) and the fp32 (fp64) accumulation's unit roundoff
@@ -297,13 +292,10 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     table = cfg.get("unit_keys", (False, False))[0 if for_bwd else 1]
     hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
-    two_phase = bool(FWD_LISTS) and screen
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
         alloc = torch.ones if skip == 3 else (torch.zeros if empty else torch.empty)
         flags = alloc((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
-    elif two_phase:  # the two-phase forward reads back the flags of its unmasked blocks (block grain here)
-        flags_inf = torch.empty((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
     kh = None
     if normalize:  # rq is written by the forward kernel itself, rk (and the unit keys kh) by the pre-pass
         if for_bwd:
@@ -318,12 +310,9 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     def launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh):
         RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
         KH1, KH2 = (kh[0], kh[-1]) if kh is not None else (RK1, RK2)
-        n_prog = _cdiv(M, BM) * q1.shape[0] * H
-        scr = torch.empty(n_prog * min(int(LIST_ROW), _cdiv(N, BN)), device=q1.device, dtype=torch.int32) \
-            if two_phase else out
         _fwd[(_cdiv(M, BM), q1.shape[0] * H)](
             q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
-            flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2, scr,
+            flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2,
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
             s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
@@ -331,16 +320,14 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
             HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
-            FWD_LISTS=two_phase, LIST_ROW=int(LIST_ROW),
-            CHUNK=int(LIST_CHUNK), num_warps=warps, num_stages=stages)
+            num_warps=warps, num_stages=stages)
 
-    fl_all = flags if for_bwd else (flags_inf if two_phase else None)
     if B * H <= MAX_GRID_Y:
-        launch(q1, k1, q2, k2, v, out, fl_all, rq, rk, kh)
+        launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)
     else:  # the grid's second axis (batch * heads) is capped: one launch per slice of the batch
         for sl, fl in _batch_slices(B, H):
             launch(q1[sl], k1[sl], q2[sl] if two else None, k2[sl] if two else None, v[sl], out[sl],
-                   fl_all[fl] if fl_all is not None else None, rq[:, sl] if rq is not None else None,
+                   flags[fl] if flags is not None else None, rq[:, sl] if rq is not None else None,
                    rk[:, sl] if rk is not None else None, kh[:, sl] if kh is not None else None)
     return out, flags, rq, rk
 

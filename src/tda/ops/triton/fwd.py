@@ -14,11 +14,9 @@ flag may be set for a sub-tile whose exceedances all turn out zero (a score with
 margin below tau); the backward then recomputes that sub-tile and finds nothing -- wasted work, never a
 wrong gradient. A cleared flag always means no survivor.
 
-SCREEN_HAT: the screen scores unit keys the pre-pass wrote (no per-key norm in its loop); UNIT_KEYS (with
-SCREEN_HAT): the exact path of the unmasked pairs scores them too (see attention.UNIT_KEYS), so it
-recomputes nothing -- both on per the block table (long keys). FWD_LISTS (off; measured slower): the
-unmasked stage in two phases, screen-only then the exact path over lists of the flagged blocks
-(_fwd_listed). Without UNIT_KEYS none of them changes the output.
+SCREEN_HAT: the screen scores unit keys the pre-pass wrote (no per-key norm in its loop), without changing
+the output; UNIT_KEYS (with SCREEN_HAT): the exact path of the unmasked pairs scores them too (see
+attention.UNIT_KEYS), so it recomputes nothing. Both on per the block table (long keys).
 
 NORMALIZE: q/k arrive raw and the cosine score is s_ij = (q_i . k_j) * rq_i * rk_j in fp32, with the
 inverse norms rq, rk (reference.l2_normalize's, eps included) precomputed by common.inv_norm_kernel:
@@ -27,7 +25,7 @@ the products still run on the raw input-dtype tiles, and no normalised copy of q
 import triton
 import triton.language as tl
 
-from .common import exceed_pow, inv_norm_rows, live_list, load_tau
+from .common import exceed_pow, inv_norm_rows, load_tau
 
 
 @triton.jit
@@ -247,76 +245,10 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
     return acc
 
 
-@triton.jit
-def _fwd_listed(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
-                kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                flag_base, flag_row, frow0, n_mt, n_nt, scratch, row, start_m, offs_m, hi, diag, N, p_val,
-                TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
-                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr,
-                CHUNK: tl.constexpr):
-    """FWD_LISTS: the unmasked key blocks 0, BLOCK_N, ... < hi in two phases. Phase 1 only screens every block
-    and writes its flags (a loop with no exact path in it, so fewer registers live across its products);
-    phase 2 compacts the flagged blocks into lists of `row` entries (common.live_list) and takes the exact
-    path on them alone, in the same key order, so the output is bit-identical to the one-phase loop."""
-    offs_d = tl.arange(0, HEAD_D)
-    for start_n in range(0, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        if SCREEN_HAT:
-            kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-            c = tl.dot(q1, tl.trans(kh1), input_precision=PREC) - thr1[:, None]
-            if TWO_VIEWS:
-                kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-                c = tl.maximum(c, tl.dot(q2, tl.trans(kh2), input_precision=PREC) - thr2[:, None])
-        else:
-            s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
-                                           s_k2n, s_k2d, offs_n, N, False, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
-            if NORMALIZE:
-                c = s1 * rk1[None, :] - thr1[:, None]
-            else:
-                c = s1 - thr1[:, None]
-            if TWO_VIEWS:
-                if NORMALIZE:
-                    c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
-                else:
-                    c = tl.maximum(c, s2 - thr2[:, None])
-        _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N, True)
-    tl.debug_barrier()  # phase 1's flags are written before any thread reads them
-    n_cand = hi // BLOCK_N
-    for r0 in range(0, n_cand, row):
-        cnt = live_list(flag_base, scratch, r0 * BLOCK_N, tl.minimum(n_cand - r0, row), start_m, n_mt, n_nt,
-                        BLOCK_N, FLAG_M, FLAG_N, BLOCK_M // FLAG_M, BLOCK_N // FLAG_N, False, CHUNK)
-        for t in range(0, cnt):
-            start_n = tl.multiple_of(tl.load(scratch + t), BLOCK_N)
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            if UNIT_KEYS:
-                kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-                s1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC) * rq1[:, None]
-                s2 = s1
-                if TWO_VIEWS:
-                    kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
-                    s2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC) * rq2[:, None]
-                acc = _tile(acc, s1, s2, rq1, rq2, rq1, rq2, tau, lam, v_base, s_vn, s_vd,
-                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
-                            False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                            False, FLAG_M, FLAG_N, True, True)  # screened: _tile writes no flags
-            else:
-                s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
-                                               s_k2n, s_k2d, offs_n, N, False, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
-                acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
-                            flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
-                            False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                            NORMALIZE, FLAG_M, FLAG_N, True, True)  # screened: _tile writes no flags
-        tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
-    return acc
-
-
 # sizes that vary per call are not specialised on (Triton would compile a variant per value class, i.e.
 # per ==1 / %16 pattern of M, N, heads...): one compiled kernel serves every sequence length
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2, SCR,
+def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
@@ -327,7 +259,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr,
-                   UNIT_KEYS: tl.constexpr, FWD_LISTS: tl.constexpr, LIST_ROW: tl.constexpr, CHUNK: tl.constexpr):
+                   UNIT_KEYS: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -410,20 +342,11 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
         lo = (N // BLOCK_N) * BLOCK_N
         hi = N
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
-    if FWD_LISTS:  # (with SCREEN: the launcher's rule) the unmasked blocks in two phases, see _fwd_listed
-        row = tl.minimum(tl.cdiv(N, BLOCK_N), LIST_ROW)
-        scratch = SCR + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * row
-        acc = _fwd_listed(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base,
-                          rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                          FLAGS + bh.to(tl.int64) * n_mt * n_nt, flag_row, frow0, n_mt, n_nt, scratch, row,
-                          start_m, offs_m, lo, diag, N, p_val, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
-                          HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN_HAT, UNIT_KEYS, CHUNK)
-    else:
-        acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base,
-                         rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
-                         n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
-                         HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
-                         SCREEN_HAT, UNIT_KEYS)
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base,
+                     rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
+                     n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
+                     HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
+                     SCREEN_HAT, UNIT_KEYS)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
                      offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,

@@ -78,7 +78,7 @@ def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
     bf16 TDA, p = 2, fused normalisation; d 64 / 128; short and long keys; forward for training and for
     inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
-    variants -- the raw-key screen, the unit-key screen without UNIT_KEYS, and UNIT_KEYS with FWD_LISTS).
+    variants -- the raw-key screen and the unit-key screen without UNIT_KEYS).
     full=False: the long-key d 64 and short-key d 128 configs only."""
     from . import attention as tk
     from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
@@ -94,26 +94,22 @@ def table_variants(full: bool = True):
         FM, FN = cfg["flags"]
         tag = f"d{D}-{'short' if N else 'long'}"
         BM, BN, w, s = cfg["fwd"]
-        lists = dict(FWD_LISTS=False, LIST_ROW=tk.LIST_ROW, CHUNK=tk.LIST_CHUNK)
         unit, unit_inf = cfg.get("unit_keys", (False, False))  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
         delta = tk._hat_delta(torch.bfloat16, D)
         keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
         train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0, **keys,
-                     **lists)
+                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0, **keys)
         out.append((f"fwd-train-{tag}", tda_fwd_kernel, train, w, s))
         if full and N is None:  # the other forward variants, long keys: raw-key screen, unit-key screen alone
             raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0)
             out.append((f"fwd-train-rawkeys-{tag}", tda_fwd_kernel, raw, w, s))
             hat = dict(train, SCREEN_HAT=True, UNIT_KEYS=False, HAT_DELTA=delta)
             out.append((f"fwd-train-hat-{tag}", tda_fwd_kernel, hat, w, s))
-            out.append((f"fwd-train-unit-lists-{tag}", tda_fwd_kernel,
-                        dict(hat, UNIT_KEYS=True, FWD_LISTS=True), w, s))
         BM, BN, w, s, test = cfg["infer"]
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel,
                     dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2,
                          FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True,
-                         HAT_DELTA=0.0, SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf, **lists),
+                         HAT_DELTA=0.0, SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf),
                     w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
