@@ -43,7 +43,8 @@ def main():
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--kind", default="random")
     ap.add_argument("--warm-only", action="store_true")
-    ap.add_argument("--inference-only", action="store_true", help="only the inference forward modes")
+    ap.add_argument("--inference-only", action="store_true",
+                    help="only the inference forward, for the table's block (or --fwds), with/without the screen")
     ap.add_argument("--shard", default="0/1", help="i/n: only every n-th variant (for parallel --warm-only)")
     ap.add_argument("--fwds", default=None, help="forward blocks to try, e.g. '128,64,8,3;64,32,4,3'")
     ap.add_argument("--screens", default="1,0", help="screen settings to try (1 on, 0 off)")
@@ -59,8 +60,9 @@ def main():
         i, n = (int(x) for x in args.shard.split("/"))
         fwds = [tuple(int(x) for x in f.split(",")) for f in args.fwds.split(";")] if args.fwds else None
         vs = variants(D, fwds, [bool(int(x)) for x in args.screens.split(",")])[i::n]
-        if args.inference_only:
-            vs = [(tk._configs(D, q1.dtype, True, N)["fwd"], None, s) for s in (True, False)]
+        if args.inference_only:  # the table's forward block (or --fwds), with and without the screen
+            vs = [(f, None, s) for f in (fwds or [tk._configs(D, q1.dtype, True, N)["fwd"]])
+                  for s in (bool(int(x)) for x in args.screens.split(","))][i::n]
         for fwd, g, screen in vs:
             tk.set_config(fwd=fwd, flags=g)
             tk.SCREEN = screen
