@@ -187,8 +187,8 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if SCREEN and SCREEN_HAT and not MASKED:
             # SCREEN_HAT: the screen scores the unit keys (kh, the pre-pass's rounded copy, contiguous), so it
-            # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher).
-            # Only pairs that pass load the raw keys and their norms and take the exact path
+            # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher: 0
+            # where the exact path scores kh too and no flags are written, i.e. UNIT_KEYS inference)
             kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
             h1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC)
             c = h1 - thr1[:, None]
