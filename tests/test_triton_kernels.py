@@ -334,6 +334,61 @@ def test_screen_keeps_every_survivor(hat, unit):
     assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
 
 
+@pytest.mark.parametrize("margin", [True, False])
+def test_unit_key_flags_cover_the_raw_survivors_at_bf16_rounding(monkeypatch, margin):
+    """UNIT_KEYS scores round(k^), but the backward scores the raw keys, so the forward's flags must cover
+    every raw survivor: its screen lowers tau by attention._hat_delta, which bounds k^'s rounding. The
+    interpreter cannot run bf16 dots, so this emulates bf16's rounding in fp32: the pre-pass's unit keys
+    go through bf16 and the margin is bf16's. Scores are planted within ~0.2% of tau (inside bf16's
+    rounding of k^), so that many land on the other side of tau in the unit-key scores. With the margin the
+    gradients equal the raw-key forward's bit for bit and its flags cover the raw ones; with the margin
+    taken away (margin=False, the control) some raw survivor goes unflagged and the gradients differ."""
+    torch.manual_seed(31)
+    M = N = 64
+    D = 16
+    beta = 1.3  # tau ~ 0.9: unplanted random pairs stay below it
+    q = torch.randn(1, 1, M, D, device=DEV)
+    k = torch.randn(1, 1, N, D, device=DEV)
+    taus = reference.tau(torch.arange(M, device=DEV), torch.tensor([beta], device=DEV), 1.0, D).float()
+    # one plant per (16 x 16) tile below the diagonal, each raw score just above tau (0.01-0.2% relative)
+    plants = [(i, j) for i in range(16, 64, 16) for j in range(0, i, 16)]
+    plants = [(i + 3 + (t * 5) % 11, j + (t * 7) % 13) for t, (i, j) in enumerate(plants)]
+    for t, (i, j) in enumerate(plants):
+        c = taus[0, i].double() * (1 + 1e-4 + (t % 4) * 5e-4)
+        qi = q[0, 0, i].double() / q[0, 0, i].double().norm()
+        u = torch.randn(D, dtype=torch.float64, device=DEV)
+        u = u - (u @ qi) * qi
+        k[0, 0, j] = (2.0 * (c * qi + (1 - c * c).sqrt() * u / u.norm())).float()
+    v = torch.randn(1, 1, N, D, device=DEV)
+    args = (q, k, torch.randn(1, 1, M, D, device=DEV), torch.randn(1, 1, N, D, device=DEV), v, taus.contiguous(),
+            torch.full((1,), 0.5, device=DEV), 2.0, True, True)
+    tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
+    inv_norms, hat_delta = tk._inv_norms, tk._hat_delta
+
+    def bf16_unit_keys(x1, x2, hat=False):
+        res = inv_norms(x1, x2, hat=hat)
+        return (res[0], res[1].to(torch.bfloat16).to(res[1].dtype)) if hat else res
+    monkeypatch.setattr(tk, "_inv_norms", bf16_unit_keys)
+    monkeypatch.setattr(tk, "_hat_delta", lambda dtype, D: hat_delta(torch.bfloat16, D) if margin else 0.0)
+    res = {}
+    for unit in (False, True):
+        tk.SCREEN_HAT, tk.UNIT_KEYS = unit, unit
+        leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                  for a in args]
+        out, flags, _, _ = torch.ops.tda.threshold_attention_fwd(*leaves)
+        grads = torch.autograd.grad(out, leaves[:5], torch.ones_like(out))
+        res[unit] = (out, flags, grads)
+    (out_raw, flags_raw, g_raw), (out_unit, flags_unit, g_unit) = res[False], res[True]
+    assert flags_raw.sum() >= len(plants)  # every plant survives in the raw scores
+    assert torch.allclose(out_unit, out_raw, rtol=0.1, atol=0.02) and not torch.equal(out_unit, out_raw)
+    same = all(torch.equal(a, b) for a, b in zip(g_unit, g_raw))
+    if margin:
+        assert bool((flags_unit >= flags_raw).all())
+        assert same
+    else:  # the control: without the margin some raw survivors are missed, and the test above can fail
+        assert not bool((flags_unit >= flags_raw).all()) and not same
+
+
 @pytest.mark.parametrize("two_views,causal,M,N,cfg", [
     (True, True, 45, 53, dict(fwd=(16, 16, 4, 1))),
     (True, False, 40, 29, dict(fwd=(32, 16, 4, 1), flags=(16, 16))),
