@@ -520,6 +520,39 @@ def test_config_table(monkeypatch):
     assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] == (False, True)
 
 
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's half-precision products")
+def test_half_precision_under_the_interpreter():
+    """fp16 runs under the interpreter and meets the GPU check's criterion against a float64 reference
+    (forward and every gradient): |kernel - ref64| <= 2 |ref_fp16 - ref64| + atol, with the raw-key and the
+    unit-key forward (its unit keys rounded to fp16, its margin fp16's). bf16: Triton 3.9's
+    interpreter computes bf16 products wrongly (values off by ~1e10), so backend='triton' refuses a bf16 call
+    there with a clear error instead of returning garbage -- or, on an interpreter that gets them right,
+    meets the same criterion."""
+    torch.manual_seed(41)
+    base = _make(1, 4, 2, 40, 40, 16, 16, True)
+    dout = torch.randn(1, 4, 40, 16, dtype=torch.float64)
+    ref64 = _run("reference", {k: v.detach().clone().requires_grad_(True) for k, v in base.items()},
+                 lambda out: dout, position_offset=3)
+    for dt in (torch.float16, torch.bfloat16):
+        cast = {k: (v.detach().to(dt) if v.dim() == 4 else v.detach().float()).requires_grad_(True)
+                for k, v in base.items()}
+        if dt == torch.bfloat16 and not tk.interpreter_dot_ok(dt):
+            with pytest.raises(ValueError, match="products wrongly"):
+                _run("triton", cast, lambda out: dout.to(dt), position_offset=3)
+            continue
+        out_l, g_l = _run("reference", {k: v.detach().clone().requires_grad_(True) for k, v in cast.items()},
+                          lambda out: dout.to(dt), position_offset=3)
+        for unit in (False, True):  # the raw-key forward, and the unit-key one at this dtype's rounding
+            tk.SCREEN_HAT = tk.UNIT_KEYS = unit
+            out_k, g_k = _run("triton", {k: v.detach().clone().requires_grad_(True) for k, v in cast.items()},
+                              lambda out: dout.to(dt), position_offset=3)
+            pairs = [("out", out_k, out_l, ref64[0])] + [(n, g_k[n], g_l[n], ref64[1][n]) for n in base]
+            for name, ker, low, r64 in pairs:
+                e_ker = (ker.double() - r64).norm().item()
+                e_low = (low.double() - r64).norm().item()
+                assert e_ker <= 2 * e_low + 1e-5 * r64.norm().item() + 1e-6, (dt, unit, name, e_ker, e_low)
+
+
 def test_bad_input_raises():
     torch.manual_seed(5)
     x = torch.randn(1, 2, 8, 24, dtype=DT, device=DEV)

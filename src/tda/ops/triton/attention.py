@@ -24,11 +24,12 @@ import weakref
 from typing import Optional
 
 import torch
+import triton
 
 from .. import reference
 from ..validate import _check_scalar_param, check_inputs
 from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
-from .common import inv_norm_kernel
+from .common import dot_probe_kernel, inv_norm_kernel
 from .fwd import tda_fwd_kernel
 from .launch import FastKernel
 
@@ -220,11 +221,33 @@ def unsupported_reason(q, k, v, p) -> Optional[str]:
     dtypes = _DTYPES + ((torch.float64,) if _interpreting() else ())
     if q.dtype not in dtypes:
         return f"dtype {q.dtype} not in {tuple(str(d) for d in dtypes)}"
+    if _interpreting() and q.dtype in (torch.float16, torch.bfloat16) and not interpreter_dot_ok(q.dtype):
+        return (f"this Triton's interpreter ({triton.__version__}) computes {q.dtype} products wrongly; "
+                f"on the CPU pass float32 or float64 (or use backend='reference')")
     if q.dim() == 4 and q.shape[-1] not in HEAD_DIMS:
         return f"head dim {q.shape[-1]} not in {HEAD_DIMS}"
     if v.dim() == 4 and v.shape[-1] not in HEAD_DIMS:
         return f"value head dim {v.shape[-1]} not in {HEAD_DIMS}"
     return None
+
+
+_DOT_OK: dict = {}
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: probed eagerly once, not traced
+def interpreter_dot_ok(dtype: torch.dtype) -> bool:
+    """Whether the Triton interpreter multiplies `dtype` tiles correctly (once per dtype: a 16 x 16 tl.dot
+    against torch). Triton 3.9's does not for bfloat16 -- it returns values off by ~1e10 -- so a bf16 call
+    under TRITON_INTERPRET=1 is refused rather than answered with garbage."""
+    ok = _DOT_OK.get(dtype)
+    if ok is None:
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(16, 16, generator=g).to(dtype) for _ in range(2))
+        c = torch.empty(16, 16)
+        dot_probe_kernel[(1,)](a, b, c, N=16)
+        want = a.float() @ b.float()
+        ok = _DOT_OK[dtype] = bool(torch.allclose(c, want, rtol=1e-2, atol=1e-2))
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -144,3 +144,13 @@ def live_list(flag_base, scratch, base, n_cand, fixed, n_mt, n_nt, STEP: tl.cons
         cnt += tl.sum(a, 0)
     tl.debug_barrier()  # the list is complete before any thread reads it
     return cnt
+
+
+@triton.jit
+def dot_probe_kernel(A, B, C, N: tl.constexpr):
+    """C = A @ B for one N x N tile (row-major): attention.interpreter_dot_ok runs it to test whether the
+    Triton interpreter computes a dtype's products correctly."""
+    r = tl.arange(0, N)
+    a = tl.load(A + r[:, None] * N + r[None, :])
+    b = tl.load(B + r[:, None] * N + r[None, :])
+    tl.store(C + r[:, None] * N + r[None, :], tl.dot(a, b))
