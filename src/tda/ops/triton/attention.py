@@ -237,8 +237,9 @@ _DOT_OK: dict = {}
 @torch.compiler.assume_constant_result  # under torch.compile: probed eagerly once, not traced
 def interpreter_dot_ok(dtype: torch.dtype) -> bool:
     """Whether the Triton interpreter multiplies `dtype` tiles correctly (once per dtype: a 16 x 16 tl.dot
-    against torch). Triton 3.9's does not for bfloat16 -- it returns values off by ~1e10 -- so a bf16 call
-    under TRITON_INTERPRET=1 is refused rather than answered with garbage."""
+    against torch). Triton 3.9's does not for bfloat16: it multiplies bf16's raw bit patterns (values off by
+    ~1e10; triton-lang/triton#11584, unsupported upstream), so a bf16 call under TRITON_INTERPRET=1 is
+    refused rather than answered with garbage."""
     ok = _DOT_OK.get(dtype)
     if ok is None:
         g = torch.Generator().manual_seed(0)
