@@ -59,7 +59,7 @@ def random_config(rng):
                 noncontig=rng.random() < 0.25, scalar_params=rng.random() < 0.2,
                 normalize=rng.random() < 0.6, fine_flags=rng.random() < 0.3, long_cfg=rng.random() < 0.5,
                 two_launch_bwd=rng.random() < 0.25, list_row=rng.choice([None, None, None, 2, 5]),
-                fwd_keys=rng.choice(["table", "table", "raw", "hat", "unit"]))
+                fwd_keys=rng.choice(["table", "table", "raw", "hat", "unit"]), row_screen=rng.random() < 0.3)
 
 
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
@@ -191,6 +191,9 @@ def main():
                          "table (the block table's choice), raw (raw keys and norms), hat (a unit-key screen, raw "
                          "exact path), unit (unit keys for both); drawn per configuration (table 40%%, each "
                          "other 20%%), or forced")
+    ap.add_argument("--row-screen", default="draw", choices=["draw", "on", "off"],
+                    help="the inference forward's row-maximum screen (ROW_SCREEN): drawn for 30%% of "
+                         "configurations, or forced")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -223,7 +226,7 @@ def main():
             continue
         n_run += 1
         cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
-        hat, unit = tk.SCREEN_HAT, tk.UNIT_KEYS
+        hat, unit, rows = tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -239,7 +242,9 @@ def main():
         # which the check's short sequences would not reach at the default LIST_ROW), with the lists forced on
         if c.get("list_row"):
             tk.LIST_ROW, tk.LISTS = c["list_row"], True
-        # fwd_keys: what the forward scores (FWD_KEYS: attention.SCREEN_HAT, UNIT_KEYS); --fwd-keys forces it
+        # fwd_keys: what the forward scores (FWD_KEYS: attention.SCREEN_HAT, UNIT_KEYS); --fwd-keys forces it.
+        # row_screen: the inference forward's screen from row maxima (attention.ROW_SCREEN, off by default)
+        tk.ROW_SCREEN = {"on": True, "off": False}.get(args.row_screen, bool(c.get("row_screen")))
         tk.SCREEN_HAT, tk.UNIT_KEYS = FWD_KEYS[c.get("fwd_keys", "table") if args.fwd_keys == "draw"
                                                else args.fwd_keys]
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
@@ -260,7 +265,7 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
             tk.LIST_ROW, tk.LISTS = row, lists
-            tk.SCREEN_HAT, tk.UNIT_KEYS = hat, unit
+            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN = hat, unit, rows
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

@@ -32,12 +32,12 @@ def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS = None
+    tk.UNIT_KEYS, tk.ROW_SCREEN = None, False
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS = None
+    tk.UNIT_KEYS, tk.ROW_SCREEN = None, False
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -440,10 +440,11 @@ def test_unit_key_forward_matches_the_raw_key_screen(two_views, causal, M, N, cf
 
 
 @pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense",
-                                     "tda_infer_dense"])
+                                     "tda_infer_dense", "tda_rows", "tda_raw_rows", "tra_rows", "tda_unit_rows"])
 def test_inference_forward_equals_training_forward(variant):
     """Without a gradient to compute, the forward runs with FOR_BWD off (no flags, no stored inverse norms,
-    no autograd node); its output must be bit-identical to the training forward's."""
+    no autograd node); its output must be bit-identical to the training forward's. *_rows: the inference
+    screen decides from row maxima (ROW_SCREEN), also with the unit-key forward (tda_unit_rows)."""
     torch.manual_seed(21)
     if variant == "tda_finer":
         tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
@@ -453,9 +454,18 @@ def test_inference_forward_equals_training_forward(variant):
         tk.SKIP_EMPTY = 3
     if variant == "tda_infer_dense":  # the inference forward alone without a survivor test, other blocks
         tk.set_config(infer=(32, 16, 4, 1, False))
-    inputs = _make(2, 2, 1, 45, 53, 16, 16, variant != "tra")
-    kw = dict(p=2.0, causal=True, position_offset=8, normalize_qk=variant != "tda_raw")
-    fn = ops.threshold_rectified_attention if variant == "tra" else ops.threshold_differential_attention
+    if variant.endswith("_rows"):
+        tk.ROW_SCREEN = True
+        tk.set_config(infer=(32, 16, 4, 1, True))  # rows of a 32 x 16 tile: the reductions differ in shape
+    if variant == "tda_unit_rows":
+        # the unit keys score the unmasked blocks only (the diagonal ones take the raw keys), so inference
+        # matches training bit for bit only with the same blocks -- as the GPU table's long-key configs have
+        tk.SCREEN_HAT = tk.UNIT_KEYS = True
+        tk.set_config(infer=(16, 16, 4, 1, True))
+    tra = variant.startswith("tra")
+    inputs = _make(2, 2, 1, 45, 53, 16, 16, not tra)
+    kw = dict(p=2.0, causal=True, position_offset=8, normalize_qk=not variant.startswith("tda_raw"))
+    fn = ops.threshold_rectified_attention if tra else ops.threshold_differential_attention
     out_train = fn(**inputs, backend="triton", **kw)
     assert out_train.grad_fn is not None
     with torch.no_grad():
@@ -509,6 +519,10 @@ def test_config_table(monkeypatch):
             assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
                 (False, True), (False, True), (True, True), (True, True)]
         assert "unit_keys" not in tk._configs(D, torch.float32, True)
+    # long keys: the training and the inference forward share their blocks, so with the unit keys (which
+    # score the unmasked blocks only) a no-grad call and a training call give the same output
+    assert all(tk._configs(D, torch.bfloat16, True)["fwd"][:2] == tk._configs(D, torch.bfloat16, True)["infer"][:2]
+               for D in (64, 128))
     tk.set_config(unit_keys=False)
     assert tk._configs(64, torch.bfloat16, True)["unit_keys"] == (False, False)
     tk.set_config(fwd=(64, 64, 4, 2))

@@ -88,6 +88,11 @@ SCREEN_HAT = None
 # -25% at 4K-16K, docs/benchmarks.md). At 4K keys a no-grad call and a training call therefore differ by
 # that rounding.
 UNIT_KEYS = None
+# ROW_SCREEN: the inference forward (no flags to write) takes the screen's decision from each row's maximum
+# score against its threshold, a row reduction per view, rather than from the tile of differences -- the same
+# decisions, so the same output. The probe (docs/benchmarks.md) put the tile's reduction at ~0.1x SDPA's
+# forward. Off until measured on a GPU.
+ROW_SCREEN = False
 
 
 # the unit keys' rounding (half an ulp, relative) and the fp32 (fp64) accumulation's unit roundoff
@@ -344,7 +349,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
             HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
-            num_warps=warps, num_stages=stages)
+            ROW_SCREEN=bool(ROW_SCREEN) and not for_bwd, num_warps=warps, num_stages=stages)
 
     if B * H <= MAX_GRID_Y:
         launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)

@@ -173,6 +173,17 @@ def _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M: tl.constexpr
 
 
 @triton.jit
+def _row_screen(h1, h2, thr1, thr2, TWO_VIEWS: tl.constexpr):
+    """ROW_SCREEN (no flags to write): the screen's decision from the rows' maxima, max_i (max_j h_ij - thr_i)
+    > 0 -- the same test as the tile maximum of h - thr (subtraction keeps order), with a row reduction per
+    view in place of the per-score subtractions and maxima."""
+    m = tl.max(h1, 1) - thr1
+    if TWO_VIEWS:
+        m = tl.maximum(m, tl.max(h2, 1) - thr2)
+    return tl.max(m, 0) > 0
+
+
+@triton.jit
 def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                flag_row, frow0, n_mt, n_nt, offs_m, lo, hi, diag, N, p_val,
@@ -180,7 +191,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-               SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr):
+               SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -191,14 +202,18 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
             # where the exact path scores kh too and no flags are written, i.e. UNIT_KEYS inference)
             kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
             h1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC)
-            c = h1 - thr1[:, None]
             h2 = h1
             if TWO_VIEWS:
                 kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
                 h2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC)
-                c = tl.maximum(c, h2 - thr2[:, None])
-            alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
-                                  FOR_BWD)
+            if ROW_SCREEN and not FOR_BWD:
+                alive = _row_screen(h1, h2, thr1, thr2, TWO_VIEWS)
+            else:
+                c = h1 - thr1[:, None]
+                if TWO_VIEWS:
+                    c = tl.maximum(c, h2 - thr2[:, None])
+                alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
+                                      FOR_BWD)
             if UNIT_KEYS:  # the screen's scores are the exact path's too: (q . round(k^)) rq
                 if alive:
                     acc = _tile(acc, h1 * rq1[:, None], h2 * rq2[:, None], rq1, rq2, rq1, rq2, tau, lam, v_base,
@@ -221,17 +236,27 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                 # screen first (most pairs hold no survivor): s * rq * rk > tau  <=>  s * rk > tau / rq, one
                 # fused multiply-add per score against thr = tau / rq lowered by a relative 2^-16 (launcher),
                 # so the screen passes every pair the exact path below would find alive; only those pay it
-                if NORMALIZE:
-                    c = s1 * rk1[None, :] - thr1[:, None]
-                else:
-                    c = s1 - thr1[:, None]
-                if TWO_VIEWS:
+                if ROW_SCREEN and not FOR_BWD:
+                    g1 = s1
+                    g2 = s2
                     if NORMALIZE:
-                        c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
+                        g1 = s1 * rk1[None, :]
+                        g2 = g1
+                        if TWO_VIEWS:
+                            g2 = s2 * rk2[None, :]
+                    alive = _row_screen(g1, g2, thr1, thr2, TWO_VIEWS)
+                else:
+                    if NORMALIZE:
+                        c = s1 * rk1[None, :] - thr1[:, None]
                     else:
-                        c = tl.maximum(c, s2 - thr2[:, None])
-                alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
-                                      FOR_BWD)
+                        c = s1 - thr1[:, None]
+                    if TWO_VIEWS:
+                        if NORMALIZE:
+                            c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
+                        else:
+                            c = tl.maximum(c, s2 - thr2[:, None])
+                    alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M,
+                                          FLAG_N, FOR_BWD)
                 if alive:
                     acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                                 flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
@@ -259,7 +284,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr,
-                   UNIT_KEYS: tl.constexpr):
+                   UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -346,12 +371,12 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                      rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
                      n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
                      HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
-                     SCREEN_HAT, UNIT_KEYS)
+                     SCREEN_HAT, UNIT_KEYS, ROW_SCREEN)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
                      offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
                      HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT,
-                     UNIT_KEYS)
+                     UNIT_KEYS, ROW_SCREEN)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ

@@ -78,7 +78,8 @@ def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
     bf16 TDA, p = 2, fused normalisation; d 64 / 128; short and long keys; forward for training and for
     inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
-    variants -- the raw-key screen and the unit-key screen without UNIT_KEYS).
+    variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- and the inference forward
+    with ROW_SCREEN).
     full=False: the long-key d 64 and short-key d 128 configs only."""
     from . import attention as tk
     from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
@@ -98,7 +99,8 @@ def table_variants(full: bool = True):
         delta = tk._hat_delta(torch.bfloat16, D)
         keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
         train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0, **keys)
+                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
+                     ROW_SCREEN=False, **keys)
         out.append((f"fwd-train-{tag}", tda_fwd_kernel, train, w, s))
         if full and N is None:  # the other forward variants, long keys: raw-key screen, unit-key screen alone
             raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0)
@@ -106,11 +108,12 @@ def table_variants(full: bool = True):
             hat = dict(train, SCREEN_HAT=True, UNIT_KEYS=False, HAT_DELTA=delta)
             out.append((f"fwd-train-hat-{tag}", tda_fwd_kernel, hat, w, s))
         BM, BN, w, s, test = cfg["infer"]
-        out.append((f"fwd-infer-{tag}", tda_fwd_kernel,
-                    dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2,
-                         FLAG_M=BM, FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True,
-                         HAT_DELTA=0.0, SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf),
-                    w, s))
+        infer = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2, FLAG_M=BM,
+                     FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True, HAT_DELTA=0.0,
+                     SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf, ROW_SCREEN=False)
+        out.append((f"fwd-infer-{tag}", tda_fwd_kernel, infer, w, s))
+        if full and N is None:  # the off-by-default row screen (ROW_SCREEN), long keys
+            out.append((f"fwd-infer-rows-{tag}", tda_fwd_kernel, dict(infer, ROW_SCREEN=True), w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
