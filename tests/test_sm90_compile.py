@@ -38,7 +38,7 @@ def test_gpu_table_compiles_for_sm90():
     res = json.loads(line[len("RESULT "):])
     # d 64 / 128 x short / long keys x (training forward, inference forward, dK/dV, dQ, one-launch backward),
     # and the long-key training forward's other variants (raw-key screen; unit-key screen without UNIT_KEYS)
-    # and the long-key inference forward with ROW_SCREEN
+    # and the long-key inference forward with the other ROW_SCREEN choice (on at d 64, off at d 128)
     assert len(res) == 26, sorted(res)
     for name, r in res.items():
         assert 0 < r["shared"] <= SMEM_LIMIT, (name, r)

@@ -32,12 +32,12 @@ def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN = None, False
+    tk.UNIT_KEYS, tk.ROW_SCREEN = None, None
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN = None, False
+    tk.UNIT_KEYS, tk.ROW_SCREEN = None, None
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -519,6 +519,12 @@ def test_config_table(monkeypatch):
             assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
                 (False, True), (False, True), (True, True), (True, True)]
         assert "unit_keys" not in tk._configs(D, torch.float32, True)
+    # the inference forward's row-maximum screen (ROW_SCREEN): bf16/fp16 at d = 128
+    assert [tk._configs(D, dt, True, n).get("row_screen") for D in (64, 128) for dt in (torch.bfloat16,
+            torch.float16, torch.float32) for n in (4096, None)] == [False] * 4 + [None] * 2 + [True] * 4 + [None] * 2
+    tk.set_config(row_screen=False)
+    assert tk._configs(128, torch.bfloat16, True)["row_screen"] is False
+    tk.set_config()
     # long keys: the training and the inference forward share their blocks, so with the unit keys (which
     # score the unmasked blocks only) a no-grad call and a training call give the same output
     assert all(tk._configs(D, torch.bfloat16, True)["fwd"][:2] == tk._configs(D, torch.bfloat16, True)["infer"][:2]

@@ -91,8 +91,9 @@ UNIT_KEYS = None
 # ROW_SCREEN: the inference forward (no flags to write) takes the screen's decision from each row's maximum
 # score against its threshold, a row reduction per view, rather than from the tile of differences -- the same
 # decisions, so the same output. The probe (docs/benchmarks.md) put the tile's reduction at ~0.1x SDPA's
-# forward. Off until measured on a GPU.
-ROW_SCREEN = False
+# forward. None: per the block table (_configs' "row_screen": bf16/fp16 at d = 128, where it measured -4 to
+# -6% at 4K-16K; at d = 64 it measured +8 to +11%, docs/results/kernels/row-screen/).
+ROW_SCREEN = None
 
 
 # the unit keys' rounding (half an ulp, relative) and the fp32 (fp64) accumulation's unit roundoff
@@ -124,13 +125,15 @@ BY_LENGTH = True
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
-    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq), unit_keys=bool); no args resets.
+    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq), unit_keys=bool, row_screen=bool); no args
+    resets.
     flags: the grain of the forward's survivor flags (dividing the forward block; default: per head dim in
     _configs, else the block itself) -- finer flags let the backward skip more of its smaller blocks.
     infer: the forward with no backward to follow; test False runs it without any survivor test (the PV
     product on every visited pair). lists: whether the dK/dV and the dQ programs loop over compacted
     live-block lists (LISTS). unit_keys: whether the forward scores the unit keys (SCREEN_HAT and
-    UNIT_KEYS, where those switches are None): bool or (training, inference)."""
+    UNIT_KEYS, where those switches are None): bool or (training, inference). row_screen: whether the
+    inference forward's screen decides from row maxima (ROW_SCREEN, where that switch is None)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -183,6 +186,7 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         # training (fwd+bwd kernels -1 to -18% at 8K-16K; at 4K even, the backward paying for the margin's
         # flags) and wherever the inference forward screens (-8 to -15% at 4K; docs/results/kernels/unit-keys/)
         cfg["unit_keys"] = (n > 4096, True)
+        cfg["row_screen"] = D > 64  # the inference forward's screen from row maxima (ROW_SCREEN)
     if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
         cfg.pop("infer", None)
         if "fwd" in _OVERRIDE:
@@ -321,6 +325,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     table = cfg.get("unit_keys", (False, False))[0 if for_bwd else 1]
     hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
+    rows = bool(cfg.get("row_screen", False) if ROW_SCREEN is None else ROW_SCREEN) and not for_bwd
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
         alloc = torch.ones if skip == 3 else (torch.zeros if empty else torch.empty)
@@ -349,7 +354,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
             HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
-            ROW_SCREEN=bool(ROW_SCREEN) and not for_bwd, num_warps=warps, num_stages=stages)
+            ROW_SCREEN=rows, num_warps=warps, num_stages=stages)
 
     if B * H <= MAX_GRID_Y:
         launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)

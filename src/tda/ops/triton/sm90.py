@@ -79,7 +79,7 @@ def table_variants(full: bool = True):
     bf16 TDA, p = 2, fused normalisation; d 64 / 128; short and long keys; forward for training and for
     inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
     variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- and the inference forward
-    with ROW_SCREEN).
+    with the other ROW_SCREEN choice).
     full=False: the long-key d 64 and short-key d 128 configs only."""
     from . import attention as tk
     from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
@@ -110,10 +110,13 @@ def table_variants(full: bool = True):
         BM, BN, w, s, test = cfg["infer"]
         infer = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2, FLAG_M=BM,
                      FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True, HAT_DELTA=0.0,
-                     SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf, ROW_SCREEN=False)
+                     SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf,
+                     ROW_SCREEN=test and cfg.get("row_screen", False))
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel, infer, w, s))
-        if full and N is None:  # the off-by-default row screen (ROW_SCREEN), long keys
-            out.append((f"fwd-infer-rows-{tag}", tda_fwd_kernel, dict(infer, ROW_SCREEN=True), w, s))
+        if full and N is None:  # the other choice of the row screen (ROW_SCREEN), long keys
+            rows = not infer["ROW_SCREEN"]
+            out.append((f"fwd-infer-{'rows' if rows else 'tile'}-{tag}", tda_fwd_kernel, dict(infer, ROW_SCREEN=rows),
+                        w, s))
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
