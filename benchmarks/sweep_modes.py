@@ -48,7 +48,10 @@ def main():
     ap.add_argument("--shard", default="0/1", help="i/n: only every n-th variant (for parallel --warm-only)")
     ap.add_argument("--fwds", default=None, help="forward blocks to try, e.g. '128,64,8,3;64,32,4,3'")
     ap.add_argument("--screens", default="1,0", help="screen settings to try (1 on, 0 off)")
+    ap.add_argument("--row-screen", default="table", choices=["table", "1", "0"],
+                    help="the inference forward's screen from row maxima (attention.ROW_SCREEN)")
     args = ap.parse_args()
+    tk.ROW_SCREEN = {"table": None, "1": True, "0": False}[args.row_screen]
     B, H, N = (int(x) for x in args.shape.split(","))
     print(f"{torch.cuda.get_device_name()}; shape B={B} H={H} N={N}, {args.kind} inputs, kernel-only ms", flush=True)
     for D in (int(x) for x in args.dims.split(",")):
