@@ -15,6 +15,13 @@ unit vectors to the low dtype, so every tensor, dbeta and dlam included, is meas
 same raw inputs.
 Freed allocator memory is poisoned with NaN before each kernel call, so an unwritten element shows.
 
+dbeta and dlam (per head, or 0-dim) are each one sum over every row of a head that cancels heavily, so
+ref_lowp's error there is a single draw of its summation order's rounding: benchmarks/scalar_grad_stats.py
+finds the fp32 reference failing the criterion against *itself* (another summation order) in 4.5% of dbeta
+comparisons. For those two, |ref_lowp - ref64| is therefore the RMS over REORDERS evaluations of ref_lowp that
+differ only in summation order (the plain one, and inputs with permuted feature dims). The single-draw
+verdict is still logged ('~' after a tensor that fails only against the one draw) and counted in the summary.
+
     PYTHONPATH=src python3 benchmarks/check_kernels.py --n 240 [--seed 0] [--log check.log]
 """
 import argparse
@@ -35,6 +42,22 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARIANTS = ([("bf16", d, p, tv) for d in (64, 128) for p in (1.0, 2.0, 3.0) for tv in (True, False)]
             + [("fp16", d, 2.0, True) for d in (64, 128)] + [("fp16", 64, 3.0, False), ("fp16", 128, 1.0, True)]
             + [("fp32", d, p, True) for d in (64, 128) for p in (1.0, 2.0)] + [("fp32", 64, 3.0, False)])
+
+
+# ref_lowp evaluations per configuration behind dbeta's / dlam's error (the plain one + REORDERS - 1 permuted)
+REORDERS = 4
+SCALAR_GRADS = ("dbeta", "dlam")
+
+
+def reordered(c, t, dout, dtype, seed):
+    """ref_lowp on inputs whose feature dims are permuted (q, k by one permutation; v and dO by another):
+    the same dbeta and dlam mathematically, every dot product summed in another order. Its own generator,
+    so the configurations' inputs stay those of the seed."""
+    g = torch.Generator().manual_seed(seed)
+    pk, pv = (torch.randperm(n, generator=g).to(DEV) for n in (c["D"], t["v"].shape[-1]))
+    tp = {k: x[..., pv] if k == "v" else (x[..., pk] if k[0] in "qk" else x) for k, x in t.items()}
+    r = run(c, tp, dout[..., pv], dtype, "reference")
+    return {k: r[k] for k in SCALAR_GRADS if k in r}
 
 
 def poison():
@@ -208,7 +231,7 @@ def main():
     rng = random.Random(args.seed)
     gen = torch.Generator(device=DEV).manual_seed(args.seed)
     log = open(args.log, "w") if args.log else None
-    fails, worst = [], {}
+    fails, worst, one_draw = [], {}, []
     t0 = time.time()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     n_run = 0
@@ -237,6 +260,7 @@ def main():
         t, dout, dt = make_inputs(c, gen)
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
+        reo = [reordered(c, t, dout, dt, args.seed * 1_000_003 + 7919 * i + j) for j in range(1, REORDERS)]
         poison()
         # long_cfg: the long-sequence configs (tk.BY_LENGTH off), which the check's short N would not reach;
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
@@ -277,14 +301,20 @@ def main():
         for k in ker:
             r64 = ref64[k.replace("_nograd", "")]  # the inference output against the same references
             e_ker = (ker[k] - r64).norm().item()
-            e_low = (low[k.replace("_nograd", "")] - r64).norm().item()
+            e_low = e_one = (low[k.replace("_nograd", "")] - r64).norm().item()
+            if k in SCALAR_GRADS:  # the RMS over summation orders (the module's docstring)
+                e_low = math.sqrt((e_one ** 2 + sum((r[k] - r64).norm().item() ** 2 for r in reo)) / REORDERS)
             atol = 1e-6 * r64.norm().item() + 1e-6 * math.sqrt(r64.numel())
-            ok = math.isfinite(e_ker) and bool(torch.isfinite(ker[k]).all()) and e_ker <= 2 * e_low + atol
+            finite = math.isfinite(e_ker) and bool(torch.isfinite(ker[k]).all())
+            ok = finite and e_ker <= 2 * e_low + atol
+            one = finite and e_ker <= 2 * e_one + atol
             ratio = e_ker / max(e_low, 1e-30)
             worst[k] = max(worst.get(k, 0.0), ratio if math.isfinite(ratio) else float("inf"))
-            line.append(f"{k}:{e_ker:.2e}/{e_low:.2e}{'' if ok else '!'}")
+            line.append(f"{k}:{e_ker:.2e}/{e_low:.2e}{'' if ok else '!'}{'~' if ok and not one else ''}")
             if not ok:
                 fails.append((i, k, c, e_ker, e_low))
+            elif not one:
+                one_draw.append((i, k))
         msg = f"[{i}] {c}\n    " + " ".join(line)
         if log:
             log.write(msg + "\n")
@@ -307,7 +337,8 @@ def main():
                 log.write(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}\n")
     dt_s = time.time() - t0
     direct = sum(k.direct_launches for k in (tk._inv_norm, tk._fwd, tk._dkdv, tk._dq, tk._bwd))
-    summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures, {dt_s:.0f}s, "
+    summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures "
+               f"({len(one_draw)} more against a single ref_lowp draw of dbeta/dlam), {dt_s:.0f}s, "
                f"{direct} direct (cached) kernel launches; "
                f"worst |ker-ref64|/|lowp-ref64| per tensor: "
                + ", ".join(f"{k}={v:.2f}" for k, v in sorted(worst.items())))

@@ -11,6 +11,10 @@ query chunks of 48 rows instead of 256. A failure of A against B is then no bug
 in either, only the statistics of comparing two draws: the rate measured here is what an fp32 kernel as
 accurate as the reference should expect.
 
+Second, the estimator the check now uses for dbeta/dlam: A against the RMS error of REORDERS evaluations
+(the plain one and REORDERS - 1 with other feature permutations, chunks of 256 rows) -- the rate an
+fp32 kernel as accurate as the reference should expect under it.
+
     PYTHONPATH=src:benchmarks python3 benchmarks/scalar_grad_stats.py [--n 200] [--seed 0]
 """
 import argparse
@@ -20,6 +24,9 @@ import random
 import torch
 
 from tda.ops import reference
+
+
+REORDERS = 4  # as benchmarks/check_kernels.py
 
 
 def draw(rng):
@@ -57,6 +64,7 @@ def main():
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     fails = {"beta": [0, 0], "lam": [0, 0]}  # name -> [failures, trials]
+    fails_rms = {"beta": [0, 0], "lam": [0, 0]}  # against the RMS of REORDERS evaluations
     ratios = {"beta": [], "lam": []}
     for i in range(args.n):
         c = draw(rng)
@@ -75,6 +83,11 @@ def main():
         pk, pv = torch.randperm(D, generator=gen), torch.randperm(D, generator=gen)
         tp = {k: (x[..., pv] if k in ("v", "dout") else x[..., pk]) if x.dim() else x for k, x in t.items()}
         gb = scalar_grads(c, tp, torch.float32, 48)
+        gr = [ga]  # the check's estimator: the plain evaluation and REORDERS - 1 permuted ones
+        for _ in range(REORDERS - 1):
+            qk, vo = torch.randperm(D, generator=gen), torch.randperm(D, generator=gen)
+            gr.append(scalar_grads(c, {k: (x[..., vo] if k in ("v", "dout") else x[..., qk]) if x.dim() else x
+                                       for k, x in t.items()}, torch.float32, 256))
         for n, ref in g64.items():
             ea, eb = abs(ga[n] - ref), abs(gb[n] - ref)
             atol = 1e-6 * abs(ref) + 1e-6  # the check's atol for a one-element tensor
@@ -82,6 +95,9 @@ def main():
                 fails[n][1] += 1
                 if not e_ker <= 2 * e_low + atol:
                     fails[n][0] += 1
+            rms = math.sqrt(sum((g[n] - ref) ** 2 for g in gr) / len(gr))
+            fails_rms[n][1] += 1
+            fails_rms[n][0] += not eb <= 2 * rms + atol  # B (its own summation order) in the kernel's seat
             if ea > 0 and eb > 0:
                 ratios[n].append(max(ea, eb) / min(ea, eb))
         if (i + 1) % 25 == 0:
@@ -93,6 +109,10 @@ def main():
         med = rs[len(rs) // 2] if rs else math.nan
         print(f"  d{n}: {f} failures in {t_} comparisons ({100 * f / max(t_, 1):.1f}%); error ratio between the "
               f"two evaluations: median {med:.2f}, max {max(rs) if rs else math.nan:.1f}")
+    print(f"criterion |B - ref64| <= 2 RMS(|A_r - ref64|) + atol, the RMS over {REORDERS} evaluations A_r "
+          f"(check_kernels.py's estimator for dbeta/dlam):")
+    for n, (f, t_) in fails_rms.items():
+        print(f"  d{n}: {f} failures in {t_} comparisons ({100 * f / max(t_, 1):.1f}%)")
 
 
 if __name__ == "__main__":
