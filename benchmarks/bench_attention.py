@@ -6,7 +6,11 @@ extra memory of forward+backward, on random inputs and on inputs with realistic 
 query copies one earlier key, 85% of them within the last 16 positions, the rest anywhere before it).
 Writes a Markdown table (--out) carrying the command line and the GPU name.
 
-    PYTHONPATH=src python3 benchmarks/bench_attention.py --out docs/benchmarks.md [--sweep] [--quick]
+    PYTHONPATH=src python3 benchmarks/bench_attention.py --out docs/benchmarks.md [--sweep] [--quick] [--graphs]
+
+--graphs adds fwd+bwd replayed from a CUDA graph (torch.cuda.graph, autograd inside the capture) for TDA and
+SDPA alike: no host work per call, so at short lengths, where the host's launches outlast the kernels, it
+is the GPU's time alone.
 """
 import argparse
 import json
@@ -85,7 +89,36 @@ def kernel_time_inference(prep):
     return bench(lambda: tk._launch_fwd(*prep, 2.0, True, cfg, True, for_bwd=False), rep=100)
 
 
-def run_case(B, H, N, D, kind, with_ref=True):
+def graphed_time(step, grads):
+    """Median ms of step() (a forward and backward) replayed from a CUDA graph, or None (and why) when the
+    capture fails. Warm-up on a side stream first, as torch.cuda.graph requires (Triton compiles there)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        for t in grads:
+            t.grad = None  # the captured backward then writes fresh .grad tensors of the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        torch.cuda.synchronize()
+        ms = bench(graph.replay)
+        del graph
+        for t in grads:
+            t.grad = None
+        return ms, None
+    except Exception as e:  # noqa: BLE001 (report it in the row, the eager timings stand)
+        torch.cuda.synchronize()
+        for t in grads:
+            t.grad = None
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def run_case(B, H, N, D, kind, with_ref=True, graphs=False):
     q1, k1, q2, k2, v = make_inputs(B, H, N, D, kind)
     beta = torch.ones(H, device="cuda")
     lam = torch.full((H,), 0.5, device="cuda")
@@ -127,6 +160,12 @@ def run_case(B, H, N, D, kind, with_ref=True):
         except torch.OutOfMemoryError:
             res[f"{name}_fwd"] = res[f"{name}_fb"] = res[f"{name}_mem"] = None
             torch.cuda.empty_cache()
+    if graphs:  # fwd+bwd replayed from CUDA graphs: the GPU's time without the host's (docstring)
+        for name in ("tda", "sdpa"):
+            f, grads = impls[name], leaves + [betal, laml]
+            res[f"{name}_fb_graph"], err = graphed_time(lambda: f(True).backward(dout), grads)
+            if err:
+                res[f"{name}_graph_error"] = err
     flop_sdpa = 4 * B * H * N * N * D / 2
     res["tda_fwd_tflops"] = 6 * B * H * N * N * D / 2 / (res["tda_fwd"] * 1e-3) / 1e12
     res["tda_fb_tflops"] = 28 * B * H * N * N * D / 2 / (res["tda_fb"] * 1e-3) / 1e12
@@ -219,6 +258,8 @@ def main():
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--kinds", default="random,planted", help="input kinds to run (random, planted)")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the reference op")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time fwd+bwd replayed from CUDA graphs (TDA and SDPA; the GPU's time alone)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="set a switch of tda.ops.triton.attention first (repeatable), e.g. SCREEN_HAT=1: booleans "
                          "take 0/1, integer switches an integer")
@@ -248,7 +289,8 @@ def main():
                     use_config(best)
                 t0 = time.time()
                 try:
-                    r = run_case(B, H, N, D, kind, with_ref=(kind == "random" and not args.no_ref))
+                    r = run_case(B, H, N, D, kind, with_ref=(kind == "random" and not args.no_ref),
+                                 graphs=args.graphs)
                 except Exception as e:  # noqa: BLE001 (report and go on with the other shapes)
                     log(f"{kind} B={B} H={H} N={N} d={D}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
@@ -261,6 +303,10 @@ def main():
                     f"fwd x{r['tda_fwd'] / r['sdpa_fwd']:.2f} fb x{r['tda_fb'] / r['sdpa_fb']:.2f} "
                     f"kernels {r['k_fwd']:.3f}+{r['k_bwd']:.3f} (inference fwd {r['k_inf']:.3f}) "
                     f"density {r['density']:.3f} ({time.time() - t0:.0f}s)")
+                if args.graphs:
+                    log(f"    graphed fb: tda {fmt(r.get('tda_fb_graph'), 3)} sdpa {fmt(r.get('sdpa_fb_graph'), 3)}"
+                        + "".join(f" | {n} capture failed: {r[n + '_graph_error']}" for n in ("tda", "sdpa")
+                                  if n + "_graph_error" in r))
     cmd = "PYTHONPATH=src python3 " + " ".join(sys.argv)
     out = [f"# TDA kernel benchmarks", "",
            f"GPU: {gpu}; torch {torch.__version__}, triton {triton.__version__}; bf16, causal, "
@@ -278,9 +324,13 @@ def main():
            "| inputs | B | H | N | d | density | TDA fwd | SDPA fwd | fwd ratio | TDA fwd+bwd | SDPA fwd+bwd | "
            "fwd+bwd ratio | TDA TFLOP/s fwd / fwd+bwd | SDPA TFLOP/s fwd / fwd+bwd | ref fwd / fwd+bwd | "
            "mem MiB TDA / SDPA / ref | TDA kernels only fwd / bwd / inference fwd | kernels-only ratio fwd / fwd+bwd / "
-           "inference fwd |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "inference fwd |" + (" graphed fwd+bwd TDA / SDPA | graphed ratio |" if args.graphs else ""),
+           "|---" * (20 if args.graphs else 18) + "|"]
     for r in rows:
+        gr = ""
+        if args.graphs:
+            t, sd = r.get("tda_fb_graph"), r.get("sdpa_fb_graph")
+            gr = f" {fmt(t, 3)} / {fmt(sd, 3)} | " + (f"**{t / sd:.2f}** |" if t and sd else "n/a |")
         out.append(
             f"| {r['kind']} | {r['B']} | {r['H']} | {r['N']} | {r['D']} | {r['density']:.3f} | "
             f"{fmt(r['tda_fwd'], 3)} | {fmt(r['sdpa_fwd'], 3)} | **{r['tda_fwd'] / r['sdpa_fwd']:.2f}** | "
@@ -289,7 +339,7 @@ def main():
             f"{r['sdpa_fb_tflops']:.0f} | {fmt(r.get('ref_fwd'), 1)} / {fmt(r.get('ref_fb'), 1)} | "
             f"{fmt(r['tda_mem'], 0)} / {fmt(r['sdpa_mem'], 0)} / {fmt(r.get('ref_mem'), 0)} | "
             f"{r['k_fwd']:.3f} / {r['k_bwd']:.3f} / {r['k_inf']:.3f} | {r['k_fwd'] / r['sdpa_fwd']:.2f} / "
-            f"{(r['k_fwd'] + r['k_bwd']) / r['sdpa_fb']:.2f} / {r['k_inf'] / r['sdpa_fwd']:.2f} |")
+            f"{(r['k_fwd'] + r['k_bwd']) / r['sdpa_fb']:.2f} / {r['k_inf'] / r['sdpa_fwd']:.2f} |" + gr)
     if args.sweep:
         out += ["", "Block-config sweep on (B, H, N) = (2, 16, 4096), random inputs, kernel-only times "
                 "(BLOCK_M, BLOCK_N, num_warps, num_stages):", "", "```"] + \
