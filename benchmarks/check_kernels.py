@@ -89,6 +89,11 @@ def random_config(rng):
 # 15% each (one draw, so the other draws of a seed are unchanged)
 ROW_DRAW = lambda r: "on" if r < 0.15 else ("off" if r < 0.3 else "table")  # noqa: E731
 ROW_SCREEN = {"table": None, "on": True, "off": False}
+# tma (attention.TMA: tensor-descriptor loads in the unit-key forward): the block table's choice for half of the
+# configurations, forced to 0, 1 or 2 for a sixth each -- drawn from a stream of its own, so a seed's other draws
+# are those of the code before it
+TMA_DRAW = lambda r: "table" if r < 0.5 else str(min(int((r - 0.5) * 6), 2))  # noqa: E731
+TMA = {"table": None, "0": 0, "1": 1, "2": 2}
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
 FWD_KEYS = {"table": (None, None), "raw": (False, False), "hat": (True, False), "unit": (True, True)}
 
@@ -222,6 +227,9 @@ def main():
                     help="the inference forward's row-maximum screen (ROW_SCREEN): table (the block table's "
                          "choice: on at d = 128 in bf16/fp16), on, off; drawn per configuration (table 70%%, on "
                          "and off 15%% each), or forced")
+    ap.add_argument("--tma", default="draw", choices=["draw"] + list(TMA),
+                    help="tensor-descriptor loads in the unit-key forward (TMA): table, 0 (off), 1 (unit keys), "
+                         "2 (and values); drawn per configuration (table 50%%, each other ~17%%), or forced")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -229,6 +237,7 @@ def main():
     global DEV
     DEV = args.device
     rng = random.Random(args.seed)
+    tma_rng = random.Random(args.seed * 1_000_003 + 17)
     gen = torch.Generator(device=DEV).manual_seed(args.seed)
     log = open(args.log, "w") if args.log else None
     fails, worst, one_draw = [], {}, []
@@ -243,7 +252,7 @@ def main():
             for j, two_launch in ((-1, False), (-2, True)):
                 yield j, grid_cap_config(two_launch)
         for i in range(args.n):
-            yield i, random_config(rng)
+            yield i, dict(random_config(rng), tma=TMA_DRAW(tma_rng.random()))
 
     for i, c in draws():
         if args.budget_s and time.time() - t0 > args.budget_s:
@@ -254,7 +263,7 @@ def main():
             continue
         n_run += 1
         cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
-        hat, unit, rows = tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN
+        hat, unit, rows, tma = tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -276,6 +285,7 @@ def main():
         tk.ROW_SCREEN = ROW_SCREEN[c.get("row_screen", "table") if args.row_screen == "draw" else args.row_screen]
         tk.SCREEN_HAT, tk.UNIT_KEYS = FWD_KEYS[c.get("fwd_keys", "table") if args.fwd_keys == "draw"
                                                else args.fwd_keys]
+        tk.TMA = TMA[c.get("tma", "table") if args.tma == "draw" else args.tma]
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -294,7 +304,7 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
             tk.LIST_ROW, tk.LISTS = row, lists
-            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN = hat, unit, rows
+            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = hat, unit, rows, tma
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

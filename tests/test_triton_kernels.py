@@ -32,12 +32,12 @@ def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN = None, None
+    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN = None, None
+    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -439,6 +439,51 @@ def test_unit_key_forward_matches_the_raw_key_screen(two_views, causal, M, N, cf
     _compare(inputs, **kw)
 
 
+@pytest.mark.parametrize("two_views,noncontig_v,M,N", [(True, False, 45, 53), (True, True, 37, 37),
+                                                      (False, False, 30, 61)])
+def test_tma_loads_change_nothing(two_views, noncontig_v, M, N):
+    """TMA (the unmasked stage's unit keys, and values, loaded through tensor descriptors) gives the
+    bit-identical output (training and inference), flags and gradients of the pointer loads; values whose
+    layout a descriptor cannot take (a transposed view) fall back to pointer loads. Ragged shapes and GQA."""
+    torch.manual_seed(5)
+    tk.SCREEN_HAT = tk.UNIT_KEYS = True
+    tk.set_config(fwd=(16, 16, 4, 1), infer=(16, 16, 4, 1, True))
+    inputs = _make(2, 4, 2, M, N, 16, 16, two_views)
+    if noncontig_v:
+        v = inputs["v"].detach()
+        inputs["v"] = v.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_(True)
+        assert not tk._tma_rows_ok(inputs["v"])
+    else:
+        assert tk._tma_rows_ok(inputs["v"])
+    dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
+    kw = dict(causal=True, position_offset=3)
+    fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+    res = {}
+    for tma in (0, 1, 2):
+        tk.TMA = tma
+        out, grads = _run("triton", inputs, lambda out: dout, **kw)
+        with torch.no_grad():
+            infer = fn(**inputs, backend="triton", **kw)
+        res[tma] = out, grads, infer
+    out0, grads0, infer0 = res[0]
+    assert out0.abs().sum() > 0
+    for tma, (out, grads, infer) in res.items():
+        assert torch.equal(out, out0) and torch.equal(infer, infer0), tma
+        for name in inputs:
+            assert torch.equal(grads[name], grads0[name]), (tma, name)
+    # and TMA = 2 (the last set) against the reference, forward and every gradient
+    _compare(inputs, **kw)
+
+
+def test_tma_rows_ok():
+    """The descriptor's layout requirements: unit inner stride, 16-byte rows, heads and base."""
+    x = torch.zeros(2, 3, 8, 16, dtype=torch.float16)
+    assert tk._tma_rows_ok(x)
+    assert not tk._tma_rows_ok(x.transpose(-1, -2))
+    assert not tk._tma_rows_ok(torch.zeros(2, 3, 8, 20, dtype=torch.float16)[..., :12])  # 40-byte rows
+    assert not tk._tma_rows_ok(x.view(-1)[1:1 + 2 * 3 * 8 * 8].view(2, 3, 8, 8))  # base off by 2 bytes
+
+
 @pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense",
                                      "tda_infer_dense", "tda_rows", "tda_raw_rows", "tra_rows", "tda_unit_rows"])
 def test_inference_forward_equals_training_forward(variant):
@@ -524,6 +569,24 @@ def test_config_table(monkeypatch):
             torch.float16, torch.float32) for n in (4096, None)] == [False] * 4 + [None] * 2 + [True] * 4 + [None] * 2
     tk.set_config(row_screen=False)
     assert tk._configs(128, torch.bfloat16, True)["row_screen"] is False
+    tk.set_config()
+    # the forward's register cap (three 4-warp programs per SM) at d = 64 past 1K keys, with TMA loads past 4K
+    # keys; neither for fp32 or d = 128
+    for dt in (torch.bfloat16, torch.float16):
+        assert [tk._configs(64, dt, True, n).get("maxnreg") for n in (1024, 1025, 4096, None)] == [
+            None, (168, 168), (168, 168), (168, 168)]
+        assert [tk._configs(64, dt, True, n).get("tma") for n in (1024, 4096, 4097, None)] == [
+            None, (0, 0), (2, 2), (2, 2)]
+        assert tk._configs(128, dt, True).get("maxnreg") is None and tk._configs(128, dt, True).get("tma") is None
+        # and the backward's 64 x 32 blocks (1K-4K keys)
+        assert [tk._configs(64, dt, True, n).get("bwd_maxnreg") for n in (1024, 1025, 4096, 4097)] == [
+            None, 168, 168, None]
+        assert all(tk._configs(64, dt, True, n)["dkdv"][:2] == (64, 32) for n in (1025, 4096))
+        assert tk._configs(128, dt, True, 4096).get("bwd_maxnreg") is None
+    assert tk._configs(64, torch.float32, True).get("maxnreg") is None
+    tk.set_config(tma=1, maxnreg=(0, 160))
+    assert tk._configs(64, torch.bfloat16, True)["tma"] == (1, 1)
+    assert tk._configs(64, torch.bfloat16, True)["maxnreg"] == (0, 160)
     tk.set_config()
     # long keys: the training and the inference forward share their blocks, so with the unit keys (which
     # score the unmasked blocks only) a no-grad call and a training call give the same output

@@ -94,6 +94,20 @@ UNIT_KEYS = None
 # forward. None: per the block table (_configs' "row_screen": bf16/fp16 at d = 128, where it measured -4 to
 # -6% at 4K-16K; at d = 64 it measured +8 to +11%, docs/results/kernels/row-screen/).
 ROW_SCREEN = None
+# TMA: the forward's unmasked stage loads tiles through tensor descriptors (Hopper's copy engine, straight to
+# shared memory, no per-thread addresses in registers): 1 the unit keys (with SCREEN_HAT), 2 the values too
+# (where their layout allows: unit inner stride, 16-byte aligned rows and heads; else 1), 0 neither. None:
+# per the block table (_configs' "tma": 2 at d = 64 past 4K keys, where with the register cap below it
+# measured -2 to -7%; alone it measured slower, docs/benchmarks.md). Needs a Triton allocator for the
+# descriptors' scratch (_ensure_allocator).
+TMA = None
+# FWD_MAXNREG: a register cap (Triton's maxnreg) for the forward's launches; 0 none. None: per the block table
+# (_configs' "maxnreg": 168 at d = 64, which fits three 4-warp programs per SM instead of two: -5 to -12%)
+FWD_MAXNREG = None
+# BWD_MAXNREG: a register cap for the backward's launches; 0 none. None: per the block table (_configs'
+# "bwd_maxnreg": 168 at d = 64 from 1K to 4K keys, whose 64 x 32 blocks then run three programs per SM: -5
+# to -6% backward; with the 64 x 64 blocks of other lengths, or at d = 128, the spills made it far slower)
+BWD_MAXNREG = None
 
 
 # the unit keys' rounding (half an ulp, relative) and the fp32 (fp64) accumulation's unit roundoff
@@ -125,17 +139,19 @@ BY_LENGTH = True
 
 def set_config(**kw):
     """Override block configs: set_config(fwd=(BM, BN, warps, stages), dkdv=..., dq=..., flags=(FM, FN),
-    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq), unit_keys=bool, row_screen=bool); no args
-    resets.
+    infer=(BM, BN, warps, stages, test), lists=bool or (dkdv, dq), unit_keys=bool, row_screen=bool,
+    tma=0/1/2, maxnreg=int, bwd_maxnreg=int); no args resets.
     flags: the grain of the forward's survivor flags (dividing the forward block; default: per head dim in
     _configs, else the block itself) -- finer flags let the backward skip more of its smaller blocks.
     infer: the forward with no backward to follow; test False runs it without any survivor test (the PV
     product on every visited pair). lists: whether the dK/dV and the dQ programs loop over compacted
     live-block lists (LISTS). unit_keys: whether the forward scores the unit keys (SCREEN_HAT and
     UNIT_KEYS, where those switches are None): bool or (training, inference). row_screen: whether the
-    inference forward's screen decides from row maxima (ROW_SCREEN, where that switch is None)."""
+    inference forward's screen decides from row maxima (ROW_SCREEN, where that switch is None). tma, maxnreg:
+    the forward's descriptor loads and register cap (TMA, FWD_MAXNREG, where None): int or (training,
+    inference). bwd_maxnreg: the backward's register cap (BWD_MAXNREG, where None)."""
     _OVERRIDE.clear()
-    _OVERRIDE.update({k: (v if isinstance(v, bool) else tuple(v)) for k, v in kw.items() if v is not None})
+    _OVERRIDE.update({k: (v if isinstance(v, int) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
 
 
@@ -187,6 +203,13 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         # flags) and wherever the inference forward screens (-8 to -15% at 4K; docs/results/kernels/unit-keys/)
         cfg["unit_keys"] = (n > 4096, True)
         cfg["row_screen"] = D > 64  # the inference forward's screen from row maxima (ROW_SCREEN)
+        if D <= 64 and n > 1024:
+            # (training, inference) forward: 168 registers fit three 4-warp 64 x 64 programs per SM (two at the
+            # ~200 they take uncapped); with it, TMA loads pay past 4K keys (docs/results/kernels/tma/)
+            cfg["maxnreg"] = (168, 168)
+            cfg["tma"] = (2, 2) if n > 4096 else (0, 0)
+            if n <= 4096:  # the backward's 64 x 32 blocks capped too (three programs per SM)
+                cfg["bwd_maxnreg"] = 168
     if "fwd" in _OVERRIDE or "flags" in _OVERRIDE:  # an overridden forward applies to both uses
         cfg.pop("infer", None)
         if "fwd" in _OVERRIDE:
@@ -196,8 +219,9 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     lists = cfg.setdefault("lists", (True, True))
     if isinstance(lists, bool):  # set_config(lists=True): both kinds of program
         cfg["lists"] = (lists, lists)
-    if isinstance(cfg.get("unit_keys"), bool):  # set_config(unit_keys=True): training and inference
-        cfg["unit_keys"] = (cfg["unit_keys"], cfg["unit_keys"])
+    for key in ("unit_keys", "tma", "maxnreg"):  # set_config(tma=2, ...): training and inference alike
+        if isinstance(cfg.get(key), int):
+            cfg[key] = (cfg[key], cfg[key])
     BM, BN = cfg["fwd"][:2]
     FM, FN = cfg.setdefault("flags", (BM, BN))
     if BM % FM or BN % FN:
@@ -288,6 +312,33 @@ def _inv_norms(x1, x2, hat=False):
     return (r, xh) if hat else r
 
 
+def _tma_rows_ok(t) -> bool:
+    """Whether every head of t (B, H, N, D) can be read through a tensor descriptor: unit inner stride, and
+    16-byte aligned base, rows and heads (TMA's requirements)."""
+    e = t.element_size()
+    return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+            and all((st * e) % 16 == 0 for st in t.stride()[:-1]))
+
+
+def _scratch(size: int, alignment: int, stream):
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _ensure_allocator():
+    """The descriptors built in-kernel (tl.make_tensor_descriptor) need global scratch from Triton's
+    allocator; set one (torch's caching allocator) unless the caller's context already has one. The
+    interpreter needs none."""
+    if _interpreting():
+        return
+    try:
+        from triton.runtime import _allocation
+    except ImportError:  # a Triton without the allocator hook: nothing to set
+        return
+    current = _allocation._allocator.get()
+    if isinstance(current, _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
 def _norm_args(rq, rk, like):
     """Kernel pointer arguments RQ1, RQ2, RK1, RK2 (any tensor where not normalising)."""
     if rq is None:
@@ -326,6 +377,13 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
     rows = bool(cfg.get("row_screen", False) if ROW_SCREEN is None else ROW_SCREEN) and not for_bwd
+    tma = int(cfg.get("tma", (0, 0))[0 if for_bwd else 1] if TMA is None else TMA) if hat else 0
+    if tma == 2 and not _tma_rows_ok(v):
+        tma = 1
+    if tma:
+        _ensure_allocator()
+    cap = cfg.get("maxnreg", (None, None))[0 if for_bwd else 1] if FWD_MAXNREG is None else FWD_MAXNREG
+    extra = {"maxnreg": int(cap)} if cap else {}
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
         alloc = torch.ones if skip == 3 else (torch.zeros if empty else torch.empty)
@@ -354,7 +412,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
             HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
-            ROW_SCREEN=rows, num_warps=warps, num_stages=stages)
+            ROW_SCREEN=rows, TMA=tma, num_warps=warps, num_stages=stages, **extra)
 
     if B * H <= MAX_GRID_Y:
         launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)
@@ -425,6 +483,9 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         scr = torch.empty(scr_q + B * H * n_qb * min(row, _cdiv(N, QBN)), device=q1.device, dtype=torch.int32) \
             if lists and not sliced else flags
         meta.update(CHUNK=int(LIST_CHUNK), LIST_ROW=row)
+        bcap = cfg.get("bwd_maxnreg") if BWD_MAXNREG is None else BWD_MAXNREG
+        if bcap:
+            meta["maxnreg"] = int(bcap)
         if merged:  # one flat grid: no cap on batch * heads
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),

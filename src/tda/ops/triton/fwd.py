@@ -50,15 +50,27 @@ def _grid_live(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLAG_M: tl.const
 
 
 @triton.jit
+def _load_v(v_base, s_vn, s_vd, offs_n, start_n, offs_dv, V_DESC: tl.constexpr):
+    """An unmasked key block's values: through the tensor descriptor (TMA) or by pointers."""
+    if V_DESC:
+        v = v_base.load([start_n, 0])
+    else:
+        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+    return v
+
+
+@triton.jit
 def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
           flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
           MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DV: tl.constexpr,
           PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
-          FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, FOR_BWD: tl.constexpr, SCREENED: tl.constexpr):
+          FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, FOR_BWD: tl.constexpr, SCREENED: tl.constexpr,
+          V_DESC: tl.constexpr):
     """One (query block, key block) pair from its raw scores s1, s2: exceedances, flags, and the PV product
     into acc -- the exact path, the one the backward recomputes. SCREENED: the screen has already found a
-    possible survivor and written the flags, so neither a survivor test nor flags are needed here."""
+    possible survivor and written the flags, so neither a survivor test nor flags are needed here. V_DESC:
+    v_base is a tensor descriptor of the head's values (TMA; unmasked pairs only)."""
     offs_dv = tl.arange(0, HEAD_DV)
     if NORMALIZE:  # cosine: scale the raw dot products by both inverse norms
         s1 = s1 * rq1[:, None] * rk1[None, :]
@@ -98,7 +110,7 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
             v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
                         mask=offs_n[:, None] < N, other=0.0)
         else:
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+            v = _load_v(v_base, s_vn, s_vd, offs_n, start_n, offs_dv, V_DESC)
         acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
     else:
         if SKIP_EMPTY == 2:
@@ -106,7 +118,7 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                 v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
                             mask=offs_n[:, None] < N, other=0.0)
             else:
-                v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+                v = _load_v(v_base, s_vn, s_vd, offs_n, start_n, offs_dv, V_DESC)
             if alive:
                 acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
         else:
@@ -115,7 +127,7 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                     v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
                                 mask=offs_n[:, None] < N, other=0.0)
                 else:
-                    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd)
+                    v = _load_v(v_base, s_vn, s_vd, offs_n, start_n, offs_dv, V_DESC)
                 acc += tl.dot(w.to(v.dtype), v, input_precision=PREC)
     return acc
 
@@ -191,7 +203,10 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
-               SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr):
+               SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr,
+               KH_DESC: tl.constexpr, V_DESC: tl.constexpr):
+    """One stage of the key loop (MASKED: the diagonal blocks and the ragged tail). KH_DESC / V_DESC: kh*_base /
+    v_base are tensor descriptors (TMA loads, unmasked stage only), else pointers."""
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -200,11 +215,17 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
             # SCREEN_HAT: the screen scores the unit keys (kh, the pre-pass's rounded copy, contiguous), so it
             # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher: 0
             # where the exact path scores kh too and no flags are written, i.e. UNIT_KEYS inference)
-            kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+            if KH_DESC:
+                kh1 = kh1_base.load([start_n, 0])
+            else:
+                kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
             h1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC)
             h2 = h1
             if TWO_VIEWS:
-                kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
+                if KH_DESC:
+                    kh2 = kh2_base.load([start_n, 0])
+                else:
+                    kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
                 h2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC)
             if ROW_SCREEN and not FOR_BWD:
                 alive = _row_screen(h1, h2, thr1, thr2, TWO_VIEWS)
@@ -219,7 +240,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                     acc = _tile(acc, h1 * rq1[:, None], h2 * rq2[:, None], rq1, rq2, rq1, rq2, tau, lam, v_base,
                                 s_vn, s_vd, flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                                 MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                                False, FLAG_M, FLAG_N, FOR_BWD, True)
+                                False, FLAG_M, FLAG_N, FOR_BWD, True, V_DESC)
             else:  # passing pairs recompute the scores from the raw keys and their norms
                 if alive:
                     s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n,
@@ -228,7 +249,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                     acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                                 flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                                 MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
+                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True, V_DESC)
         else:
             s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
                                            s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
@@ -261,12 +282,12 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                     acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                                 flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                                 MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True)
+                                NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, True, V_DESC)
             else:
                 acc = _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
                             flag_row, frow0, n_mt, n_nt, offs_m, offs_n, start_n, diag, N, p_val,
                             MASKED, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_DV, PREC, SKIP_EMPTY,
-                            NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False)
+                            NORMALIZE, FLAG_M, FLAG_N, FOR_BWD, False, V_DESC)
     return acc
 
 
@@ -284,7 +305,7 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr,
-                   UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr):
+                   UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr, TMA: tl.constexpr):
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     else:
@@ -366,17 +387,33 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
     else:
         lo = (N // BLOCK_N) * BLOCK_N
         hi = N
+    # TMA (launcher): the unmasked stage loads the unit keys (1), and the values too (2), through tensor
+    # descriptors -- the copy engine writes the tiles straight to shared memory, with no per-thread addresses
+    # in registers; the masked stage keeps its pointer loads
+    if TMA >= 1:
+        kh1_un = tl.make_tensor_descriptor(kh1_base, shape=[N, HEAD_D], strides=[HEAD_D, 1],
+                                           block_shape=[BLOCK_N, HEAD_D])
+        kh2_un = tl.make_tensor_descriptor(kh2_base, shape=[N, HEAD_D], strides=[HEAD_D, 1],
+                                           block_shape=[BLOCK_N, HEAD_D])
+    else:
+        kh1_un = kh1_base
+        kh2_un = kh2_base
+    if TMA == 2:
+        v_un = tl.make_tensor_descriptor(v_base, shape=[N, HEAD_DV], strides=[s_vn, 1],
+                                         block_shape=[BLOCK_N, HEAD_DV])
+    else:
+        v_un = v_base
     acc = tl.zeros([BLOCK_M, HEAD_DV], dtype=tl.float32)
-    acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base,
-                     rk2_base, kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
+    acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_un, rk1_base,
+                     rk2_base, kh1_un, kh2_un, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
                      n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
                      HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
-                     SCREEN_HAT, UNIT_KEYS, ROW_SCREEN)
+                     SCREEN_HAT, UNIT_KEYS, ROW_SCREEN, TMA >= 1, TMA == 2)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
                      offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
                      HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT,
-                     UNIT_KEYS, ROW_SCREEN)
+                     UNIT_KEYS, ROW_SCREEN, False, False)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ

@@ -30,9 +30,11 @@ _INTS = {"H", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the b
 def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str = "bf16", arch: int = 90):
     """triton.compile of @triton.jit `fn` with constexprs `consts`, for contiguous inputs: unit inner
     strides (s_*d) become the constant 1, pointers and the other strides 16-divisible, as the JIT
-    specialises a call on contiguous, aligned tensors."""
+    specialises a call on contiguous, aligned tensors. consts may carry the launch option "maxnreg"."""
     names = list(fn.arg_names)
     consts = dict(consts)
+    extra = {"maxnreg": consts.pop("maxnreg")} if consts.get("maxnreg") else {}
+    consts.pop("maxnreg", None)
     sig = {}
     for n in names:
         if n in consts:
@@ -53,7 +55,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
              if sig[n].startswith("*") or (sig[n] == "i32" and n.startswith("s_") and n not in _UNALIGNED)}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+                          options=dict(num_warps=num_warps, num_stages=num_stages, **extra))
 
 
 def resource_usage(compiled) -> dict:
@@ -76,7 +78,7 @@ def resource_usage(compiled) -> dict:
 
 def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
-    bf16 TDA, p = 2, fused normalisation; d 64 / 128; short and long keys; forward for training and for
+    bf16 TDA, p = 2, fused normalisation; d 64 / 128; short (1K), long and, at d 64, 4K ("mid") keys; forward for training and for
     inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
     variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- and the inference forward
     with the other ROW_SCREEN choice).
@@ -87,31 +89,35 @@ def table_variants(full: bool = True):
     import torch
 
     out = []
-    cases = [(64, None), (64, 1024), (128, None), (128, 1024)] if full else [(64, None), (128, 1024)]
+    # short (1K) and long keys; d 64 also at 4K (its capped 64 x 32 backward)
+    cases = [(64, None), (64, 1024), (64, 4096), (128, None), (128, 1024)] if full else [(64, None), (128, 1024)]
     for D, N in cases:
         cfg = tk._configs(D, torch.bfloat16, True, N)
         common = dict(TWO_VIEWS=True, CAUSAL=True, P=2, HEAD_D=D, HEAD_DV=D, PREC="tf32", NORMALIZE=True,
                       HAS_BETA=True, TAU_F64=False)
         FM, FN = cfg["flags"]
-        tag = f"d{D}-{'short' if N else 'long'}"
+        tag = f"d{D}-{'long' if N is None else 'short' if N <= 1024 else 'mid'}"
         BM, BN, w, s = cfg["fwd"]
         unit, unit_inf = cfg.get("unit_keys", (False, False))  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
         delta = tk._hat_delta(torch.bfloat16, D)
         keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
         train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
                      SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
-                     ROW_SCREEN=False, **keys)
+                     ROW_SCREEN=False, TMA=cfg.get("tma", (0, 0))[0] if unit else 0,
+                     maxnreg=cfg.get("maxnreg", (None, None))[0], **keys)
         out.append((f"fwd-train-{tag}", tda_fwd_kernel, train, w, s))
         if full and N is None:  # the other forward variants, long keys: raw-key screen, unit-key screen alone
-            raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0)
+            raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0, TMA=0)
             out.append((f"fwd-train-rawkeys-{tag}", tda_fwd_kernel, raw, w, s))
-            hat = dict(train, SCREEN_HAT=True, UNIT_KEYS=False, HAT_DELTA=delta)
+            hat = dict(train, SCREEN_HAT=True, UNIT_KEYS=False, HAT_DELTA=delta, TMA=0)
             out.append((f"fwd-train-hat-{tag}", tda_fwd_kernel, hat, w, s))
         BM, BN, w, s, test = cfg["infer"]
         infer = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2, FLAG_M=BM,
                      FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True, HAT_DELTA=0.0,
                      SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf,
-                     ROW_SCREEN=test and cfg.get("row_screen", False))
+                     ROW_SCREEN=test and cfg.get("row_screen", False),
+                     TMA=cfg.get("tma", (0, 0))[1] if test and unit_inf else 0,
+                     maxnreg=cfg.get("maxnreg", (None, None))[1])
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel, infer, w, s))
         if full and N is None:  # the other choice of the row screen (ROW_SCREEN), long keys
             rows = not infer["ROW_SCREEN"]
@@ -124,6 +130,7 @@ def table_variants(full: bool = True):
                      LIST_ROW=tk.LIST_ROW)
             if name == "dq":
                 c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
+            c["maxnreg"] = cfg.get("bwd_maxnreg")
             out.append((f"{name}-{tag}", kern, c, w, s))
         (KBM, KBN, w, s), (QBM, QBN, _, _) = cfg["dkdv"], cfg["dq"]
         out.append((f"bwd-{tag}", tda_bwd_kernel,
@@ -131,5 +138,5 @@ def table_variants(full: bool = True):
                          Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
                          NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
                          KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
-                         LIST_ROW=tk.LIST_ROW), w, s))
+                         LIST_ROW=tk.LIST_ROW, maxnreg=cfg.get("bwd_maxnreg")), w, s))
     return out
