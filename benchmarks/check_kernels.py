@@ -94,6 +94,10 @@ ROW_SCREEN = {"table": None, "on": True, "off": False}
 # are those of the code before it
 TMA_DRAW = lambda r: "table" if r < 0.5 else str(min(int((r - 0.5) * 6), 2))  # noqa: E731
 TMA = {"table": None, "0": 0, "1": 1, "2": 2}
+# config_length (attention.CONFIG_LENGTH): 30% of the configurations that would take the configs of their own
+# (short) length take 4K's instead -- d = 64 there: the register-capped backward of 64 x 32 blocks -- drawn from
+# the TMA draw's stream
+LEN_DRAW = lambda r: 4096 if r < 0.3 else None  # noqa: E731
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
 FWD_KEYS = {"table": (None, None), "raw": (False, False), "hat": (True, False), "unit": (True, True)}
 
@@ -230,6 +234,10 @@ def main():
     ap.add_argument("--tma", default="draw", choices=["draw"] + list(TMA),
                     help="tensor-descriptor loads in the unit-key forward (TMA): table, 0 (off), 1 (unit keys), "
                          "2 (and values); drawn per configuration (table 50%%, each other ~17%%), or forced")
+    ap.add_argument("--config-length", type=int, default=None,
+                    help="block configs as for this key length (attention.CONFIG_LENGTH) in every configuration "
+                         "(0: each its own length); default: drawn (4K's for 30%% of those not drawing the "
+                         "long-key configs)")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -252,7 +260,12 @@ def main():
             for j, two_launch in ((-1, False), (-2, True)):
                 yield j, grid_cap_config(two_launch)
         for i in range(args.n):
-            yield i, dict(random_config(rng), tma=TMA_DRAW(tma_rng.random()))
+            c = dict(random_config(rng), tma=TMA_DRAW(tma_rng.random()))
+            if args.config_length is None:
+                c["config_length"] = None if c["long_cfg"] else LEN_DRAW(tma_rng.random())
+            else:
+                c["config_length"] = args.config_length or None
+            yield i, c
 
     for i, c in draws():
         if args.budget_s and time.time() - t0 > args.budget_s:
@@ -274,6 +287,7 @@ def main():
         # long_cfg: the long-sequence configs (tk.BY_LENGTH off), which the check's short N would not reach;
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
         tk.BY_LENGTH = not c["long_cfg"]
+        tk.CONFIG_LENGTH = c.get("config_length")
         # two_launch_bwd: the backward as two kernels (dK/dV, dQ) instead of the default one-launch kernel
         tk.MERGED_BWD = not c.get("two_launch_bwd", False)
         # list_row: scratch rows shorter than the candidate blocks (several compaction rounds per program,
@@ -302,7 +316,7 @@ def main():
             continue
         finally:
             tk.set_config()
-            tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y = True, True, cap
+            tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y, tk.CONFIG_LENGTH = True, True, cap, None
             tk.LIST_ROW, tk.LISTS = row, lists
             tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = hat, unit, rows, tma
         if DEV == "cuda":

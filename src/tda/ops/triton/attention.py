@@ -135,6 +135,9 @@ def _interpreting() -> bool:
 # BY_LENGTH: block configs depend on the key length N (see _configs); False uses the long-sequence configs
 # at every N (the GPU check uses it to reach them with short inputs)
 BY_LENGTH = True
+# CONFIG_LENGTH: with BY_LENGTH, the configs of this key length instead of the call's (None: the call's); the GPU
+# check uses it to reach the mid-length configs (e.g. 4K's capped backward) with short inputs
+CONFIG_LENGTH = None
 
 
 def set_config(**kw):
@@ -162,6 +165,8 @@ def _configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int] = Non
     """Block configs for head dim D and key length N (None: long sequences), cached: callers must not
     modify the dict. The forward and the backward of one call must agree on the flags' grain, so both pass
     the same N (the key length)."""
+    if CONFIG_LENGTH is not None and N is not None:
+        N = int(CONFIG_LENGTH)
     key = (D, dtype, two_views, N, BY_LENGTH, _interpreting())
     cfg = _CFG_CACHE.get(key)
     if cfg is None:

@@ -78,8 +78,8 @@ def resource_usage(compiled) -> dict:
 
 def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
-    bf16 TDA, p = 2, fused normalisation; d 64 / 128; short (1K), long and, at d 64, 4K ("mid") keys; forward for training and for
-    inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
+    bf16 TDA, p = 2, fused normalisation; d 64 / 128; short (1K), long and, at d 64, 4K ("mid") keys;
+    forward for training and for inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
     variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- and the inference forward
     with the other ROW_SCREEN choice).
     full=False: the long-key d 64 and short-key d 128 configs only."""
