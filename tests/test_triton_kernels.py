@@ -584,6 +584,11 @@ def test_config_table(monkeypatch):
         assert all(tk._configs(64, dt, True, n)["dkdv"][:2] == (64, 32) for n in (1025, 4096))
         assert tk._configs(128, dt, True, 4096).get("bwd_maxnreg") is None
     assert tk._configs(64, torch.float32, True).get("maxnreg") is None
+    # CONFIG_LENGTH: another key length's configs (the GPU check reaches 4K's with short inputs)
+    monkeypatch.setattr(tk, "CONFIG_LENGTH", 4096)
+    assert tk._configs(64, torch.bfloat16, True, 100).get("bwd_maxnreg") == 168
+    monkeypatch.setattr(tk, "CONFIG_LENGTH", None)
+    assert tk._configs(64, torch.bfloat16, True, 100).get("bwd_maxnreg") is None
     tk.set_config(tma=1, maxnreg=(0, 160))
     assert tk._configs(64, torch.bfloat16, True)["tma"] == (1, 1)
     assert tk._configs(64, torch.bfloat16, True)["maxnreg"] == (0, 160)
