@@ -475,6 +475,24 @@ def test_tma_loads_change_nothing(two_views, noncontig_v, M, N):
     _compare(inputs, **kw)
 
 
+def test_tma_needs_a_hopper_class_device(monkeypatch):
+    """TMA only where the device has it (compute capability >= 9.0) and Triton builds tensor descriptors;
+    elsewhere the table's TMA falls back to pointer loads."""
+    class FakeCuda:
+        is_cuda = True
+        device = torch.device("cuda", 7)
+    tk._TMA_OK.clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev: (8, 0))
+    assert not tk._tma_device_ok(FakeCuda())
+    tk._TMA_OK.clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev: (9, 0))
+    assert tk._tma_device_ok(FakeCuda())
+    tk._TMA_OK.clear()
+    assert tk._tma_device_ok(torch.zeros(1))  # the interpreter's CPU tensors
+    monkeypatch.delattr(tl, "make_tensor_descriptor")
+    assert not tk._tma_device_ok(torch.zeros(1))
+
+
 def test_tma_rows_ok():
     """The descriptor's layout requirements: unit inner stride, 16-byte rows, heads and base."""
     x = torch.zeros(2, 3, 8, 16, dtype=torch.float16)

@@ -16,6 +16,9 @@ survived; the backward (bwd.py; one launch, dK/dV and dQ programs in one grid) s
 A call that needs no gradient (no_grad, or no input requiring grad) takes the inference forward instead:
 no autograd node, no flags, no stored norms.
 Block configs depend on the head dim and the key length (_configs; BY_LENGTH = False: the long-key ones).
+Where the table uses TMA loads (d = 64 past 4K keys, on compute capability 9.0+), the forward builds tensor
+descriptors in the kernel, whose scratch comes from Triton's allocator: if the calling context has none set,
+the first such call sets torch's caching allocator (triton.set_allocator).
 """
 
 import contextlib
@@ -325,6 +328,23 @@ def _tma_rows_ok(t) -> bool:
             and all((st * e) % 16 == 0 for st in t.stride()[:-1]))
 
 
+_TMA_OK: dict = {}
+
+
+def _tma_device_ok(t) -> bool:
+    """Whether t's device has TMA (compute capability 9.0 or newer) and this Triton builds tensor descriptors
+    in kernels; under the interpreter, whether the descriptors exist (they run there on any CPU). Cached per
+    device."""
+    if not hasattr(triton.language, "make_tensor_descriptor"):
+        return False
+    if not t.is_cuda:
+        return True
+    ok = _TMA_OK.get(t.device.index)
+    if ok is None:
+        ok = _TMA_OK[t.device.index] = torch.cuda.get_device_capability(t.device)[0] >= 9
+    return ok
+
+
 def _scratch(size: int, alignment: int, stream):
     return torch.empty(size, device="cuda", dtype=torch.int8)
 
@@ -383,6 +403,8 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
     rows = bool(cfg.get("row_screen", False) if ROW_SCREEN is None else ROW_SCREEN) and not for_bwd
     tma = int(cfg.get("tma", (0, 0))[0 if for_bwd else 1] if TMA is None else TMA) if hat else 0
+    if tma and not _tma_device_ok(q1):
+        tma = 0
     if tma == 2 and not _tma_rows_ok(v):
         tma = 1
     if tma:
