@@ -34,6 +34,7 @@ from ..validate import _check_scalar_param, check_inputs
 from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
 from .common import dot_probe_kernel, inv_norm_kernel
 from .fwd import tda_fwd_kernel
+from .fwd_ws import tda_fwd_ws_kernel
 from .launch import FastKernel
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -43,6 +44,7 @@ _fwd = FastKernel(tda_fwd_kernel)
 _dkdv = FastKernel(tda_bwd_dkdv_kernel)
 _dq = FastKernel(tda_bwd_dq_kernel)
 _bwd = FastKernel(tda_bwd_kernel)
+_fwd_ws = FastKernel(tda_fwd_ws_kernel)
 _EPS2 = reference.NORM_EPS * reference.NORM_EPS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -107,6 +109,15 @@ TMA = None
 # FWD_MAXNREG: a register cap (Triton's maxnreg) for the forward's launches; 0 none. None: per the block table
 # (_configs' "maxnreg": 168 at d = 64, which fits three 4-warp programs per SM instead of two: -5 to -12%)
 FWD_MAXNREG = None
+# WS_FORWARD: the inference forward runs fwd_ws.py's warp-specialised kernel (an experiment, not yet measured;
+# off): no survivor screen, every visited pair takes the PV product, all tiles through TMA descriptors. Taken
+# only where TMA is (compute capability 9.0+; the interpreter), with fused normalisation and TMA-ready q/v,
+# else the usual forward. WS_CONFIG: its (BLOCK_M, BLOCK_N, num_warps, num_stages); Triton specialises the
+# loop only at 4 warps and BLOCK_M 64 (a producer and two consumer warpgroups, 12 warps; compiled for sm_90
+# here, benchmarks/probe_ws_sm90.py). WS_SPECIALISE = False runs the same kernel without the hint.
+WS_FORWARD = False
+WS_CONFIG = (64, 64, 4, 2)
+WS_SPECIALISE = True
 # BWD_MAXNREG: a register cap for the backward's launches; 0 none. None: per the block table (_configs'
 # "bwd_maxnreg": 168 at d = 64 from 1K to 4K keys, whose 64 x 32 blocks then run three programs per SM: -5
 # to -6% backward; with the 64 x 64 blocks of other lengths, or at d = 128, the spills made it far slower)
@@ -379,10 +390,43 @@ def _tau_args(beta, scale):
     return beta, scale, beta.stride(0), 0, True
 
 
+def _ws_ok(q1, q2, v, normalize, for_bwd) -> bool:
+    """Whether this call can take the warp-specialised inference forward (WS_FORWARD)."""
+    B, H = q1.shape[:2]
+    half = q1.dtype in (torch.float16, torch.bfloat16) or _interpreting()  # wgmma: no fp32 products
+    return (bool(WS_FORWARD) and not for_bwd and normalize and half and q1.numel() > 0 and v.numel() > 0
+            and B * H <= MAX_GRID_Y and _tma_device_ok(q1)
+            and all(_tma_rows_ok(t) for t in (q1, v) + ((q2,) if q2 is not None else ())))
+
+
+def _launch_fwd_ws(q1, k1, q2, k2, v, beta, scale, lam, p, causal):
+    """The inference output through fwd_ws.py's kernel: pre-passes for the query inverse norms and the keys'
+    unit rows, then one launch."""
+    B, H, M, D = q1.shape
+    Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    BM, BN, warps, stages = WS_CONFIG
+    out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
+    rq = _inv_norms(q1, q2)
+    _, kh = _inv_norms(k1, k2, hat=True)
+    _ensure_allocator()
+    BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
+    _fwd_ws[(_cdiv(M, BM), B * H)](
+        q1, q2 if two else q1, kh[0], kh[-1], v, BETA, SCALE, lam if two else SCALE, out, rq[0], rq[-1],
+        *q1.stride()[:3], *_strides(q2, q1)[:3], *v.stride()[:3], *out.stride(), s_beta, s_scale,
+        lam.stride(0) if two else 0, H, H // Hk, M, N, float(p),
+        TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
+        PREC=_prec(q1.dtype), HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64,
+        HEAVY_FIRST=bool(HEAVY_FIRST), WS=bool(WS_SPECIALISE), num_warps=warps, num_stages=stages)
+    return out
+
+
 def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=False, for_bwd=True):
     """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize).
     tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA). for_bwd=False (no
     backward will run): the kernel neither computes nor stores the flags and rq, returned as None."""
+    if WS_FORWARD and _ws_ok(q1, q2, v, normalize, for_bwd):
+        return _launch_fwd_ws(q1, k1, q2, k2, v, beta, scale, lam, p, causal), None, None, None
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None

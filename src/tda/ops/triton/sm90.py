@@ -73,15 +73,17 @@ def resource_usage(compiled) -> dict:
         spill = sum(int(x) for x in re.findall(r"(?:STACK|LOCAL):(\d+)", out))
     return dict(regs=regs, stack_local=spill, shared=compiled.metadata.shared,
                 convert_layout=compiled.asm["ttgir"].count("ttg.convert_layout"),
+                ws_regions=compiled.asm["ttgir"].count("ttg.warp_specialize"),
                 bar_sync=len(re.findall(r"bar\.sync|barrier\.sync", compiled.asm["ptx"])))
 
 
 def table_variants(full: bool = True):
     """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
     bf16 TDA, p = 2, fused normalisation; d 64 / 128; short (1K), long and, at d 64, 4K ("mid") keys;
-    forward for training and for inference, dK/dV, dQ, and the one-launch backward; full: also the long-key training forward's other
-    variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- and the inference forward
-    with the other ROW_SCREEN choice).
+    forward for training and for inference, dK/dV, dQ, and the one-launch backward; full: also the long-key
+    training forward's other variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- the
+    inference forward with the other ROW_SCREEN choice, and the warp-specialised inference forward at d 64 and
+    128).
     full=False: the long-key d 64 and short-key d 128 configs only."""
     from . import attention as tk
     from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
@@ -139,4 +141,11 @@ def table_variants(full: bool = True):
                          NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
                          KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
                          LIST_ROW=tk.LIST_ROW, maxnreg=cfg.get("bwd_maxnreg")), w, s))
+    if full:  # the warp-specialised inference forward (attention.WS_FORWARD, an experiment), at its config
+        from .fwd_ws import tda_fwd_ws_kernel
+        BM, BN, w, st = tk.WS_CONFIG
+        for D in (64, 128):
+            out.append((f"fwd-ws-d{D}", tda_fwd_ws_kernel,
+                        dict(TWO_VIEWS=True, CAUSAL=True, P=2, BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=D,
+                             PREC="tf32", HAS_BETA=True, TAU_F64=False, HEAVY_FIRST=True, WS=True), w, st))
     return out
