@@ -12,13 +12,14 @@ the compile failed. The cases add, one at a time, what the TDA forward has and t
     qptr      the query block loaded by pointers (the forward masks its ragged rows that way)
     loop2     a second, pointer-based key loop after the first (the forward's masked diagonal stage)
     branch    a data-dependent `if` around the PV product (the forward's survivor screen)
+    qnorm     the query rows' inverse norms computed from the loaded q block (the forward computes them so)
     d128      head dim 128, with 8 warps (the forward's d = 128 block) and with 4
 
     TRITON_DEFAULT_FP_FUSION=1 python benchmarks/probe_ws_sm90.py   (TRITON_INTERPRET unset)
 
 Triton 3.9 (this machine) gave, with 4 warps: base / two / elem specialised (12 warps: a producer warpgroup and
 two consumers); qptr and loop2 crashed in NVGPUWarpSpecialization ("unsupported load type for producer
-commit", cf. triton-lang/triton#9728); branch compiled without specialising; at 8 warps nothing specialised
+commit", cf. triton-lang/triton#9728), and so did qnorm; branch compiled without specialising; at 8 warps nothing specialised
 (d128, or elem + two), at 4 warps d128 did (docs/results/kernels/tma/probe-ws-sm90-triton3.9.log). The device's
 Triton 3.6 was not probed.
 """
@@ -33,7 +34,7 @@ from triton.compiler import ASTSource
 
 @triton.jit
 def _probe(Q, K, V, O, N, lo, TWO: tl.constexpr, ELEM: tl.constexpr, QPTR: tl.constexpr, LOOP2: tl.constexpr,
-           BRANCH: tl.constexpr, D: tl.constexpr):
+           BRANCH: tl.constexpr, QNORM: tl.constexpr, D: tl.constexpr):
     kd = tl.make_tensor_descriptor(K, shape=[N, D], strides=[D, 1], block_shape=[64, D])
     vd = tl.make_tensor_descriptor(V, shape=[N, D], strides=[D, 1], block_shape=[64, D])
     if QPTR:
@@ -42,9 +43,15 @@ def _probe(Q, K, V, O, N, lo, TWO: tl.constexpr, ELEM: tl.constexpr, QPTR: tl.co
         qd = tl.make_tensor_descriptor(Q, shape=[N, D], strides=[D, 1], block_shape=[64, D])
         q = qd.load([tl.program_id(0) * 64, 0])
     tau = tl.full([64], 0.3, tl.float32)
+    if QNORM:
+        rq = tl.rsqrt(tl.sum(q.to(tl.float32) * q.to(tl.float32), 1))
+    else:
+        rq = tl.full([64], 1.0, tl.float32)
     acc = tl.zeros([64, D], dtype=tl.float32)
     for n in tl.range(0, lo, 64, warp_specialize=True):
         s = tl.dot(q, tl.trans(kd.load([n, 0])))
+        if QNORM:
+            s = s * rq[:, None]
         if ELEM:
             e = tl.maximum(s - tau[:, None], 0.0)
             w = e * e
@@ -65,7 +72,7 @@ def _probe(Q, K, V, O, N, lo, TWO: tl.constexpr, ELEM: tl.constexpr, QPTR: tl.co
     tl.store(O + tl.arange(0, 64)[:, None] * D + tl.arange(0, D)[None, :], acc)
 
 
-FLAGS = ("TWO", "ELEM", "QPTR", "LOOP2", "BRANCH")
+FLAGS = ("TWO", "ELEM", "QPTR", "LOOP2", "BRANCH", "QNORM")
 
 
 def probe(num_warps=4, D=64, **on):
@@ -90,8 +97,9 @@ def main():
         sys.exit("run with TRITON_INTERPRET unset")
     print(f"triton {triton.__version__}, sm_90")
     cases = [("base", {}), ("two", dict(two=True)), ("elem", dict(elem=True)), ("qptr", dict(qptr=True)),
-             ("loop2", dict(loop2=True)), ("branch", dict(branch=True)), ("d128 (8 warps)", dict(D=128, num_warps=8)),
-             ("d128 (4 warps)", dict(D=128)), ("elem+two, 8 warps", dict(elem=True, two=True, num_warps=8))]
+             ("loop2", dict(loop2=True)), ("branch", dict(branch=True)), ("qnorm", dict(qnorm=True)),
+             ("d128 (8 warps)", dict(D=128, num_warps=8)), ("d128 (4 warps)", dict(D=128)),
+             ("elem+two, 8 warps", dict(elem=True, two=True, num_warps=8))]
     for name, kw in cases:
         print(f"{name:16s} {probe(**kw)}", flush=True)
 
