@@ -18,10 +18,10 @@ the compile failed. The cases add, one at a time, what the TDA forward has and t
     TRITON_DEFAULT_FP_FUSION=1 python benchmarks/probe_ws_sm90.py   (TRITON_INTERPRET unset)
 
 Triton 3.9 (this machine) gave, with 4 warps: base / two / elem specialised (12 warps: a producer warpgroup and
-two consumers); qptr and loop2 crashed in NVGPUWarpSpecialization ("unsupported load type for producer
-commit", cf. triton-lang/triton#9728), and so did qnorm; branch compiled without specialising; at 8 warps nothing specialised
-(d128, or elem + two), at 4 warps d128 did (docs/results/kernels/tma/probe-ws-sm90-triton3.9.log). The device's
-Triton 3.6 was not probed.
+two consumers); qptr, loop2 and qnorm crashed in NVGPUWarpSpecialization ("unsupported load type for producer
+commit", cf. triton-lang/triton#9728); branch compiled without specialising; at 8 warps nothing specialised
+(d128, or elem + two), at 4 warps d128 did (docs/results/kernels/tma/probe-ws-sm90-triton3.9.log). The
+device's Triton 3.6 was not probed.
 """
 import os
 import sys
