@@ -495,16 +495,17 @@ def test_tma_needs_a_hopper_class_device(monkeypatch):
     assert not tk._tma_device_ok(torch.zeros(1))
 
 
-@pytest.mark.parametrize("two_views,causal,M,N,offset,Hk", [(True, True, 45, 53, 3, 2), (True, False, 40, 29, 0, 4),
-                                                            (False, True, 50, 50, 0, 1), (True, True, 1, 40, 39, 2)])
-def test_warp_specialised_inference_forward(two_views, causal, M, N, offset, Hk):
+@pytest.mark.parametrize("two_views,causal,M,N,offset,Hk,p,kappa", [
+    (True, True, 45, 53, 3, 2, 2.0, 1.0), (True, False, 40, 29, 0, 4, 2.0, 1.0), (False, True, 50, 50, 0, 1, 2.0, 1.0),
+    (True, True, 1, 40, 39, 2, 2.0, 1.0), (True, True, 30, 41, 11, 1, 1.5, 0.5)])
+def test_warp_specialised_inference_forward(two_views, causal, M, N, offset, Hk, p, kappa):
     """WS_FORWARD (fwd_ws.py: no screen, unit keys in every block, masks applied arithmetically, TMA loads)
     against the reference and against the usual unit-key inference forward; ragged shapes, GQA, non-causal,
     one query row with a KV cache. It serves no-grad calls only: a training call keeps the usual kernels."""
     torch.manual_seed(17)
     tk.WS_FORWARD, tk.WS_CONFIG = True, (16, 16, 4, 1)
     inputs = _make(2, 4, Hk, M, N, 16, 16, two_views)
-    kw = dict(causal=causal, position_offset=offset)
+    kw = dict(causal=causal, position_offset=offset, p=p, kappa=kappa)
     fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
     d = {n: t.detach() for n, t in inputs.items()}
     calls = []
