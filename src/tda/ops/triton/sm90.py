@@ -83,7 +83,7 @@ def table_variants(full: bool = True):
     forward for training and for inference, dK/dV, dQ, and the one-launch backward; full: also the long-key
     training forward's other variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- the
     inference forward with the other ROW_SCREEN choice, and the warp-specialised inference forward at d 64 and
-    128).
+    128, for inference and for training).
     full=False: the long-key d 64 and short-key d 128 configs only."""
     from . import attention as tk
     from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
@@ -145,7 +145,12 @@ def table_variants(full: bool = True):
         from .fwd_ws import tda_fwd_ws_kernel
         BM, BN, w, st = tk.WS_CONFIG
         for D in (64, 128):
-            out.append((f"fwd-ws-d{D}", tda_fwd_ws_kernel,
-                        dict(TWO_VIEWS=True, CAUSAL=True, P=2, BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=D,
-                             PREC="tf32", HAS_BETA=True, TAU_F64=False, HEAVY_FIRST=True, WS=True), w, st))
+            ws = dict(TWO_VIEWS=True, CAUSAL=True, P=2, BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=D, PREC="tf32",
+                      HAS_BETA=True, TAU_F64=False, HEAVY_FIRST=True, WS=True, FOR_BWD=False, FLAG_M=BM,
+                      FLAG_N=BN, HAT_DELTA=0.0)
+            out.append((f"fwd-ws-d{D}", tda_fwd_ws_kernel, ws, w, st))
+            FM, FN = tk._configs(D, torch.bfloat16, True)["flags"]  # training: the long-key table's flags
+            out.append((f"fwd-ws-train-d{D}", tda_fwd_ws_kernel,
+                        dict(ws, FOR_BWD=True, FLAG_M=FM, FLAG_N=FN, HAT_DELTA=tk._hat_delta(torch.bfloat16, D)),
+                        w, st))
     return out
