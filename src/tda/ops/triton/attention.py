@@ -523,8 +523,9 @@ def _batch_slices(B: int, H: int):
 def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg, norm=None):
     """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
     rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
-    taken as the unit vectors -- and g (2, H, B, M) fp32: per row, dtau_i (times scale_i, i.e. the row's
-    dbeta share, when beta is given) and -sum_j a2_ij dDa_ij (TDA; zero for TRA). norm: _norm_args(rq, rk,
+    taken as the unit vectors -- and g (2, H, B, M) fp32: per row, dtau_i and -sum_j a2_ij dDa_ij (TDA; zero
+    for TRA); when beta is given, (2, H, B, cdiv(M, dQ block)): per dQ program, the sums of dtau_i * scale_i
+    (the rows' dbeta shares) and of the dlam shares. norm: _norm_args(rq, rk,
     scale) if the caller prepared it already (the eager op does so in its forward, off the backward's
     thread)."""
     B, H, M, D = q1.shape
@@ -540,7 +541,9 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
     # the rows' dtau / dlam shares: fp64 for fp32 inputs, so that the heavily cancelling sums behind the scalar
     # dbeta / dlam keep fp32's accuracy (fp32 partials alone failed the GPU check's criterion there)
     tdt = torch.float64 if q1.dtype in (torch.float32, torch.float64) else torch.float32
-    g = (torch.empty if two else torch.zeros)((2, H, B, M), device=q1.device, dtype=tdt)
+    # the eager path (beta given) gets one sum per dQ program, (2, H, B, cdiv(M, dQ block)): see bwd._dq_program
+    g_rows = _cdiv(M, cfg["dq"][0]) if beta is not None else M
+    g = (torch.empty if two else torch.zeros)((2, H, B, g_rows), device=q1.device, dtype=tdt)
     if dq1.numel() == 0 or dk1.numel() == 0:
         for t in (dq1, dk1, dq2, dk2, dv, g):
             t.zero_()

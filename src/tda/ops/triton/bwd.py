@@ -388,7 +388,9 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
     and per row dtau_i and -sum_j a2_ij dDa_ij ((H, B, M), fp32, or fp64 where DTAU is: fp32 inputs),
     reduced over rows/batch in torch.
-    SCALE_DTAU: store dtau_i * scale_i instead (the row's share of dbeta_h, as tau_i = beta_h * scale_i).
+    SCALE_DTAU (the eager path, beta given): instead, the block's sums of dtau_i * scale_i (its share of dbeta_h,
+    as tau_i = beta_h * scale_i) and of the dlam shares, one value per program in (H, B, cdiv(M, BLOCK_M))
+    buffers: torch's reduction of per-row buffers cost 2-12 us at B * M = 1K-8K rows (an H200), ~2 us this one.
     LISTS: the unmasked key blocks go through _dq_listed, with this program's scratch row at SCR + scr_q
     (int32, cdiv(N, BLOCK_N) entries per (head, query block))."""
     b = (bh // H).to(tl.int64)
@@ -467,7 +469,10 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     o = bh.to(tl.int64) * M
     # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
     # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
-    og = (h * (n_bh // H) + b) * M
+    if SCALE_DTAU:
+        og = (h * (n_bh // H) + b) * tl.cdiv(M, BLOCK_M) + pid_m
+    else:
+        og = (h * (n_bh // H) + b) * M
     if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^), one view at a time (each stored before the next)
         dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
     tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
@@ -477,10 +482,15 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
             dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
         tl.store(DQ2 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq2.to(DQ2.dtype.element_ty),
                  mask=row_ok[:, None])
-        tl.store(DLAM + og + offs_m, dlam, mask=row_ok)
-    if SCALE_DTAU:
+        if SCALE_DTAU:
+            tl.store(DLAM + og, tl.sum(tl.where(row_ok, dlam, 0.0), 0))
+        else:
+            tl.store(DLAM + og + offs_m, dlam, mask=row_ok)
+    if SCALE_DTAU:  # rows past M: scale 0 (and dlam masked above)
         dtau = dtau * tl.load(SCALE + h * s_scale + offs_m, mask=row_ok, other=0.0)
-    tl.store(DTAU + og + offs_m, dtau, mask=row_ok)
+        tl.store(DTAU + og, tl.sum(dtau, 0))
+    else:
+        tl.store(DTAU + og + offs_m, dtau, mask=row_ok)
 
 
 # sizes that vary per call are not specialised on (see fwd.py)
