@@ -98,10 +98,6 @@ TMA = {"table": None, "0": 0, "1": 1, "2": 2}
 # (short) length take 4K's instead -- d = 64 there: the register-capped backward of 64 x 32 blocks -- drawn from
 # the TMA draw's stream
 LEN_DRAW = lambda r: 4096 if r < 0.3 else None  # noqa: E731
-# ws_forward (attention.WS_FORWARD: the warp-specialised forward, an experiment): 1 (inference: out_nograd) for
-# 10% of the configurations, 2 (training too: the output, and the gradients through its flags) for 10%, from a
-# third stream; it acts on bf16/fp16 calls with fused normalisation and TMA-ready layouts
-WS_DRAW = lambda r: 2 if r < 0.1 else (1 if r < 0.2 else 0)  # noqa: E731
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
 FWD_KEYS = {"table": (None, None), "raw": (False, False), "hat": (True, False), "unit": (True, True)}
 
@@ -242,9 +238,6 @@ def main():
                     help="block configs as for this key length (attention.CONFIG_LENGTH) in every configuration "
                          "(0: each its own length); default: drawn (4K's for 30%% of those not drawing the "
                          "long-key configs)")
-    ap.add_argument("--ws-forward", default="draw", choices=["draw", "0", "1", "2"],
-                    help="the warp-specialised forward (WS_FORWARD): 0 off, 1 inference, 2 training too; drawn "
-                         "(1 and 2 for 10%% each), or forced")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop drawing new configurations after this many seconds (0: no limit); the summary "
                     "then says how many ran")
@@ -253,7 +246,6 @@ def main():
     DEV = args.device
     rng = random.Random(args.seed)
     tma_rng = random.Random(args.seed * 1_000_003 + 17)
-    ws_rng = random.Random(args.seed * 1_000_003 + 29)
     gen = torch.Generator(device=DEV).manual_seed(args.seed)
     log = open(args.log, "w") if args.log else None
     fails, worst, one_draw = [], {}, []
@@ -273,7 +265,6 @@ def main():
                 c["config_length"] = None if c["long_cfg"] else LEN_DRAW(tma_rng.random())
             else:
                 c["config_length"] = args.config_length or None
-            c["ws_forward"] = WS_DRAW(ws_rng.random()) if args.ws_forward == "draw" else int(args.ws_forward)
             yield i, c
 
     for i, c in draws():
@@ -297,7 +288,6 @@ def main():
         # fine_flags: survivor flags at 64 x 64 (at most), finer than the forward block where it is larger
         tk.BY_LENGTH = not c["long_cfg"]
         tk.CONFIG_LENGTH = c.get("config_length")
-        tk.WS_FORWARD = int(c.get("ws_forward", 0))
         # two_launch_bwd: the backward as two kernels (dK/dV, dQ) instead of the default one-launch kernel
         tk.MERGED_BWD = not c.get("two_launch_bwd", False)
         # list_row: scratch rows shorter than the candidate blocks (several compaction rounds per program,
@@ -326,7 +316,7 @@ def main():
             continue
         finally:
             tk.set_config()
-            tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y, tk.CONFIG_LENGTH, tk.WS_FORWARD = True, True, cap, None, 0
+            tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y, tk.CONFIG_LENGTH = True, True, cap, None
             tk.LIST_ROW, tk.LISTS = row, lists
             tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = hat, unit, rows, tma
         if DEV == "cuda":

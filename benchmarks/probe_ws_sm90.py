@@ -22,6 +22,10 @@ two consumers); qptr, loop2 and qnorm crashed in NVGPUWarpSpecialization ("unsup
 commit", cf. triton-lang/triton#9728); branch compiled without specialising; at 8 warps nothing specialised
 (d128, or elem + two), at 4 warps d128 did (docs/results/kernels/tma/probe-ws-sm90-triton3.9.log). The
 device's Triton 3.6 was not probed.
+
+A TDA forward built to these rules (no screen, 4 warps, descriptor loads; commit 7abdf28, fwd_ws.py) measured
+1.6-3.2x SDPA's forward on the H200 (Triton 3.6), against 0.75-1.41x for the table's forward, and slower with
+the hint than without it at d = 64 (docs/results/kernels/ws/); it was removed.
 """
 import os
 import sys

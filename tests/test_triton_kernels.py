@@ -33,13 +33,11 @@ def _reset_config():
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
     tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
-    tk.WS_FORWARD, tk.WS_CONFIG, tk.WS_SPECIALISE = 0, (64, 64, 4, 2), True
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
     tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
-    tk.WS_FORWARD, tk.WS_CONFIG, tk.WS_SPECIALISE = 0, (64, 64, 4, 2), True
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -493,107 +491,6 @@ def test_tma_needs_a_hopper_class_device(monkeypatch):
     assert tk._tma_device_ok(torch.zeros(1))  # the interpreter's CPU tensors
     monkeypatch.delattr(tl, "make_tensor_descriptor")
     assert not tk._tma_device_ok(torch.zeros(1))
-
-
-@pytest.mark.parametrize("two_views,causal,M,N,offset,Hk,p,kappa", [
-    (True, True, 45, 53, 3, 2, 2.0, 1.0), (True, False, 40, 29, 0, 4, 2.0, 1.0), (False, True, 50, 50, 0, 1, 2.0, 1.0),
-    (True, True, 1, 40, 39, 2, 2.0, 1.0), (True, True, 30, 41, 11, 1, 1.5, 0.5)])
-def test_warp_specialised_inference_forward(two_views, causal, M, N, offset, Hk, p, kappa):
-    """WS_FORWARD (fwd_ws.py: no screen, unit keys in every block, masks applied arithmetically, TMA loads)
-    against the reference and against the usual unit-key inference forward; ragged shapes, GQA, non-causal,
-    one query row with a KV cache. It serves no-grad calls only: a training call keeps the usual kernels."""
-    torch.manual_seed(17)
-    tk.WS_FORWARD, tk.WS_CONFIG = True, (16, 16, 4, 1)
-    inputs = _make(2, 4, Hk, M, N, 16, 16, two_views)
-    kw = dict(causal=causal, position_offset=offset, p=p, kappa=kappa)
-    fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
-    d = {n: t.detach() for n, t in inputs.items()}
-    calls = []
-    launch = tk._launch_fwd_ws
-    tk._launch_fwd_ws = lambda *a: calls.append(1) or launch(*a)
-    try:
-        with torch.no_grad():
-            ws = fn(**d, backend="triton", **kw)
-            ref = fn(**d, backend="reference", **kw)
-    finally:
-        tk._launch_fwd_ws = launch
-    assert calls == [1]  # the warp-specialised kernel ran
-    assert ref.abs().sum() > 0
-    rel = ((ws - ref).norm() / ref.norm()).item()
-    assert rel < TOL, rel
-    # the usual inference forward with the unit keys (the same scores on the unmasked blocks)
-    tk.WS_FORWARD = False
-    tk.SCREEN_HAT = tk.UNIT_KEYS = True
-    tk.set_config(infer=(16, 16, 4, 1, True))
-    with torch.no_grad():
-        usual = fn(**d, backend="triton", **kw)
-    assert torch.allclose(ws, usual, rtol=1e-10, atol=1e-12)
-    # WS_SPECIALISE off: the same loop without the hint, the same numbers
-    tk.WS_FORWARD, tk.WS_SPECIALISE = True, False
-    with torch.no_grad():
-        assert torch.equal(fn(**d, backend="triton", **kw), ws)
-    # a call that needs a gradient keeps the usual kernels (flags for the backward)
-    out = fn(**inputs, backend="triton", **kw)
-    assert out.grad_fn is not None and torch.allclose(out.detach(), ref, rtol=1e-8, atol=1e-10)
-
-
-@pytest.mark.parametrize("two_views,causal,M,N,offset,Hk,flags", [
-    (True, True, 45, 53, 3, 2, (16, 16)), (True, True, 40, 40, 0, 1, (8, 16)), (False, False, 33, 29, 0, 2, (16, 8))])
-def test_warp_specialised_training_forward(two_views, causal, M, N, offset, Hk, flags):
-    """WS_FORWARD = 2: training takes fwd_ws.py's kernel too. Its flags (the unit-key screen with the margin,
-    written by reductions, never-visited pairs zero) must cover every raw-key survivor, so the backward's
-    gradients are bit-identical to those of the usual unit-key training forward; the output matches the
-    reference. Finer flag grains than the block included."""
-    torch.manual_seed(23)
-    tk.set_config(fwd=(16, 16, 4, 1), flags=flags, dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
-    inputs = _make(2, 4, Hk, M, N, 16, 16, two_views)
-    dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
-    kw = dict(causal=causal, position_offset=offset)
-    d = {n: t.detach() for n, t in inputs.items()}
-    q1, k1 = d.get("q1", d.get("q")), d.get("k1", d.get("k"))
-    tau = reference.tau(torch.arange(offset, offset + M, device=DEV), d["beta"], 1.0, 16).to(DT).contiguous()
-
-    def fwd_flags():
-        return torch.ops.tda.threshold_attention_fwd(q1, k1, d.get("q2"), d.get("k2"), d["v"], tau, d.get("lam"),
-                                                     2.0, causal, True)[1]
-    tk.SCREEN_HAT = tk.UNIT_KEYS = False  # the raw-key forward: its flags mark the true survivors
-    raw_flags = fwd_flags()
-    tk.SCREEN_HAT = tk.UNIT_KEYS = True
-    out_unit, g_unit = _run("triton", inputs, lambda out: dout, **kw)
-    tk.WS_FORWARD, tk.WS_CONFIG = 2, (16, 16, 4, 1)
-    calls = []
-    launch = tk._launch_fwd_ws
-    tk._launch_fwd_ws = lambda *a: calls.append(1) or launch(*a)
-    try:
-        out_ws, g_ws = _run("triton", inputs, lambda out: dout, **kw)
-        ws_flags = fwd_flags()
-    finally:
-        tk._launch_fwd_ws = launch
-    assert len(calls) == 2 and out_ws.grad_fn is not None  # the eager op and the custom op both took it
-    assert raw_flags.any() and not raw_flags.all()
-    assert ws_flags.shape == raw_flags.shape and bool((ws_flags >= raw_flags).all())
-    assert torch.allclose(out_ws, out_unit, rtol=1e-10, atol=1e-12)
-    for name in inputs:
-        assert torch.equal(g_ws[name], g_unit[name]), name
-    _compare(inputs, **kw)
-
-
-def test_warp_specialised_forward_is_taken_only_where_it_can_run(monkeypatch):
-    """_ws_ok: fused normalisation, TMA-ready q/v, a TMA device; training only with WS_FORWARD 2 and a flags
-    grain that divides the block."""
-    q = torch.zeros(1, 2, 8, 16, dtype=DT, device=DEV)
-    monkeypatch.setattr(tk, "WS_FORWARD", True)
-    assert tk._ws_ok(q, q, q, True, False)
-    assert not tk._ws_ok(q, q, q, True, True, dict(flags=(64, 64)))  # training: WS_FORWARD 2 only
-    monkeypatch.setattr(tk, "WS_FORWARD", 2)
-    assert tk._ws_ok(q, q, q, True, True, dict(flags=(64, 32)))
-    assert not tk._ws_ok(q, q, q, True, True, dict(flags=(128, 64)))  # a grain the block cannot hold
-    monkeypatch.setattr(tk, "WS_FORWARD", True)
-    assert not tk._ws_ok(q, q, q, False, False)  # no fused normalisation
-    assert not tk._ws_ok(q, q, q.transpose(-1, -2).contiguous().transpose(-1, -2), True, False)  # v's layout
-    assert not tk._ws_ok(q[:, :, :0], q, q, True, False)  # empty
-    monkeypatch.setattr(tk, "WS_FORWARD", False)
-    assert not tk._ws_ok(q, q, q, True, False)
 
 
 def test_tma_rows_ok():

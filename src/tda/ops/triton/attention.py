@@ -34,7 +34,6 @@ from ..validate import _check_scalar_param, check_inputs
 from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
 from .common import dot_probe_kernel, inv_norm_kernel
 from .fwd import tda_fwd_kernel
-from .fwd_ws import tda_fwd_ws_kernel
 from .launch import FastKernel
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -44,7 +43,6 @@ _fwd = FastKernel(tda_fwd_kernel)
 _dkdv = FastKernel(tda_bwd_dkdv_kernel)
 _dq = FastKernel(tda_bwd_dq_kernel)
 _bwd = FastKernel(tda_bwd_kernel)
-_fwd_ws = FastKernel(tda_fwd_ws_kernel)
 _EPS2 = reference.NORM_EPS * reference.NORM_EPS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -109,17 +107,6 @@ TMA = None
 # FWD_MAXNREG: a register cap (Triton's maxnreg) for the forward's launches; 0 none. None: per the block table
 # (_configs' "maxnreg": 168 at d = 64, which fits three 4-warp programs per SM instead of two: -5 to -12%)
 FWD_MAXNREG = None
-# WS_FORWARD: the forward runs fwd_ws.py's warp-specialised kernel (an experiment, not yet measured): 0 / False
-# off, 1 / True for inference, 2 for training too (its flags from the unit-key screen with the margin). No
-# survivor screen: every visited pair takes the PV product; all tiles through TMA descriptors. Taken only
-# where TMA is (compute capability 9.0+; the interpreter), in bf16/fp16, with fused normalisation, TMA-ready
-# q/v and, in training, flags whose grain divides its block; else the usual forward. WS_CONFIG: its
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); Triton specialises the loop only at 4 warps and BLOCK_M 64 (a
-# producer and two consumer warpgroups, 12 warps; compiled for sm_90 here, benchmarks/probe_ws_sm90.py).
-# WS_SPECIALISE = False runs the same kernel without the hint.
-WS_FORWARD = 0
-WS_CONFIG = (64, 64, 4, 2)
-WS_SPECIALISE = True
 # BWD_MAXNREG: a register cap for the backward's launches; 0 none. None: per the block table (_configs'
 # "bwd_maxnreg": 168 at d = 64 from 1K to 4K keys, whose 64 x 32 blocks then run three programs per SM: -5
 # to -6% backward; with the 64 x 64 blocks of other lengths, or at d = 128, the spills made it far slower)
@@ -392,53 +379,10 @@ def _tau_args(beta, scale):
     return beta, scale, beta.stride(0), 0, True
 
 
-def _ws_ok(q1, q2, v, normalize, for_bwd, cfg=None) -> bool:
-    """Whether this call can take the warp-specialised forward (WS_FORWARD)."""
-    B, H = q1.shape[:2]
-    half = q1.dtype in (torch.float16, torch.bfloat16) or _interpreting()  # wgmma: no fp32 products
-    if for_bwd:  # training: WS_FORWARD 2, and flags whose grain divides the block
-        BM, BN = WS_CONFIG[:2]
-        FM, FN = cfg["flags"] if cfg is not None else (BM, BN)
-        if int(WS_FORWARD) < 2 or BM % FM or BN % FN:
-            return False
-    return (bool(WS_FORWARD) and normalize and half and q1.numel() > 0 and v.numel() > 0
-            and B * H <= MAX_GRID_Y and _tma_device_ok(q1)
-            and all(_tma_rows_ok(t) for t in (q1, v) + ((q2,) if q2 is not None else ())))
-
-
-def _launch_fwd_ws(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg=None, for_bwd=False):
-    """(out, flags, rq, rk) through fwd_ws.py's kernel, as _launch_fwd's (flags, rq, rk None unless for_bwd):
-    pre-passes for the query inverse norms and the keys' norms and unit rows, then one launch."""
-    B, H, M, D = q1.shape
-    Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
-    two = q2 is not None
-    BM, BN, warps, stages = WS_CONFIG
-    FM, FN = cfg["flags"] if for_bwd else (BM, BN)
-    n_mt, n_nt = _cdiv(M, FM), _cdiv(N, FN)
-    out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
-    # the kernel writes the flags of the pairs it visits; those above the diagonal stay zero
-    flags = torch.zeros((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8) if for_bwd else None
-    rq = _inv_norms(q1, q2)
-    rk, kh = _inv_norms(k1, k2, hat=True)
-    _ensure_allocator()
-    BETA, SCALE, s_beta, s_scale, has_beta = _tau_args(beta, scale)
-    _fwd_ws[(_cdiv(M, BM), B * H)](
-        q1, q2 if two else q1, kh[0], kh[-1], v, BETA, SCALE, lam if two else SCALE, out, rq[0], rq[-1],
-        flags if for_bwd else out, *q1.stride()[:3], *_strides(q2, q1)[:3], *v.stride()[:3], *out.stride(),
-        s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
-        TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
-        PREC=_prec(q1.dtype), HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64,
-        HEAVY_FIRST=bool(HEAVY_FIRST), WS=bool(WS_SPECIALISE), FOR_BWD=for_bwd, FLAG_M=FM, FLAG_N=FN,
-        HAT_DELTA=_hat_delta(q1.dtype, D) if for_bwd else 0.0, num_warps=warps, num_stages=stages)
-    return (out, flags, rq, rk) if for_bwd else (out, None, None, None)
-
-
 def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=False, for_bwd=True):
     """(out, flags, rq, rk): rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize).
     tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA). for_bwd=False (no
     backward will run): the kernel neither computes nor stores the flags and rq, returned as None."""
-    if WS_FORWARD and _ws_ok(q1, q2, v, normalize, for_bwd, cfg):
-        return _launch_fwd_ws(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, for_bwd)
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None

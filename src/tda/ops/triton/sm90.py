@@ -141,16 +141,4 @@ def table_variants(full: bool = True):
                          NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
                          KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
                          LIST_ROW=tk.LIST_ROW, maxnreg=cfg.get("bwd_maxnreg")), w, s))
-    if full:  # the warp-specialised inference forward (attention.WS_FORWARD, an experiment), at its config
-        from .fwd_ws import tda_fwd_ws_kernel
-        BM, BN, w, st = tk.WS_CONFIG
-        for D in (64, 128):
-            ws = dict(TWO_VIEWS=True, CAUSAL=True, P=2, BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=D, PREC="tf32",
-                      HAS_BETA=True, TAU_F64=False, HEAVY_FIRST=True, WS=True, FOR_BWD=False, FLAG_M=BM,
-                      FLAG_N=BN, HAT_DELTA=0.0)
-            out.append((f"fwd-ws-d{D}", tda_fwd_ws_kernel, ws, w, st))
-            FM, FN = tk._configs(D, torch.bfloat16, True)["flags"]  # training: the long-key table's flags
-            out.append((f"fwd-ws-train-d{D}", tda_fwd_ws_kernel,
-                        dict(ws, FOR_BWD=True, FLAG_M=FM, FLAG_N=FN, HAT_DELTA=tk._hat_delta(torch.bfloat16, D)),
-                        w, st))
     return out
