@@ -4,6 +4,7 @@ step, the GPU's busy time per step (sum of kernel times from torch.profiler) and
 ops. A step whose wall time exceeds its GPU time by far is host-bound.
 
     PYTHONPATH=src python3 benchmarks/profile_train_step.py [--variants softmax,tda] [--steps 10]
+        [--compile [--mode reduce-overhead]]
 """
 import argparse
 import time
@@ -17,6 +18,7 @@ from tda.models.gpt import GPT
 
 
 def one_step(model, opt, x):
+    torch.compiler.cudagraph_mark_step_begin()  # as the trainer does (compile_mode: reduce-overhead)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
         _, loss = model(x, x)
     with torch.autograd.set_multithreading_enabled(False):  # as the trainer does (backward_threads: false)
@@ -31,7 +33,9 @@ def main():
     ap.add_argument("--variants", default="softmax,tda")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (inductor, default mode)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    ap.add_argument("--mode", default="default",
+                    help="torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune...")
     ap.add_argument("--tables", type=int, default=18, help="rows of the profiler tables (0: summary only)")
     args = ap.parse_args()
     base = GPTConfig(vocab_size=50304, block_size=1024, n_layer=8, n_head=8, n_embd=512, attn_backend="auto")
@@ -43,8 +47,8 @@ def main():
         opt = model.configure_optimizer(0.1, 1e-3, device_type="cuda")
         if args.compile:
             t0 = time.perf_counter()
-            model = torch.compile(model)
-            print(f"{variant}: compiling", flush=True)
+            model = torch.compile(model, mode=None if args.mode == "default" else args.mode)
+            print(f"{variant}: compiling (mode {args.mode})", flush=True)
         x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.block_size), device="cuda")
         for _ in range(5):
             one_step(model, opt, x)

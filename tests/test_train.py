@@ -104,6 +104,8 @@ def test_config_bad_values():
         TrainConfig(dtype="fp8")
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="compile_mode"):
+        TrainConfig(compile_mode="fastest")
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["lr"])
     with pytest.raises(ValueError, match=r"\.yaml"):
@@ -194,6 +196,19 @@ def test_backward_threads_option_trains_identically(bundled_dir, tmp_path):
                    backward_threads=True))
     for (k, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
         assert torch.equal(x, y), k
+
+
+def test_compiled_training_matches_eager(bundled_dir, tmp_path):
+    """compile=true with compile_mode reduce-overhead (CUDA graphs on a GPU; on the CPU inductor alone) trains the
+    model eager mode trains: the same losses up to inductor's rounding."""
+    kw = dict(max_steps=3, eval_interval=0, ckpt_interval=0)
+    a = train(tiny(bundled_dir, tmp_path / "e", **kw))
+    b = train(tiny(bundled_dir, tmp_path / "c", compile=True, compile_mode="reduce-overhead", **kw))
+    assert math.isfinite(b["val_loss"]) and abs(a["val_loss"] - b["val_loss"]) < 1e-3
+    # weights close as a whole (elementwise, Adam's first steps move near-zero gradients by +-lr either way)
+    wa = torch.cat([t.flatten() for t in a["model"].state_dict().values()])
+    wb = torch.cat([t.flatten() for t in b["model"].state_dict().values()])
+    assert (wa - wb).norm() / wa.norm() < 1e-3, float((wa - wb).norm() / wa.norm())
 
 
 def test_resume_without_checkpoint_starts_fresh(bundled_dir, tmp_path):

@@ -24,11 +24,12 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """RoPE (rotate-half form) with an optional NTK-aware base scaling for length extrapolation."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, scaling: float = 1.0):
+    def __init__(self, head_dim: int, base: float = 10000.0, scaling: float = 1.0, max_positions: int = 0):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
         self.head_dim = head_dim
+        self.max_positions = max_positions
         self.set_scaling(base, scaling)
 
     def set_scaling(self, base: float, scaling: float = 1.0):
@@ -39,15 +40,30 @@ class RotaryEmbedding(nn.Module):
         eff = base * scaling ** (d / (d - 2)) if scaling != 1.0 else base
         inv_freq = 1.0 / (eff ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        # fp32 tables of the first max_positions rows, as buffers: a compiled model reads them as graph inputs
+        # (see _cos_sin); they move with .to(device) and are not saved in checkpoints
+        cos, sin = self._table(self.max_positions, self.inv_freq.device, torch.float32)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
         self._cache = None
 
+    def _table(self, n: int, device, dtype):
+        t = torch.arange(n, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.to(device))
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
     def _cos_sin(self, n: int, device, dtype):
+        if torch.compiler.is_compiling():
+            # traced: the buffers where they are long enough, else computed inside the graph; never the cache,
+            # which a compiled graph would fill with one of its outputs -- memory a CUDA-graph replay (compile
+            # mode "reduce-overhead") overwrites
+            if self.cos_table.shape[0] >= n:
+                return self.cos_table[:n].to(dtype), self.sin_table[:n].to(dtype)
+            return self._table(n, device, dtype)
         c = self._cache
         if c is None or c[0].shape[0] < n or c[0].device != device or c[0].dtype != dtype:
-            t = torch.arange(max(n, 256), device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
-            emb = torch.cat([freqs, freqs], dim=-1)
-            c = self._cache = (emb.cos().to(dtype), emb.sin().to(dtype))
+            c = self._cache = self._table(max(n, 256), device, dtype)
         return c
 
     def forward(self, x, position_offset: int = 0):

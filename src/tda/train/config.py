@@ -13,6 +13,9 @@ from pathlib import Path
 from ..config import GPTConfig
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = "bundled"           # a prepared directory, or "bundled" (the shipped slice, cached)
@@ -38,6 +41,10 @@ class TrainConfig:
     device: str = "auto"                # "auto" = cuda if available else cpu
     dtype: str = "auto"                 # "auto" = bf16 autocast on CUDA, fp32 on CPU; or float32|bfloat16|float16
     compile: bool = False
+    # torch.compile's mode: "default"; "reduce-overhead" replays each compiled step from CUDA graphs (the host's
+    # launch work, which bounds the compiled TDA step on an H200 host, is paid once at capture; docs/benchmarks.md);
+    # "max-autotune" / "max-autotune-no-cudagraphs" also autotune inductor's kernels
+    compile_mode: str = "default"
     # False runs backward on the calling thread. On CUDA, autograd's device thread cost each TDA layer call
     # ~0.5 ms more host time on an H200 host (benchmarks/profile_op.py, docs/benchmarks.md).
     backward_threads: bool = False
@@ -59,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"betas must have two entries, got {self.betas}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
 

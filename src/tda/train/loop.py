@@ -113,11 +113,19 @@ def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext)
     total = torch.zeros((), device=ctx.device)
     for i in range(cfg.eval_iters):
         x, y = data.batch("val", i)
+        _mark_step(cfg)
         with _autocast(ctx, amp_dtype):
             _, loss = model(x, y)
         total += loss.float()
     model.train(was_training)
     return float(D.all_reduce_mean(total / cfg.eval_iters, ctx))
+
+
+def _mark_step(cfg: TrainConfig):
+    """Under CUDA-graph modes, a new step begins: the previous replay's outputs (already consumed) may be
+    overwritten, so cudagraph trees need not keep them alive or warn."""
+    if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def _autocast(ctx, amp_dtype):
@@ -175,7 +183,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
 
     raw = model
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     model = D.wrap(model, ctx)
     metrics = MetricsLog(out / "metrics.jsonl", ctx.is_main, rows)
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
@@ -218,6 +226,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             group["lr"] = lr
         loss_sum = torch.zeros((), device=ctx.device)
         for micro in range(cfg.grad_accum):
+            _mark_step(cfg)
             x, y = data.batch("train", step, micro)
             sync = micro == cfg.grad_accum - 1
             no_sync = model.no_sync() if (ctx.enabled and not sync) else contextlib.nullcontext()
