@@ -86,6 +86,25 @@ def test_rope_offset_matches_slice():
     assert not torch.allclose(rope(x), full)
 
 
+@pytest.mark.parametrize("n, offset", [(10, 0), (6, 4), (40, 0), (12, 30)])
+def test_rope_traced_matches_eager(n, offset):
+    """Under torch.compile RoPE reads its buffers (max_positions rows) or, past them, computes the table in the
+    graph, never its eager cache (a CUDA-graph replay would overwrite a cache filled from a graph): the same
+    rotation either way."""
+    rope = RotaryEmbedding(8, max_positions=16)
+    x = torch.randn(2, 3, n, 8)
+    traced = torch.compile(lambda t: rope(t, position_offset=offset), backend="eager", fullgraph=True)
+    torch.testing.assert_close(traced(x), rope(x, position_offset=offset), rtol=0, atol=0)
+    assert rope._cache is not None and rope._cache[0].shape[0] >= n + offset  # filled by the eager call only
+    assert "cos_table" not in rope.state_dict()  # derived: not saved in checkpoints
+
+
+def test_head_norm_eps_reaches_the_layers():
+    for attention in ("tda", "tra"):
+        model = GPT(tiny(attention, head_norm_eps=1e-4))
+        assert all(block.attn.head_norm.eps == 1e-4 for block in model.blocks)
+
+
 def test_gqa_config_and_generate():
     torch.manual_seed(4)
     model = GPT(tiny("tda", n_kv_head=2)).eval()
@@ -100,6 +119,8 @@ def test_config_errors_name_the_field():
         GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
     with pytest.raises(ValueError, match="lam_init"):
         GPTConfig(lam_init=1.0)
+    with pytest.raises(ValueError, match="head_norm_eps"):
+        GPTConfig(head_norm_eps=0.0)
     with pytest.raises(ValueError, match="attention must be one of"):
         GPT(tiny("nope"))
     with pytest.raises(ValueError, match="unknown model config keys"):

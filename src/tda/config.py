@@ -25,6 +25,10 @@ class GPTConfig:
     p: float = 2.0
     beta_init: float = 1.0
     lam_init: float = 0.5
+    # the per-head RMSNorm's eps (on the mean square): rows whose survivors barely pass tau have a tiny mean square,
+    # which the norm scales up to unit size, and with it their rounding error (docs/benchmarks.md, "Gradient
+    # sensitivity"); a larger eps damps such rows
+    head_norm_eps: float = 1e-6
     attn_backend: str = "auto"      # "auto" | "triton" | "reference"
 
     def __post_init__(self):
@@ -47,6 +51,8 @@ class GPTConfig:
             raise ValueError(f"kappa must be > 0, got {self.kappa}")
         if self.p < 1:
             raise ValueError(f"p must be >= 1, got {self.p}")
+        if not self.head_norm_eps > 0:
+            raise ValueError(f"head_norm_eps must be > 0, got {self.head_norm_eps}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,7 +33,7 @@ class TDAAttention(AttentionBase):
             # sigmoid keeps lam inside (0, 1) for any optimiser step
             lam_logit = math.log(c.lam_init / (1.0 - c.lam_init))
             self.lam_logit = nn.Parameter(torch.full((c.n_head,), lam_logit))
-        self.head_norm = RMSNorm((c.n_head, c.head_dim))
+        self.head_norm = RMSNorm((c.n_head, c.head_dim), eps=c.head_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
 
     @property
