@@ -546,13 +546,28 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
 
 # ---------------------------------------------------------------------------------------------------
 # torch custom ops (opaque to torch.compile) with autograd: tau (H, M) precomputed, so beta's gradient
-# flows through it by autograd
+# flows through it by autograd. Defined through torch.library.Library rather than the @custom_op decorator,
+# whose per-call Python wrapper (it checks that no output aliases an input) cost 4 us per forward and 13 us per
+# backward call on top (torch 2.13, CPU: benchmarks/probe_dispatch.py): a compiled model calls both ops once per
+# layer and step, and its step can be host-bound (docs/benchmarks.md). Every output here is a fresh tensor.
 
-@torch.library.custom_op("tda::threshold_attention_fwd", mutates_args=())
-def threshold_attention_fwd(q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
-                            k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
-                            lam: Optional[torch.Tensor], p: float, causal: bool, normalize: bool = False
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+_LIB = torch.library.Library("tda", "DEF")
+_LIB.define("threshold_attention_fwd(Tensor q1, Tensor k1, Tensor? q2, Tensor? k2, Tensor v, Tensor tau, "
+            "Tensor? lam, float p, bool causal, bool normalize=False) -> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define("threshold_attention_bwd(Tensor do, Tensor q1, Tensor k1, Tensor? q2, Tensor? k2, Tensor v, "
+            "Tensor tau, Tensor? lam, Tensor flags, Tensor rq, Tensor rk, float p, bool causal, int MT, int NT) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+def _impl(name):
+    def register(fn):
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")  # any device: CUDA, or the CPU under the interpreter
+        return fn
+    return register
+
+
+@_impl("threshold_attention_fwd")
+def _fwd_op(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     """(out, survivor flags, rq, rk) for tau (H, M) fp32 and lam (H,) fp32 (TDA) or None (TRA).
     normalize: q/k are raw and the op uses their cosine (rq (T, B, H, M), rk (T, B, Hk, N) are the inverse
     norms, for the backward); else q/k are used as given (unit vectors) and rq, rk are empty."""
@@ -568,7 +583,7 @@ def _norm_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-@threshold_attention_fwd.register_fake
+@torch.library.register_fake("tda::threshold_attention_fwd", lib=_LIB)
 def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     B, H, M, D = q1.shape
     Hk, N = k1.shape[1], k1.shape[2]
@@ -584,13 +599,8 @@ def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
     return out, flags, rq, rk
 
 
-@torch.library.custom_op("tda::threshold_attention_bwd", mutates_args=())
-def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, q2: Optional[torch.Tensor],
-                            k2: Optional[torch.Tensor], v: torch.Tensor, tau: torch.Tensor,
-                            lam: Optional[torch.Tensor], flags: torch.Tensor, rq: torch.Tensor, rk: torch.Tensor,
-                            p: float, causal: bool, MT: int, NT: int
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       torch.Tensor, torch.Tensor, torch.Tensor]:
+@_impl("threshold_attention_bwd")
+def _bwd_op(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT):
     """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA.
     rq, rk: the forward's inverse norms (empty: no normalisation)."""
     cfg = _configs(q1.shape[-1], q1.dtype, q2 is not None, k1.shape[2])
@@ -605,7 +615,7 @@ def threshold_attention_bwd(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor
     return dq1, dk1, dq2, dk2, dv, dtau, g[1].sum((1, 2)).to(tau.dtype)
 
 
-@threshold_attention_bwd.register_fake
+@torch.library.register_fake("tda::threshold_attention_bwd", lib=_LIB)
 def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, MT, NT):
     # the real op returns contiguous gradients whatever the inputs' strides (empty_like would copy a
     # transposed input's strides, and torch.compile rejects a fake kernel whose strides differ)
@@ -636,7 +646,9 @@ def _backward(ctx, dout, dflags, drq, drk):
             None, None, None)
 
 
-threshold_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("tda::threshold_attention_fwd", _backward, setup_context=_setup_context, lib=_LIB)
+threshold_attention_fwd = torch.ops.tda.threshold_attention_fwd
+threshold_attention_bwd = torch.ops.tda.threshold_attention_bwd
 
 
 # ---------------------------------------------------------------------------------------------------
