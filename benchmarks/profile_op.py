@@ -254,6 +254,54 @@ def section_experiments(log, n=300):
         tk._EagerTDA.backward = staticmethod(orig_backward)
 
 
+def compiled_host(log, n=300):
+    """Host cost of one fwd+bwd under torch.compile (inductor; the custom ops tda::threshold_attention_fwd /
+    _bwd, as a compiled model calls them), TDA against SDPA, and a cProfile of the TDA call by own time."""
+    xs, beta, lam = _inputs(1, 1, 64, 64, True)
+    dout = torch.randn_like(xs[0])
+    tda_c = torch.compile(lambda *a: ops.threshold_differential_attention(*a), fullgraph=True)
+    sdpa_c = torch.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), fullgraph=True)
+
+    def tda_fb():
+        with torch.autograd.set_multithreading_enabled(False):
+            tda_c(*xs[:4], xs[4], beta, lam).backward(dout)
+
+    def sdpa_fb():
+        with torch.autograd.set_multithreading_enabled(False), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            sdpa_c(xs[0], xs[1], xs[4]).backward(dout)
+
+    xd = [x.detach() for x in xs]
+    tau = torch.ones(1, 64, device="cuda")
+    lam32 = lam.detach().float()
+    out = torch.ops.tda.threshold_attention_fwd(*xd[:4], xd[4], tau, lam32, 2.0, True, True)
+    MT, NT = tk._configs(64, torch.bfloat16, True, 64)["flags"]
+
+    def op_fwd():
+        torch.ops.tda.threshold_attention_fwd(*xd[:4], xd[4], tau, lam32, 2.0, True, True)
+
+    def op_bwd():
+        torch.ops.tda.threshold_attention_bwd(dout, *xd[:4], xd[4], tau, lam32, out[1], out[2], out[3], 2.0, True,
+                                              MT, NT)
+
+    log("\nhost cost per call under torch.compile (us), B=1 H=1 N=64 d=64 bf16, backward on the calling thread:")
+    for name, fn in (("TDA fwd+bwd, compiled", tda_fb), ("SDPA fwd+bwd, compiled", sdpa_fb),
+                     ("custom op tda::threshold_attention_fwd", op_fwd),
+                     ("custom op tda::threshold_attention_bwd", op_bwd)):
+        log(f"  {name:40s} {host_cost(fn, n):8.1f}")
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        tda_fb()
+    torch.cuda.synchronize()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+    log("cProfile of 200 compiled TDA fwd+bwd, by own time:\n" + buf.getvalue())
+
+
 def gpu_kernels(fn, reps=5):
     """{kernel name: mean CUDA time per call (us)} over `reps` profiled calls."""
     fn()
@@ -303,12 +351,15 @@ def main():
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--host-only", action="store_true")
     ap.add_argument("--threads", action="store_true", help="also the backward-thread experiments")
+    ap.add_argument("--compiled", action="store_true", help="also the host cost under torch.compile")
     a = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     dims = [int(d) for d in a.dims.split(",")]
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     host_table(log)
+    if a.compiled:
+        compiled_host(log)
     if a.threads:
         thread_experiments(log)
         section_experiments(log)
