@@ -3,8 +3,9 @@
 For each (B, H, N) and head dim d: median time of the forward and of forward+backward (triton's do_bench,
 CUDA events), TFLOP/s (dense-equivalent: no credit for skipped blocks; causal halves the count) and peak
 extra memory of forward+backward, on random inputs and on inputs with realistic sparsity ("planted": every
-query copies one earlier key, 85% of them within the last 16 positions, the rest anywhere before it).
-Writes a Markdown table (--out) carrying the command line and the GPU name.
+query copies one earlier key, 85% of them within the last 16 positions, the rest anywhere before it; and
+"trained": q/k/v, beta and lam recorded from a trained TDA model's layers over real text, --trained, see
+benchmarks/trained_inputs.py). Writes a Markdown table (--out) carrying the command line and the GPU name.
 
     PYTHONPATH=src python3 benchmarks/bench_attention.py --out docs/benchmarks.md [--sweep] [--quick] [--graphs]
 
@@ -23,6 +24,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tda.ops as ops
+import trained_inputs
 from tda.ops import reference
 from tda.ops.triton import attention as tk
 
@@ -51,16 +53,8 @@ def make_inputs(B, H, N, D, kind, seed=0):
 
 
 def tile_density(q1, k1, q2, k2, v, beta, lam):
-    """Fraction of the visited (query block, key block) pairs holding any survivor."""
-    M, D = q1.shape[2], q1.shape[3]
-    tau = reference.tau(torch.arange(M, device="cuda"), beta, 1.0, D).float().contiguous()
-    flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, 2.0, True, True)[1]
-    FM, FN = tk._configs(D, q1.dtype, True, k1.shape[2])["flags"]  # the flags' grain (the forward block by default)
-    n_mt, n_nt = flags.shape[1:]
-    r = torch.arange(n_mt, device="cuda")[:, None] * FM
-    c = torch.arange(n_nt, device="cuda")[None, :] * FN
-    visited = (c <= r + FM - 1)  # cells that meet the causal region
-    return (flags.bool() & visited).sum().item() / (visited.sum().item() * flags.shape[0])
+    """Fraction of the visited (query block, key block) pairs holding any survivor (kappa = 1, p = 2)."""
+    return trained_inputs.tile_density(q1, k1, q2, k2, v, beta, lam)
 
 
 def prepare(q1, k1, q2, k2, v, beta, lam):
@@ -118,10 +112,15 @@ def graphed_time(step, grads):
         return None, f"{type(e).__name__}: {str(e)[:200]}"
 
 
-def run_case(B, H, N, D, kind, with_ref=True, graphs=False):
-    q1, k1, q2, k2, v = make_inputs(B, H, N, D, kind)
-    beta = torch.ones(H, device="cuda")
-    lam = torch.full((H,), 0.5, device="cuda")
+def run_case(B, H, N, D, kind, with_ref=True, graphs=False, inputs=None):
+    """One row. inputs: (q1, k1, q2, k2, v, beta, lam) to use (trained inputs) instead of make_inputs' with
+    beta = 1, lam = 0.5."""
+    if inputs is None:
+        q1, k1, q2, k2, v = make_inputs(B, H, N, D, kind)
+        beta = torch.ones(H, device="cuda")
+        lam = torch.full((H,), 0.5, device="cuda")
+    else:
+        q1, k1, q2, k2, v, beta, lam = inputs
     res = {"B": B, "H": H, "N": N, "D": D, "kind": kind}
     res["density"] = tile_density(q1, k1, q2, k2, v, beta, lam)
     dout = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
@@ -245,6 +244,25 @@ def use_config(best):
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = best["skip"], best["prefetch"], best["screen"]
 
 
+def cases(kinds, trained_models, B, H, N, D, data_dir, log):
+    """(kind label, inputs or None) for one shape: random and planted make their own inputs; trained yields
+    one case per group of layers of the head dim's checkpoint (none when --trained has no model for D)."""
+    for kind in kinds:
+        if kind != "trained":
+            yield kind, None
+            continue
+        if D not in trained_models:
+            log(f"trained B={B} H={H} N={N} d={D}: no checkpoint for d={D} (--trained), skipped")
+            continue
+        path, model = trained_models[D]
+        layers = trained_inputs.capture(model, trained_inputs.token_batch(data_dir, N, B))
+        groups = trained_inputs.heads_for_bench(layers, H)
+        del layers
+        for L, inputs in groups:
+            per = H // model.config.n_head
+            yield f"trained L{L}-{L + per - 1}", inputs
+
+
 def fmt(x, nd=2):
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -256,7 +274,11 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="tune block configs on (2, 16, 4K) first")
     ap.add_argument("--quick", action="store_true", help="only the first two shapes")
     ap.add_argument("--dims", default="64,128")
-    ap.add_argument("--kinds", default="random,planted", help="input kinds to run (random, planted)")
+    ap.add_argument("--kinds", default="random,planted", help="input kinds to run (random, planted, trained)")
+    ap.add_argument("--trained", default="", metavar="D=CKPT,...",
+                    help="trained inputs: a TDA checkpoint per head dim (e.g. 64=runs/a/last.pt,128=runs/b/last.pt); "
+                         "each case stacks consecutive layers' heads to H (benchmarks/trained_inputs.py)")
+    ap.add_argument("--data", default="data/gpt2", help="the corpus the trained inputs' text comes from")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the reference op")
     ap.add_argument("--graphs", action="store_true",
                     help="also time fwd+bwd replayed from CUDA graphs (TDA and SDPA; the GPU's time alone)")
@@ -272,6 +294,14 @@ def main():
         setattr(tk, name, bool(int(val)) if isinstance(cur, bool) else int(val))
     gpu = torch.cuda.get_device_name()
     lines_log = []
+    trained_models = {}
+    if "trained" in args.kinds.split(","):
+        from tda import load_checkpoint
+        for item in filter(None, args.trained.split(",")):
+            d, path = item.split("=", 1)
+            trained_models[int(d)] = (path, load_checkpoint(path, device="cuda")[0])
+        if not trained_models:
+            raise SystemExit("--kinds trained needs --trained D=CKPT[,D=CKPT]")
 
     def log(s):
         print(s, flush=True)
@@ -284,13 +314,13 @@ def main():
             log(f"sweep d={D} FAILED {type(e).__name__}: {str(e)[:300]}")
             best = None
         for B, H, N in (SHAPES[:2] if args.quick else SHAPES):
-            for kind in args.kinds.split(","):
+            for kind, inputs in cases(args.kinds.split(","), trained_models, B, H, N, D, args.data, log):
                 if best:
                     use_config(best)
                 t0 = time.time()
                 try:
                     r = run_case(B, H, N, D, kind, with_ref=(kind == "random" and not args.no_ref),
-                                 graphs=args.graphs)
+                                 graphs=args.graphs, inputs=inputs)
                 except Exception as e:  # noqa: BLE001 (report and go on with the other shapes)
                     log(f"{kind} B={B} H={H} N={N} d={D}: FAILED {type(e).__name__}: {str(e)[:300]}")
                     continue
@@ -310,7 +340,8 @@ def main():
     cmd = "PYTHONPATH=src python3 " + " ".join(sys.argv)
     out = [f"# TDA kernel benchmarks", "",
            f"GPU: {gpu}; torch {torch.__version__}, triton {triton.__version__}; bf16, causal, "
-           f"beta = 1, lam = 0.5, kappa = 1, p = 2.", "", f"Command: `{cmd}`", "",
+           f"beta = 1, lam = 0.5 (trained inputs: the layers' own, per head), kappa = 1, p = 2.", "",
+           f"Command: `{cmd}`", "",
            "Times are medians in ms (triton.testing.do_bench). The l2 normalisation of q/k is fused in the "
            "kernels (keys: an inverse-norm pre-pass launch; queries: in the forward kernel; scaled scores, and the backward in the kernels' "
            "epilogues); TDA times include the PyTorch work around the kernels (argument checks, allocations, autograd). "
