@@ -216,6 +216,23 @@ def test_resume_without_checkpoint_starts_fresh(bundled_dir, tmp_path):
     assert s["step"] == 2
 
 
+def test_head_norm_eps_of_old_checkpoints_and_resume(bundled_dir, tmp_path):
+    """A checkpoint from before GPTConfig.head_norm_eps existed (no key) was trained at the old eps, 1e-6,
+    and loads with it; resuming a run at another eps than its checkpoint's is an error naming the key."""
+    s = train(tiny(bundled_dir, tmp_path / "o", max_steps=2, eval_interval=0, model={"head_norm_eps": 1e-6}))
+    ck = torch.load(s["last"], weights_only=True)
+    del ck["model_config"]["head_norm_eps"]
+    torch.save(ck, s["last"])
+    model, _ = load_checkpoint(s["last"])
+    assert all(b.attn.head_norm.eps == 1e-6 for b in model.blocks)
+    assert GPTConfig().head_norm_eps == 1e-4  # today's default differs: the fill-in matters
+    with pytest.raises(ValueError, match=r"head_norm_eps=1e-06.*--set model.head_norm_eps=1e-06"):
+        train(tiny(bundled_dir, tmp_path / "o", max_steps=4, eval_interval=0), resume=True)
+    r = train(tiny(bundled_dir, tmp_path / "o", max_steps=3, eval_interval=0, model={"head_norm_eps": 1e-6}),
+              resume=True)
+    assert r["step"] == 3
+
+
 def test_checkpoint_contents_and_load(bundled_dir, tmp_path):
     s = train(tiny(bundled_dir, tmp_path / "c", max_steps=3, eval_interval=0))
     ck = read_checkpoint(s["last"])

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import LEGACY_HEAD_NORM_EPS
+
 CHECKPOINT_VERSION = 1
 
 
@@ -79,6 +81,8 @@ def read_checkpoint(path, device="cpu") -> dict:
     ck = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(ck, dict) or "model" not in ck or "model_config" not in ck:
         raise ValueError(f"{path} is not a tda checkpoint (no 'model' / 'model_config' entries)")
+    # written before the key existed: trained with the eps of that time, not today's default
+    ck["model_config"].setdefault("head_norm_eps", LEGACY_HEAD_NORM_EPS)
     return ck
 
 
@@ -135,6 +139,13 @@ def resume(path, model, optimizer=None, scaler=None, rank: int = 0, device="cpu"
     Returns the checkpoint dict (step, metrics, best_val_loss, elapsed, data, ...) for the trainer.
     """
     ck = read_checkpoint(path, device="cpu")
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "head_norm_eps"):
+        # no shape tells this one apart: a resumed run at another eps would silently train a different model
+        was = ck["model_config"]["head_norm_eps"]
+        if was != cfg.head_norm_eps:
+            raise ValueError(f"{path} was trained with model.head_norm_eps={was:g}, this config has "
+                             f"{cfg.head_norm_eps:g}: pass --set model.head_norm_eps={was:g} to resume it")
     model.load_state_dict(ck["model"])
     if optimizer is not None:
         if "optimizer" not in ck:
