@@ -125,3 +125,31 @@ def test_config_errors_name_the_field():
         GPT(tiny("nope"))
     with pytest.raises(ValueError, match="unknown model config keys"):
         GPTConfig.from_dict({"n_layers": 3})
+
+
+@pytest.mark.parametrize("shape", [(24,), (3, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_its_formula(shape, dtype):
+    """RMSNorm (torch's rms_norm inside) is x * rsqrt(mean(x^2) + eps) * gain over the last dim alone, per head
+    for (H, D) gains, in fp32 whatever the input dtype; its gradients match the formula's; an all-zero row is
+    zero, with finite gradients."""
+    from tda.layers.common import RMSNorm
+    g = torch.Generator().manual_seed(3)
+    norm = RMSNorm(shape, eps=1e-4)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(shape, generator=g))
+    x = (torch.randn(2, 5, *shape, generator=g) * torch.rand(2, 5, *shape[:-1], 1, generator=g) ** 3).to(dtype)
+    x[0, 0] = 0
+    x.requires_grad_(True)
+    xd = x.detach().double().requires_grad_(True)
+    ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-4) * norm.weight.detach().double()
+    y = norm(x)
+    assert y.dtype == dtype and (y[0, 0] == 0).all()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(y.double(), ref, **tol)
+    dy = torch.randn(y.shape, generator=g).to(dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad.double(), xd.grad, **tol)
+

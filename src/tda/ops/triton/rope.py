@@ -1,0 +1,88 @@
+"""Rotary position embedding (rotate-half form) as one kernel each way.
+
+    y = x * cos + rotate_half(x) * sin,   rotate_half(x) = (-x2, x1) for the halves x1, x2 of the last dim
+
+with the cos/sin tables of rotate-half RoPE (each row's two halves equal). Written as torch ops this is five
+elementwise kernels forward (neg, cat, two products, a sum) and more backward, each a full pass over q or k:
+in the GPU comparison model's eager step they cost more than attention itself (docs/benchmarks.md). Here
+each direction reads x (or dy) once and writes once, computing in fp32 (fp64 for fp64 inputs). The backward is the inverse rotation,
+dx = dy * cos - rotate_half(dy * sin) ... = the same kernel with sin negated.
+
+Any strides in; the output has x's strides (a transposed head view stays a transposed view, so the
+gradient flows back through split_heads' view without a copy).
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd, s_cn, s_sn, H, N,
+                 SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr):
+    """One (block of BLOCK_N rows, batch * head) program: y = rotate(x), SIGN = -1 rotates backwards; in fp32
+    (fp64 for fp64 inputs)."""
+    acc = tl.float64 if F64 else tl.float32
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HALF)
+    ok = (offs_n < N)[:, None]
+    xp = X + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd
+    x1 = tl.load(xp, mask=ok, other=0.0).to(acc)
+    x2 = tl.load(xp + HALF * s_xd, mask=ok, other=0.0).to(acc)
+    # the tables' halves are equal: the first half serves both
+    c = tl.load(COS + offs_n[:, None] * s_cn + offs_d[None, :], mask=ok, other=0.0).to(acc)
+    s = tl.load(SIN + offs_n[:, None] * s_sn + offs_d[None, :], mask=ok, other=0.0).to(acc) * SIGN
+    yp = Y + b * s_yb + h * s_yh + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd
+    tl.store(yp, (x1 * c - x2 * s).to(Y.dtype.element_ty), mask=ok)
+    tl.store(yp + HALF * s_yd, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
+
+
+def _rotate(x, cos, sin, sign):
+    B, H, N, D = x.shape
+    y = torch.empty_like(x)  # x's strides (dense inputs; see the module docstring)
+    if y.numel():
+        BLOCK_N = 16 if x.device.type == "cpu" else 32
+        _rope_kernel[(triton.cdiv(N, BLOCK_N), B * H)](
+            x, cos, sin, y, *x.stride(), *y.stride(), cos.stride(0), sin.stride(0), H, N,
+            SIGN=sign, HALF=D // 2, BLOCK_N=BLOCK_N, F64=x.dtype == torch.float64, num_warps=4)
+    return y
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dy, cos, sin, -1.0), None, None
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Non-overlapping and dense: some order of the dims makes x contiguous (then empty_like keeps x's
+    strides)."""
+    expected = 1
+    for size, stride in sorted((d for d in zip(x.shape, x.stride()) if d[0] != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether rope() takes these: x (B, H, N, D) with D a power of two >= 4 (Triton blocks), dense (no
+    overlapping or gapped strides, so empty_like keeps them), tables (N, D) with unit stride along D."""
+    D = x.shape[-1] if x.dim() == 4 else 0
+    return (D >= 4 and D & (D - 1) == 0 and _dense(x)
+            and cos.shape == sin.shape == (x.shape[2], D) and cos.stride(1) == 1 and sin.stride(1) == 1)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin for x (B, H, N, D) and tables (N, D), with autograd through x (the
+    tables are constants). Check supported() first."""
+    return _Rope.apply(x, cos, sin)

@@ -1,0 +1,83 @@
+"""The fused RoPE kernel (tda.ops.triton.rope) against RoPE written as torch ops, forward and gradient, on
+strided head views as the layers pass them. On a CPU it runs under TRITON_INTERPRET=1 (conftest.py)."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+rope_k = pytest.importorskip("tda.ops.triton.rope")
+
+from tda.layers import common  # noqa: E402
+from tda.layers.common import RotaryEmbedding, split_heads  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_rope(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("B,H,N,D,offset", [(2, 3, 37, 16, 0), (1, 2, 5, 8, 11), (2, 1, 64, 32, 3)])
+def test_rope_kernel_matches_torch(dtype, B, H, N, D, offset):
+    g = torch.Generator().manual_seed(N + D)
+    rope = RotaryEmbedding(D, 500.0, 1.0, 128).to(DEV)
+    cos, sin = rope._cos_sin(offset + N, DEV, dtype)
+    cos, sin = cos[offset:offset + N], sin[offset:offset + N]
+    # a transposed head view of a projection's output, as split_heads makes it
+    proj = torch.randn(B, N, H * D, generator=g, dtype=torch.float64).to(DEV, dtype)
+    x = split_heads(proj, H, D).detach().requires_grad_(True)
+    assert (H == 1 or not x.is_contiguous()) and rope_k.supported(x, cos, sin)
+    y = rope_k.rope(x, cos, sin)
+    assert y.stride() == x.stride()  # the view's layout kept
+    xd = x.detach().double().requires_grad_(True)
+    ref = _torch_rope(xd, cos.double(), sin.double())
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(DEV, dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=tol, atol=tol)
+
+
+def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
+    cos, sin = torch.ones(4, 12), torch.zeros(4, 12)
+    assert not rope_k.supported(torch.randn(1, 1, 4, 12), cos, sin)  # D not a power of two
+    x = torch.randn(1, 2, 4, 16)
+    assert not rope_k.supported(x[..., ::2].expand(1, 2, 4, 8), cos[:, :8], sin[:, :8])  # gapped strides
+    # the layer takes the kernel on CUDA only (CPU tensors: the torch expression), unless TDA_FUSED_ROPE=0
+    calls = []
+    monkeypatch.setattr(rope_k, "rope", lambda *a: calls.append(1) or _torch_rope(*a))
+    rope = RotaryEmbedding(16, 10000.0, 1.0, 32).to(DEV)
+    rope(x.to(DEV), 2)
+    assert len(calls) == (1 if DEV == "cuda" else 0)
+    monkeypatch.setattr(common, "FUSED_ROPE", False)
+    rope(x.to(DEV), 2)
+    assert len(calls) == (1 if DEV == "cuda" else 0)
+
+
+def test_rope_kernel_compiles_for_sm90():
+    """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64
+    (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
+    import subprocess
+    import sys
+    triton = pytest.importorskip("triton")
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton build ships no ptxas")
+    code = ("from tda.ops.triton.sm90 import compile_kernel\n"
+            "from tda.ops.triton.rope import _rope_kernel\n"
+            "for sign in (1.0, -1.0):\n"
+            "    for f64 in (False, True):\n"
+            "        k = compile_kernel(_rope_kernel, dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64), 4, 1,\n"
+            "                           dtype='fp64' if f64 else 'bf16')\n"
+            "        assert 'st.global' in k.asm['ptx']\n"
+            "print('compiled')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src"))
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
