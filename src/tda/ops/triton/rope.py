@@ -15,8 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import FastKernel
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
 def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd, s_cn, s_sn, H, N,
                  SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr):
     """One (block of BLOCK_N rows, batch * head) program: y = rotate(x), SIGN = -1 rotates backwards; in fp32
@@ -40,12 +42,15 @@ def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd,
     tl.store(yp + HALF * s_yd, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
 
 
+_rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
+
+
 def _rotate(x, cos, sin, sign):
     B, H, N, D = x.shape
     y = torch.empty_like(x)  # x's strides (dense inputs; see the module docstring)
     if y.numel():
         BLOCK_N = 16 if x.device.type == "cpu" else 32
-        _rope_kernel[(triton.cdiv(N, BLOCK_N), B * H)](
+        _rope[(-(-N // BLOCK_N), B * H)](
             x, cos, sin, y, *x.stride(), *y.stride(), cos.stride(0), sin.stride(0), H, N,
             SIGN=sign, HALF=D // 2, BLOCK_N=BLOCK_N, F64=x.dtype == torch.float64, num_warps=4)
     return y
