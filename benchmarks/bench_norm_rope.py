@@ -87,6 +87,33 @@ def main():
     print(f"fused RoPE against torch ops, fp64: forward max diff {(y - yd).abs().max().item():.1e}, "
           f"gradient {(x.grad - xd.grad).abs().max().item():.1e}")
     common.FUSED_ROPE = True
+    model_check()
+
+
+def model_check():
+    """A whole TDA GPT (fp32 weights, eager) with the fused RoPE against the torch-op RoPE: logits, loss and
+    every parameter's gradient, in fp32 and under bf16 autocast, at position offset 0 and 5."""
+    from tda.config import GPTConfig
+    from tda.models.gpt import GPT
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_embd=256)).cuda()
+    ids = torch.randint(0, 512, (2, 200), device="cuda")
+    for amp in (False, True):
+        for offset in (0, 5):
+            res = {}
+            for fused in (True, False):
+                common.FUSED_ROPE = fused
+                model.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    logits, loss = model(ids, ids, position_offset=offset)
+                loss.backward()
+                res[fused] = (logits.float(), loss.item(),
+                              torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+            (la, ea, ga), (lb, eb, gb) = res[True], res[False]
+            print(f"GPT, fused RoPE vs torch ops ({'bf16 autocast' if amp else 'fp32'}, offset {offset}): "
+                  f"logits max diff {(la - lb).abs().max().item():.1e}, loss {ea:.6f} vs {eb:.6f}, "
+                  f"grads rel diff {((ga - gb).norm() / gb.norm()).item():.1e}")
+    common.FUSED_ROPE = True
 
 
 if __name__ == "__main__":
