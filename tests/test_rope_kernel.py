@@ -41,6 +41,8 @@ def test_rope_kernel_matches_torch(dtype, B, H, N, D, offset):
     y.backward(dy)
     ref.backward(dy.double())
     torch.testing.assert_close(x.grad.double(), xd.grad, rtol=tol, atol=tol)
+    # the gradient in the view's layout too, though dy is contiguous (autograd.grad: no AccumulateGrad re-layout)
+    assert dy.is_contiguous() and torch.autograd.grad(rope_k.rope(x, cos, sin), x, dy)[0].stride() == x.stride()
 
 
 def test_rope_kernel_support_and_layer_dispatch(monkeypatch):

@@ -8,8 +8,8 @@ in the GPU comparison model's eager step they cost more than attention itself (d
 each direction reads x (or dy) once and writes once, computing in fp32 (fp64 for fp64 inputs). The backward is the inverse rotation,
 dx = dy * cos - rotate_half(dy * sin) ... = the same kernel with sin negated.
 
-Any strides in; the output has x's strides (a transposed head view stays a transposed view, so the
-gradient flows back through split_heads' view without a copy).
+Any strides in; the output has x's strides, and so does the gradient dx whatever dy's: a transposed head
+view stays a transposed view, so the gradient flows back through split_heads' view without a copy.
 """
 import torch
 import triton
@@ -45,9 +45,11 @@ def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd,
 _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
 
 
-def _rotate(x, cos, sin, sign):
+def _rotate(x, cos, sin, sign, stride=None):
+    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported())."""
     B, H, N, D = x.shape
-    y = torch.empty_like(x)  # x's strides (dense inputs; see the module docstring)
+    y = torch.empty_like(x) if stride is None else torch.empty_strided(x.shape, stride, dtype=x.dtype,
+                                                                         device=x.device)
     if y.numel():
         BLOCK_N = 16 if x.device.type == "cpu" else 32
         _rope[(-(-N // BLOCK_N), B * H)](
@@ -60,12 +62,15 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
+        ctx.x_stride = x.stride()
         return _rotate(x, cos, sin, 1.0)
 
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved_tensors
-        return _rotate(dy, cos, sin, -1.0), None, None
+        # dx in x's layout, whatever dy's: a head view's gradient then flows back through the view (and the
+        # projection's matmul) without a copy
+        return _rotate(dy, cos, sin, -1.0, ctx.x_stride), None, None
 
 
 def _dense(x: torch.Tensor) -> bool:
