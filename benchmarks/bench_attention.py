@@ -25,7 +25,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import tda.ops as ops
 import trained_inputs
-from tda.ops import reference
 from tda.ops.triton import attention as tk
 
 SHAPES = [(4, 16, 1024), (2, 16, 4096), (1, 16, 8192), (1, 16, 16384)]
