@@ -94,7 +94,7 @@ def heads_for_bench(layers, H):
 def tile_density(q1, k1, q2, k2, v, beta, lam, p=2.0, kappa=1.0):
     """Fraction of visited (query block, key block) pairs whose forward flag is set (CUDA, the kernels)."""
     from tda.ops import reference
-    from tda.ops.triton import attention as tk  # noqa: F401 (also registers torch.ops.tda)
+    from tda.ops.triton import attention as tk  # importing it registers torch.ops.tda
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device=q1.device), beta, kappa, D).float().contiguous()
     flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, p, True, True)[1]
