@@ -98,6 +98,14 @@ TMA = {"table": None, "0": 0, "1": 1, "2": 2}
 # (short) length take 4K's instead -- d = 64 there: the register-capped backward of 64 x 32 blocks -- drawn from
 # the TMA draw's stream
 LEN_DRAW = lambda r: 4096 if r < 0.3 else None  # noqa: E731
+# mask_screen (attention.MASK_SCREEN: the forward screens its masked stage too): the block table's choice (on)
+# for 75% of the configurations, off for 25% -- from a third stream, so the other draws of a seed are unchanged
+MASK_DRAW = lambda r: "off" if r < 0.25 else "table"  # noqa: E731
+MASK_SCREEN = {"table": None, "on": True, "off": False}
+# group (attention.FWD_GROUP, BWD_GROUP: the heads per section in which the forward's and the one-launch backward's
+# programs start): the block table's for half of the configurations, else one of 1, 2, 3 and "all heads" (1000)
+# for both -- from a fourth stream
+GROUP_DRAW = lambda r: None if r < 0.5 else (1, 2, 3, 1000)[min(int((r - 0.5) * 8), 3)]  # noqa: E731
 # --fwd-keys: (attention.SCREEN_HAT, attention.UNIT_KEYS)
 FWD_KEYS = {"table": (None, None), "raw": (False, False), "hat": (True, False), "unit": (True, True)}
 
@@ -234,6 +242,9 @@ def main():
     ap.add_argument("--tma", default="draw", choices=["draw"] + list(TMA),
                     help="tensor-descriptor loads in the unit-key forward (TMA): table, 0 (off), 1 (unit keys), "
                          "2 (and values); drawn per configuration (table 50%%, each other ~17%%), or forced")
+    ap.add_argument("--mask-screen", default="draw", choices=["draw"] + list(MASK_SCREEN),
+                    help="whether the forward screens its masked stage (MASK_SCREEN): table (on), on, off; drawn "
+                         "per configuration (table 75%%, off 25%%), or forced")
     ap.add_argument("--config-length", type=int, default=None,
                     help="block configs as for this key length (attention.CONFIG_LENGTH) in every configuration "
                          "(0: each its own length); default: drawn (4K's for 30%% of those not drawing the "
@@ -246,6 +257,8 @@ def main():
     DEV = args.device
     rng = random.Random(args.seed)
     tma_rng = random.Random(args.seed * 1_000_003 + 17)
+    mask_rng = random.Random(args.seed * 1_000_003 + 29)
+    group_rng = random.Random(args.seed * 1_000_003 + 31)
     gen = torch.Generator(device=DEV).manual_seed(args.seed)
     log = open(args.log, "w") if args.log else None
     fails, worst, one_draw = [], {}, []
@@ -260,7 +273,8 @@ def main():
             for j, two_launch in ((-1, False), (-2, True)):
                 yield j, grid_cap_config(two_launch)
         for i in range(args.n):
-            c = dict(random_config(rng), tma=TMA_DRAW(tma_rng.random()))
+            c = dict(random_config(rng), tma=TMA_DRAW(tma_rng.random()), mask_screen=MASK_DRAW(mask_rng.random()),
+                     group=GROUP_DRAW(group_rng.random()))
             if args.config_length is None:
                 c["config_length"] = None if c["long_cfg"] else LEN_DRAW(tma_rng.random())
             else:
@@ -276,7 +290,8 @@ def main():
             continue
         n_run += 1
         cap, row, lists = tk.MAX_GRID_Y, tk.LIST_ROW, tk.LISTS
-        hat, unit, rows, tma = tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA
+        hat, unit, rows, tma, mask = tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN
+        groups = tk.FWD_GROUP, tk.BWD_GROUP
         if c.get("grid_cap") is not None:  # the CPU smoke test lowers the cap instead of launching 65536 heads
             tk.MAX_GRID_Y = c["grid_cap"]
         t, dout, dt = make_inputs(c, gen)
@@ -300,6 +315,9 @@ def main():
         tk.SCREEN_HAT, tk.UNIT_KEYS = FWD_KEYS[c.get("fwd_keys", "table") if args.fwd_keys == "draw"
                                                else args.fwd_keys]
         tk.TMA = TMA[c.get("tma", "table") if args.tma == "draw" else args.tma]
+        tk.MASK_SCREEN = MASK_SCREEN[c.get("mask_screen", "table") if args.mask_screen == "draw"
+                                     else args.mask_screen]
+        tk.FWD_GROUP = tk.BWD_GROUP = c.get("group")  # None: the block table's
         BM, BN = tk._configs(c["D"], DTYPES[c["dtype"]], c["two"], c["N"])["fwd"][:2]
         tk.set_config(flags=(min(64, BM), min(64, BN)) if c.get("fine_flags") else None)
         try:
@@ -318,7 +336,8 @@ def main():
             tk.set_config()
             tk.BY_LENGTH, tk.MERGED_BWD, tk.MAX_GRID_Y, tk.CONFIG_LENGTH = True, True, cap, None
             tk.LIST_ROW, tk.LISTS = row, lists
-            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = hat, unit, rows, tma
+            tk.SCREEN_HAT, tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = hat, unit, rows, tma, mask
+            tk.FWD_GROUP, tk.BWD_GROUP = groups
         if DEV == "cuda":
             torch.cuda.synchronize()
         line = []

@@ -17,7 +17,7 @@ tk = pytest.importorskip("tda.ops.triton.attention")
 import triton  # noqa: E402 (after the interpreter switch above)
 import triton.language as tl  # noqa: E402
 
-from tda.ops.triton.common import live_list  # noqa: E402
+from tda.ops.triton.common import grouped_order, live_list  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
@@ -32,12 +32,14 @@ def _reset_config():
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
+    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
+    tk.FWD_GROUP = tk.BWD_GROUP = None
     yield
     tk.set_config()
     tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA = None, None, None
+    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
+    tk.FWD_GROUP = tk.BWD_GROUP = None
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -280,11 +282,59 @@ def test_survivor_flags_and_skipping(grain):
     assert not got.triu(1).any()  # never-visited pairs are written as zero by the kernel
     assert (expect == 0).any() and (expect == 1).any()
     assert (w != 0).any()
-    # skipping (and how loads are placed around it, and the forward's screen) must not change any result
-    for skip, prefetch, screen in ((0, False, True), (2, True, True), (3, False, True), (1, False, False)):
-        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN = skip, prefetch, screen
+    # skipping (and how loads are placed around it, and the forward's screen, of the masked stage too) must
+    # not change any result
+    for skip, prefetch, screen, mask_screen in ((0, False, True, True), (2, True, True, True),
+                                                (3, False, True, True), (1, False, False, True),
+                                                (1, False, True, False)):
+        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MASK_SCREEN = skip, prefetch, screen, mask_screen
         out_other = _compare(inputs, **kw)
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
+
+
+
+@triton.jit
+def _grouped_order_probe(OUT, n_blk, n_bh, group):
+    """One program per grid slot: common.grouped_order's (block, head) stored at its slot."""
+    pid = tl.program_id(0)
+    m, h = grouped_order(pid, n_blk, n_bh, group)
+    tl.store(OUT + 2 * pid, m)
+    tl.store(OUT + 2 * pid + 1, h)
+
+
+def test_grouped_order_is_a_permutation():
+    """common.grouped_order maps a flat grid onto every (block, head) pair once, in sections of `group` heads
+    (the last one short) with block 0 first across a section's heads; group 1 is head by head."""
+    def order(n_blk, n_bh, group):
+        out = torch.full((n_blk * n_bh, 2), -1, dtype=torch.int32, device=DEV)
+        _grouped_order_probe[(n_blk * n_bh,)](out, n_blk, n_bh, group)
+        return [tuple(r) for r in out.tolist()]
+    for n_blk, n_bh, group in ((1, 1, 1), (3, 5, 1), (3, 5, 2), (4, 8, 3), (7, 13, 4), (2, 6, 100)):
+        got = order(n_blk, n_bh, group)
+        assert sorted(got) == [(m, h) for m in range(n_blk) for h in range(n_bh)]
+        g = min(group, n_bh)
+        first = got[:n_blk * g]  # the first section: its heads' blocks, block 0 of each first
+        assert {h for _, h in first} == set(range(g)) and [m for m, _ in first[:g]] == [0] * g
+    assert order(3, 2, 1) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    assert order(2, 5, 2) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3), (0, 4), (1, 4)]
+
+
+@pytest.mark.parametrize("fwd_group,bwd_group", [(1, 1), (2, 5), (4, 3), (100, 100)])
+def test_program_order_changes_nothing(fwd_group, bwd_group):
+    """The sections the forward and the one-launch backward start their programs in (FWD_GROUP, BWD_GROUP) change
+    no result: bit-identical output and gradients to the table's order, with 2 x 3 heads (short last sections),
+    GQA and ragged shapes; and the reference agrees."""
+    torch.manual_seed(8)
+    inputs = _make(2, 3, 3, 45, 53, 16, 16, True)
+    dout = torch.randn(2, 3, 45, 16, dtype=DT, device=DEV)
+    kw = dict(causal=True, position_offset=8)
+    out0, grads0 = _run("triton", inputs, lambda out: dout, **kw)
+    tk.FWD_GROUP, tk.BWD_GROUP = fwd_group, bwd_group
+    out, grads = _run("triton", inputs, lambda out: dout, **kw)
+    assert out0.abs().sum() > 0 and torch.equal(out, out0)
+    for name in inputs:
+        assert torch.equal(grads[name], grads0[name]), name
+    _compare(inputs, **kw)
 
 
 @pytest.mark.parametrize("hat,unit", [(False, False), (True, False), (True, True)])
@@ -302,9 +352,12 @@ def test_screen_keeps_every_survivor(hat, unit):
     q = torch.randn(1, 1, M, D, device=DEV)
     k = torch.randn(1, 1, N, D, device=DEV)
     taus = reference.tau(torch.arange(M, device=DEV), torch.tensor([beta], device=DEV), 1.0, D).float()
-    plants = [(40, 3), (45, 17), (50, 20), (63, 33), (60, 5), (52, 30), (48, 12), (62, 40)]
-    for t, (i, j) in enumerate(plants):  # cos(q_i, k_j) = tau_i (1 + delta), delta from -8e-7 to 6e-7
-        c = taus[0, i].double() * (1 + (t - 4) * 2e-7)
+    # two in diagonal (masked-stage) tiles, which the forward screens too (MASK_SCREEN): below and above tau
+    diagonal = [(37, 34), (55, 49)]
+    plants = [(40, 3), diagonal[0], (45, 17), (50, 20), (63, 33), (60, 5), (52, 30), (48, 12), (62, 40), diagonal[1]]
+    hidden = (18, 29)  # above the diagonal inside a diagonal tile: a match the screen must not see
+    for t, (i, j) in enumerate(plants + [hidden]):  # cos(q_i, k_j) = tau_i (1 + delta), delta -8e-7 .. 1e-6
+        c = taus[0, i].double() * (1 + (t - 4) * 2e-7) if (i, j) != hidden else torch.tensor(0.99).double()
         qi = q[0, 0, i].double() / q[0, 0, i].double().norm()
         u = torch.randn(D, dtype=torch.float64, device=DEV)
         u = u - (u @ qi) * qi
@@ -332,6 +385,8 @@ def test_screen_keeps_every_survivor(hat, unit):
         assert torch.equal(a, b)
     planted = [res[False][1][0, i // 16, j // 16].item() for i, j in plants]
     assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
+    assert [res[False][1][0, i // 16, j // 16].item() for i, j in diagonal] == [0, 1]
+    assert res[True][1][0, 1, 1] == res[False][1][0, 1, 1] == 0  # the hidden match flags nothing
 
 
 @pytest.mark.parametrize("margin", [True, False])
@@ -588,6 +643,17 @@ def test_config_table(monkeypatch):
     tk.set_config(row_screen=False)
     assert tk._configs(128, torch.bfloat16, True)["row_screen"] is False
     tk.set_config()
+    # the masked stage screened (MASK_SCREEN), (training, inference): not for the d = 64 training forward up to
+    # 4K keys; on where the table says nothing (fp32)
+    assert [tk._configs(D, torch.bfloat16, True, n)["mask_screen"] for D in (64, 128) for n in (1024, 4096, 4097)] \
+        == [(False, True)] * 2 + [(True, True)] * 4
+    assert "mask_screen" not in tk._configs(64, torch.float32, True)
+    tk.set_config(mask_screen=False)
+    assert tk._configs(128, torch.bfloat16, True)["mask_screen"] == (False, False)
+    tk.set_config()
+    # the program order's sections of heads (FWD_GROUP, BWD_GROUP): the forward's only, by head dim and length
+    assert [tk._configs(D, torch.bfloat16, True, n)["group"] for D in (64, 128) for n in (1024, 4096, 8192)] == [
+        (tk.ALL_HEADS, 1), (8, 1), (8, 1), (tk.ALL_HEADS, 1), (4, 1), (2, 1)]
     # the forward's register cap (three 4-warp programs per SM) at d = 64 past 1K keys, with TMA loads past 4K
     # keys; neither for fp32 or d = 128
     for dt in (torch.bfloat16, torch.float16):

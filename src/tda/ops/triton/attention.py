@@ -65,6 +65,15 @@ MERGED_BWD = True
 # HEAVY_FIRST: the forward and dQ grids run query blocks last-to-first (causal: the last blocks see the most
 # keys), so the lightest programs fill the grid's tail
 HEAVY_FIRST = True
+# FWD_GROUP / BWD_GROUP: the forward's and the one-launch backward's programs start in sections of this many
+# heads, heaviest blocks first across a section's heads (common.grouped_order), rather than head by head (1), whose
+# last head's heavy blocks start late and run on alone at the grid's end (a greedy schedule of 16 heads x 64
+# blocks on 132 SMs, simulated: 11% over the ideal makespan; sections of 4 heads: 0.1%). Sections rather than
+# every head at once keep the keys (queries) the running programs read few enough for L2. None: per the block
+# table (_configs' "group": (forward, backward)).
+FWD_GROUP = None
+BWD_GROUP = None
+ALL_HEADS = 1 << 20  # a section as large as any grid: every head at once
 # LISTS: each backward program first compacts the live blocks of its unmasked stage (from the survivor
 # flags, LIST_CHUNK per vector load) into its row of an int32 scratch buffer, then loops over that list with
 # no test in the loop: no serial flag load per empty block, and loads the compiler can pipeline. False: the
@@ -104,6 +113,11 @@ ROW_SCREEN = None
 # measured -2 to -7%; alone it measured slower, docs/benchmarks.md). Needs a Triton allocator for the
 # descriptors' scratch (_ensure_allocator).
 TMA = None
+# MASK_SCREEN (with SCREEN): the forward's masked stage (the diagonal key blocks and the ragged tail) is screened
+# like the unmasked one -- with the unit keys where SCREEN_HAT is on -- its hidden scores left out of the
+# screen, so only its pairs that pass take the exact path (else every masked pair does). None: per the block
+# table (_configs' "mask_screen", (training, inference); on where it is not given).
+MASK_SCREEN = None
 # FWD_MAXNREG: a register cap (Triton's maxnreg) for the forward's launches; 0 none. None: per the block table
 # (_configs' "maxnreg": 168 at d = 64, which fits three 4-warp programs per SM instead of two: -5 to -12%)
 FWD_MAXNREG = None
@@ -155,7 +169,8 @@ def set_config(**kw):
     UNIT_KEYS, where those switches are None): bool or (training, inference). row_screen: whether the
     inference forward's screen decides from row maxima (ROW_SCREEN, where that switch is None). tma, maxnreg:
     the forward's descriptor loads and register cap (TMA, FWD_MAXNREG, where None): int or (training,
-    inference). bwd_maxnreg: the backward's register cap (BWD_MAXNREG, where None)."""
+    inference). bwd_maxnreg: the backward's register cap (BWD_MAXNREG, where None). mask_screen: whether the
+    forward screens its masked stage (MASK_SCREEN, where None): bool or (training, inference)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, int) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -187,7 +202,8 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     grain win, and the inference forward runs faster without any survivor test."""
     n = N if (N is not None and BY_LENGTH) else 1 << 62
     if _interpreting():
-        cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+        # sections of 3 heads: the tests' 4-8 heads then end on a short section (common.grouped_order)
+        cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1), "group": (3, 3)}
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:
@@ -211,6 +227,15 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         # flags) and wherever the inference forward screens (-8 to -15% at 4K; docs/results/kernels/unit-keys/)
         cfg["unit_keys"] = (n > 4096, True)
         cfg["row_screen"] = D > 64  # the inference forward's screen from row maxima (ROW_SCREEN)
+        # (training, inference): the forward screens its masked stage (MASK_SCREEN): -3 to -5% training forward
+        # at d = 128 and past 4K keys, -1 to -6% inference; the d = 64 training forward up to 4K keys, with its
+        # register cap, measured 7% slower (docs/results/kernels/mask-screen/)
+        cfg["mask_screen"] = (D > 64 or n > 4096, True)
+        # (forward, backward) heads per section of the program order (FWD_GROUP, BWD_GROUP): the forward -3 to -9%
+        # at 4K-8K keys, ~0 at 16K, and at 1K (every head at once, ALL_HEADS: whose keys all fit in L2) -9 to
+        # -17%; larger sections, or any in the backward, measured slower past 4K keys or at d = 128 (L2),
+        # docs/results/kernels/group/
+        cfg["group"] = (ALL_HEADS if n <= 1024 else 8 if D <= 64 else 4 if n <= 4096 else 2, 1)
         if D <= 64 and n > 1024:
             # (training, inference) forward: 168 registers fit three 4-warp 64 x 64 programs per SM (two at the
             # ~200 they take uncapped); with it, TMA loads pay past 4K keys (docs/results/kernels/tma/)
@@ -227,7 +252,7 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     lists = cfg.setdefault("lists", (True, True))
     if isinstance(lists, bool):  # set_config(lists=True): both kinds of program
         cfg["lists"] = (lists, lists)
-    for key in ("unit_keys", "tma", "maxnreg"):  # set_config(tma=2, ...): training and inference alike
+    for key in ("unit_keys", "tma", "maxnreg", "mask_screen"):  # set_config(tma=2, ...): training and inference
         if isinstance(cfg.get(key), int):
             cfg[key] = (cfg[key], cfg[key])
     BM, BN = cfg["fwd"][:2]
@@ -402,6 +427,8 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     hat = bool(table if SCREEN_HAT is None else SCREEN_HAT) and normalize and screen
     unit = bool(table if UNIT_KEYS is None else UNIT_KEYS) and hat
     rows = bool(cfg.get("row_screen", False) if ROW_SCREEN is None else ROW_SCREEN) and not for_bwd
+    mask_screen = bool(cfg.get("mask_screen", (True, True))[0 if for_bwd else 1] if MASK_SCREEN is None
+                       else MASK_SCREEN) and screen
     tma = int(cfg.get("tma", (0, 0))[0 if for_bwd else 1] if TMA is None else TMA) if hat else 0
     if tma and not _tma_device_ok(q1):
         tma = 0
@@ -410,6 +437,7 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     if tma:
         _ensure_allocator()
     cap = cfg.get("maxnreg", (None, None))[0 if for_bwd else 1] if FWD_MAXNREG is None else FWD_MAXNREG
+    group = max(int(cfg.get("group", (1, 1))[0] if FWD_GROUP is None else FWD_GROUP), 1)
     extra = {"maxnreg": int(cap)} if cap else {}
     if for_bwd:
         # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
@@ -429,17 +457,18 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     def launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh):
         RQ1, RQ2, RK1, RK2 = _norm_args(rq if for_bwd else rk, rk, SCALE)  # rk: a stand-in rq, never written
         KH1, KH2 = (kh[0], kh[-1]) if kh is not None else (RK1, RK2)
-        _fwd[(_cdiv(M, BM), q1.shape[0] * H)](
+        n_bh = q1.shape[0] * H
+        _fwd[(_cdiv(M, BM) * n_bh,)](
             q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
             flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2,
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
-            s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
+            s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p), n_bh, group,
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
             PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
             SCREEN=screen, FOR_BWD=for_bwd, HEAVY_FIRST=bool(HEAVY_FIRST), SCREEN_HAT=hat,
             HAT_DELTA=_hat_delta(q1.dtype, D) if hat and (for_bwd or not unit) else 0.0, UNIT_KEYS=unit,
-            ROW_SCREEN=rows, TMA=tma, num_warps=warps, num_stages=stages, **extra)
+            ROW_SCREEN=rows, TMA=tma, MASK_SCREEN=mask_screen, num_warps=warps, num_stages=stages, **extra)
 
     if B * H <= MAX_GRID_Y:
         launch(q1, k1, q2, k2, v, out, flags, rq, rk, kh)
@@ -519,7 +548,8 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         if merged:  # one flat grid: no cap on batch * heads
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
-                n_kb, n_kb * B * Hk, n_qb, scr_q, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
+                n_kb, n_kb * B * Hk, n_qb, scr_q, max(int(cfg.get("group", (1, 1))[1] if BWD_GROUP is None
+                                                          else BWD_GROUP), 1), KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
                 KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
                 Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), KV_LISTS=kv_lists,
                 Q_LISTS=q_lists, **meta, num_warps=warps, num_stages=stages)

@@ -22,7 +22,7 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import exceed_dpow, exceed_pow, live_list, load_tau, pair_alive
+from .common import exceed_dpow, exceed_pow, grouped_order, live_list, load_tau, pair_alive
 
 
 @triton.jit
@@ -548,13 +548,13 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
-                               "n_kb", "n_kv", "n_qb", "scr_q"])
+                               "n_kb", "n_kv", "n_qb", "scr_q", "group"])
 def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
                    DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM, SCR,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb, scr_q,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb, scr_q, group,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
                    Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
@@ -569,11 +569,13 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
     The two halves share nothing, so they may run in any order; both need the same warps and stages.
     Causal work per program falls with the key block (dK/dV) and grows with the query block (dQ), so the
     dK/dV half runs key blocks in order and, with HEAVY_FIRST, the dQ half query blocks in reverse: the
-    grid ends on the lightest programs. KV_LISTS / Q_LISTS: LISTS of the dK/dV / dQ programs."""
+    grid ends on the lightest programs. KV_LISTS / Q_LISTS: LISTS of the dK/dV / dQ programs. group: each half
+    starts its programs in sections of that many heads (common.grouped_order; 1: head by head)."""
     pid = tl.program_id(0)
     Hk = H // G
     if pid < n_kv:
-        _dkdv_program(pid % n_kb, pid // n_kb,
+        pid_n, bhk = grouped_order(pid, n_kb, n_kv // n_kb, group)
+        _dkdv_program(pid_n, bhk,
                       Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
@@ -582,12 +584,11 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                       TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
                       PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
     else:
-        pq = pid - n_kv
+        n_bh = (n_kv // n_kb) * G
+        pid_m, bh = grouped_order(pid - n_kv, n_qb, n_bh, group)
         if HEAVY_FIRST:
-            pid_m = n_qb - 1 - pq % n_qb
-        else:
-            pid_m = pq % n_qb
-        _dq_program(pid_m, pq // n_qb, (n_kv // n_kb) * G,
+            pid_m = n_qb - 1 - pid_m
+        _dq_program(pid_m, bh, n_bh,
                     Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
                     SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                     s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,

@@ -33,6 +33,20 @@ def exceed_dpow(e, P: tl.constexpr, p_val):
 
 
 @triton.jit
+def grouped_order(pid, n_blk, n_bh, group):
+    """(block index, batch * head) of program pid of a flat grid of n_blk * n_bh programs, started in sections
+    of `group` heads: within a section every head's block 0 comes before any head's block 1, and so on.
+    group = 1 is head by head (one head's blocks, then the next head's); group >= n_bh is every head at once.
+    Causal work per program falls (or grows) with the block index, so block 0 first across a few heads keeps
+    heavy programs from starting late (the grid's tail), while sections keep the heads whose keys the running
+    programs read few enough for L2. The last section may hold fewer heads."""
+    s0 = (pid // (group * n_blk)) * group
+    heads = tl.minimum(group, n_bh - s0)
+    r = pid - s0 * n_blk
+    return r // heads, s0 + r % heads
+
+
+@triton.jit
 def pair_alive(flag_base, start_m, start_n, n_mt, n_nt,
                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
     """Whether the (query block at start_m, key block at start_n) pair holds any survivor, read from the

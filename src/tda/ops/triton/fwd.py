@@ -1,9 +1,10 @@
 """Single-pass forward kernel: out_i = sum_j (a1_ij - lam * a2_ij) v_j, a_ij = (s_ij - tau_i)_+^p.
 
-One program per (query block, batch * head). Both views are scored against the same key block in one
-pass; the causal loop is split Triton-tutorial style into an unmasked stage (key blocks every row of the
-query block may see) and a masked stage (the diagonal blocks and the ragged key tail); key blocks above
-the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
+One program per (query block, batch * head), started in sections of heads, heaviest query blocks first
+(common.grouped_order). Both views are scored against the same key block in one pass; the causal loop is
+split Triton-tutorial style into an unmasked stage (key blocks every row of the query block may see) and a
+masked stage (the diagonal blocks and the ragged key tail; screened too with MASK_SCREEN, its hidden scores
+left out); key blocks above the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
 exceedance survived (per FLAG_M x FLAG_N sub-tile when the flags are set finer than the blocks); a
 pair with none skips the V load and the PV product, and the backward skips it (at the flags' grain)
 entirely. FOR_BWD = False (no gradient wanted: inference) leaves out what only the backward reads -- the
@@ -25,7 +26,7 @@ the products still run on the raw input-dtype tiles, and no normalised copy of q
 import triton
 import triton.language as tl
 
-from .common import exceed_pow, inv_norm_rows, load_tau
+from .common import exceed_pow, grouped_order, inv_norm_rows, load_tau
 
 
 @triton.jit
@@ -47,6 +48,15 @@ def _grid_live(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLAG_M: tl.const
         g = tl.max(tl.reshape(x, (BLOCK_M, BLOCK_N // FLAG_N, FLAG_N)), 2)
         g = tl.max(tl.reshape(g, (BLOCK_M // FLAG_M, FLAG_M, BLOCK_N // FLAG_N)), 1)
     return (g > 0).to(tl.int8)
+
+
+@triton.jit
+def _visible(offs_m, offs_n, diag, N, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: which scores of a masked-stage pair exist (key inside N; causal: j <= i + diag)."""
+    ok = offs_n[None, :] < N
+    if CAUSAL:
+        ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+    return ok
 
 
 @triton.jit
@@ -76,9 +86,7 @@ def _tile(acc, s1, s2, rq1, rq2, rk1, rk2, tau, lam, v_base, s_vn, s_vd,
         s1 = s1 * rq1[:, None] * rk1[None, :]
     e1 = tl.maximum(s1 - tau[:, None], 0.0)
     if MASKED:
-        ok = offs_n[None, :] < N
-        if CAUSAL:
-            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        ok = _visible(offs_m, offs_n, diag, N, CAUSAL)
         e1 = tl.where(ok, e1, 0.0)
     w = exceed_pow(e1, P, p_val)
     live = e1
@@ -204,19 +212,28 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                SCREEN_HAT: tl.constexpr, UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr,
-               KH_DESC: tl.constexpr, V_DESC: tl.constexpr):
+               KH_DESC: tl.constexpr, V_DESC: tl.constexpr, MASK_SCREEN: tl.constexpr):
     """One stage of the key loop (MASKED: the diagonal blocks and the ragged tail). KH_DESC / V_DESC: kh*_base /
-    v_base are tensor descriptors (TMA loads, unmasked stage only), else pointers."""
+    v_base are tensor descriptors (TMA loads, unmasked stage only), else pointers. MASK_SCREEN: the masked
+    stage is screened too (its hidden scores excluded from the screen), else every masked pair takes the
+    exact path."""
     offs_d = tl.arange(0, HEAD_D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if SCREEN and SCREEN_HAT and not MASKED:
+        if MASKED:
+            ok = _visible(offs_m, offs_n, diag, N, CAUSAL)
+        else:
+            ok = True
+        if SCREEN and SCREEN_HAT and (MASK_SCREEN or not MASKED):
             # SCREEN_HAT: the screen scores the unit keys (kh, the pre-pass's rounded copy, contiguous), so it
             # needs no per-key norm: s^ > thr = (tau - delta) / rq, delta covering kh's rounding (launcher: 0
             # where the exact path scores kh too and no flags are written, i.e. UNIT_KEYS inference)
             if KH_DESC:
                 kh1 = kh1_base.load([start_n, 0])
+            elif MASKED:
+                kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=offs_n[:, None] < N,
+                              other=0.0)
             else:
                 kh1 = tl.load(kh1_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
             h1 = tl.dot(q1, tl.trans(kh1), input_precision=PREC)
@@ -224,15 +241,24 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
             if TWO_VIEWS:
                 if KH_DESC:
                     kh2 = kh2_base.load([start_n, 0])
+                elif MASKED:
+                    kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :], mask=offs_n[:, None] < N,
+                                  other=0.0)
                 else:
                     kh2 = tl.load(kh2_base + offs_n[:, None] * HEAD_D + offs_d[None, :])
                 h2 = tl.dot(q2, tl.trans(kh2), input_precision=PREC)
             if ROW_SCREEN and not FOR_BWD:
-                alive = _row_screen(h1, h2, thr1, thr2, TWO_VIEWS)
+                if MASKED:  # hidden scores out of the row maxima
+                    alive = _row_screen(tl.where(ok, h1, float("-inf")), tl.where(ok, h2, float("-inf")), thr1,
+                                        thr2, TWO_VIEWS)
+                else:
+                    alive = _row_screen(h1, h2, thr1, thr2, TWO_VIEWS)
             else:
                 c = h1 - thr1[:, None]
                 if TWO_VIEWS:
                     c = tl.maximum(c, h2 - thr2[:, None])
+                if MASKED:
+                    c = tl.where(ok, c, -1.0)
                 alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M, FLAG_N,
                                       FOR_BWD)
             if UNIT_KEYS:  # the screen's scores are the exact path's too: (q . round(k^)) rq
@@ -253,7 +279,7 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
         else:
             s1, s2, rk1, rk2 = _raw_scores(q1, q2, tau, k1_base, k2_base, rk1_base, rk2_base, s_k1n, s_k1d,
                                            s_k2n, s_k2d, offs_n, N, MASKED, TWO_VIEWS, HEAD_D, PREC, NORMALIZE)
-            if SCREEN and not MASKED:
+            if SCREEN and (MASK_SCREEN or not MASKED):
                 # screen first (most pairs hold no survivor): s * rq * rk > tau  <=>  s * rk > tau / rq, one
                 # fused multiply-add per score against thr = tau / rq lowered by a relative 2^-16 (launcher),
                 # so the screen passes every pair the exact path below would find alive; only those pay it
@@ -265,6 +291,9 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                         g2 = g1
                         if TWO_VIEWS:
                             g2 = s2 * rk2[None, :]
+                    if MASKED:
+                        g1 = tl.where(ok, g1, float("-inf"))
+                        g2 = tl.where(ok, g2, float("-inf"))
                     alive = _row_screen(g1, g2, thr1, thr2, TWO_VIEWS)
                 else:
                     if NORMALIZE:
@@ -276,6 +305,8 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
                             c = tl.maximum(c, s2 * rk2[None, :] - thr2[:, None])
                         else:
                             c = tl.maximum(c, s2 - thr2[:, None])
+                    if MASKED:
+                        c = tl.where(ok, c, -1.0)
                     alive = _screen_flags(c, flag_row, frow0, n_mt, n_nt, start_n, BLOCK_M, BLOCK_N, FLAG_M,
                                           FLAG_N, FOR_BWD)
                 if alive:
@@ -293,24 +324,27 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
 
 # sizes that vary per call are not specialised on (Triton would compile a variant per value class, i.e.
 # per ==1 / %16 pattern of M, N, heads...): one compiled kernel serves every sequence length
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val"])
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val", "n_bh",
+                               "group"])
 def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
-                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_bh, group,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                    PREC: tl.constexpr, SKIP_EMPTY: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, EPS2: tl.constexpr,
                    FLAG_M: tl.constexpr, FLAG_N: tl.constexpr, SCREEN: tl.constexpr, FOR_BWD: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, SCREEN_HAT: tl.constexpr, HAT_DELTA: tl.constexpr,
-                   UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr, TMA: tl.constexpr):
+                   UNIT_KEYS: tl.constexpr, ROW_SCREEN: tl.constexpr, TMA: tl.constexpr,
+                   MASK_SCREEN: tl.constexpr):
+    # a flat grid of cdiv(M, BLOCK_M) * n_bh programs (n_bh = batch * heads), started in sections of `group`
+    # heads (common.grouped_order)
+    n_m = tl.num_programs(0) // n_bh
+    pid_m, bh = grouped_order(tl.program_id(0), n_m, n_bh, group)
     if HEAVY_FIRST:  # causal: the last query blocks see the most keys; start those first (shorter tail)
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+        pid_m = n_m - 1 - pid_m
     b = (bh // H).to(tl.int64)
     h = bh % H
     hk = (h // G).to(tl.int64)
@@ -408,12 +442,12 @@ def tda_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK
                      rk2_base, kh1_un, kh2_un, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0,
                      n_mt, n_nt, offs_m, 0, lo, diag, N, p_val, False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N,
                      HEAD_D, HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD,
-                     SCREEN_HAT, UNIT_KEYS, ROW_SCREEN, TMA >= 1, TMA == 2)
+                     SCREEN_HAT, UNIT_KEYS, ROW_SCREEN, TMA >= 1, TMA == 2, MASK_SCREEN)
     acc = _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_base, rk1_base, rk2_base,
                      kh1_base, kh2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd, flag_row, frow0, n_mt, n_nt,
                      offs_m, lo, hi, diag, N, p_val, True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D,
                      HEAD_DV, PREC, SKIP_EMPTY, NORMALIZE, FLAG_M, FLAG_N, SCREEN, FOR_BWD, SCREEN_HAT,
-                     UNIT_KEYS, ROW_SCREEN, False, False)
+                     UNIT_KEYS, ROW_SCREEN, False, False, MASK_SCREEN)
     if SKIP_EMPTY != 3 and FOR_BWD:
         # key blocks never visited (above the diagonal) get a zero flag here, so the launcher need not
         # zero-fill the flags first (one launch fewer); the backward may read them when its blocks differ

@@ -106,7 +106,8 @@ def table_variants(full: bool = True):
         train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
                      SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
                      ROW_SCREEN=False, TMA=cfg.get("tma", (0, 0))[0] if unit else 0,
-                     maxnreg=cfg.get("maxnreg", (None, None))[0], **keys)
+                     maxnreg=cfg.get("maxnreg", (None, None))[0], MASK_SCREEN=cfg.get("mask_screen", (True, True))[0],
+                     **keys)
         out.append((f"fwd-train-{tag}", tda_fwd_kernel, train, w, s))
         if full and N is None:  # the other forward variants, long keys: raw-key screen, unit-key screen alone
             raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0, TMA=0)
@@ -119,7 +120,8 @@ def table_variants(full: bool = True):
                      SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf,
                      ROW_SCREEN=test and cfg.get("row_screen", False),
                      TMA=cfg.get("tma", (0, 0))[1] if test and unit_inf else 0,
-                     maxnreg=cfg.get("maxnreg", (None, None))[1])
+                     maxnreg=cfg.get("maxnreg", (None, None))[1],
+                     MASK_SCREEN=test and cfg.get("mask_screen", (True, True))[1])
         out.append((f"fwd-infer-{tag}", tda_fwd_kernel, infer, w, s))
         if full and N is None:  # the other choice of the row screen (ROW_SCREEN), long keys
             rows = not infer["ROW_SCREEN"]
