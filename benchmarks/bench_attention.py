@@ -9,9 +9,9 @@ benchmarks/trained_inputs.py). Writes a Markdown table (--out) carrying the comm
 
     PYTHONPATH=src python3 benchmarks/bench_attention.py --out docs/benchmarks.md [--sweep] [--quick] [--graphs]
 
---graphs adds fwd+bwd replayed from a CUDA graph (torch.cuda.graph, autograd inside the capture) for TDA and
-SDPA alike: no host work per call, so at short lengths, where the host's launches outlast the kernels, it
-is the GPU's time alone.
+--graphs adds the inference forward (no_grad) and fwd+bwd replayed from CUDA graphs (torch.cuda.graph, autograd
+inside the capture) for TDA and SDPA alike: no host work per call, so at short lengths, where the host's
+launches outlast the kernels, they are the GPU's time alone.
 """
 import argparse
 import json
@@ -158,12 +158,17 @@ def run_case(B, H, N, D, kind, with_ref=True, graphs=False, inputs=None):
         except torch.OutOfMemoryError:
             res[f"{name}_fwd"] = res[f"{name}_fb"] = res[f"{name}_mem"] = None
             torch.cuda.empty_cache()
-    if graphs:  # fwd+bwd replayed from CUDA graphs: the GPU's time without the host's (docstring)
+    if graphs:  # the inference forward and fwd+bwd replayed from CUDA graphs: the GPU's time alone (docstring)
         for name in ("tda", "sdpa"):
             f, grads = impls[name], leaves + [betal, laml]
+
+            def infer(f=f):
+                with torch.no_grad():
+                    f(False)
+            res[f"{name}_fwd_graph"], err_f = graphed_time(infer, [])
             res[f"{name}_fb_graph"], err = graphed_time(lambda: f(True).backward(dout), grads)
-            if err:
-                res[f"{name}_graph_error"] = err
+            if err or err_f:
+                res[f"{name}_graph_error"] = err or err_f
     flop_sdpa = 4 * B * H * N * N * D / 2
     res["tda_fwd_tflops"] = 6 * B * H * N * N * D / 2 / (res["tda_fwd"] * 1e-3) / 1e12
     res["tda_fb_tflops"] = 28 * B * H * N * N * D / 2 / (res["tda_fb"] * 1e-3) / 1e12
@@ -280,7 +285,8 @@ def main():
     ap.add_argument("--data", default="data/gpt2", help="the corpus the trained inputs' text comes from")
     ap.add_argument("--no-ref", action="store_true", help="skip timing the reference op")
     ap.add_argument("--graphs", action="store_true",
-                    help="also time fwd+bwd replayed from CUDA graphs (TDA and SDPA; the GPU's time alone)")
+                    help="also time the inference forward and fwd+bwd replayed from CUDA graphs (TDA and SDPA; the "
+                         "GPU's time alone)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="set a switch of tda.ops.triton.attention first (repeatable), e.g. SCREEN_HAT=1: booleans "
                          "take 0/1, integer switches an integer")
@@ -333,7 +339,8 @@ def main():
                     f"kernels {r['k_fwd']:.3f}+{r['k_bwd']:.3f} (inference fwd {r['k_inf']:.3f}) "
                     f"density {r['density']:.3f} ({time.time() - t0:.0f}s)")
                 if args.graphs:
-                    log(f"    graphed fb: tda {fmt(r.get('tda_fb_graph'), 3)} sdpa {fmt(r.get('sdpa_fb_graph'), 3)}"
+                    log(f"    graphed fwd: tda {fmt(r.get('tda_fwd_graph'), 3)} sdpa {fmt(r.get('sdpa_fwd_graph'), 3)}"
+                        f" | graphed fb: tda {fmt(r.get('tda_fb_graph'), 3)} sdpa {fmt(r.get('sdpa_fb_graph'), 3)}"
                         + "".join(f" | {n} capture failed: {r[n + '_graph_error']}" for n in ("tda", "sdpa")
                                   if n + "_graph_error" in r))
     cmd = "PYTHONPATH=src python3 " + " ".join(sys.argv)
@@ -354,13 +361,15 @@ def main():
            "| inputs | B | H | N | d | density | TDA fwd | SDPA fwd | fwd ratio | TDA fwd+bwd | SDPA fwd+bwd | "
            "fwd+bwd ratio | TDA TFLOP/s fwd / fwd+bwd | SDPA TFLOP/s fwd / fwd+bwd | ref fwd / fwd+bwd | "
            "mem MiB TDA / SDPA / ref | TDA kernels only fwd / bwd / inference fwd | kernels-only ratio fwd / fwd+bwd / "
-           "inference fwd |" + (" graphed fwd+bwd TDA / SDPA | graphed ratio |" if args.graphs else ""),
-           "|---" * (20 if args.graphs else 18) + "|"]
+           "inference fwd |" + (" graphed fwd TDA / SDPA | graphed fwd ratio | graphed fwd+bwd TDA / SDPA | "
+                                 "graphed fwd+bwd ratio |" if args.graphs else ""),
+           "|---" * (22 if args.graphs else 18) + "|"]
     for r in rows:
         gr = ""
         if args.graphs:
-            t, sd = r.get("tda_fb_graph"), r.get("sdpa_fb_graph")
-            gr = f" {fmt(t, 3)} / {fmt(sd, 3)} | " + (f"**{t / sd:.2f}** |" if t and sd else "n/a |")
+            for key in ("fwd", "fb"):
+                t, sd = r.get(f"tda_{key}_graph"), r.get(f"sdpa_{key}_graph")
+                gr += f" {fmt(t, 3)} / {fmt(sd, 3)} | " + (f"**{t / sd:.2f}** |" if t and sd else "n/a |")
         out.append(
             f"| {r['kind']} | {r['B']} | {r['H']} | {r['N']} | {r['D']} | {r['density']:.3f} | "
             f"{fmt(r['tda_fwd'], 3)} | {fmt(r['sdpa_fwd'], 3)} | **{r['tda_fwd'] / r['sdpa_fwd']:.2f}** | "
