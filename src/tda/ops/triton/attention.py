@@ -480,8 +480,9 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     return out, flags, rq, rk
 
 
-# CUDA caps a grid's second and third axes at 65535 programs; the forward's (and the two-launch backward's)
-# second axis is batch * heads, so larger calls run as several launches over slices of the batch
+# CUDA caps a grid's second and third axes at 65535 programs; the two-launch backward's second axis is batch *
+# heads, so larger calls run as several launches over slices of the batch. (The forward's grid is flat since the
+# thirteenth session; it still launches per slice past the cap, as the GPU check verified.)
 MAX_GRID_Y = 65535
 
 
@@ -546,10 +547,10 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         if bcap:
             meta["maxnreg"] = int(bcap)
         if merged:  # one flat grid: no cap on batch * heads
+            group = max(int(cfg.get("group", (1, 1))[1] if BWD_GROUP is None else BWD_GROUP), 1)
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
-                n_kb, n_kb * B * Hk, n_qb, scr_q, max(int(cfg.get("group", (1, 1))[1] if BWD_GROUP is None
-                                                          else BWD_GROUP), 1), KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
+                n_kb, n_kb * B * Hk, n_qb, scr_q, group, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
                 KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
                 Q_C=max(QBN // NT, 1), SCALE_DTAU=has_beta, HEAVY_FIRST=bool(HEAVY_FIRST), KV_LISTS=kv_lists,
                 Q_LISTS=q_lists, **meta, num_warps=warps, num_stages=stages)

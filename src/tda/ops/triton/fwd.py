@@ -4,11 +4,11 @@ One program per (query block, batch * head), started in sections of heads, heavi
 (common.grouped_order). Both views are scored against the same key block in one pass; the causal loop is
 split Triton-tutorial style into an unmasked stage (key blocks every row of the query block may see) and a
 masked stage (the diagonal blocks and the ragged key tail; screened too with MASK_SCREEN, its hidden scores
-left out); key blocks above the diagonal are never visited. Each visited (query block, key block) pair records in `flags` whether any
-exceedance survived (per FLAG_M x FLAG_N sub-tile when the flags are set finer than the blocks); a
-pair with none skips the V load and the PV product, and the backward skips it (at the flags' grain)
-entirely. FOR_BWD = False (no gradient wanted: inference) leaves out what only the backward reads -- the
-flags and the query inverse norms -- so their reductions and stores cost nothing there.
+left out); key blocks above the diagonal are never visited. Each visited (query block, key block) pair
+records in `flags` whether any exceedance survived (per FLAG_M x FLAG_N sub-tile when the flags are set
+finer than the blocks); a pair with none skips the V load and the PV product, and the backward skips it
+(at the flags' grain) entirely. FOR_BWD = False (no gradient wanted: inference) leaves out what only the
+backward reads -- the flags and the query inverse norms -- so their reductions and stores cost nothing there.
 
 Flags from the screen (SCREEN, unmasked pairs): the screen's conservative values decide the flags, so a
 flag may be set for a sub-tile whose exceedances all turn out zero (a score within the screen's 2^-16
