@@ -462,7 +462,8 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
             q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
             flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2,
             *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
-            s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p), n_bh, group,
+            s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p), n_bh,
+            min(group, n_bh),  # (no larger: the kernel's group * blocks stays within int32, like the grid)
             TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), BLOCK_M=BM, BLOCK_N=BN, HEAD_D=D, HEAD_DV=Dv,
             PREC=_prec(q1.dtype), SKIP_EMPTY=skip, NORMALIZE=rk is not None,
             HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64, EPS2=_EPS2, FLAG_M=FM, FLAG_N=FN,
@@ -547,7 +548,7 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         if bcap:
             meta["maxnreg"] = int(bcap)
         if merged:  # one flat grid: no cap on batch * heads
-            group = max(int(cfg.get("group", (1, 1))[1] if BWD_GROUP is None else BWD_GROUP), 1)
+            group = min(max(int(cfg.get("group", (1, 1))[1] if BWD_GROUP is None else BWD_GROUP), 1), B * H)
             _bwd[(n_kb * B * Hk + n_qb * B * H,)](
                 *args, dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, *common, H, H // Hk, M, N, n_mt, n_nt, float(p),
                 n_kb, n_kb * B * Hk, n_qb, scr_q, group, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // MT, 1),
