@@ -17,7 +17,7 @@ tk = pytest.importorskip("tda.ops.triton.attention")
 import triton  # noqa: E402 (after the interpreter switch above)
 import triton.language as tl  # noqa: E402
 
-from tda.ops.triton.common import alive_bits, bit_set, grouped_order, live_list  # noqa: E402
+from tda.ops.triton.common import grouped_order, live_list  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
@@ -30,16 +30,16 @@ TOL = 1e-4 if ON_GPU else 1e-10
 @pytest.fixture(autouse=True)
 def _reset_config():
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = None, False, True, True, True
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
     tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
-    tk.FWD_GROUP = tk.BWD_GROUP = tk.FLAG_BITS = None
+    tk.FWD_GROUP = tk.BWD_GROUP = None
     yield
     tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = None, False, True, True, True
+    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
     tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
     tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
-    tk.FWD_GROUP = tk.BWD_GROUP = tk.FLAG_BITS = None
+    tk.FWD_GROUP = tk.BWD_GROUP = None
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -284,13 +284,10 @@ def test_survivor_flags_and_skipping(grain):
     assert (w != 0).any()
     # skipping (and how loads are placed around it, and the forward's screen, of the masked stage too) must
     # not change any result
-    # the backward's flag tests too: a load per block (FLAG_BITS 0), masks of one block, of all blocks (64)
-    for skip, prefetch, screen, mask_screen, bits in ((0, False, True, True, None), (2, True, True, True, None),
-                                                      (3, False, True, True, None), (1, False, False, True, None),
-                                                      (1, False, True, False, None), (1, False, True, True, 0),
-                                                      (1, True, True, True, 1), (1, False, True, True, 64)):
+    for skip, prefetch, screen, mask_screen in ((0, False, True, True), (2, True, True, True),
+                                                (3, False, True, True), (1, False, False, True),
+                                                (1, False, True, False)):
         tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MASK_SCREEN = skip, prefetch, screen, mask_screen
-        tk.FLAG_BITS = bits
         out_other = _compare(inputs, **kw)
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
 
@@ -933,47 +930,6 @@ def test_live_list_compacts_the_live_blocks_in_order(along_m, R, C, chunk):
                 want.append(start)
         assert cnt.item() == len(want), (density, cnt.item(), len(want))
         assert scr[:len(want)].tolist() == want, density
-
-
-@triton.jit
-def _alive_bits_probe(FLAGS, OUT, base, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr, MT: tl.constexpr,
-                      NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
-                      BITS: tl.constexpr):
-    """One program: the bwd loops' use of common.alive_bits -- a mask per BITS candidates, then bit_set per
-    candidate -- storing each candidate's answer as 0 / 1."""
-    bits = tl.full([], 0, tl.int64)
-    for i in range(0, n_cand):
-        if i % BITS == 0:
-            bits = alive_bits(FLAGS, base, i, n_cand, fixed, n_mt, n_nt, STEP, MT, NT, R, C, ALONG_M, BITS)
-        tl.store(OUT + i, bit_set(bits, i % BITS).to(tl.int32))
-
-
-@pytest.mark.parametrize("along_m,R,C,bits", [(True, 1, 1, 4), (True, 2, 1, 2), (False, 1, 2, 64),
-                                              (False, 2, 2, 8), (True, 1, 2, 1), (True, 1, 1, 64)])
-def test_alive_bits_match_pair_alive(along_m, R, C, bits):
-    """common.alive_bits / bit_set (the backward's FLAG_BITS) against a Python loop over pair_alive's
-    definition, for every candidate: masks of 1 to 64 blocks (bit 63 is the int64's sign bit), flags of
-    random density, candidate ranges that start mid-way and run past the flags' edge."""
-    g = torch.Generator().manual_seed(R * 10 + C + bits)
-    MT, NT = 8, 8
-    n_mt, n_nt = 80, 72  # up to 72 candidates: past one 64-bit mask
-    STEP = (MT * R) if along_m else (NT * C)
-    for density in (0.0, 0.15, 0.6, 1.0):
-        flags = (torch.rand(n_mt, n_nt, generator=g) < density).to(torch.int8)
-        base = STEP * 2
-        n_cand = (n_mt * MT if along_m else n_nt * NT) // STEP
-        fixed = (NT * C * 3) if along_m else (MT * R * 4)
-        out = torch.full((n_cand,), -1, dtype=torch.int32)
-        _alive_bits_probe[(1,)](flags, out, base, n_cand, fixed, n_mt, n_nt, STEP=STEP, MT=MT, NT=NT, R=R, C=C,
-                                ALONG_M=along_m, BITS=bits)
-        want = []
-        for i in range(n_cand):
-            start = base + i * STEP
-            r0, c0 = (start // MT, fixed // NT) if along_m else (fixed // MT, start // NT)
-            cells = [flags[r, c].item() for r in range(r0, r0 + R) for c in range(c0, c0 + C)
-                     if r < n_mt and c < n_nt]
-            want.append(int(any(cells)))
-        assert out.tolist() == want, density
 
 
 @pytest.mark.parametrize("two_views,merged", [(True, True), (True, False), (False, False)])

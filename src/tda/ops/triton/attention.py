@@ -49,19 +49,13 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Block sizes: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel. Tests and benchmarks may override
 # them through `set_config` (e.g. small tiles so that tiny interpreter shapes span several blocks).
 _OVERRIDE: dict = {}
-# Forward handling of survivor-free blocks: 0 accumulate anyway (the flags are still written for the backward:
-# no branch in the key loop), 1 skip the V load and the product, 2 load V (keeps it in the software pipeline)
-# but skip the product, 3 no survivor test at all (every flag set, so the backward skips nothing either: for
-# measuring what the test costs). None: per the block table (_configs' "skip", the training forward's; the
-# inference forward's test is the "infer" entry's fifth field). Backward: PREFETCH loads a block pair's q/dO
-# (dK/dV kernel) or k/v (dQ kernel) before testing its flag. Defaults are the fastest on an H200
-# (docs/benchmarks.md).
-SKIP_EMPTY = None
+# Forward handling of survivor-free blocks: 0 accumulate anyway, 1 skip the V load and the product,
+# 2 load V (keeps it in the software pipeline) but skip the product, 3 no survivor test at all (every
+# flag set, so the backward skips nothing either: for measuring what the test costs). Backward:
+# PREFETCH loads a block pair's q/dO (dK/dV kernel) or k/v (dQ kernel) before testing its flag.
+# Defaults are the fastest on an H200 (docs/benchmarks.md).
+SKIP_EMPTY = 1
 PREFETCH = False
-# FLAG_BITS: the backward's loops that test their blocks one by one (the masked stage; the unmasked one where
-# LISTS is off) read FLAG_BITS blocks' flags per vector load into a bit mask (common.alive_bits), instead of a
-# dependent global load per block. 0: a load per block. None: per the block table (_configs' "flag_bits").
-FLAG_BITS = None
 # SCREEN: the forward first tests each unmasked pair for a possible survivor with one fused multiply-add
 # per score (no exceedance, power or difference), and only pairs that pass take the exact path
 SCREEN = True
@@ -176,8 +170,7 @@ def set_config(**kw):
     inference forward's screen decides from row maxima (ROW_SCREEN, where that switch is None). tma, maxnreg:
     the forward's descriptor loads and register cap (TMA, FWD_MAXNREG, where None): int or (training,
     inference). bwd_maxnreg: the backward's register cap (BWD_MAXNREG, where None). mask_screen: whether the
-    forward screens its masked stage (MASK_SCREEN, where None): bool or (training, inference). skip: the
-    training forward's SKIP_EMPTY (where None). flag_bits: the backward's FLAG_BITS (where None)."""
+    forward screens its masked stage (MASK_SCREEN, where None): bool or (training, inference)."""
     _OVERRIDE.clear()
     _OVERRIDE.update({k: (v if isinstance(v, int) else tuple(v)) for k, v in kw.items() if v is not None})
     _CFG_CACHE.clear()
@@ -210,8 +203,7 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
     n = N if (N is not None and BY_LENGTH) else 1 << 62
     if _interpreting():
         # sections of 3 heads: the tests' 4-8 heads then end on a short section (common.grouped_order)
-        # flag bit masks of 2 blocks: the tests' few blocks per loop then span several masks
-        cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1), "group": (3, 3), "flag_bits": 2}
+        cfg = {"fwd": (16, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1), "group": (3, 3)}
     elif dtype == torch.float32:
         cfg = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
     elif D <= 64:
@@ -419,12 +411,12 @@ def _launch_fwd(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize=F
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
+    skip = int(SKIP_EMPTY)
     if for_bwd:
         BM, BN, warps, stages = cfg["fwd"]
-        skip = int(cfg.get("skip", 1) if SKIP_EMPTY is None else SKIP_EMPTY)
-    else:  # the table's "skip" is the training forward's; the inference one tests (1) or not (3) per "infer"
+    else:
         BM, BN, warps, stages, test = cfg["infer"]
-        skip = (1 if SKIP_EMPTY is None else int(SKIP_EMPTY)) if test else 3
+        skip = skip if test else 3
     FM, FN = cfg["flags"] if for_bwd else (BM, BN)
     n_mt, n_nt = _cdiv(M, FM), _cdiv(N, FN)
     out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
@@ -503,14 +495,6 @@ def _batch_slices(B: int, H: int):
     return [(slice(b0, b0 + bc), slice(b0 * H, min(b0 + bc, B) * H)) for b0 in range(0, B, bc)]
 
 
-def _flag_bits(cfg) -> int:
-    """The backward's FLAG_BITS: 0, or a power of two up to 64 (the bits of one int64)."""
-    bits = int(cfg.get("flag_bits", 0) if FLAG_BITS is None else FLAG_BITS)
-    if bits and (bits > 64 or bits & (bits - 1)):
-        raise ValueError(f"FLAG_BITS must be 0 or a power of two up to 64, got {bits}")
-    return bits
-
-
 def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, MT, NT, cfg, norm=None):
     """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
     rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
@@ -545,8 +529,8 @@ def _launch_bwd(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causa
         args = (q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, do, flags,
                 *(norm if norm is not None else _norm_args(rq, rk, SCALE)))
         meta = dict(TWO_VIEWS=two, CAUSAL=causal, P=_p_mode(p), HEAD_D=D, HEAD_DV=Dv, MT=MT, NT=NT,
-                    PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH), FLAG_BITS=_flag_bits(cfg),
-                    NORMALIZE=rq is not None, HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
+                    PREC=_prec(q1.dtype), PREFETCH=bool(PREFETCH), NORMALIZE=rq is not None,
+                    HAS_BETA=has_beta, TAU_F64=q1.dtype == torch.float64)
         (KBM, KBN, warps, stages), (QBM, QBN, q_warps, q_stages) = cfg["dkdv"], cfg["dq"]
         n_kb, n_qb = _cdiv(N, KBN), _cdiv(M, QBM)
         kv_lists, q_lists = cfg["lists"] if LISTS is None else (bool(LISTS), bool(LISTS))

@@ -22,7 +22,7 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import alive_bits, bit_set, exceed_dpow, exceed_pow, grouped_order, live_list, load_tau, pair_alive
+from .common import exceed_dpow, exceed_pow, grouped_order, live_list, load_tau, pair_alive
 
 
 @triton.jit
@@ -122,13 +122,10 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
                 MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-                PREFETCH: tl.constexpr, FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
+                PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
                 TAU_F64: tl.constexpr):
-    """Query blocks lo, lo + BLOCK_M, ... < hi, each tested against the survivor flags (FLAG_BITS > 0: read
-    FLAG_BITS blocks' flags per vector load into a bit mask, common.alive_bits)."""
+    """Query blocks lo, lo + BLOCK_M, ... < hi, each tested against the survivor flags."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    bits = tl.full([], 0, tl.int64)
-    n_cand = (hi - lo + BLOCK_M - 1) // BLOCK_M
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -136,15 +133,7 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
             q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
                                                offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                                TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
-        if FLAG_BITS > 0:
-            t = (start_m - lo) // BLOCK_M
-            if t % FLAG_BITS == 0:
-                bits = alive_bits(flag_base, lo, t, n_cand, start_n, n_mt, n_nt, BLOCK_M, MT, NT, R, C, True,
-                                  FLAG_BITS)
-            alive = bit_set(bits, t % FLAG_BITS)
-        else:
-            alive = pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C)
-        if alive:
+        if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
             if not PREFETCH:
                 q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                                                    s_scale, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom,
@@ -195,8 +184,7 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                   TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                   HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                  C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr,
-                  FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr,
+                  C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
                   LIST_ROW: tl.constexpr):
     """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
@@ -261,7 +249,7 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                    s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                    start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
                                    True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64)
+                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
         if LISTS:
             row = tl.minimum(tl.cdiv(M, BLOCK_M), LIST_ROW)
             scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * row
@@ -277,7 +265,7 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                        s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                        start_n, mid, M, diag, M, n_mt, n_nt, p_val,
                                        False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                       MT, NT, R, C, PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64)
+                                       MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
     # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
     # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
     o = (b * Hk + hk) * N
@@ -341,26 +329,15 @@ def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_
               MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-              PREFETCH: tl.constexpr, FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr):
-    """Key blocks lo, lo + BLOCK_N, ... < hi, each tested against the survivor flags (FLAG_BITS: as in
-    _dkdv_inner)."""
-    bits = tl.full([], 0, tl.int64)
-    n_cand = (hi - lo + BLOCK_N - 1) // BLOCK_N
+              PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+    """Key blocks lo, lo + BLOCK_N, ... < hi, each tested against the survivor flags."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if PREFETCH:
             k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                        s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
-        if FLAG_BITS > 0:
-            t = (start_n - lo) // BLOCK_N
-            if t % FLAG_BITS == 0:
-                bits = alive_bits(flag_base, lo, t, n_cand, start_m, n_mt, n_nt, BLOCK_N, MT, NT, R, C, False,
-                                  FLAG_BITS)
-            alive = bit_set(bits, t % FLAG_BITS)
-        else:
-            alive = pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C)
-        if alive:
+        if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
             if not PREFETCH:
                 k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                            s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
@@ -405,8 +382,7 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                 HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr,
-                FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr,
+                C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
                 CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
@@ -483,13 +459,13 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                                          s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                          start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
                                          False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                         MT, NT, R, C, PREC, PREFETCH, FLAG_BITS, NORMALIZE)
+                                         MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
     dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                      k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
                                      start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
                                      True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC, PREFETCH, FLAG_BITS, NORMALIZE)
+                                     MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
     o = bh.to(tl.int64) * M
     # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
     # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
@@ -527,8 +503,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
                         TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                         HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr,
-                        FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr,
+                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                         HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr,
                         CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """One program per (key block, batch * kv head): see _dkdv_program."""
@@ -539,7 +514,7 @@ def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2
                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                   s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                   TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                  PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK, LIST_ROW)
+                  PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK, LIST_ROW)
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
@@ -552,8 +527,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                       TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                       HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr,
-                      FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr,
+                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                       HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
                       HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
                       LIST_ROW: tl.constexpr):
@@ -570,7 +544,7 @@ def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, 
                 s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                 s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                 TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK, LIST_ROW)
+                PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK, LIST_ROW)
 
 
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
@@ -585,7 +559,7 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                    KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
                    Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
-                   PREC: tl.constexpr, PREFETCH: tl.constexpr, FLAG_BITS: tl.constexpr, NORMALIZE: tl.constexpr,
+                   PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
                    HEAVY_FIRST: tl.constexpr, KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr,
                    LIST_ROW: tl.constexpr):
@@ -608,7 +582,7 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                       s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
                       TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
+                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
     else:
         n_bh = (n_kv // n_kb) * G
         pid_m, bh = grouped_order(pid - n_kv, n_qb, n_bh, group)
@@ -621,4 +595,4 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                     s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
                     TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, PREFETCH, FLAG_BITS, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)
+                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)

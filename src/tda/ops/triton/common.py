@@ -131,57 +131,29 @@ def inv_norm_rows(x, EPS2: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def chunk_alive(flag_base, base, i0, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr,
-                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
-                CHUNK: tl.constexpr):
-    """(CHUNK,) bool: pair_alive's test for the candidate blocks starting at base + i * STEP, i = i0 .. i0 +
-    CHUNK - 1 (False past n_cand), from one vector load of the flags. ALONG_M: the candidates are query
-    blocks and `fixed` a key block's start; else the candidates are key blocks and `fixed` a query block's."""
-    k = tl.arange(0, R * C)
-    kr = (k // C)[None, :]
-    kc = (k % C)[None, :]
-    i = i0 + tl.arange(0, CHUNK)
-    start = base + i * STEP
-    if ALONG_M:
-        rows = (start // MT)[:, None] + kr
-        cols = fixed // NT + kc
-    else:
-        rows = fixed // MT + kr
-        cols = (start // NT)[:, None] + kc
-    ok = (i < n_cand)[:, None] & (rows < n_mt) & (cols < n_nt)
-    return tl.max(tl.load(flag_base + rows * n_nt + cols, mask=ok, other=0).to(tl.int32), 1) > 0
-
-
-@triton.jit
-def alive_bits(flag_base, base, i0, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr,
-               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
-               BITS: tl.constexpr):
-    """int64 scalar whose bit t is chunk_alive's answer for candidate i0 + t (BITS <= 64 of them): a loop that
-    tests its blocks one by one reads the flags BITS blocks per vector load and then tests a bit, rather
-    than waiting on a dependent global load per block (that wait set the backward's floor at 1K keys)."""
-    a = chunk_alive(flag_base, base, i0, n_cand, fixed, n_mt, n_nt, STEP, MT, NT, R, C, ALONG_M, BITS)
-    one = tl.full([BITS], 1, tl.int64)
-    return tl.sum(tl.where(a, one << tl.arange(0, BITS).to(tl.int64), 0), 0)
-
-
-@triton.jit
-def bit_set(bits, t):
-    """Whether bit t (0 <= t < 64) of the int64 bits is set."""
-    return ((bits >> (tl.full([], 0, tl.int64) + t)) & 1) != 0  # (t may be a plain int in the interpreter)
-
-
-@triton.jit
 def live_list(flag_base, scratch, base, n_cand, fixed, n_mt, n_nt, STEP: tl.constexpr,
               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, ALONG_M: tl.constexpr,
               CHUNK: tl.constexpr):
     """Writes to scratch[0 : count] the start offsets base + i * STEP (i < n_cand, in order) of the blocks
-    whose pair with the block starting at `fixed` holds a survivor (chunk_alive's test, CHUNK blocks per
-    vector load of the flags), and returns count."""
+    whose pair with the block starting at `fixed` holds a survivor (pair_alive's test, CHUNK blocks per
+    vector load of the flags), and returns count. ALONG_M: the candidates are query blocks and `fixed` a key
+    block's start; else the candidates are key blocks and `fixed` a query block's start."""
+    k = tl.arange(0, R * C)
+    kr = (k // C)[None, :]
+    kc = (k % C)[None, :]
     cnt = tl.sum(tl.zeros([CHUNK], dtype=tl.int32), 0)
     for c0 in range(0, n_cand, CHUNK):
-        alive = chunk_alive(flag_base, base, c0, n_cand, fixed, n_mt, n_nt, STEP, MT, NT, R, C, ALONG_M, CHUNK)
+        i = c0 + tl.arange(0, CHUNK)
+        start = base + i * STEP
+        if ALONG_M:
+            rows = (start // MT)[:, None] + kr
+            cols = fixed // NT + kc
+        else:
+            rows = fixed // MT + kr
+            cols = (start // NT)[:, None] + kc
+        ok = (i < n_cand)[:, None] & (rows < n_mt) & (cols < n_nt)
+        alive = tl.max(tl.load(flag_base + rows * n_nt + cols, mask=ok, other=0).to(tl.int32), 1) > 0
         a = alive.to(tl.int32)
-        start = base + (c0 + tl.arange(0, CHUNK)) * STEP
         tl.store(scratch + cnt + tl.cumsum(a, 0) - 1, start, mask=alive)
         cnt += tl.sum(a, 0)
     tl.debug_barrier()  # the list is complete before any thread reads it

@@ -103,9 +103,8 @@ def table_variants(full: bool = True):
         unit, unit_inf = cfg.get("unit_keys", (False, False))  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
         delta = tk._hat_delta(torch.bfloat16, D)
         keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
-        skip = cfg.get("skip", 1)
-        train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=skip, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                     SCREEN=skip in (1, 2), FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
+        train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
+                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
                      ROW_SCREEN=False, TMA=cfg.get("tma", (0, 0))[0] if unit else 0,
                      maxnreg=cfg.get("maxnreg", (None, None))[0], MASK_SCREEN=cfg.get("mask_screen", (True, True))[0],
                      **keys)
@@ -131,8 +130,7 @@ def table_variants(full: bool = True):
         for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
             BM, BN, w, s = cfg[key]
             c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
-                     PREFETCH=False, FLAG_BITS=cfg.get("flag_bits", 0),
-                     LISTS=cfg["lists"][0 if name == "dkdv" else 1], CHUNK=tk.LIST_CHUNK,
+                     PREFETCH=False, LISTS=cfg["lists"][0 if name == "dkdv" else 1], CHUNK=tk.LIST_CHUNK,
                      LIST_ROW=tk.LIST_ROW)
             if name == "dq":
                 c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
@@ -142,8 +140,7 @@ def table_variants(full: bool = True):
         out.append((f"bwd-{tag}", tda_bwd_kernel,
                     dict(common, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // FM, 1), KV_C=max(KBN // FN, 1),
                          Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
-                         NT=FN, PREFETCH=False, FLAG_BITS=cfg.get("flag_bits", 0), SCALE_DTAU=True,
-                         HEAVY_FIRST=True,
+                         NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
                          KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
                          LIST_ROW=tk.LIST_ROW, maxnreg=cfg.get("bwd_maxnreg")), w, s))
     return out
