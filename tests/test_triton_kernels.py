@@ -637,9 +637,13 @@ def test_config_table(monkeypatch):
             assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
                 (False, True), (False, True), (True, True), (True, True)]
         assert "unit_keys" not in tk._configs(D, torch.float32, True)
-    # the inference forward's row-maximum screen (ROW_SCREEN): bf16/fp16 at d = 128
+    # the inference forward's row-maximum screen (ROW_SCREEN): bf16/fp16
     assert [tk._configs(D, dt, True, n).get("row_screen") for D in (64, 128) for dt in (torch.bfloat16,
-            torch.float16, torch.float32) for n in (4096, None)] == [False] * 4 + [None] * 2 + [True] * 4 + [None] * 2
+            torch.float16, torch.float32) for n in (4096, None)] == ([True] * 4 + [None] * 2) * 2
+    # the d = 128 inference forward: its survivor test, and 4 stages, past 2K keys; the training forward 3 stages
+    assert [tk._configs(128, torch.bfloat16, True, n)["infer"] for n in (1024, 4096, None)] == [
+        (128, 64, 8, 3, False), (128, 64, 8, 4, True), (128, 64, 8, 4, True)]
+    assert tk._configs(128, torch.bfloat16, True)["fwd"] == (128, 64, 8, 3)
     tk.set_config(row_screen=False)
     assert tk._configs(128, torch.bfloat16, True)["row_screen"] is False
     tk.set_config()

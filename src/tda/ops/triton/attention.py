@@ -103,8 +103,9 @@ UNIT_KEYS = None
 # ROW_SCREEN: the inference forward (no flags to write) takes the screen's decision from each row's maximum
 # score against its threshold, a row reduction per view, rather than from the tile of differences -- the same
 # decisions, so the same output. The probe (docs/benchmarks.md) put the tile's reduction at ~0.1x SDPA's
-# forward. None: per the block table (_configs' "row_screen": bf16/fp16 at d = 128, where it measured -4 to
-# -6% at 4K-16K; at d = 64 it measured +8 to +11%, docs/results/kernels/row-screen/).
+# forward. None: per the block table (_configs' "row_screen": bf16/fp16, where it measured -4 to -6% at
+# d = 128, 4K-16K, and -0 to -4% at d = 64 on the thirteenth session's forward (register cap, TMA, sections of
+# heads; before those it measured +8 to +11% there), docs/results/kernels/row-screen/, .../fourteenth/).
 ROW_SCREEN = None
 # TMA: the forward's unmasked stage loads tiles through tensor descriptors (Hopper's copy engine, straight to
 # shared memory, no per-thread addresses in registers): 1 the unit keys (with SCREEN_HAT), 2 the values too
@@ -218,15 +219,18 @@ def _make_configs(D: int, dtype: torch.dtype, two_views: bool, N: Optional[int])
         if n <= 2048:
             cfg.update(infer=(64, 32, 4, 3, False))
     else:
-        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32)}
+        # the inference forward with 4 stages past 2K keys: -0 to -2.4% against 3 (planted 4K-16K), ~0 on random
+        # inputs; the training forward keeps 3 (docs/results/kernels/fourteenth/)
+        cfg = {"fwd": (128, 64, 8, 3), "dkdv": (64, 32, 4, 2), "dq": (64, 32, 4, 2), "flags": (32, 32),
+               "infer": (128, 64, 8, 4, True)}
         if n <= 4096:
-            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 3, n > 2048))
+            cfg.update(fwd=(64, 32, 4, 3), flags=(64, 32), infer=(128, 64, 8, 4 if n > 2048 else 3, n > 2048))
     if dtype != torch.float32 and not _interpreting():
         # (training, inference): the forward scores the unit keys (SCREEN_HAT + UNIT_KEYS) past 4K keys in
         # training (fwd+bwd kernels -1 to -18% at 8K-16K; at 4K even, the backward paying for the margin's
         # flags) and wherever the inference forward screens (-8 to -15% at 4K; docs/results/kernels/unit-keys/)
         cfg["unit_keys"] = (n > 4096, True)
-        cfg["row_screen"] = D > 64  # the inference forward's screen from row maxima (ROW_SCREEN)
+        cfg["row_screen"] = True  # the inference forward's screen from row maxima (ROW_SCREEN)
         # (training, inference): the forward screens its masked stage (MASK_SCREEN): -3 to -5% training forward
         # at d = 128 and past 4K keys, -1 to -6% inference; the d = 64 training forward up to 4K keys, with its
         # register cap, measured 7% slower (docs/results/kernels/mask-screen/)
