@@ -1,0 +1,162 @@
+"""Attention over a KV cache, for decoding: flash-attn's `flash_attn_with_kvcache` conventions in tda's
+(B, H, N, D) layout.
+
+The cache holds, per sequence b, `cache_seqlens[b]` valid positions; keys are stored already
+L2-normalised (unit keys), so a decode step never renormalises the past. New keys/values, when given,
+are normalised (keys) and written in place at positions cache_seqlens[b] .. cache_seqlens[b] + M - 1.
+With L_b keys visible after that write, query row r of sequence b sits at absolute position
+i = L_b - M + r (bottom-right alignment), sees keys j <= i, and is judged by the threshold
+tau_i = beta * sqrt(2 * max(log((i + 1) / kappa), 0) / d). The caller advances cache_seqlens.
+
+Returns the pre-RMSNorm aggregation sum_j (a1_ij - lam * a2_ij) v_j, shape (B, H, M, Dv).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference
+
+from .validate import _check_scalar_param, _check_tensor
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _check_cache(qs, caches, new, cache_seqlens):
+    """Validate the cache call; returns (B, H, M, D, Hk, S, lengths) with lengths an int64 (B,) tensor of
+    the keys visible to each sequence once the new ones are written."""
+    for name, t in (*qs, *caches):
+        _check_tensor(name, t)
+    (qn, q0), (kn, k0) = qs[0], caches[0]
+    B, H, M, D = q0.shape
+    if k0.shape[0] != B or k0.shape[3] != D:
+        raise ValueError(f"{kn} must have shape ({B}, Hk, S, {D}) to match {qn}, got {tuple(k0.shape)}")
+    _, Hk, S, _ = k0.shape
+    for name, t in qs[1:]:
+        if t.shape != q0.shape:
+            raise ValueError(f"{name} must have the shape of {qn} {tuple(q0.shape)}, got {tuple(t.shape)}")
+    for name, t in caches[1:-1]:
+        if t.shape != k0.shape:
+            raise ValueError(f"{name} must have the shape of {kn} {tuple(k0.shape)}, got {tuple(t.shape)}")
+    vn, v = caches[-1]
+    if v.shape[:3] != (B, Hk, S):
+        raise ValueError(f"{vn} must have shape ({B}, {Hk}, {S}, Dv) to match {kn}, got {tuple(v.shape)}")
+    if Hk == 0 or H % Hk != 0:
+        raise ValueError(f"{kn} heads ({Hk}) must divide {qn} heads ({H}) for grouped-query attention")
+    tensors = [t for _, t in (*qs, *caches)] + [t for _, t in new if t is not None]
+    if len({t.dtype for t in tensors}) != 1:
+        raise ValueError(f"queries, caches and new keys/values must share one dtype, "
+                         f"got {sorted({str(t.dtype) for t in tensors})}")
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("queries, caches and new keys/values must be on one device")
+    given = [t is not None for _, t in new]
+    if any(given) and not all(given):
+        raise ValueError(f"new keys/values come together: pass all of {[n for n, _ in new]} or none")
+    for (name, t), (_, c) in zip(new, caches):
+        if t is not None and tuple(t.shape) != (B, Hk, M, c.shape[3]):
+            raise ValueError(f"{name} must have shape ({B}, {Hk}, {M}, {c.shape[3]}), got {tuple(t.shape)}")
+    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        cache_seqlens = torch.full((B,), cache_seqlens, dtype=torch.int32, device=q0.device)
+    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64)
+            or tuple(cache_seqlens.shape) != (B,)):
+        raise ValueError(f"cache_seqlens must be an int or an int32/int64 tensor of shape ({B},)")
+    lengths = cache_seqlens.to(torch.int64) + (M if any(given) else 0)
+    lo, hi = int(lengths.min()), int(lengths.max())  # one host sync per call: decoding's lengths are small
+    if int(cache_seqlens.min()) < 0:
+        raise ValueError("cache_seqlens must be >= 0")
+    if hi > S:
+        raise ValueError(f"the cache holds {S} positions but a sequence needs {hi} "
+                         f"(cache_seqlens + new tokens): allocate a longer cache")
+    if lo < M:
+        raise ValueError(f"every sequence must see at least the {M} query positions; got cache_seqlens "
+                         f"{cache_seqlens.tolist()} with {'new' if any(given) else 'no new'} keys")
+    return B, H, M, D, Hk, S, lengths
+
+
+def _append(caches, new, cache_seqlens_long, M):
+    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens."""
+    B = caches[0].shape[0]
+    for b in range(B):
+        c0 = int(cache_seqlens_long[b])
+        for i, (cache, (_, t)) in enumerate(zip(caches, new)):
+            is_value = i == len(caches) - 1
+            cache[b, :, c0:c0 + M] = t[b] if is_value else reference.l2_normalize(t[b])
+
+
+def _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q):
+    """Sequence by sequence through the reference op over each sequence's visible keys."""
+    M = q1.shape[2]
+    outs = []
+    for b in range(q1.shape[0]):
+        L = int(lengths[b])
+        qa = q1[b:b + 1]
+        qb = q2[b:b + 1] if q2 is not None else None
+        if normalize_q:
+            qa = reference.l2_normalize(qa)
+            qb = reference.l2_normalize(qb) if qb is not None else None
+        k1 = k1_cache[b:b + 1, :, :L]
+        v = v_cache[b:b + 1, :, :L]
+        if q2 is not None:
+            out = reference.threshold_differential_attention(
+                qa, k1, qb, k2_cache[b:b + 1, :, :L], v, beta, lam, kappa=kappa, p=p, causal=True,
+                position_offset=L - M, normalize_qk=False, check_finite=False)
+        else:
+            out = reference.threshold_rectified_attention(
+                qa, k1, v, beta, kappa=kappa, p=p, causal=True, position_offset=L - M, normalize_qk=False,
+                check_finite=False)
+        outs.append(out)
+    return torch.cat(outs, 0)
+
+
+def check_options(*, kappa, p):
+    if not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or kappa <= 0:
+        raise ValueError(f"kappa must be a finite number > 0, got {kappa!r}")
+    if not isinstance(p, (int, float)) or not math.isfinite(p) or p < 1:
+        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        raise ValueError("backend='triton' has no cached-decode kernel yet; use 'auto' or 'reference'")
+
+
+def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, *,
+                                                  cache_seqlens, k1=None, k2=None, v=None, kappa=1.0,
+                                                  p=2.0, normalize_q=True, backend="auto",
+                                                  check_finite=True):
+    """TDA over a KV cache (see the module docstring).
+
+    q1, q2: (B, H, M, D) raw queries (normalised here unless normalize_q=False); k1_cache, k2_cache:
+    (B, Hk, S, D) unit keys; v_cache: (B, Hk, S, Dv); cache_seqlens: int or int32 (B,) valid positions
+    per sequence before this call; k1, k2, v: optional (B, Hk, M, .) new raw keys and values, written
+    into the caches in place. Returns (B, H, M, Dv).
+    """
+    _check_backend(backend)
+    new = [("k1", k1), ("k2", k2), ("v", v)]
+    B, H, M, D, Hk, S, lengths = _check_cache(
+        [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
+        new, cache_seqlens)
+    check_options(kappa=kappa, p=p)
+    beta = _check_scalar_param("beta", beta, H, q1, check_finite)
+    lam = _check_scalar_param("lam", lam, H, q1, check_finite)
+    if k1 is not None:
+        _append([k1_cache, k2_cache, v_cache], new, lengths - M, M)
+    return _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q)
+
+
+def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cache_seqlens, k=None, v=None,
+                                               kappa=1.0, p=2.0, normalize_q=True, backend="auto",
+                                               check_finite=True):
+    """TRA (one view) over a KV cache; arguments as threshold_differential_attention_with_kvcache."""
+    _check_backend(backend)
+    new = [("k", k), ("v", v)]
+    B, H, M, D, Hk, S, lengths = _check_cache([("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)],
+                                              new, cache_seqlens)
+    check_options(kappa=kappa, p=p)
+    beta = _check_scalar_param("beta", beta, H, q, check_finite)
+    if k is not None:
+        _append([k_cache, v_cache], new, lengths - M, M)
+    return _reference(q, None, k_cache, None, v_cache, beta, None, lengths, kappa, p, normalize_q)

@@ -1,0 +1,72 @@
+"""The cached-decode entry against the plain op over the same tokens."""
+import pytest
+import torch
+
+from tda.ops import reference
+from tda.ops.kvcache import (threshold_differential_attention_with_kvcache,
+                             threshold_rectified_attention_with_kvcache)
+
+
+def _full(q1, k1, q2, k2, v, beta, lam, L, M):
+    """The plain op over one sequence's first L tokens, last M query rows."""
+    if q2 is None:
+        return reference.threshold_rectified_attention(q1[:, :, L - M:L], k1[:, :, :L], v[:, :, :L], beta,
+                                                       position_offset=L - M)
+    return reference.threshold_differential_attention(q1[:, :, L - M:L], k1[:, :, :L], q2[:, :, L - M:L],
+                                                      k2[:, :, :L], v[:, :, :L], beta, lam,
+                                                      position_offset=L - M)
+
+
+@pytest.mark.parametrize("two_views", [True, False])
+@pytest.mark.parametrize("Hk", [4, 2])
+@pytest.mark.parametrize("M", [1, 3])
+def test_append_and_attend_matches_full_op(two_views, Hk, M):
+    g = torch.Generator().manual_seed(7 + M + Hk)
+    B, H, S, D = 3, 4, 40, 16
+    lens = [5, 17, 30]  # cached positions per sequence before the call
+    full = [torch.randn(B, h, S, D, generator=g, dtype=torch.float64) for h in (H, Hk, H, Hk, Hk)]
+    q1, k1, q2, k2, v = full
+    beta, lam = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    caches = [torch.zeros(B, Hk, S, D, dtype=torch.float64) for _ in range(3)]
+    for b, c in enumerate(lens):
+        caches[0][b, :, :c] = reference.l2_normalize(k1[b, :, :c])
+        caches[1][b, :, :c] = reference.l2_normalize(k2[b, :, :c])
+        caches[2][b, :, :c] = v[b, :, :c]
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    qn = torch.stack([q1[b, :, c:c + M] for b, c in enumerate(lens)])
+    kn = [torch.stack([t[b, :, c:c + M] for b, c in enumerate(lens)]) for t in (k1, k2, v)]
+    if two_views:
+        q2n = torch.stack([q2[b, :, c:c + M] for b, c in enumerate(lens)])
+        out = threshold_differential_attention_with_kvcache(
+            qn, q2n, caches[0], caches[1], caches[2], beta, lam, cache_seqlens=seqlens,
+            k1=kn[0], k2=kn[1], v=kn[2])
+    else:
+        out = threshold_rectified_attention_with_kvcache(qn, caches[0], caches[2], beta, cache_seqlens=seqlens,
+                                                         k=kn[0], v=kn[2])
+    for b, c in enumerate(lens):
+        want = _full(q1[b:b + 1], k1[b:b + 1], q2[b:b + 1] if two_views else None, k2[b:b + 1], v[b:b + 1],
+                     beta, lam, c + M, M)
+        torch.testing.assert_close(out[b:b + 1], want, rtol=1e-10, atol=1e-12)
+        # the new keys were written normalised, the values as given
+        torch.testing.assert_close(caches[0][b, :, c:c + M], reference.l2_normalize(k1[b, :, c:c + M]))
+        torch.testing.assert_close(caches[2][b, :, c:c + M], v[b, :, c:c + M])
+    assert out.abs().sum() > 0
+
+
+def test_bad_input_names_the_argument():
+    B, H, S, D = 2, 2, 8, 8
+    q = torch.randn(B, H, 1, D)
+    kc, vc = torch.randn(B, H, S, D), torch.randn(B, H, S, D)
+    with pytest.raises(ValueError, match="allocate a longer cache"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=S, k=q, v=q)
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="k must have shape"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=2, k=torch.randn(B, H, 2, D),
+                                                   v=q)
+    with pytest.raises(ValueError, match="come together"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=2, k=q)
+    with pytest.raises(ValueError, match="kappa"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=2, kappa=0.0)
+    with pytest.raises(ValueError, match="v_cache"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc[:, :, :4], 1.0, cache_seqlens=2)
