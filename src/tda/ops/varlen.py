@@ -1,0 +1,191 @@
+"""TDA / TRA over packed documents, in flash-attn's varlen convention (`cu_seqlens`, `max_seqlen`).
+
+Layout: q (B, H, N, D) as everywhere in tda, its B * N tokens numbered row-major (token (b, n) is
+b * N + n). With B = 1 this is flash-attn's packed token dimension: q (1, H, T, D), T = total tokens.
+cu_seqlens is int32 (n_docs + 1,) with 0 = cu_seqlens[0] <= ... <= cu_seqlens[-1] = B * N; document k
+holds tokens cu_seqlens[k] .. cu_seqlens[k+1] - 1 (a repeated entry is an empty document, skipped). With
+B > 1 every row start b * N must be an entry: a document never spans two rows. max_seqlen is an int at
+least the longest document's length (flash-attn's convention; the kernels size their grid by it).
+
+Every document restarts its positions: token t of document k sits at position pos_t = t - cu_seqlens[k],
+and sees only the keys of its own document, causally:
+
+    tau_t  = beta * sqrt(2 * max(log((pos_t + 1) / kappa), 0) / d)
+    out_t  = sum_{j in doc(t), j <= t} ((s1_tj - tau_t)_+^p - lam * (s2_tj - tau_t)_+^p) v_j
+
+so a packed batch gives, token for token, what each document run alone gives. k and v have as many
+tokens as q (no KV cache here); they may have fewer heads (grouped-query).
+
+Implementation: one call of the public op per document (on CUDA the fused kernel per document), forward
+and backward through autograd. `varlen_reference` is an independent dense oracle: one masked T x T
+computation with per-token positions (O(T^2) memory; tests and small inputs only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import threshold_differential_attention, threshold_rectified_attention
+from .reference import NORM_EPS, l2_normalize
+from .validate import _check_scalar_param, check_inputs
+
+__all__ = [
+    "threshold_differential_attention_varlen", "threshold_rectified_attention_varlen", "varlen_reference",
+    "check_cu_seqlens", "positions_from_cu_seqlens", "PackedDocuments",
+]
+
+
+def check_cu_seqlens(cu_seqlens, max_seqlen, total: int, row_len: int | None = None) -> list[int]:
+    """Validate cu_seqlens / max_seqlen for `total` packed tokens; returns the boundaries as a host list.
+
+    row_len: with B > 1 rows of row_len tokens, every row start must be a boundary. A CUDA cu_seqlens
+    costs one device-to-host copy here; pass it on the CPU to avoid it.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens must be a torch.Tensor (int32), got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens must have dtype int32, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with at least 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    if bounds[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {bounds[0]}")
+    if any(b1 < b0 for b0, b1 in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
+    if bounds[-1] != total:
+        raise ValueError(f"cu_seqlens must end at the {total} packed tokens, got {bounds[-1]}")
+    if row_len is not None and total > row_len:
+        missing = sorted(set(range(0, total, row_len)) - set(bounds))
+        if missing:
+            raise ValueError(f"cu_seqlens must hold every row start (multiples of N = {row_len}) when B > 1: "
+                             f"documents cannot span rows; missing {missing[:8]}")
+    longest = max(b1 - b0 for b0, b1 in zip(bounds, bounds[1:]))
+    if not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool) or max_seqlen < longest:
+        raise ValueError(f"max_seqlen must be an int >= the longest document ({longest}), got {max_seqlen!r}")
+    return bounds
+
+
+def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device=None) -> torch.Tensor:
+    """(total,) int64: each token's position inside its document (0 at a document's first token).
+    Computed on the device, no host sync."""
+    device = cu_seqlens.device if device is None else device
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    t = torch.arange(total, device=device)
+    # the last boundary <= t is the start of t's document (empty documents repeat a boundary: same start)
+    doc = torch.searchsorted(cu, t, right=True) - 1
+    return t - cu[doc]
+
+
+@dataclass(frozen=True)
+class PackedDocuments:
+    """Document structure of a (B, N) batch, computed once per forward and shared by every layer.
+
+    cu_seqlens: int32 on the host (the per-document loop reads it without a device sync);
+    positions: (B, N) int64 on the model's device, each token's position in its document (RoPE, tau).
+    """
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    positions: torch.Tensor
+    shape: tuple[int, int]
+
+    @classmethod
+    def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, batch: int, seqlen: int, device) -> "PackedDocuments":
+        check_cu_seqlens(cu_seqlens, max_seqlen, batch * seqlen, seqlen if batch > 1 else None)
+        positions = positions_from_cu_seqlens(cu_seqlens, batch * seqlen, device).view(batch, seqlen)
+        return cls(cu_seqlens.cpu(), max_seqlen, positions, (batch, seqlen))
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, N, N) bool, True where key j is visible to query i: same document and j <= i.
+        Query i's document starts at i - positions[i], and documents are contiguous."""
+        B, N = self.shape
+        i = torch.arange(N, device=self.positions.device)
+        j = i[None, None, :]
+        start = (i[None, :] - self.positions)[:, :, None]          # (B, N, 1)
+        return ((j <= i[None, :, None]) & (j >= start))[:, None]
+
+
+def _documents(bounds: list[int], N: int):
+    """(row, start, end) in row-local token indices for each non-empty document."""
+    for s, e in zip(bounds, bounds[1:]):
+        if e > s:
+            b = s // N
+            yield b, s - b * N, e - b * N
+
+
+def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, normalize_qk, backend,
+            check_finite):
+    B, H, N, D, Hk, Nk = check_inputs(qs, ks, v, kappa=kappa, p=p, position_offset=0)
+    if Nk != N:
+        raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
+    bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
+    rows: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    for b, s, e in _documents(bounds, N):
+        sl = (slice(b, b + 1), slice(None), slice(s, e))
+        rows[b].append(fn(*(t[sl] for _, t in qs), *(t[sl] for _, t in ks), v[sl], *params, kappa=kappa, p=p,
+                          causal=causal, position_offset=0, normalize_qk=normalize_qk, backend=backend,
+                          check_finite=check_finite))
+    return torch.cat([torch.cat(r, dim=2) if len(r) > 1 else r[0] for r in rows], dim=0)
+
+
+def threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, max_seqlen, kappa=1.0,
+                                            p=2.0, causal=True, normalize_qk=True, backend="auto",
+                                            check_finite=True):
+    """TDA over packed documents: (B, H, N, Dv), each document attended alone with positions from 0.
+
+    q1, q2: (B, H, N, D); k1, k2: (B, Hk, N, D); v: (B, Hk, N, Dv); cu_seqlens int32 over the B * N tokens
+    (see the module docstring); backend as in tda.ops. Returns the pre-RMSNorm aggregation.
+    """
+    if q2 is None or k2 is None:
+        raise ValueError("q2 and k2 are required for TDA; use threshold_rectified_attention_varlen for one view")
+
+    def op(q1, q2, k1, k2, v, beta, lam, **kw):
+        return threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, **kw)
+
+    return _varlen(op, [("q1", q1), ("q2", q2)], [("k1", k1), ("k2", k2)], v, (beta, lam),
+                   cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, kappa=kappa, p=p, causal=causal,
+                   normalize_qk=normalize_qk, backend=backend, check_finite=check_finite)
+
+
+def threshold_rectified_attention_varlen(q, k, v, beta, *, cu_seqlens, max_seqlen, kappa=1.0, p=2.0, causal=True,
+                                         normalize_qk=True, backend="auto", check_finite=True):
+    """TRA (one view) over packed documents; see threshold_differential_attention_varlen."""
+    return _varlen(threshold_rectified_attention, [("q", q)], [("k", k)], v, (beta,), cu_seqlens=cu_seqlens,
+                   max_seqlen=max_seqlen, kappa=kappa, p=p, causal=causal, normalize_qk=normalize_qk,
+                   backend=backend, check_finite=check_finite)
+
+
+def varlen_reference(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, kappa=1.0, p=2.0, causal=True,
+                     normalize_qk=True):
+    """Dense oracle for packed TDA (q2 = k2 = lam = None: TRA), from first principles.
+
+    All B * N tokens in one T x T score matrix per head; a key is allowed when it lies in the query's
+    document (and, causal, not after it); tau per row from the token's position in its document.
+    """
+    views = [(q1, k1)] + ([(q2, k2)] if q2 is not None else [])
+    B, H, N, D = q1.shape
+    Hk, T = k1.shape[1], B * N
+    cu = cu_seqlens.to(device=q1.device, dtype=torch.int64)
+    t = torch.arange(T, device=q1.device)
+    doc = torch.searchsorted(cu, t, right=True) - 1
+    pos = (t - cu[doc]).to(torch.float64)
+    allowed = doc[:, None] == doc[None, :]
+    if causal:
+        allowed = allowed & (t[None, :] <= t[:, None])
+    beta = _check_scalar_param("beta", beta, H, q1).to(torch.float64)
+    gate = torch.log((pos + 1.0) / kappa).clamp_min(0.0)
+    tau = (beta[:, None] * torch.sqrt(2.0 * gate / D)[None, :]).to(q1.dtype)   # (H, T)
+
+    def flat(x):  # (B, h, N, d) -> (H, T, d), k/v heads repeated for grouped-query
+        x = x.transpose(0, 1).reshape(x.shape[1], T, x.shape[3])
+        return x.repeat_interleave(H // x.shape[0], 0) if x.shape[0] != H else x
+
+    w = 0
+    for n, (q, k) in enumerate(views):
+        if normalize_qk:
+            q, k = l2_normalize(q, NORM_EPS), l2_normalize(k, NORM_EPS)
+        s = flat(q) @ flat(k).transpose(-1, -2)                                   # (H, T, T)
+        a = (s - tau[:, :, None]).clamp_min(0).masked_fill(~allowed, 0) ** p
+        w = a if n == 0 else w - _check_scalar_param("lam", lam, H, q1).to(a.dtype)[:, None, None] * a
+    out = w @ flat(v)                                                             # (H, T, Dv)
+    return out.reshape(H, B, N, -1).transpose(0, 1)
