@@ -85,9 +85,16 @@ class RotaryEmbedding(nn.Module):
             c = self._cache = self._table(max(n, 256), device, dtype)
         return c
 
-    def forward(self, x, position_offset: int = 0):
-        """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1."""
+    def forward(self, x, position_offset: int = 0, positions: torch.Tensor | None = None):
+        """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1, or, given
+        `positions` (B, N) ints in [0, N) (packed documents: each restarts at 0), at those positions."""
         n = x.shape[-2]
+        if positions is not None:
+            # per-token positions: the fused kernel takes one contiguous (N, D) table, so gather and use torch ops
+            cos, sin = self._cos_sin(n, x.device, x.dtype)
+            cos, sin = cos[positions][:, None], sin[positions][:, None]          # (B, 1, N, D)
+            x1, x2 = x.chunk(2, dim=-1)
+            return x * cos + torch.cat([-x2, x1], dim=-1) * sin
         cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
         cos, sin = cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
         if x.is_cuda and FUSED_ROPE and not torch.compiler.is_compiling():
@@ -98,6 +105,11 @@ class RotaryEmbedding(nn.Module):
                 return fused.rope(x, cos, sin)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def doc_positions(docs):
+    """Per-token positions (B, N) of packed documents (tda.ops.varlen.PackedDocuments), or None."""
+    return None if docs is None else docs.positions
 
 
 def split_heads(x, n_heads: int, head_dim: int):
@@ -115,7 +127,9 @@ def merge_heads(x):
 class AttentionBase(nn.Module):
     """Shared contract of every attention layer.
 
-    forward(x (B, N, C), rope, position_offset=0) -> (B, N, C). When `record_weights` is set, the layer
+    forward(x (B, N, C), rope, position_offset=0, docs=None) -> (B, N, C); docs (tda.ops.varlen.PackedDocuments)
+    packs several documents per row: each attends only within itself, RoPE and position-dependent terms
+    restart at its first token. When `record_weights` is set, the layer
     also stores its (B, H, N, N) attention weights in `last_weights` (detached) for analysis: the
     probabilities for softmax-like layers, the signed weights a1 - lam * a2 for TDA.
     """
@@ -126,9 +140,10 @@ class AttentionBase(nn.Module):
         self.last_weights = None
 
     @staticmethod
-    def causal_softmax_weights(q, k, scale):
-        """Materialised causal softmax probabilities (bottom-right aligned), for analysis only."""
+    def causal_softmax_weights(q, k, scale, mask=None):
+        """Materialised causal softmax probabilities (bottom-right aligned, or `mask`), for analysis only."""
         s = (q.float() @ k.float().transpose(-1, -2)) * scale
         M, N = s.shape[-2:]
-        mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M)
+        if mask is None:
+            mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M)
         return F.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AttentionBase, RMSNorm, merge_heads, split_heads
+from .common import AttentionBase, RMSNorm, doc_positions, merge_heads, split_heads
 
 
 def causal_mask(n_q: int, n_k: int, device):
@@ -44,15 +44,16 @@ class ReLAAttention(AttentionBase):
         self.gate = nn.Parameter(torch.empty(inner).uniform_(-bound, bound))
         self.dropout = c.dropout
 
-    def forward(self, x, rope, position_offset: int = 0):
+    def forward(self, x, rope, position_offset: int = 0, docs=None):
         H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
-        q = rope(split_heads(self.q_proj(x), H, D), position_offset)
+        pos = doc_positions(docs)
+        q = rope(split_heads(self.q_proj(x), H, D), position_offset, pos)
         k, v = split_heads(self.kv_proj(x), 2 * Hk, D).chunk(2, dim=1)
-        k = rope(k, position_offset)
+        k = rope(k, position_offset, pos)
         if H > Hk:
             k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
         s = (q @ k.transpose(-1, -2)) * D ** -0.5
-        mask = causal_mask(s.shape[-2], s.shape[-1], s.device)
+        mask = causal_mask(s.shape[-2], s.shape[-1], s.device) if docs is None else docs.mask()
         a = F.relu(s).masked_fill(~mask, 0.0)
         if self.record_weights:
             self.last_weights = a.detach().float()

@@ -33,7 +33,11 @@ class SSMaxAttention(SoftmaxAttention):
         return torch.arange(position_offset + 1, position_offset + n + 1, device=device,
                             dtype=torch.float32).log()
 
-    def qkv(self, x, rope, position_offset):
-        q, k, v = super().qkv(x, rope, position_offset)
+    def qkv(self, x, rope, position_offset, docs=None):
+        q, k, v = super().qkv(x, rope, position_offset, docs)
+        if docs is not None:  # packed documents: n_i counts the keys of row i's own document
+            log_n = (docs.positions + 1).float().log()                               # (B, N)
+            scale = self.s.float()[None, :, None] * log_n[:, None, :]               # (B, H, N)
+            return q * scale[..., None].to(q.dtype), k, v
         scale = self.s.float()[:, None] * self.log_n(q.shape[-2], position_offset, q.device)[None, :]
         return q * scale[None, :, :, None].to(q.dtype), k, v

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..ops import threshold_differential_attention, threshold_rectified_attention
-from .common import AttentionBase, RMSNorm, split_heads
+from ..ops.varlen import threshold_differential_attention_varlen, threshold_rectified_attention_varlen
+from .common import AttentionBase, RMSNorm, doc_positions, split_heads
 
 
 class TDAAttention(AttentionBase):
@@ -40,25 +41,32 @@ class TDAAttention(AttentionBase):
     def lam(self):
         return torch.sigmoid(self.lam_logit)
 
-    def _views(self, x, rope, position_offset):
+    def _views(self, x, rope, position_offset, docs=None):
         H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
+        pos = doc_positions(docs)
         # RoPE once over both views' heads (then split): half the small elementwise launches of rotating
         # each view separately, the same numbers
-        qs = rope(split_heads(self.q_proj(x), self.n_views * H, D), position_offset).chunk(self.n_views, dim=1)
-        ks = rope(split_heads(self.k_proj(x), self.n_views * Hk, D), position_offset).chunk(self.n_views, dim=1)
+        qs = rope(split_heads(self.q_proj(x), self.n_views * H, D), position_offset, pos).chunk(self.n_views, dim=1)
+        ks = rope(split_heads(self.k_proj(x), self.n_views * Hk, D), position_offset, pos).chunk(self.n_views, dim=1)
         v = split_heads(self.v_proj(x), Hk, D)
         return qs, ks, v
 
-    def _op(self, qs, ks, v, position_offset, return_weights):
+    def _op(self, qs, ks, v, position_offset, return_weights, docs=None):
+        if docs is not None:  # packed documents: tau and causality restart at every document
+            return threshold_differential_attention_varlen(
+                qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, cu_seqlens=docs.cu_seqlens,
+                max_seqlen=docs.max_seqlen, kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False)
         backend = "reference" if return_weights else self.backend
         return threshold_differential_attention(
             qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, kappa=self.kappa, p=self.p, causal=True,
             position_offset=position_offset, backend=backend, return_weights=return_weights,
             check_finite=False)  # learned beta/lam: no per-call host sync (divergence shows in the loss)
 
-    def forward(self, x, rope, position_offset: int = 0):
-        qs, ks, v = self._views(x, rope, position_offset)
-        y = self._op(qs, ks, v, position_offset, self.record_weights)
+    def forward(self, x, rope, position_offset: int = 0, docs=None):
+        if docs is not None and self.record_weights:
+            raise ValueError("docs: recording attention weights is not supported with packed documents")
+        qs, ks, v = self._views(x, rope, position_offset, docs)
+        y = self._op(qs, ks, v, position_offset, self.record_weights, docs)
         if self.record_weights:
             y, w = y
             self.last_weights = w.detach()
@@ -71,7 +79,11 @@ class TRAAttention(TDAAttention):
     """Threshold Rectified Attention: one view, no inhibition (the paper's ablation)."""
     n_views = 1
 
-    def _op(self, qs, ks, v, position_offset, return_weights):
+    def _op(self, qs, ks, v, position_offset, return_weights, docs=None):
+        if docs is not None:
+            return threshold_rectified_attention_varlen(
+                qs[0], ks[0], v, self.beta, cu_seqlens=docs.cu_seqlens, max_seqlen=docs.max_seqlen,
+                kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False)
         backend = "reference" if return_weights else self.backend
         return threshold_rectified_attention(
             qs[0], ks[0], v, self.beta, kappa=self.kappa, p=self.p, causal=True,

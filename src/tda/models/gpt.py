@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
+from ..ops.varlen import PackedDocuments
 
 
 class MLP(nn.Module):
@@ -35,8 +36,8 @@ class Block(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, position_offset: int = 0):
-        x = x + self.attn(self.ln_1(x), rope, position_offset)
+    def forward(self, x, rope, position_offset: int = 0, docs=None):
+        x = x + self.attn(self.ln_1(x), rope, position_offset, docs=docs)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -73,13 +74,27 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() if non_embedding else n
 
-    def forward(self, input_ids, targets=None, position_offset: int = 0):
-        """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored."""
+    def forward(self, input_ids, targets=None, position_offset: int = 0, *, cu_seqlens=None, max_seqlen=None):
+        """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
+
+        Packed documents (flash-attn varlen convention): cu_seqlens int32 cumulative document lengths over
+        the B * N tokens numbered row-major (every row start b * N among them), max_seqlen an int >= the
+        longest document. Each document then attends only within itself and restarts its positions (RoPE,
+        tau) at 0: its logits are those of the document run alone.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
+        docs = None
+        if cu_seqlens is not None:
+            if position_offset:
+                raise ValueError(f"position_offset must be 0 with cu_seqlens (packed documents start at 0), "
+                                 f"got {position_offset}")
+            docs = PackedDocuments.build(cu_seqlens, max_seqlen, *input_ids.shape, input_ids.device)
+        elif max_seqlen is not None:
+            raise ValueError("max_seqlen: given without cu_seqlens")
         x = self.drop(self.wte(input_ids))
         for block in self.blocks:
-            x = block(x, self.rope, position_offset)
+            x = block(x, self.rope, position_offset, docs=docs)
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits
