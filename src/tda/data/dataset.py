@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "TokenDataset", "ShardedBatchSampler", "get_batch", "load_meta", "load_long_documents", "open_split",
+    "document_starts", "cu_seqlens_from_starts",
 ]
 
 
@@ -185,6 +186,14 @@ class ShardedBatchSampler:
         x, y = self.ds.windows(self.starts(step, micro_step), self.block_size)
         return _to_device(x, y, device)
 
+    def packed_batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu", *, sep_id: int):
+        """(x, y, cu_seqlens, max_seqlen): batch(step, micro_step) plus its document boundaries (see
+        document_starts), computed on the host before the copy to `device`; cu_seqlens stays on the CPU."""
+        x, y = self.batch(step, micro_step, device="cpu")
+        cu_seqlens, max_seqlen = cu_seqlens_from_starts(document_starts(x, sep_id))
+        x, y = _to_device(x, y, device)
+        return x, y, cu_seqlens, max_seqlen
+
     def __iter__(self):
         return self.iterate(0)
 
@@ -195,3 +204,36 @@ class ShardedBatchSampler:
             x, y = self.batch(step, device=device)
             yield step, x, y
             step += 1
+
+
+# --- packed documents ------------------------------------------------------------------------------
+def document_starts(x: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """(B, T) bool: True where a document starts in each window of input tokens x (B, T).
+
+    Prepared token files hold each document followed by the end-of-text token (meta.json's eot_id),
+    and no document contains it, so boundaries need no extra storage. The separator opens the document
+    after it (it plays the part of a beginning-of-sequence token): the last token of a document predicts
+    the separator from its own document, and the separator predicts the next document's first token from
+    nothing else. Column 0 always starts one (a window may begin inside a document).
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be (B, T) token ids, got shape {tuple(x.shape)}")
+    starts = x == sep_id
+    starts[:, 0] = True
+    return starts
+
+
+def cu_seqlens_from_starts(starts: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(cu_seqlens, max_seqlen) for a (B, T) bool document-start mask whose column 0 is all True.
+
+    cu_seqlens: int32 (n_docs + 1,) cumulative document lengths over the B * T tokens numbered row-major
+    (flash-attn's varlen convention; every row start is a boundary), on starts' device; max_seqlen: int.
+    """
+    if starts.dim() != 2 or starts.dtype != torch.bool:
+        raise ValueError(f"starts must be a (B, T) bool tensor, got {starts.dtype} {tuple(starts.shape)}")
+    if not bool(starts[:, 0].all()):
+        raise ValueError("starts: column 0 must be True (every window begins a document)")
+    flat = starts.reshape(-1)
+    bounds = torch.cat([flat.nonzero().reshape(-1), torch.tensor([flat.numel()], device=flat.device)])
+    max_seqlen = int((bounds[1:] - bounds[:-1]).max())
+    return bounds.to(torch.int32), max_seqlen

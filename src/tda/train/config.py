@@ -49,6 +49,11 @@ class TrainConfig:
     # ~0.5 ms more host time on an H200 host (benchmarks/profile_op.py, docs/benchmarks.md).
     backward_threads: bool = False
     progress: bool = True               # tqdm bar on rank 0
+    # packed documents: split each window at the corpus's end-of-text token; every document attends only within
+    # itself and restarts its positions (RoPE, tau) at 0. eval_pack_documents: the same for validation
+    # batches (None = as pack_documents)
+    pack_documents: bool = False
+    eval_pack_documents: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -68,6 +73,9 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile and (self.pack_documents or self.eval_pack_documents):
+            # per-batch document boundaries are Python ints in the per-document attention loop: a recompile per batch
+            raise ValueError("pack_documents: not supported with compile=true (set compile=false)")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
 

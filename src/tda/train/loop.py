@@ -32,7 +32,8 @@ class Data:
     each rank reading windows inside its own contiguous shard of the token stream.
     """
 
-    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int):
+    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int, *,
+                 pack: tuple[bool, bool] = (False, False)):
         from ..data.dataset import ShardedBatchSampler, load_meta, open_split
         self.dir = resolve_data_dir(data_dir, ctx)
         if not (self.dir / "meta.json").is_file():
@@ -40,6 +41,7 @@ class Data:
                                     "run `tda data prepare` first")
         self.meta = load_meta(self.dir)
         self.ctx = ctx
+        self.pack = dict(zip(("train", "val"), pack))  # per split: batches carry document boundaries
         kw = dict(rank=ctx.rank, world_size=ctx.world_size)
         self.train = ShardedBatchSampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **kw)
         # validation batches use their own fixed seed: the same batches at every evaluation
@@ -61,6 +63,15 @@ class Data:
         """(x, y) on the device for the optimiser step (train) or the eval batch number (val)."""
         sampler = self.train if split == "train" else self.val
         return sampler.batch(step, micro_step, device=self.ctx.device)
+
+    def model_batch(self, split: str, step: int, micro_step: int = 0):
+        """(x, y, kwargs for the model): with packing on for `split`, kwargs = cu_seqlens, max_seqlen."""
+        if not self.pack[split]:
+            return (*self.batch(split, step, micro_step), {})
+        sampler = self.train if split == "train" else self.val
+        x, y, cu_seqlens, max_seqlen = sampler.packed_batch(step, micro_step, self.ctx.device,
+                                                            sep_id=int(self.meta["eot_id"]))
+        return x, y, {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
 
 
 def resolve_data_dir(data_dir, ctx: D.DistContext) -> Path:
@@ -112,10 +123,10 @@ def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext)
     model.eval()
     total = torch.zeros((), device=ctx.device)
     for i in range(cfg.eval_iters):
-        x, y = data.batch("val", i)
+        x, y, kw = data.model_batch("val", i)
         _mark_step(cfg)
         with _autocast(ctx, amp_dtype):
-            _, loss = model(x, y)
+            _, loss = model(x, y, **kw)
         total += loss.float()
     model.train(was_training)
     return float(D.all_reduce_mean(total / cfg.eval_iters, ctx))
@@ -152,7 +163,9 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     out = Path(cfg.out_dir)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed)
+    eval_pack = cfg.pack_documents if cfg.eval_pack_documents is None else cfg.eval_pack_documents
+    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed,
+                pack=(cfg.pack_documents, eval_pack))
     if data.vocab_size and cfg.model.vocab_size < data.vocab_size:
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                          f"vocabulary ({data.vocab_size}) in {cfg.data_dir}")
@@ -227,12 +240,12 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         loss_sum = torch.zeros((), device=ctx.device)
         for micro in range(cfg.grad_accum):
             _mark_step(cfg)
-            x, y = data.batch("train", step, micro)
+            x, y, kw = data.model_batch("train", step, micro)
             sync = micro == cfg.grad_accum - 1
             no_sync = model.no_sync() if (ctx.enabled and not sync) else contextlib.nullcontext()
             with no_sync:
                 with _autocast(ctx, amp_dtype):
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, **kw)
                 loss = loss / cfg.grad_accum
                 with torch.autograd.set_multithreading_enabled(cfg.backward_threads):
                     (scaler.scale(loss) if scaler is not None else loss).backward()

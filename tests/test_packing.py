@@ -1,0 +1,327 @@
+"""Packed documents: the varlen ops against a dense oracle (forward and every gradient), cu_seqlens
+validation, RoPE at per-token positions, document boundaries from the data pipeline, and the model: a packed
+window gives each document exactly the logits it gets alone."""
+import numpy as np
+import pytest
+import torch
+
+from tda.config import GPTConfig
+from tda.data.dataset import ShardedBatchSampler, TokenDataset, cu_seqlens_from_starts, document_starts
+from tda.layers import ATTENTION, RotaryEmbedding
+from tda.models.gpt import GPT
+from tda.ops import threshold_differential_attention, threshold_rectified_attention
+from tda.ops.varlen import (PackedDocuments, check_cu_seqlens, positions_from_cu_seqlens,
+                            threshold_differential_attention_varlen, threshold_rectified_attention_varlen,
+                            varlen_reference)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cu(lengths):
+    return torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
+
+
+def inputs(B, H, Hk, N, D, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q1, q2 = (torch.randn(B, H, N, D, generator=g, dtype=dtype).requires_grad_() for _ in range(2))
+    k1, k2, v = (torch.randn(B, Hk, N, D, generator=g, dtype=dtype).requires_grad_() for _ in range(3))
+    # small beta: tau stays below many scores, so the weights are far from all-zero
+    beta = (0.2 + 0.4 * torch.rand(H, generator=g, dtype=dtype)).requires_grad_()
+    lam = (0.2 + 0.6 * torch.rand(H, generator=g, dtype=dtype)).requires_grad_()
+    return q1, k1, q2, k2, v, beta, lam
+
+
+def grads(out, args, seed=1):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, args, g)
+
+
+# lengths per row (B rows of N tokens each), with length-1 and empty documents
+CASES = [
+    (1, 4, 2, [1, 5, 0, 7, 1, 2]),      # one packed row (flash-attn's (1, H, T, D)), GQA 4:2
+    (2, 2, 2, [3, 1, 4], [8]),          # two rows, each row start a boundary
+    (1, 3, 1, [16]),                    # one document: the plain op
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["packed-gqa", "two-rows", "one-doc"])
+@pytest.mark.parametrize("views", [2, 1], ids=["tda", "tra"])
+def test_varlen_matches_dense_reference_fwd_bwd(case, views):
+    B, H, Hk, *rows = case
+    N = sum(rows[0])
+    lengths = [n for r in rows for n in r]
+    cus = cu(lengths)
+    q1, k1, q2, k2, v, beta, lam = inputs(B, H, Hk, N, 8)
+    if views == 2:
+        args = (q1, k1, q2, k2, v, beta, lam)
+        out = threshold_differential_attention_varlen(*args, cu_seqlens=cus, max_seqlen=max(lengths))
+        ref = varlen_reference(*args, cu_seqlens=cus)
+    else:
+        args = (q1, k1, v, beta)
+        out = threshold_rectified_attention_varlen(*args, cu_seqlens=cus, max_seqlen=max(lengths))
+        ref = varlen_reference(q1, k1, None, None, v, beta, None, cu_seqlens=cus)
+    assert out.shape == (B, H, N, 8)
+    assert (ref != 0).float().mean() > 0.3 and (ref == 0).any()   # neither all-zero nor dense
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads(out, args), grads(ref, args)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_each_document_restarts_positions_and_sees_only_itself():
+    """Document k of the packed output = the plain op on that document alone (position 0 at its start);
+    the unpacked op on the same tokens differs (tau and the keys of earlier documents)."""
+    lengths = [4, 1, 9, 6]
+    q1, k1, q2, k2, v, beta, lam = inputs(1, 2, 2, sum(lengths), 8)
+    out = threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, cu_seqlens=cu(lengths),
+                                                  max_seqlen=9)
+    s = 0
+    for n in lengths:
+        sl = (slice(None), slice(None), slice(s, s + n))
+        alone = threshold_differential_attention(q1[sl], k1[sl], q2[sl], k2[sl], v[sl], beta, lam)
+        torch.testing.assert_close(out[sl], alone, rtol=0, atol=0)
+        s += n
+    whole = threshold_differential_attention(q1, k1, q2, k2, v, beta, lam)
+    assert not torch.allclose(out[:, :, 5:], whole[:, :, 5:])
+
+
+def test_varlen_triton_backend_matches_reference():
+    """backend="triton" runs the fused kernel once per document (under TRITON_INTERPRET=1 on a CPU)."""
+    pytest.importorskip("triton")
+    lengths = [1, 4, 0, 7]
+    q1, k1, q2, k2, v, beta, lam = inputs(1, 2, 1, sum(lengths), 16, dtype=torch.float32)
+    args = (q1, k1, q2, k2, v, beta, lam)
+    out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=7, backend="triton")
+    ref = varlen_reference(*args, cu_seqlens=cu(lengths))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads(out, args), grads(ref, args)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, max_seqlen, match", [
+    (torch.tensor([0, 3, 8], dtype=torch.int64), 5, "cu_seqlens must have dtype int32"),
+    (torch.tensor([[0, 8]], dtype=torch.int32), 8, "cu_seqlens must be 1-D"),
+    (torch.tensor([0], dtype=torch.int32), 8, "cu_seqlens must be 1-D"),
+    (torch.tensor([1, 3, 8], dtype=torch.int32), 5, "cu_seqlens must start at 0"),
+    (torch.tensor([0, 5, 3, 8], dtype=torch.int32), 5, "cu_seqlens must be non-decreasing"),
+    (torch.tensor([0, 3, 7], dtype=torch.int32), 5, "cu_seqlens must end at the 8"),
+    (torch.tensor([0, 3, 8], dtype=torch.int32), 4, "max_seqlen must be an int >= the longest document .5."),
+    (torch.tensor([0, 3, 8], dtype=torch.int32), 5.0, "max_seqlen"),
+    ([0, 3, 8], 5, "cu_seqlens must be a torch.Tensor"),
+])
+def test_bad_cu_seqlens_names_the_argument(bad, max_seqlen, match):
+    q1, k1, q2, k2, v, beta, lam = inputs(1, 2, 2, 8, 4)
+    with pytest.raises(ValueError, match=match):
+        threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, cu_seqlens=bad, max_seqlen=max_seqlen)
+    with pytest.raises(ValueError, match=match):
+        threshold_rectified_attention_varlen(q1, k1, v, beta, cu_seqlens=bad, max_seqlen=max_seqlen)
+
+
+def test_varlen_shape_errors():
+    q1, k1, q2, k2, v, beta, lam = inputs(2, 2, 2, 8, 4)
+    with pytest.raises(ValueError, match="row start"):  # a document spanning rows 0 and 1
+        threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, cu_seqlens=cu([4, 8, 4]),
+                                                max_seqlen=8)
+    with pytest.raises(ValueError, match="k1 must have as many tokens as q1"):
+        threshold_differential_attention_varlen(q1, k1[:, :, :4], q2, k2[:, :, :4], v[:, :, :4], beta, lam,
+                                                cu_seqlens=cu([8, 8]), max_seqlen=8)
+    with pytest.raises(ValueError, match="q2 and k2"):
+        threshold_differential_attention_varlen(q1, k1, None, None, v, beta, lam, cu_seqlens=cu([8, 8]),
+                                                max_seqlen=8)
+    with pytest.raises(ValueError, match="kappa"):
+        threshold_rectified_attention_varlen(q1, k1, v, beta, cu_seqlens=cu([8, 8]), max_seqlen=8, kappa=0.0)
+    assert check_cu_seqlens(cu([8, 8]), 9, 16, 8) == [0, 8, 16]   # max_seqlen is an upper bound
+
+
+def test_positions_and_mask_from_first_principles():
+    lengths = [3, 0, 1, 4, 4, 4]     # rows of N = 8: [3, 0, 1, 4] and [4, 4]
+    B, N = 2, 8
+    docs = PackedDocuments.build(cu(lengths), 4, B, N, "cpu")
+    want_pos, want_doc = [], []
+    for k, n in enumerate(lengths):
+        want_pos += list(range(n))
+        want_doc += [k] * n
+    assert docs.positions.tolist() == torch.tensor(want_pos).view(B, N).tolist()
+    assert positions_from_cu_seqlens(cu(lengths), 16).tolist() == want_pos
+    doc = torch.tensor(want_doc).view(B, N)
+    i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+    want = (doc[:, :, None] == doc[:, None, :]) & (j <= i)
+    assert torch.equal(docs.mask(), want[:, None])
+
+
+def test_rope_positions_restart_per_document():
+    rope = RotaryEmbedding(8).double()
+    x = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1, 2, 3], list(range(10))])
+    y = rope(x, positions=pos)
+    torch.testing.assert_close(y[:1, :, :4], rope(x[:1, :, :4]))
+    torch.testing.assert_close(y[:1, :, 4:6], rope(x[:1, :, 4:6]))
+    torch.testing.assert_close(y[:1, :, 6:], rope(x[:1, :, 6:]))
+    torch.testing.assert_close(y[1:], rope(x[1:]))
+    assert not torch.allclose(y[:1, :, 6:], rope(x[:1, :, 6:], 6))
+
+
+# --- data ------------------------------------------------------------------------------------------
+def test_document_starts_and_cu_seqlens():
+    x = torch.tensor([[5, 0, 3, 0, 0, 4], [1, 2, 3, 4, 0, 6]])
+    starts = document_starts(x, sep_id=0)
+    assert starts.tolist() == [[True, True, False, True, True, False], [True, False, False, False, True, False]]
+    cus, max_seqlen = cu_seqlens_from_starts(starts)
+    assert cus.dtype == torch.int32 and cus.tolist() == [0, 1, 3, 4, 6, 10, 12] and max_seqlen == 4
+    with pytest.raises(ValueError, match="x must be"):
+        document_starts(x[0], 0)
+    with pytest.raises(ValueError, match="starts: column 0"):
+        cu_seqlens_from_starts(torch.zeros(1, 4, dtype=torch.bool))
+
+
+def test_sampler_packed_batch_boundaries_are_the_documents(tmp_path):
+    """A token file of known documents, each followed by the separator: every boundary inside a window sits
+    at a separator, and the tokens between boundaries are one separator + a piece of one document."""
+    rng = np.random.default_rng(0)
+    sep = 0
+    docs = [rng.integers(1, 50, size=int(n)) for n in rng.integers(1, 12, size=60)]
+    stream = np.concatenate([np.append(d, sep) for d in docs]).astype(np.uint16)
+    path = tmp_path / "train.bin"
+    stream.tofile(path)
+    # document id of every stream token; a separator belongs to the document after it
+    doc_of = np.concatenate([np.full(docs[0].size, 0), np.repeat(np.arange(1, len(docs) + 1),
+                                                                 [d.size + 1 for d in docs[1:]] + [1])])
+    sampler = ShardedBatchSampler(TokenDataset(path, "uint16", 24), batch_size=3, seed=1)
+    x, y, cus, max_seqlen = sampler.packed_batch(5, sep_id=sep)
+    x0, y0 = sampler.batch(5)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    starts = sampler.starts(5)
+    bounds = cus.tolist()
+    assert bounds[0] == 0 and bounds[-1] == x.numel() and max_seqlen == max(np.diff(bounds))
+    for s, e in zip(bounds, bounds[1:]):
+        b, lo, hi = s // 24, s % 24, s % 24 + (e - s)
+        assert hi <= 24                                          # never spans rows
+        ids = doc_of[starts[b] + lo:starts[b] + hi]
+        assert len(set(ids.tolist())) == 1                       # one document
+        assert lo == 0 or int(x[b, lo]) == sep                   # opened by a separator or the window start
+        assert (x[b, lo + 1:hi] != sep).all()
+
+
+# --- model -----------------------------------------------------------------------------------------
+def _tiny(attention, **kw):
+    return GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                     attention=attention, **kw)
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTION))
+def test_packed_window_logits_equal_each_document_alone(attention):
+    if attention == "entmax":
+        pytest.importorskip("entmax")
+    torch.manual_seed(0)
+    model = GPT(_tiny(attention)).double().eval()
+    rows, N = [[5, 1, 10], [3, 13]], 16
+    x = torch.randint(0, 64, (2, N))
+    cus = cu([n for r in rows for n in r])
+    packed = model(x, cu_seqlens=cus, max_seqlen=13)
+    for b, r in enumerate(rows):
+        s = 0
+        for n in r:
+            torch.testing.assert_close(packed[b:b + 1, s:s + n], model(x[b:b + 1, s:s + n]), rtol=1e-6, atol=1e-7)
+            s += n
+    # a single document per row is the ordinary forward
+    torch.testing.assert_close(model(x, cu_seqlens=cu([N, N]), max_seqlen=N), model(x), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_packed_loss_gradients_equal_separate_documents(attention):
+    """Training signal: d(packed loss)/d(params) = d(token-weighted per-document losses)/d(params)."""
+    torch.manual_seed(1)
+    model = GPT(_tiny(attention)).double()
+    lengths = [7, 1, 12]
+    x = torch.randint(0, 64, (1, 20))
+    y = torch.randint(0, 64, (1, 20))
+    _, loss = model(x, y, cu_seqlens=cu(lengths), max_seqlen=12)
+    g_packed = torch.autograd.grad(loss, list(model.parameters()))
+    total, s = 0, 0
+    for n in lengths:
+        _, l_doc = model(x[:, s:s + n], y[:, s:s + n])
+        total = total + l_doc * n / 20
+        s += n
+    torch.testing.assert_close(loss, total)
+    g_sep = torch.autograd.grad(total, list(model.parameters()))
+    for a, b in zip(g_packed, g_sep):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)   # RMSNorm runs in fp32
+    if attention == "tda":
+        beta = dict(model.named_parameters())["blocks.0.attn.beta"]
+        assert g_packed[[p is beta for p in model.parameters()].index(True)].abs().sum() > 0
+
+
+def test_model_packing_errors():
+    model = GPT(_tiny("tda"))
+    x = torch.randint(0, 64, (2, 8))
+    with pytest.raises(ValueError, match="position_offset"):
+        model(x, cu_seqlens=cu([8, 8]), max_seqlen=8, position_offset=3)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        model(x, max_seqlen=8)
+    with pytest.raises(ValueError, match="row start"):
+        model(x, cu_seqlens=cu([4, 12]), max_seqlen=12)
+    model.record_attention(True)
+    with pytest.raises(ValueError, match="docs"):
+        model(x, cu_seqlens=cu([8, 8]), max_seqlen=8)
+
+
+# --- training --------------------------------------------------------------------------------------
+def test_train_config_switch(tmp_path):
+    from tda.train.config import TrainConfig, load_config
+    assert TrainConfig().pack_documents is False and TrainConfig().eval_pack_documents is None
+    cfg = load_config(None, ["pack_documents=true"])
+    assert cfg.pack_documents is True
+    with pytest.raises(ValueError, match="pack_documents"):
+        TrainConfig(pack_documents=True, compile=True)
+
+
+def test_packed_training_runs_and_feeds_boundaries(tmp_path, monkeypatch):
+    """A few packed steps on the bundled corpus; every forward gets cu_seqlens whose boundaries sit at the
+    end-of-text token; validation follows pack_documents unless eval_pack_documents says otherwise."""
+    import gzip
+    import json
+
+    from tda.data.prepare import BUNDLED_CORPUS, prepare_documents
+    from tda.data.sources import Document
+    from tda.data.tokenizer import BUNDLED_TOKENIZER, load_tokenizer
+    from tda.train.config import TrainConfig
+    from tda.train.loop import train
+    # short documents (the bundled corpus holds few, long ones): paragraphs of its first texts
+    with gzip.open(BUNDLED_CORPUS, "rt") as f:
+        texts = [json.loads(line)["text"] for _, line in zip(range(3), f)]
+    paras = [p.strip() for t in texts for p in t.split("\n\n") if len(p.strip()) > 20][:400]
+    docs = [Document("test", f"p{i}", p) for i, p in enumerate(paras)]
+    data_dir = tmp_path / "short"
+    prepare_documents(data_dir, docs, load_tokenizer(BUNDLED_TOKENIZER), val_fraction=0.1, num_long_docs=0,
+                      progress=False)
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, input_ids, targets=None, position_offset=0, **kw):
+        seen.append((self.training, input_ids.clone(), kw.get("cu_seqlens")))
+        return forward(self, input_ids, targets, position_offset, **kw)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    cfg = TrainConfig.from_dict({
+        "data_dir": str(data_dir), "out_dir": str(tmp_path / "run"), "pack_documents": True,
+        "eval_pack_documents": False,
+        "model": {"vocab_size": 4096, "block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
+        "batch_size": 4, "max_steps": 3, "eval_interval": 3, "eval_iters": 1, "log_interval": 1,
+        "ckpt_interval": 0, "device": "cpu", "progress": False})
+    out = train(cfg)
+    assert np.isfinite(out["val_loss"])
+    eot = json.loads((data_dir / "meta.json").read_text())["eot_id"]
+    train_calls = [s for s in seen if s[0]]
+    assert len(train_calls) == 3 and all(s[2] is not None for s in train_calls)
+    assert any(len(s[2]) > 5 for s in train_calls)   # windows of 64 tokens hold several short documents
+    for _, x, cus in train_calls:
+        flat = x.reshape(-1)
+        inner = [b for b in cus.tolist()[1:-1] if b % 64]
+        assert all(int(flat[b]) == eot for b in inner)
+        assert int((flat == eot).sum()) == sum(1 for b in cus.tolist()[:-1] if int(flat[b]) == eot)
+    assert all(s[2] is None for s in seen if not s[0])   # eval_pack_documents=False: plain validation
