@@ -1,0 +1,73 @@
+"""Training-step throughput with packed documents: forward + backward of the A/B model
+(configs/packing-ab-*.yaml, bf16 autocast) on 16 x 1024 windows, plain vs packed with documents of
+exponentially distributed length (mean L tokens; the TDA layers call the fused kernel once per document).
+
+    python benchmarks/packing_step.py                       # softmax and tda, L = 4096, 1024, 256
+    python benchmarks/packing_step.py --attentions tda --mean-lengths 1024 --iters 20
+
+Prints one JSON line per case: tokens/s, documents per batch. Needs a CUDA device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from tda.models.gpt import GPT
+from tda.train.config import load_config
+
+
+def cu_seqlens_for(B: int, N: int, mean: float, rng) -> tuple[torch.Tensor, int]:
+    """Rows of N tokens cut into documents of exponential length (>= 1), every row start a boundary."""
+    bounds = [0]
+    for b in range(B):
+        t = 0
+        while t < N:
+            t = min(N, t + max(1, int(rng.exponential(mean))))
+            bounds.append(b * N + t)
+    lengths = np.diff(bounds)
+    return torch.tensor(bounds, dtype=torch.int32), int(lengths.max())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--attentions", nargs="+", default=["softmax", "tda"])
+    ap.add_argument("--mean-lengths", nargs="+", type=float, default=[4096, 1024, 256])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=10)
+    args = ap.parse_args()
+    dev = "cuda"
+    rng = np.random.default_rng(0)
+    for att in args.attentions:
+        cfg = load_config(f"configs/packing-ab-{att}.yaml")
+        torch.manual_seed(0)
+        model = GPT(cfg.model).to(dev)
+        B, N = args.batch_size, cfg.model.block_size
+        x = torch.randint(0, cfg.model.vocab_size, (B, N), device=dev)
+        for mean in [None] + args.mean_lengths:
+            kw = {} if mean is None else dict(zip(("cu_seqlens", "max_seqlen"), cu_seqlens_for(B, N, mean, rng)))
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    _, loss = model(x, x, **kw)
+                loss.backward()
+
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.iters):
+                step()
+            torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / args.iters
+            docs = B if mean is None else len(kw["cu_seqlens"]) - 1
+            print(json.dumps(dict(attention=att, mean_doc_len=mean, docs_per_batch=docs,
+                                  tokens_per_s=round(B * N / dt), step_ms=round(1e3 * dt, 2),
+                                  device=torch.cuda.get_device_name())), flush=True)
+
+
+if __name__ == "__main__":
+    main()
