@@ -38,7 +38,7 @@ def inputs(B, H, Hk, N, D, dtype=torch.float64, seed=0):
 
 
 def grads(out, args, seed=1):
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype).to(out.device)
     return torch.autograd.grad(out, args, g)
 
 
@@ -94,8 +94,9 @@ def test_varlen_triton_backend_matches_reference():
     """backend="triton" runs the fused kernel once per document (under TRITON_INTERPRET=1 on a CPU)."""
     pytest.importorskip("triton")
     lengths = [1, 4, 0, 7]
-    q1, k1, q2, k2, v, beta, lam = inputs(1, 2, 1, sum(lengths), 16, dtype=torch.float32)
-    args = (q1, k1, q2, k2, v, beta, lam)
+    args = inputs(1, 2, 1, sum(lengths), 16, dtype=torch.float32)
+    if torch.cuda.is_available():
+        args = tuple(t.detach().cuda().requires_grad_() for t in args)
     out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=7, backend="triton")
     ref = varlen_reference(*args, cu_seqlens=cu(lengths))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
@@ -230,6 +231,21 @@ def test_packed_window_logits_equal_each_document_alone(attention):
             s += n
     # a single document per row is the ordinary forward
     torch.testing.assert_close(model(x, cu_seqlens=cu([N, N]), max_seqlen=N), model(x), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel per document)")
+@pytest.mark.parametrize("attention", ["tda", "tra", "softmax"])
+def test_packed_model_on_cuda_matches_documents_alone(attention):
+    torch.manual_seed(0)
+    model = GPT(_tiny(attention, head_dim=16)).cuda().eval()
+    rows, N = [[5, 1, 58], [31, 33]], 64
+    x = torch.randint(0, 64, (2, N), device="cuda")
+    packed = model(x, cu_seqlens=cu([n for r in rows for n in r]), max_seqlen=58)
+    for b, r in enumerate(rows):
+        s = 0
+        for n in r:
+            torch.testing.assert_close(packed[b:b + 1, s:s + n], model(x[b:b + 1, s:s + n]), rtol=1e-4, atol=1e-4)
+            s += n
 
 
 @pytest.mark.parametrize("attention", ["tda", "softmax"])
