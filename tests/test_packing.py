@@ -152,7 +152,7 @@ def test_positions_and_mask_from_first_principles():
     doc = torch.tensor(want_doc).view(B, N)
     i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
     want = (doc[:, :, None] == doc[:, None, :]) & (j <= i)
-    assert torch.equal(docs.mask(), want[:, None])
+    assert torch.equal(docs.mask, want[:, None])
 
 
 def test_rope_positions_restart_per_document():
@@ -287,6 +287,17 @@ def test_model_packing_errors():
 
 
 # --- training --------------------------------------------------------------------------------------
+def test_ab_configs_differ_only_in_attention():
+    from tda.train.config import load_config
+    a, b = (load_config(f"configs/packing-ab-{n}.yaml") for n in ("softmax", "tda"))
+    assert not a.pack_documents and not b.pack_documents
+    assert a.model.attention == "softmax" and b.model.attention == "tda"
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        del d["out_dir"], d["model"]["attention"], d["model"]["mlp_hidden"]
+    assert da == db
+
+
 def test_train_config_switch(tmp_path):
     from tda.train.config import TrainConfig, load_config
     assert TrainConfig().pack_documents is False and TrainConfig().eval_pack_documents is None

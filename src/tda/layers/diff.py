@@ -62,7 +62,7 @@ class DiffAttention(AttentionBase):
         Hd, Hkd, D = self.n_head, self.n_kv_head, self.head_dim
         B, N, _ = x.shape
         pos = doc_positions(docs)
-        mask = None if docs is None else docs.mask()   # packed documents: block-diagonal causal
+        mask = None if docs is None else docs.mask   # packed documents: block-diagonal causal
         q1, q2 = rope(split_heads(self.q_proj(x), 2 * Hd, D), position_offset, pos).chunk(2, dim=1)
         k1, k2, va, vb = split_heads(self.kv_proj(x), 4 * Hkd, D).chunk(4, dim=1)
         k1, k2 = rope(k1, position_offset, pos), rope(k2, position_offset, pos)

@@ -56,7 +56,7 @@ class EntmaxAttention(AttentionBase):
         s = (q.float() @ k.float().transpose(-1, -2)) * D ** -0.5
         M, N = s.shape[-2:]
         # packed documents: block-diagonal causal
-        mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M) if docs is None else docs.mask()
+        mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M) if docs is None else docs.mask
         p = self.entmax15(s.masked_fill(~mask, _MASK_VALUE), dim=-1).masked_fill(~mask, 0.0)
         if self.record_weights:
             self.last_weights = p.detach()

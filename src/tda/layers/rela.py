@@ -53,7 +53,7 @@ class ReLAAttention(AttentionBase):
         if H > Hk:
             k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
         s = (q @ k.transpose(-1, -2)) * D ** -0.5
-        mask = causal_mask(s.shape[-2], s.shape[-1], s.device) if docs is None else docs.mask()
+        mask = causal_mask(s.shape[-2], s.shape[-1], s.device) if docs is None else docs.mask
         a = F.relu(s).masked_fill(~mask, 0.0)
         if self.record_weights:
             self.last_weights = a.detach().float()

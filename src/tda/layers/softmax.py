@@ -29,7 +29,7 @@ class SoftmaxAttention(AttentionBase):
         g = self.n_head // self.n_kv_head
         if g > 1:
             k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-        mask = None if docs is None else docs.mask()
+        mask = None if docs is None else docs.mask
         if self.record_weights:
             self.last_weights = self.causal_softmax_weights(q, k, self.head_dim ** -0.5, mask).detach()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,

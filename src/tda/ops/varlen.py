@@ -22,7 +22,9 @@ computation with per-token positions (O(T^2) memory; tests and small inputs only
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -61,7 +63,7 @@ def check_cu_seqlens(cu_seqlens, max_seqlen, total: int, row_len: int | None = N
             raise ValueError(f"cu_seqlens must hold every row start (multiples of N = {row_len}) when B > 1: "
                              f"documents cannot span rows; missing {missing[:8]}")
     longest = max(b1 - b0 for b0, b1 in zip(bounds, bounds[1:]))
-    if not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool) or max_seqlen < longest:
+    if not isinstance(max_seqlen, numbers.Integral) or isinstance(max_seqlen, bool) or max_seqlen < longest:
         raise ValueError(f"max_seqlen must be an int >= the longest document ({longest}), got {max_seqlen!r}")
     return bounds
 
@@ -93,8 +95,9 @@ class PackedDocuments:
     def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, batch: int, seqlen: int, device) -> "PackedDocuments":
         check_cu_seqlens(cu_seqlens, max_seqlen, batch * seqlen, seqlen if batch > 1 else None)
         positions = positions_from_cu_seqlens(cu_seqlens, batch * seqlen, device).view(batch, seqlen)
-        return cls(cu_seqlens.cpu(), max_seqlen, positions, (batch, seqlen))
+        return cls(cu_seqlens.cpu(), int(max_seqlen), positions, (batch, seqlen))
 
+    @cached_property  # built on first use, then shared by every layer of the forward
     def mask(self) -> torch.Tensor:
         """(B, 1, N, N) bool, True where key j is visible to query i: same document and j <= i.
         Query i's document starts at i - positions[i], and documents are contiguous."""
