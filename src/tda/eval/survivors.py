@@ -1,6 +1,6 @@
 """Survivor theory of the TDA gate, checked by simulation (no model involved).
 
-Setting (SPEC §1, paper §4): a query q̂ and i+1 keys k̂_0..k̂_i are independent uniform unit vectors in
+Setting (paper §4): a query q̂ and i+1 keys k̂_0..k̂_i are independent uniform unit vectors in
 R^d, s_j = <q̂, k̂_j>, and the row threshold is
 
     τ_i = β · sqrt( 2 · max(log((i+1)/κ), 0) / d ).

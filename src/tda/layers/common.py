@@ -30,10 +30,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(shape))
 
     def forward(self, x):
-        # in fp32: bf16 squares lose the small rows that sparse attention produces. torch's rms_norm is one
-        # kernel each way on CUDA, where the chain of elementwise ops x * rsqrt(mean(x^2) + eps) * gain it
-        # computes was several: ~4.7 ms of GPU time less per step of the GPU comparison model, either attention
-        # (docs/benchmarks.md, "The eager training step")
+        # in fp32: bf16 squares lose the small rows that sparse attention produces. torch's rms_norm computes
+        # x * rsqrt(mean(x^2) + eps) * gain as one kernel each way on CUDA, not a chain of elementwise ops
+        # (~4.7 ms less GPU time per step of the GPU comparison model, either attention; docs/kernels.md)
         if self.weight.dim() == 1:
             return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
         # (H, D) gains: normalise each head's D alone, then scale

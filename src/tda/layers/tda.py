@@ -2,7 +2,8 @@
 
 Two q/k views from independent projections, one v, RoPE on every q and k, learnable beta (per head,
 init 1.0) and lam in (0, 1) (per head, lam = sigmoid(lam_logit), init 0.5), a per-head RMSNorm of the
-signed aggregation, then the output projection (SPEC §1, steps 1-5).
+signed aggregation, then the output projection (the paper's five steps: scores, tau, exceedances,
+difference, norm).
 """
 from __future__ import annotations
 

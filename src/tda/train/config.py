@@ -42,11 +42,11 @@ class TrainConfig:
     dtype: str = "auto"                 # "auto" = bf16 autocast on CUDA, fp32 on CPU; or float32|bfloat16|float16
     compile: bool = False
     # torch.compile's mode: "default"; "reduce-overhead" replays each compiled step from CUDA graphs (the host's
-    # launch work, which bounds the compiled TDA step on an H200 host, is paid once at capture; docs/benchmarks.md);
+    # launch work, which can bound the compiled TDA step on a slow host, is paid once at capture);
     # "max-autotune" / "max-autotune-no-cudagraphs" also autotune inductor's kernels
     compile_mode: str = "default"
-    # False runs backward on the calling thread. On CUDA, autograd's device thread cost each TDA layer call
-    # ~0.5 ms more host time on an H200 host (benchmarks/profile_op.py, docs/benchmarks.md).
+    # False runs backward on the calling thread. On CUDA, autograd's device thread costs each TDA layer call
+    # up to ~0.5 ms more host time (docs/kernels.md).
     backward_threads: bool = False
     progress: bool = True               # tqdm bar on rank 0
     # packed documents: split each window at the corpus's end-of-text token; every document attends only within
