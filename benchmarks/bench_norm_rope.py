@@ -93,7 +93,7 @@ def main():
 def model_check():
     """A whole TDA GPT (fp32 weights, eager) with the fused RoPE against the torch-op RoPE: logits, loss and
     every parameter's gradient, in fp32 and under bf16 autocast, at position offset 0 and 5."""
-    from tda.config import GPTConfig
+    from tda.models.config import GPTConfig
     from tda.models.gpt import GPT
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_embd=256)).cuda()

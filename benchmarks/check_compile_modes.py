@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from tda.config import GPTConfig
-from tda.layers.params import matched_config
+from tda.models.config import GPTConfig
+from tda.models.params import matched_config
 from tda.models.gpt import GPT
 
 

@@ -15,8 +15,8 @@ import dataclasses
 import torch
 
 import tda.ops as ops
-from tda.config import GPTConfig
-from tda.layers.params import matched_config
+from tda.models.config import GPTConfig
+from tda.models.params import matched_config
 from tda.models.gpt import GPT
 
 

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.models.gpt import GPT
 
 

@@ -135,7 +135,7 @@ def test_variant_specs_and_errors():
 
 
 def test_shipped_configs_parse_and_match():
-    from tda.layers.params import count_params
+    from tda.models.params import count_params
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("compare-tiny.yaml", "compare-gpu.yaml", "compare-gpu-long.yaml"):
         base, cmp, variants = load_compare_config(root / name)

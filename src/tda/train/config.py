@@ -10,7 +10,7 @@ import copy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..config import GPTConfig
+from ..models.config import GPTConfig
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
