@@ -165,8 +165,12 @@ def test_exact_resume(bundled_dir, tmp_path):
             assert torch.equal(oa[i][k], ob[i][k])
 
     def losses(path):
-        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, open(path))]
+        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, open(path))
+                if not r.get("resumed")]
     assert losses(tmp_path / "a" / "metrics.jsonl") == losses(tmp_path / "b" / "metrics.jsonl")
+    # the resumed run appended to the file, after a row that marks where it restarted
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r.get("resumed")] == [6]
 
 
 def test_divergence_stops_before_overwriting_the_checkpoint(bundled_dir, tmp_path, monkeypatch):

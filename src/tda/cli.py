@@ -29,7 +29,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" in text or not action.option_strings or action.default in (None, False)
+        if ("default" in text or not action.option_strings or action.default is None or action.default is False
                 or action.default is argparse.SUPPRESS):
             return text
         return text + " (default: %(default)s)"

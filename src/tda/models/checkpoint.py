@@ -51,13 +51,15 @@ def _load(p: Path, device) -> object:
         raise CheckpointError(f"{p}: empty file, not a checkpoint")
     if head.startswith(b"PK") and not zipfile.is_zipfile(p):
         raise CheckpointError(f"{p}: truncated or damaged checkpoint (the zip archive is incomplete)")
+    if not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip archive nor its legacy pickle
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (no zip archive from torch.save)")
     try:
         return torch.load(p, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        # weights_only refuses arbitrary Python objects: the file was not written by tda's trainer
-        raise CheckpointError(f"{p}: holds Python objects other than tensors and plain data; "
-                              "not a tda checkpoint, and it is not unpickled") from None
     except Exception as e:  # noqa: BLE001  (the unpickler fails in many ways on foreign bytes)
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # the safe unpickler refuses arbitrary Python objects: tda's trainer never writes them
+            raise CheckpointError(f"{p}: holds Python objects other than tensors and plain data; "
+                                  "not a tda checkpoint, and it is not unpickled") from None
         if head.startswith(b"PK"):
             raise CheckpointError(f"{p}: damaged checkpoint ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
