@@ -124,6 +124,21 @@ def test_overwrite_replaces_the_run(run, env, tmp_path):
     assert max(steps) == 2   # the old run's rows (to step 4) are gone
 
 
+def test_resume_checks_the_checkpoint(run, env, tmp_path):
+    """Resuming with another model shape, or from a damaged last.pt: one line, nothing written."""
+    r = tda(env, "train", run["config"], "--resume", "--set", "model.n_embd=64")
+    one_line_error(r, "train", str(run["dir"] / "last.pt"), "weights do not fit this config's model")
+    unchanged(run)
+    out = tmp_path / "copy"
+    shutil.copytree(run["dir"], out)
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])
+    before = _hashes(out)
+    r = tda(env, "train", run["config"], "--resume", "--set", f"out_dir={out}")
+    one_line_error(r, "train", str(out / "last.pt"), "truncated or damaged")
+    assert _hashes(out) == before
+
+
 def test_resume_and_overwrite_exclude_each_other(run, env):
     r = tda(env, "train", run["config"], "--resume", "--overwrite")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr

@@ -24,7 +24,7 @@ class CLIError(Exception):
     """A user error: printed as `tda <cmd>: error: ...`, exit status 2."""
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Appends '(default: X)' to an option's help unless the help already states its default."""
 
     def _get_help_string(self, action):
@@ -82,6 +82,7 @@ def _fmt(v) -> str:
 
 # --- demo -------------------------------------------------------------------------------------------
 def add_demo(sub):
+    from .train.demo import demo_dict
     p = sub.add_parser("demo", help="train a small TDA (or softmax) model on the bundled corpus, on the CPU",
                        formatter_class=HelpFormatter,
                        description="Prepare the bundled public-domain corpus slice, train a small model "
@@ -91,7 +92,8 @@ def add_demo(sub):
     p.add_argument("--attention", default="tda", help="attention family: tda, softmax, tra, rela, diff, ...")
     p.add_argument("--out", default=None, help="output folder (default: runs/demo-<attention>)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="optimiser steps; eval/checkpoint intervals scale with it (default: demo.yaml's max_steps)")
+                   help="optimiser steps; eval/checkpoint intervals scale with it "
+                        f"(default: {demo_dict()['max_steps']}, from demo.yaml)")
     p.add_argument("--data-dir", default=None,
                    help="where to prepare the bundled corpus (default: $TDA_DATA_DIR/bundled or ~/.cache/tda/bundled)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

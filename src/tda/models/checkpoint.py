@@ -94,8 +94,9 @@ def model_config_of(ck: dict, path) -> GPTConfig:
         raise CheckpointError(f"{path}: bad model_config: {e}") from None
 
 
-def check_weights(model: torch.nn.Module, state: dict, path) -> None:
-    """One-line CheckpointError unless `state` has exactly the model's parameter names and shapes."""
+def check_weights(model: torch.nn.Module, state: dict, path, what: str = "its model_config") -> None:
+    """One-line CheckpointError unless `state` has exactly the model's parameter names and shapes
+    (`what` names where the model's config came from)."""
     want = model.state_dict()
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
@@ -109,7 +110,7 @@ def check_weights(model: torch.nn.Module, state: dict, path) -> None:
     parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
              f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
              f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]
-    raise CheckpointError(f"{path}: weights do not fit its model_config "
+    raise CheckpointError(f"{path}: weights do not fit {what} "
                           f"({mc_summary(model.config)}): " + "; ".join(x for x in parts if x))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.checkpoint import read_checkpoint
+from ..models.checkpoint import check_weights, read_checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -118,6 +118,7 @@ def resume(path, model, optimizer=None, scaler=None, rank: int = 0, device="cpu"
         if was != cfg.head_norm_eps:
             raise ValueError(f"{path} was trained with model.head_norm_eps={was:g}, this config has "
                              f"{cfg.head_norm_eps:g}: pass --set model.head_norm_eps={was:g} to resume it")
+    check_weights(model, ck["model"], path, what="this config's model")
     model.load_state_dict(ck["model"])
     if optimizer is not None:
         if "optimizer" not in ck:
