@@ -47,7 +47,8 @@ def imported_modules(path: Path, name: str | None = None) -> list[tuple[int, str
                 # `from . import x` / `from tda import x`: x may itself be a module of that package
                 for a in node.names:
                     sub = f"{target}.{a.name}"
-                    is_mod = (SRC / Path(*sub.split("."))).is_dir() or (SRC / Path(*sub.split("."))).with_suffix(".py").is_file()
+                    where = SRC / Path(*sub.split("."))
+                    is_mod = where.is_dir() or where.with_suffix(".py").is_file()
                     out.append((node.lineno, sub if is_mod else target))
             else:
                 out.append((node.lineno, target))

@@ -65,7 +65,8 @@ def long_document_tokens(tokenizer, data_dir=None) -> tuple[list, str]:
     docs = load_long_documents(d)
     if not docs:
         raise ValueError(f"--data-dir: {d} holds no long documents")
-    desc = f"held-out long documents of {d}: " + ", ".join(f"{x['source']}/{x['name']} ({x['tokens']} tok)" for x in docs)
+    desc = f"held-out long documents of {d}: " + ", ".join(
+        f"{x['source']}/{x['name']} ({x['tokens']} tok)" for x in docs)
     return [x["ids"].tolist() for x in docs], desc
 
 

@@ -1,5 +1,6 @@
 """The trainer: AdamW, grad accumulation and clipping, bf16 autocast on CUDA, periodic validation,
-JSONL metrics (appended, never truncated), atomic checkpoints (last.pt, best.pt) and exact resume; single process or torchrun DDP.
+JSONL metrics (appended, never truncated), atomic checkpoints (last.pt, best.pt) and exact resume;
+single process or torchrun DDP.
 
 Exact resume: batches are a pure function of (seed, step, rank, micro-step), the LR a function of the step,
 and the model, optimizer and every RNG state are restored, so N steps straight and N/2 + resume to N
