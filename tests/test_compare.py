@@ -148,5 +148,5 @@ def test_shipped_configs_parse_and_match():
 
 
 def test_cli_help():
-    r = subprocess.run([sys.executable, "-m", "tda.train.compare", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tda.cli", "compare", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--variants" in r.stdout
