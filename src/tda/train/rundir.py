@@ -5,6 +5,7 @@ appending to metrics.jsonl) or overwrite=True (replace it); otherwise RunExistsE
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ class RunExistsError(ValueError):
 def _describe_checkpoint(path: Path) -> str:
     """'last.pt: step 250, val loss 4.1234' (read lazily: mmap, no weights copied)."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        mmap = zipfile.is_zipfile(path)  # torch.save's legacy format cannot be memory-mapped
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         vals = [r["val_loss"] for r in ck.get("metrics", []) if "val_loss" in r]
         val = f"val loss {vals[-1]:.4f}" if vals else "no validation loss yet"
         return f"{path.name}: step {ck.get('step')}, {val}"
