@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.layers import ATTENTION, RotaryEmbedding, build_attention
 from tda.layers.diff import lambda_init_fn
-from tda.layers.params import count_params, matched_config
+from tda.models.params import count_params, matched_config
 from tda.models.gpt import GPT
 
 B, N = 2, 11

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from tda.cli import DEMO_CONFIG, build_parser, demo_config, main
-from tda.train.config import TrainConfig, load_config
+from tda.cli import build_parser, main
+from tda.train.config import load_config
+from tda.train.demo import demo_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -90,18 +91,23 @@ def test_sample_is_seeded(ckpt, capsys):
     (["info", "/nonexistent/x.pt"], "not found"),
     (["train", "/nonexistent/c.yaml"], "not found"),
     (["demo", "--attention", "nope"], "--attention"),
-    (["demo", "--steps", "0"], "--steps"),
 ])
 def test_bad_arguments_exit_nonzero_with_message(args, msg, capsys):
     assert main(args) == 2
     assert msg in capsys.readouterr().err
 
 
-def test_sample_bad_values(ckpt, capsys):
-    assert main(["sample", ckpt, "--max-new-tokens", "0"]) == 2
-    assert "--max-new-tokens" in capsys.readouterr().err
-    assert main(["sample", ckpt, "--temperature", "-1"]) == 2
-    assert "--temperature" in capsys.readouterr().err
+@pytest.mark.parametrize("args, msg", [
+    (["sample", "x.pt", "--max-new-tokens", "0"], "--max-new-tokens: must be > 0"),
+    (["sample", "x.pt", "--temperature", "-1"], "--temperature: must be >= 0"),
+    (["sample", "x.pt", "--device", "gpu"], "--device: must be cpu, cuda or cuda:N"),
+    (["demo", "--steps", "0"], "--steps: must be > 0"),
+    (["eval", "x.pt", "--out", "o", "--trials", "many"], "--trials: expected an integer"),
+])
+def test_bad_values_are_rejected_while_parsing(args, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
 def test_train_unknown_key_is_named(tiny_config, capsys):
@@ -126,24 +132,20 @@ def test_console_entry_point_exit_code(tmp_path):
     assert r.returncode == 2 and "tda info: error" in r.stderr
 
 
-def test_plugins_register_their_subcommands():
+def test_every_subcommand_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name in ("demo", "train", "sample", "info"):
-        assert name in sub.choices
-    try:
-        import tda.data.cli  # noqa: F401
-        assert "data" in sub.choices
-    except ImportError:
-        pass
+    assert set(sub.choices) == {"demo", "train", "sample", "info", "eval", "analyze", "compare", "data"}
 
 
-def test_demo_config_matches_configs_demo_yaml():
-    shipped = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
-    embedded = TrainConfig.from_dict(DEMO_CONFIG)
-    assert shipped == embedded
+def test_demo_config_comes_from_the_package_yaml():
+    cfg = demo_config()
+    assert cfg.model.attention == "tda" and cfg.out_dir == "runs/demo-tda" and cfg.max_steps == 250
     cfg = demo_config("softmax", out="x", steps=30)
     assert cfg.model.attention == "softmax" and cfg.max_steps == 30 and cfg.out_dir == "x"
     assert cfg.eval_interval == 10 and cfg.warmup_steps == 3
+    # configs/demo.yaml is the same file (a link), so `tda train configs/demo.yaml` runs the demo
+    shipped = load_config(os.path.join(ROOT, "configs", "demo.yaml"), ["out_dir=runs/demo-tda"])
+    assert shipped == demo_config()
 
 
 def test_demo_end_to_end_small(bundled_dir, tmp_path, capsys):

@@ -135,7 +135,7 @@ def test_variant_specs_and_errors():
 
 
 def test_shipped_configs_parse_and_match():
-    from tda.layers.params import count_params
+    from tda.models.params import count_params
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("compare-tiny.yaml", "compare-gpu.yaml", "compare-gpu-long.yaml"):
         base, cmp, variants = load_compare_config(root / name)
@@ -148,5 +148,5 @@ def test_shipped_configs_parse_and_match():
 
 
 def test_cli_help():
-    r = subprocess.run([sys.executable, "-m", "tda.train.compare", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tda.cli", "compare", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--variants" in r.stdout

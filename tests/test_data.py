@@ -14,7 +14,6 @@ from tda.data import (
     ShardedBatchSampler, TokenDataset, Tokenizer, ensure_bundled_data, get_batch, load_long_documents, load_meta,
     load_tokenizer, open_split, prepare_bundled, prepare_documents, train_bpe,
 )
-from tda.data.cli import add_cli
 from tda.data.sources import Document, strip_brown_tags, strip_gutenberg_boilerplate
 
 network = pytest.mark.skipif(os.environ.get("TDA_NETWORK_TESTS") != "1", reason="set TDA_NETWORK_TESTS=1")
@@ -207,17 +206,16 @@ def test_sharded_sampler_pure_function_of_seed_step_rank(bundled):
 
 
 def test_add_cli_parses(tmp_path, bundled, capsys):
-    import argparse
+    from tda.cli import build_parser
 
-    ap = argparse.ArgumentParser(prog="tda")
-    add_cli(ap.add_subparsers(dest="command"))
+    ap = build_parser()
     a = ap.parse_args(["data", "prepare", "--tokenizer", "bpe", "--sources", "sotu,brown", "--max-tokens", "1000"])
     assert a.sources == ["sotu", "brown"] and a.max_tokens == 1000 and a.tokenizer == "bpe"
     with pytest.raises(SystemExit):
         ap.parse_args(["data", "prepare", "--sources", "wikipedia"])
     d, _ = bundled
     a = ap.parse_args(["data", "info", str(d)])
-    assert a.func(a) == 0 and "train" in capsys.readouterr().out
+    assert a.handler(a) == 0 and "train" in capsys.readouterr().out
 
 
 # -- full corpus (network) -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.eval import attention_stats as S
 from tda.eval import survivors as V
 from tda.eval.extrapolation import extrapolation_perplexity
@@ -279,7 +279,7 @@ def _save_ckpt(path, model, tok):
 def test_analyze_end_to_end(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")  # noqa: F841  (the bundled BPE needs it)
     from tda.data import load_tokenizer
-    from tda.eval.cli import main
+    from tda.cli import main
 
     tok = load_tokenizer("bundled")
     for att in ("tda", "softmax"):

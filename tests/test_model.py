@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.layers import ATTENTION, RotaryEmbedding
 from tda.models import GPT
 

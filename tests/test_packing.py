@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.data.dataset import ShardedBatchSampler, TokenDataset, cu_seqlens_from_starts, document_starts
 from tda.layers import ATTENTION, RotaryEmbedding
 from tda.models.gpt import GPT

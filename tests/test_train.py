@@ -10,10 +10,11 @@ import textwrap
 import pytest
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.models.gpt import GPT
 from tda.train import checkpoint as ckpt_mod
-from tda.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from tda.models.checkpoint import load_checkpoint, read_checkpoint
+from tda.train.checkpoint import save_checkpoint
 from tda.train.config import TrainConfig, apply_overrides, load_config, parse_value
 from tda.train.loop import train
 from tda.train.schedule import lr_at
@@ -75,7 +76,7 @@ def test_shipped_configs_load(name):
 
 
 def test_gpt2_small_configs_are_162m():
-    from tda.layers.params import count_params
+    from tda.models.params import count_params
     root = os.path.join(os.path.dirname(__file__), "..", "configs")
     for name in ("gpt2-small-tda.yaml", "gpt2-small-softmax.yaml"):
         n = count_params(load_config(os.path.join(root, name)).model, non_embedding=False)
@@ -164,8 +165,12 @@ def test_exact_resume(bundled_dir, tmp_path):
             assert torch.equal(oa[i][k], ob[i][k])
 
     def losses(path):
-        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, open(path))]
+        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, open(path))
+                if not r.get("resumed")]
     assert losses(tmp_path / "a" / "metrics.jsonl") == losses(tmp_path / "b" / "metrics.jsonl")
+    # the resumed run appended to the file, after a row that marks where it restarted
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r.get("resumed")] == [6]
 
 
 def test_divergence_stops_before_overwriting_the_checkpoint(bundled_dir, tmp_path, monkeypatch):

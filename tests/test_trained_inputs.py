@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tda.config import GPTConfig
+from tda.models.config import GPTConfig
 from tda.models.gpt import GPT
 from tda.ops import threshold_differential_attention
 

@@ -1,125 +1,190 @@
-"""The `tda` command.
+"""The `tda` command: argparse and thin handlers; the work lives in functions of the packages.
 
-    tda demo [--attention tda|softmax] [--out DIR] [--steps N]   train a small model on the bundled corpus (CPU)
-    tda train CONFIG [--set key=value ...] [--resume]           train from a YAML/TOML config (torchrun-ready)
-    tda sample CKPT [--prompt TEXT] [--max-new-tokens N] ...    generate text from a checkpoint
-    tda info CKPT                                               config, step, parameters, validation loss
-    tda data prepare|info ...                                   corpus preparation (tda.data.cli)
+    tda demo | train | sample | info | eval | analyze | compare | data prepare | data info
 
-Other subcommands live next to their code: a module listed in PLUGINS defines
-`add_<name>_cli(subparsers)`, which adds its parser and sets `func=handler(args) -> int | None`.
-Adding a subcommand = one file + one line in PLUGINS; a module that is absent is skipped.
+Each subcommand has one `add_<name>(sub)` that builds its parser and one `cmd_<name>(args)` handler;
+COMMANDS lists the builders. A handler returns an exit code. User errors (ValueError, CLIError, missing
+files) print one line `tda <command>: error: ...` and exit 2; no traceback reaches the user for them.
+A checkpoint argument is a file or a run folder (its best.pt if present, else last.pt).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+import shlex
 import sys
-import time
-from pathlib import Path
 
-# (module, registration function); imported when the parser is built, skipped if the module is absent
-PLUGINS = (
-    ("tda.data.cli", "add_cli"),                  # tda data prepare|info
-    ("tda.eval.cli", "add_eval_cli"),             # tda eval
-    ("tda.eval.analyze", "add_analyze_cli"),      # tda analyze
-    ("tda.train.compare", "add_compare_cli"),     # tda compare
-)
+from . import __version__
 
-# `tda demo`: a 4-layer model that trains on 2 CPU cores in ~6 minutes (configs/demo.yaml is the same)
-DEMO_CONFIG = {
-    "data_dir": "bundled",
-    "out_dir": "runs/demo",
-    "model": {"vocab_size": 4096, "block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 192,
-              "attention": "tda"},
-    "batch_size": 16,
-    "grad_accum": 1,
-    "max_steps": 250,
-    "lr": 2e-3,
-    "min_lr": 2e-4,
-    "warmup_steps": 25,
-    "eval_interval": 125,
-    "eval_iters": 10,
-    "log_interval": 10,
-    "ckpt_interval": 125,
-    "seed": 1337,
-    "device": "auto",
-}
+CKPT_HELP = "checkpoint file, or run folder (uses its best.pt if present, else last.pt)"
 
 
 class CLIError(Exception):
     """A user error: printed as `tda <cmd>: error: ...`, exit status 2."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends '(default: X)' to an option's help unless the help already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+# --- argument types: checked while parsing, before any slow work ----------------------------------
+def _number(kind, low, strict):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return v
+    return parse
+
+
+positive_int = _number(int, 0, strict=True)
+nonneg_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0.0, strict=True)
+nonneg_float = _number(float, 0.0, strict=False)
+
+
+def device_arg(text: str) -> str:
+    if text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+
+
+def _check_device(device: str):
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: no CUDA device is available (use --device cpu)")
+
+
+def _command_line() -> str:
+    return "tda " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+
+
 def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# --- train ----------------------------------------------------------------------------------------
-def add_train_cli(sub):
-    p = sub.add_parser("train", help="train a model from a YAML/TOML config",
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+# --- demo -------------------------------------------------------------------------------------------
+def add_demo(sub):
+    from .train.demo import demo_dict
+    p = sub.add_parser("demo", help="train a small TDA (or softmax) model on the bundled corpus, on the CPU",
+                       formatter_class=HelpFormatter,
+                       description="Prepare the bundled public-domain corpus slice, train a small model "
+                                   "(settings: tda/train/demo.yaml, also configs/demo.yaml), then report "
+                                   "validation loss, the exact-zero fraction of the causal attention weights, "
+                                   "and a sample.")
+    p.add_argument("--attention", default="tda", help="attention family: tda, softmax, tra, rela, diff, ...")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo-<attention>)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimiser steps; eval/checkpoint intervals scale with it "
+                        f"(default: {demo_dict()['max_steps']}, from demo.yaml)")
+    p.add_argument("--data-dir", default=None,
+                   help="where to prepare the bundled corpus (default: $TDA_DATA_DIR/bundled or ~/.cache/tda/bundled)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo config value, e.g. --set model.n_embd=128 (repeatable; default: none)")
+    _add_run_policy(p)
+    p.set_defaults(handler=cmd_demo)
+
+
+def _add_run_policy(p):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its last.pt (metrics are appended); "
+                        "default: refuse a folder that holds a run")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output folder (its checkpoints and metrics are deleted); "
+                        "default: refuse a folder that holds a run")
+
+
+def cmd_demo(args):
+    from .layers import ATTENTION
+    from .train.demo import demo_config, run_demo
+    from .train.rundir import check_out_dir
+    if args.attention not in ATTENTION:
+        raise CLIError(f"--attention must be one of {', '.join(sorted(ATTENTION))}, got {args.attention!r}")
+    cfg = demo_config(args.attention, args.out, args.steps, args.data_dir, args.overrides)
+    check_out_dir(cfg.out_dir, resume=args.resume, overwrite=args.overwrite)  # before the corpus is prepared
+
+    from .data.prepare import ensure_bundled_data
+    print("preparing the bundled corpus slice ...", flush=True)
+    data_dir = ensure_bundled_data(args.data_dir)
+    cfg = demo_config(args.attention, args.out, args.steps, data_dir, args.overrides)
+    r = run_demo(cfg, resume=args.resume, overwrite=args.overwrite, log=lambda s: print(s, flush=True))
+    per_layer = ", ".join(f"{100 * z:.1f}%" for z in r["exact_zero_fraction_per_layer"])
+    print()
+    print(f"attention            {r['attention']} ({r['params']:,} parameters)")
+    print(f"validation loss      {_fmt(r['val_loss'])} after {r['steps']} steps")
+    print(f"exact zeros          {100 * r['exact_zero_fraction']:.2f}% of causal attention weights "
+          f"(per layer: {per_layer})")
+    print(f"wall time            {r['wall_seconds']:.0f}s (training {r['train_seconds']:.0f}s)")
+    print(f"sample               {r['sample_text'][:300]!r}")
+    print(f"files                checkpoint {r['checkpoint']} (best: {r['best']})")
+    print(f"                     metrics    {r['metrics']}")
+    print(f"                     sample     {r['sample']}")
+    print(f"                     summary    {r['summary']}")
+    return 0
+
+
+# --- train ------------------------------------------------------------------------------------------
+def add_train(sub):
+    p = sub.add_parser("train", help="train a model from a YAML/TOML config", formatter_class=HelpFormatter,
                        description="Train from a config file; run under torchrun for DDP "
-                                   "(python -m torch.distributed.run --nproc_per_node=N -m tda.cli train CONFIG).")
+                                   "(python -m torch.distributed.run --nproc_per_node=N -m tda.cli train CONFIG). "
+                                   "An output folder that holds a run needs --resume or --overwrite.")
     p.add_argument("config", help="a .yaml/.yml/.toml file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, dotted for the model: --set model.n_layer=6 --set lr=1e-3")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt if it exists")
-    p.set_defaults(func=cmd_train)
+                   help="override a config value, dotted for the model: --set model.n_layer=6 --set lr=1e-3 "
+                        "(repeatable; default: none)")
+    _add_run_policy(p)
+    p.set_defaults(handler=cmd_train)
 
 
 def cmd_train(args):
     from .train.config import load_config
     from .train.loop import train
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    s = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if _is_main_rank():
-        print(f"done: step {summary['step']}, val loss {summary['val_loss']:.4f}, "
-              f"best {summary['best_val_loss']:.4f}, {summary['elapsed']:.0f}s")
-        print(f"checkpoint: {summary['last']}\nmetrics:    {summary['metrics']}")
+        print(f"done: step {s['step']}, val loss {_fmt(s['val_loss'])}, best {_fmt(s['best_val_loss'])}, "
+              f"{s['elapsed']:.0f}s")
+        print(f"checkpoint: {s['last']}\nmetrics:    {s['metrics']}")
     return 0
 
 
-# --- sample ---------------------------------------------------------------------------------------
-def add_sample_cli(sub):
-    p = sub.add_parser("sample", help="generate text from a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0 = no top-k filtering")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_sample)
-
-
-def sample_text(model, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
-                seed: int, num_samples: int = 1) -> list[str]:
-    import torch
-    if tokenizer is None:
-        raise CLIError("the checkpoint holds no tokenizer; cannot encode a prompt")
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
-    device = next(model.parameters()).device
-    x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None, generator=gen)
-    model.train(was_training)
-    start = 0 if prompt else 1  # drop the eot we started from
-    return [tokenizer.decode(row[start:].tolist()) for row in y]
+# --- sample -----------------------------------------------------------------------------------------
+def add_sample(sub):
+    p = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=nonneg_int, default=50, help="keep the k most likely tokens; 0 = all")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="independent samples")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
+    p.set_defaults(handler=cmd_sample)
 
 
 def cmd_sample(args):
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
-    from .train.checkpoint import load_checkpoint
+    from .models.checkpoint import load_checkpoint
+    from .models.sample import sample_text
+    _check_device(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     texts = sample_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, seed=args.seed,
@@ -131,48 +196,26 @@ def cmd_sample(args):
     return 0
 
 
-# --- info -----------------------------------------------------------------------------------------
-def add_info_cli(sub):
-    p = sub.add_parser("info", help="describe a checkpoint: config, step, parameters, validation loss")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_info)
-
-
-def checkpoint_info(path) -> dict:
-    from .config import GPTConfig
-    from .models.gpt import GPT
-    from .train.checkpoint import read_checkpoint
-    ck = read_checkpoint(path)
-    model = GPT(GPTConfig.from_dict(ck["model_config"]))
-    vals = [r["val_loss"] for r in ck.get("metrics", []) if "val_loss" in r]
-    tok = ck.get("tokenizer") or {}
-    return {
-        "path": str(path),
-        "step": ck.get("step"),
-        "params": model.num_params(non_embedding=False),
-        "params_non_embedding": model.num_params(),
-        "val_loss": vals[-1] if vals else None,
-        "best_val_loss": ck.get("best_val_loss"),
-        "elapsed_s": ck.get("elapsed"),
-        "tokenizer": tok.get("name"),
-        "has_optimizer": "optimizer" in ck,
-        "model_config": ck["model_config"],
-        "train_config": {k: v for k, v in (ck.get("train_config") or {}).items() if k != "model"},
-    }
+# --- info -------------------------------------------------------------------------------------------
+def add_info(sub):
+    p = sub.add_parser("info", help="describe a checkpoint: config, step, parameters, validation loss",
+                       formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    p.set_defaults(handler=cmd_info)
 
 
 def cmd_info(args):
+    from .models.checkpoint import checkpoint_info
     info = checkpoint_info(args.checkpoint)
     if args.json:
         print(json.dumps(info, indent=1, default=str))
         return 0
     m = info["model_config"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"checkpoint   {info['path']}")
     print(f"step         {info['step']}")
     print(f"parameters   {info['params']:,} ({info['params_non_embedding']:,} without embeddings)")
-    print(f"val loss     {fmt(info['val_loss'])} (best {fmt(info['best_val_loss'])})")
+    print(f"val loss     {_fmt(info['val_loss'])} (best {_fmt(info['best_val_loss'])})")
     print(f"attention    {m['attention']}")
     print(f"model        {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
           f"context {m['block_size']}, vocab {m['vocab_size']}")
@@ -182,136 +225,250 @@ def cmd_info(args):
     return 0
 
 
-# --- demo -----------------------------------------------------------------------------------------
-def add_demo_cli(sub):
-    p = sub.add_parser("demo", help="train a small TDA (or softmax) model on the bundled corpus, on the CPU",
-                       description="Prepare the bundled public-domain corpus slice, train a small model "
-                                   "(~6 min on 2 CPU cores), then report validation loss, the exact-zero "
-                                   "fraction of the causal attention weights, and a sample.")
-    p.add_argument("--attention", default="tda", help="attention family: tda (default), softmax, tra, ...")
-    p.add_argument("--out", default=None, help="output directory (default: runs/demo-<attention>)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default {DEMO_CONFIG['max_steps']})")
-    p.add_argument("--data-dir", default=None,
-                   help="where to prepare the bundled corpus (default: tda's cache, $TDA_DATA_DIR or ~/.cache/tda)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a demo config value, e.g. --set model.n_embd=128")
-    p.set_defaults(func=cmd_demo)
+# --- eval -------------------------------------------------------------------------------------------
+def add_eval(sub):
+    from .eval.tasks import TASKS
+    e = sub.add_parser(
+        "eval", help="passkey retrieval, length extrapolation, survivor theory", formatter_class=HelpFormatter,
+        description="Passkey retrieval (single/multi-needle) and long-document perplexity at 1x..8x the "
+                    "training context, optionally with NTK-aware RoPE scaling; or the survivor-theory "
+                    "simulation (no checkpoint). Writes JSON + PNG into --out.")
+    e.add_argument("checkpoint", nargs="?", metavar="CKPT", help=CKPT_HELP + "; not taken by --task survivors")
+    e.add_argument("--task", choices=TASKS, default="all", help="'all' = passkey + extrapolation")
+    e.add_argument("--out", required=True, help="output folder for the JSON and PNG files (required)")
+    e.add_argument("--factors", type=positive_float, nargs="+", default=[1, 2, 4, 8],
+                   help="lengths as multiples of the training context")
+    e.add_argument("--lengths", type=positive_int, nargs="+",
+                   help="explicit lengths in tokens, overriding --factors (default: from --factors)")
+    e.add_argument("--trials", type=positive_int, default=50, help="passkey trials per length")
+    e.add_argument("--needles", type=positive_int, nargs="+", default=[1], help="passkey needle counts, e.g. 1 3")
+    e.add_argument("--rope-scaling", choices=("none", "ntk", "both"), default="both",
+                   help="NTK-aware RoPE scaling s = length / train_len: without, with, or both")
+    e.add_argument("--data-dir", help="prepared data folder with held-out long documents (default: the bundled slice)")
+    e.add_argument("--max-windows", type=positive_int, default=8, help="extrapolation windows per length")
+    e.add_argument("--token-budget", type=positive_int, default=32768, help="extrapolation tokens per length")
+    e.add_argument("--seed", type=int, default=0, help="random seed")
+    e.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
+    e.add_argument("--max-i", type=positive_int, default=65535, help="survivors: largest position")
+    e.add_argument("--dims", type=positive_int, nargs="+", default=[32, 64, 128], help="survivors: head dims")
+    e.add_argument("--kappas", type=positive_float, nargs="+", default=[1.0, 4.0], help="survivors: κ values")
+    e.add_argument("--betas", type=positive_float, nargs="+", default=[1.0], help="survivors: β values")
+    e.set_defaults(handler=cmd_eval)
 
 
-def demo_config(attention="tda", out=None, steps=None, data_dir=None, overrides=()):
-    """The TrainConfig `tda demo` runs."""
-    import copy
-    from .layers import ATTENTION
-    from .train.config import TrainConfig, apply_overrides
-    if attention not in ATTENTION:
-        raise CLIError(f"--attention must be one of {', '.join(sorted(ATTENTION))}, got {attention!r}")
-    d = copy.deepcopy(DEMO_CONFIG)
-    d["model"]["attention"] = attention
-    d["out_dir"] = out or f"runs/demo-{attention}"
-    if data_dir is not None:
-        d["data_dir"] = str(data_dir)
-    if steps is not None:
-        if steps < 1:
-            raise CLIError(f"--steps must be >= 1, got {steps}")
-        d["max_steps"] = steps
-        d["warmup_steps"] = min(d["warmup_steps"], max(1, steps // 10))
-        d["eval_interval"] = d["ckpt_interval"] = max(1, steps // 3)
-        d["log_interval"] = max(1, min(d["log_interval"], steps // 10))
-    apply_overrides(d, overrides)
-    return TrainConfig.from_dict(d)
+def cmd_eval(args):
+    from dataclasses import fields
 
-
-def cmd_demo(args):
-    import torch
-    from .data.prepare import ensure_bundled_data
-    from .eval.sparsity import exact_zero_fraction
-    from .train.loop import Data, train
-    from .train.distributed import DistContext
-
-    t0 = time.time()
-    print("preparing the bundled corpus slice ...", flush=True)
-    data_dir = ensure_bundled_data(args.data_dir)
-    cfg = demo_config(args.attention, args.out, args.steps, data_dir, args.overrides)
-    m = cfg.model
-    print(f"training {m.attention}: {m.n_layer} layers, {m.n_head} heads, n_embd {m.n_embd}, context "
-          f"{m.block_size}, batch {cfg.batch_size}, {cfg.max_steps} steps -> {cfg.out_dir}", flush=True)
-    summary = train(cfg)
-    model, tokenizer = summary["model"], summary["tokenizer"]
-
-    # exact zeros on a fixed validation batch (4 full-context windows)
-    device = str(next(model.parameters()).device)
-    data = Data(data_dir, m.block_size, 4, DistContext(device=device), cfg.seed + 7)
-    x, _ = data.batch("val", 0)
-    zeros = exact_zero_fraction(model, x)
-    text = sample_text(model, tokenizer, "The ", max_new_tokens=120, temperature=0.8, top_k=50, seed=0)[0]
-    out = Path(cfg.out_dir)
-    (out / "sample.txt").write_text(text + "\n")
-    wall = time.time() - t0
-    result = {"attention": m.attention, "steps": summary["step"], "val_loss": summary["val_loss"],
-              "best_val_loss": summary["best_val_loss"], "exact_zero_fraction": zeros["overall"],
-              "exact_zero_fraction_per_layer": zeros["per_layer"], "train_seconds": summary["elapsed"],
-              "wall_seconds": wall, "params": model.num_params(non_embedding=False),
-              "checkpoint": summary["last"], "metrics": summary["metrics"], "sample": str(out / "sample.txt")}
-    (out / "demo.json").write_text(json.dumps(result, indent=1) + "\n")
-
-    print()
-    print(f"attention            {m.attention} ({result['params']:,} parameters)")
-    print(f"validation loss      {summary['val_loss']:.4f} after {summary['step']} steps")
-    print(f"exact zeros          {100 * zeros['overall']:.2f}% of causal attention weights "
-          f"(per layer: {', '.join(f'{100 * z:.1f}%' for z in zeros['per_layer'])})")
-    print(f"wall time            {wall:.0f}s (training {summary['elapsed']:.0f}s)")
-    print(f"sample               {text[:300]!r}")
-    print(f"files                checkpoint {summary['last']} (best: {summary['best']})")
-    print(f"                     metrics    {summary['metrics']}")
-    print(f"                     sample     {out / 'sample.txt'}")
-    print(f"                     summary    {out / 'demo.json'}")
+    from .eval.tasks import EvalSettings, evaluate_checkpoint, survivors_report
+    values = {f.name: getattr(args, f.name) for f in fields(EvalSettings)}
+    s = EvalSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    if args.task == "survivors":
+        if args.checkpoint:
+            raise CLIError("CKPT: --task survivors simulates random vectors and takes no checkpoint")
+        survivors_report(args.out, s, command=_command_line())
+        return 0
+    if not args.checkpoint:
+        raise CLIError(f"CKPT is required for --task {args.task}")
+    _check_device(args.device)
+    evaluate_checkpoint(args.checkpoint, args.out, s, command=_command_line())
     return 0
 
 
-# --- main -----------------------------------------------------------------------------------------
+# --- analyze ----------------------------------------------------------------------------------------
+def add_analyze(sub):
+    from .eval.report import DEFAULT_LENGTHS
+    a = sub.add_parser(
+        "analyze", help="sparsity, attention sinks and dispersion of one or more checkpoints, side by side",
+        formatter_class=HelpFormatter,
+        description="Measure exact zeros, attention sinks (Sink_1, first-token share) and dispersion "
+                    "(entropy, top-k mass vs length) of each checkpoint on the same text; write PNGs, "
+                    "summary.json and report.md into --out.")
+    a.add_argument("checkpoints", nargs="+", metavar="CKPT", help=CKPT_HELP + "; one or more")
+    a.add_argument("--out", required=True, help="output folder (required)")
+    a.add_argument("--names", nargs="+", help="display names, one per CKPT (default: the run folders' names)")
+    a.add_argument("--text", help="UTF-8 text file to analyse (default: the held-out long documents of --data-dir)")
+    a.add_argument("--data-dir", help="prepared data folder for the default text (default: the bundled slice)")
+    a.add_argument("--max-len", type=positive_int, default=4096, help="longest context analysed")
+    a.add_argument("--lengths", type=positive_int, nargs="+", default=list(DEFAULT_LENGTHS),
+                   help="context lengths for the dispersion sweep (capped by --max-len and the text)")
+    a.add_argument("--n-seqs", type=positive_int, default=4, help="windows at the training length")
+    a.add_argument("--n-seqs-long", type=positive_int, default=1, help="windows per sweep length")
+    a.add_argument("--map-len", type=positive_int, default=48, help="tokens shown in the attention-map plots")
+    a.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
+    a.set_defaults(handler=cmd_analyze)
+
+
+def cmd_analyze(args):
+    from .eval.analyze import AnalyzeSettings, analyze_checkpoints
+    _check_device(args.device)
+    s = AnalyzeSettings(text=args.text, data_dir=args.data_dir, max_len=args.max_len, lengths=tuple(args.lengths),
+                        n_seqs=args.n_seqs, n_seqs_long=args.n_seqs_long, map_len=args.map_len, device=args.device)
+    analyze_checkpoints(args.checkpoints, args.out, s, names=args.names, command=_command_line())
+    return 0
+
+
+# --- compare ----------------------------------------------------------------------------------------
+def add_compare(sub):
+    p = sub.add_parser(
+        "compare", help="train attention variants on identical data/budget/seed and tabulate them",
+        formatter_class=HelpFormatter,
+        description="Train every variant of a compare config (resumable per variant) and write a "
+                    "Markdown table and loss curves.")
+    p.add_argument("config", help="compare config (.yaml/.toml): a training config plus a `compare:` section")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set max_steps=50 --set model.n_layer=2 "
+                        "--set compare.stats_seqs=2 (repeatable; default: none)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the config's variant names "
+                                                    "(default: all)")
+    p.add_argument("--results-dir", default=None,
+                   help="where results.md / loss_curves.png go (default: the config's compare.results_dir)")
+    p.add_argument("--force", action="store_true", help="re-measure variants even if compare.json exists "
+                                                        "(default: skip finished variants)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars (default: bars on)")
+    p.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args):
+    from .train.compare import compare
+    overrides = list(args.overrides) + (["progress=false"] if args.no_progress else [])
+    only = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    compare(args.config, overrides, only=only, results_dir=args.results_dir, force=args.force)
+    return 0
+
+
+# --- data -------------------------------------------------------------------------------------------
+def _sources_arg(text: str) -> list[str]:
+    from .data.sources import SOURCES
+    names = [x for x in text.replace(" ", ",").split(",") if x]
+    bad = [x for x in names if x not in SOURCES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {','.join(SOURCES)}")
+    return names
+
+
+def add_data(sub):
+    p = sub.add_parser("data", help="prepare and inspect token datasets", formatter_class=HelpFormatter,
+                       description="Prepare and inspect token datasets (real English prose).")
+    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,info}")
+    dsub.required = True
+
+    pp = dsub.add_parser("prepare", help="fetch sources, tokenise, write train/val/long token files",
+                         formatter_class=HelpFormatter)
+    pp.add_argument("--tokenizer", default="gpt2",
+                    help="gpt2 (GPT-2 BPE), bpe (train a byte-level BPE of --vocab-size), bundled "
+                         "(the shipped 4096 BPE), or a tokenizer JSON path")
+    pp.add_argument("--vocab-size", type=positive_int, default=4096, help="vocabulary for --tokenizer bpe")
+    pp.add_argument("--out", default=None,
+                    help="output folder (default: <$TDA_DATA_DIR or ~/.cache/tda>/<tokenizer>)")
+    pp.add_argument("--sources", type=_sources_arg, default=None,
+                    help="comma-separated subset of the corpus sources (default: all prose sources)")
+    pp.add_argument("--max-tokens", type=positive_int, default=None,
+                    help="keep documents until this many tokens, for quick runs (default: no limit)")
+    pp.add_argument("--val-fraction", type=positive_float, default=0.02, help="share of tokens held out for val")
+    pp.add_argument("--long-doc-tokens", type=positive_int, default=10_000,
+                    help="documents this long are candidates for the long/ hold-out")
+    pp.add_argument("--num-long-docs", type=nonneg_int, default=24, help="how many long documents to hold out")
+    pp.add_argument("--long-doc-max-tokens", type=positive_int, default=131_072,
+                    help="longer documents always stay in training")
+    pp.add_argument("--seed", type=int, default=0, help="random seed of the document split")
+    pp.add_argument("--cache-dir", default=None, help="raw archive cache (default: <data root>/corpus)")
+    pp.add_argument("--bundled", action="store_true",
+                    help="prepare the bundled slice instead, no download (default: the full corpus)")
+    pp.add_argument("--force", action="store_true", help="rebuild even if the folder already matches "
+                                                         "(default: reuse it)")
+    pp.set_defaults(handler=cmd_data_prepare, command="data prepare")
+
+    pi = dsub.add_parser("info", help="summarise a prepared folder", formatter_class=HelpFormatter)
+    pi.add_argument("dir", help="prepared data folder (holds meta.json)")
+    pi.add_argument("--json", action="store_true", help="print meta.json without the tokenizer body "
+                                                        "(default: a table)")
+    pi.set_defaults(handler=cmd_data_info, command="data info")
+
+
+def cmd_data_prepare(args):
+    from pathlib import Path
+
+    from .data.prepare import default_data_dir, prepare, prepare_bundled
+    from .data.sources import PROSE_SOURCES
+    from .data.summary import format_info
+    if args.bundled:
+        out = Path(args.out) if args.out else default_data_dir("bundled")
+        meta = prepare_bundled(out, seed=args.seed, force=args.force, progress=True)
+    else:
+        meta = prepare(args.out, sources=args.sources or list(PROSE_SOURCES), tokenizer=args.tokenizer,
+                       vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+                       long_doc_tokens=args.long_doc_tokens, max_tokens=args.max_tokens, seed=args.seed,
+                       num_long_docs=args.num_long_docs, long_doc_max_tokens=args.long_doc_max_tokens,
+                       cache_dir=args.cache_dir, force=args.force)
+        out = Path(args.out) if args.out else default_data_dir(meta["tokenizer_name"])
+    print(format_info(meta, out))
+    return 0
+
+
+def cmd_data_info(args):
+    from .data.dataset import load_meta
+    from .data.summary import format_info
+    meta = load_meta(args.dir)
+    if args.json:
+        m = dict(meta)
+        m["tokenizer"] = {k: v for k, v in m["tokenizer"].items() if k != "json"}
+        print(json.dumps(m, indent=1))
+    else:
+        print(format_info(meta, args.dir))
+    return 0
+
+
+# --- main -------------------------------------------------------------------------------------------
+COMMANDS = (add_demo, add_train, add_sample, add_info, add_eval, add_analyze, add_compare, add_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     parser = argparse.ArgumentParser(prog="tda", description="Threshold Differential Attention: train, sample, "
                                      "inspect and analyse sink-free, ultra-sparse language models.")
     parser.add_argument("--version", action="version", version=f"tda {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (add_demo_cli, add_train_cli, add_sample_cli, add_info_cli):
+    for add in COMMANDS:
         add(sub)
-    for module, func in PLUGINS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module.startswith(e.name):
-                continue  # the plugin does not exist (yet)
-            print(f"tda: warning: cannot load {module}: {e}", file=sys.stderr)
-            continue
-        except Exception as e:  # a broken plugin must not take the other commands down
-            print(f"tda: warning: cannot load {module}: {e}", file=sys.stderr)
-            continue
-        getattr(mod, func)(sub)
     return parser
+
+
+def _silence_stdout():
+    """After a closed pipe (`tda info CKPT | head -2`): send the rest of stdout, and the interpreter's
+    final flush, to /dev/null instead of raising again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        if args.command is None:
-            parser.print_help()
-            return 2
-        # a plugin that registered subcommands without a handler of its own
-        parser.parse_args([args.command, "--help"])
+    if args.command is None:
+        parser.print_help(sys.stderr)
         return 2
     try:
-        rc = func(args)
-    except (CLIError, ValueError, FileNotFoundError) as e:
-        print(f"tda {args.command}: error: {e}", file=sys.stderr)
+        rc = args.handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # as if killed by SIGPIPE, like other Unix tools
+    except (CLIError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        _report(args.command, e)
         return 2
+    except (OSError, FloatingPointError) as e:  # disk full, a diverged run: one line, not a traceback
+        _report(args.command, e)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0 if rc is None else int(rc)
+
+
+def _report(command: str, e: BaseException):
+    msg = " ".join(str(e).split("\n")).strip() or type(e).__name__
+    print(f"tda {command}: error: {msg}", file=sys.stderr)
 
 
 if __name__ == "__main__":

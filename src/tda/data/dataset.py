@@ -81,7 +81,10 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     p = Path(data_dir) / "meta.json"
     if not p.is_file():
         raise FileNotFoundError(f"data_dir: {Path(data_dir)} has no meta.json; run `tda data prepare` first")
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"data_dir: {p} is not valid JSON ({e})") from None
 
 
 def open_split(data_dir: str | os.PathLike, split: str, block_size: int) -> TokenDataset:

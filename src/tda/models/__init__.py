@@ -1,4 +1,4 @@
-from ..config import GPTConfig
+from .config import GPTConfig
 from .gpt import GPT
 
 __all__ = ["GPT", "GPTConfig"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import GPTConfig
+from .config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
 from ..ops.varlen import PackedDocuments
 

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, the user-facing `load_checkpoint`, and the trainer's `resume`.
+"""Training checkpoints: atomic save, RNG states and the trainer's `resume` (reading a checkpoint for
+inference is tda.models.checkpoint).
 
 A checkpoint is a plain dict (loadable with torch.load(weights_only=True)):
     model            state dict of the bare model (no DDP / torch.compile prefixes)
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import LEGACY_HEAD_NORM_EPS
+from ..models.checkpoint import check_weights, read_checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -74,18 +75,6 @@ def _umask() -> int:
     return mask
 
 
-def read_checkpoint(path, device="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ck = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ck, dict) or "model" not in ck or "model_config" not in ck:
-        raise ValueError(f"{path} is not a tda checkpoint (no 'model' / 'model_config' entries)")
-    # written before the key existed: trained with the eps of that time, not today's default
-    ck["model_config"].setdefault("head_norm_eps", LEGACY_HEAD_NORM_EPS)
-    return ck
-
-
 # --- RNG state ------------------------------------------------------------------------------------
 def rng_state() -> dict:
     """This process's RNG states, as plain types (weights_only-loadable)."""
@@ -115,24 +104,7 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, (tuple, list)) else x
 
 
-# --- loading --------------------------------------------------------------------------------------
-def load_checkpoint(path, device="cpu"):
-    """(model, tokenizer) from any checkpoint the trainer writes; the model is in eval mode on `device`.
-    tokenizer is None if the run had none."""
-    from ..config import GPTConfig
-    from ..models.gpt import GPT
-
-    ck = read_checkpoint(path, device="cpu")
-    model = GPT(GPTConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["model"])
-    model.to(device).eval()
-    tokenizer = None
-    if ck.get("tokenizer"):
-        from ..data.tokenizer import Tokenizer
-        tokenizer = Tokenizer.from_dict(ck["tokenizer"])
-    return model, tokenizer
-
-
+# --- resume ---------------------------------------------------------------------------------------
 def resume(path, model, optimizer=None, scaler=None, rank: int = 0, device="cpu") -> dict:
     """Restore model, optimizer, scaler and this rank's RNG states in place from `path`.
 
@@ -146,6 +118,7 @@ def resume(path, model, optimizer=None, scaler=None, rank: int = 0, device="cpu"
         if was != cfg.head_norm_eps:
             raise ValueError(f"{path} was trained with model.head_norm_eps={was:g}, this config has "
                              f"{cfg.head_norm_eps:g}: pass --set model.head_norm_eps={was:g} to resume it")
+    check_weights(model, ck["model"], path, what="this config's model")
     model.load_state_dict(ck["model"])
     if optimizer is not None:
         if "optimizer" not in ck:

@@ -115,7 +115,7 @@ def parse_variants(spec) -> list:
 def variant_config(base: TrainConfig, cmp: dict, variant: Variant) -> TrainConfig:
     """The TrainConfig of one variant: same everything, own attention / model overrides / out_dir, and
     (with match_params) the MLP width that matches the reference variant's parameter count."""
-    from ..layers.params import matched_config
+    from ..models.params import matched_config
     cfg = copy.deepcopy(base)
     model = dataclasses.replace(cfg.model, **variant.model)
     if cmp["match_params"]:
@@ -124,7 +124,7 @@ def variant_config(base: TrainConfig, cmp: dict, variant: Variant) -> TrainConfi
                                  multiple_of=int(cmp["multiple_of"]))
         model = dataclasses.replace(model, attention=variant.attention, mlp_hidden=matched.mlp_hidden)
         if variant.model:  # overrides may change the size again: match this exact model
-            from ..layers.params import count_params, match_mlp_hidden
+            from ..models.params import count_params, match_mlp_hidden
             model = dataclasses.replace(model, mlp_hidden=match_mlp_hidden(
                 model, count_params(ref_model), int(cmp["multiple_of"])))
     else:
@@ -274,7 +274,7 @@ def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = Fal
             log(f"[compare] {variant.name}: finished earlier, skipping ({done})")
             return res
         log(f"[compare] {variant.name}: config changed since {done} was written; re-running")
-        for f in ("last.pt", "best.pt"):  # a different config must not resume an old run
+        for f in ("last.pt", "best.pt", "metrics.jsonl"):  # a different config must not resume an old run
             (out / f).unlink(missing_ok=True)
     log(f"[compare] {variant.name}: attention={cfg.model.attention} mlp_hidden={cfg.model.mlp_hidden}")
     summary = train(cfg, resume=True)
@@ -361,7 +361,7 @@ def _measure_failed(res: dict, what: str, e: Exception, log) -> None:
 
 
 def _failed_row(v: Variant, cfg: TrainConfig, e: Exception) -> dict:
-    from ..layers.params import count_params
+    from ..models.params import count_params
     return {"name": v.name, "attention": cfg.model.attention, "mlp_hidden": cfg.model.mlp_hidden,
             "params_non_embedding": count_params(cfg.model), "val_loss": None, "steps": 0, "tokens": 0,
             "device": cfg.device, "error": f"{type(e).__name__}: {e}"[:300], "curve": {"train": [], "val": []}}
@@ -484,44 +484,3 @@ def write_results(results: list, base: TrainConfig, cmp: dict, res_dir: Path, co
     plot = res_dir / "loss_curves.png"
     plot_curves(results, plot)
     return {"table": str(table), "plot": str(plot)}
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-def add_compare_cli(subparsers):
-    p = subparsers.add_parser(
-        "compare", help="train attention variants on identical data/budget/seed and tabulate them",
-        description="Train every variant of a compare config (resumable per variant) and write a "
-                    "Markdown table and loss curves.")
-    p.add_argument("config", help="compare config (.yaml/.toml): a training config plus a `compare:` section")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set max_steps=50 --set model.n_layer=2 "
-                        "--set compare.stats_seqs=2 (repeatable)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the config's variant names")
-    p.add_argument("--results-dir", default=None, help="where results.md / loss_curves.png go")
-    p.add_argument("--force", action="store_true", help="re-measure variants even if compare.json exists")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.set_defaults(func=_cli)
-    return p
-
-
-def _cli(args) -> int:
-    overrides = list(args.overrides or [])
-    if args.no_progress:
-        overrides.append("progress=false")
-    only = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    compare(args.config, overrides, only=only, results_dir=args.results_dir, force=args.force)
-    return 0
-
-
-def main(argv=None) -> int:
-    """`python -m tda.train.compare CONFIG ...` (works without the `tda` entry point installed)."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="tda")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_compare_cli(sub)
-    args = parser.parse_args(["compare", *(argv if argv is not None else __import__("sys").argv[1:])])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

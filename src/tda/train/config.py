@@ -10,7 +10,7 @@ import copy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..config import GPTConfig
+from ..models.config import GPTConfig
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -107,7 +107,13 @@ def read_config_file(path) -> dict:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         import yaml
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML ({what}{where})") from None
     elif suffix == ".toml":
         try:
             import tomllib
@@ -117,7 +123,10 @@ def read_config_file(path) -> dict:
             except ModuleNotFoundError:
                 raise ValueError(f"reading {path} needs Python >= 3.11 or the 'tomli' package "
                                  "(pip install tomli)") from None
-        data = tomllib.loads(path.read_text())
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from None
     else:
         raise ValueError(f"config file must end in .yaml, .yml or .toml, got {path.name!r}")
     if not isinstance(data, dict):

@@ -1,5 +1,6 @@
 """The trainer: AdamW, grad accumulation and clipping, bf16 autocast on CUDA, periodic validation,
-JSONL metrics, atomic checkpoints (last.pt, best.pt) and exact resume; single process or torchrun DDP.
+JSONL metrics (appended, never truncated), atomic checkpoints (last.pt, best.pt) and exact resume;
+single process or torchrun DDP.
 
 Exact resume: batches are a pure function of (seed, step, rank, micro-step), the LR a function of the step,
 and the model, optimizer and every RNG state are restored, so N steps straight and N/2 + resume to N
@@ -19,6 +20,7 @@ from ..models.gpt import GPT
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
 from .config import TrainConfig
+from .rundir import check_out_dir, clear_run
 from .schedule import lr_at
 
 VAL_SEED_OFFSET = 1_000_003  # validation batches use their own, fixed seed stream
@@ -97,22 +99,29 @@ def autocast_dtype(cfg: TrainConfig, device_type: str):
 
 
 class MetricsLog:
-    """metrics.jsonl (rank 0 only) mirrored in memory so checkpoints carry the history."""
+    """metrics.jsonl (rank 0 only), appended to and never truncated, mirrored in memory so checkpoints carry
+    the history. The file (and the run folder) appear with the first row: a failed start leaves nothing.
 
-    def __init__(self, path: Path, enabled: bool, rows=None):
+    On resume a row {"step": N, "resumed": true} marks where training restarted: rows the earlier process
+    logged past its last checkpoint stay in the file above it. A resumed run whose file is gone gets the
+    checkpoint's history written first."""
+
+    def __init__(self, path: Path, enabled: bool, rows=None, resumed_at: int | None = None):
         self.path, self.enabled = path, enabled
         self.rows = list(rows or [])
-        if enabled:  # rewrite from the checkpoint's history: drops rows past the resumed step
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w") as f:
-                for r in self.rows:
-                    f.write(json.dumps(r) + "\n")
+        self._pending = []
+        if resumed_at is not None:
+            self._pending = [] if path.is_file() else list(self.rows)
+            self._pending.append({"step": resumed_at, "resumed": True})
 
     def write(self, row: dict):
         self.rows.append(row)
         if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                for r in self._pending + [row]:
+                    f.write(json.dumps(r) + "\n")
+            self._pending = []
 
 
 @torch.no_grad()
@@ -146,23 +155,25 @@ def _autocast(ctx, amp_dtype):
 
 
 # --- the loop -------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train per `cfg`; with resume=True continue from out_dir/last.pt when it exists.
+
+    An out_dir that holds a run (rundir.RUN_FILES) needs resume=True or overwrite=True (RunExistsError
+    otherwise); overwrite removes the old run's files once the new run is set up.
 
     stop_after: leave the loop after this many completed steps without the final checkpoint, as if
     the job were killed there (tests; time-boxed jobs). Returns a summary dict (rank 0 meaningful).
     """
+    check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     ctx = D.setup(cfg.device)
     try:
-        return _train(cfg, ctx, resume, stop_after)
+        return _train(cfg, ctx, resume, stop_after, overwrite)
     finally:
         D.cleanup(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None) -> dict:
-    out = Path(cfg.out_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None, overwrite: bool) -> dict:
+    out = Path(cfg.out_dir)  # created by the first metrics row or checkpoint
     eval_pack = cfg.pack_documents if cfg.eval_pack_documents is None else cfg.eval_pack_documents
     data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed,
                 pack=(cfg.pack_documents, eval_pack))
@@ -180,7 +191,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     scaler = torch.amp.GradScaler(ctx.device_type) if amp_dtype == torch.float16 else None
     torch.manual_seed(cfg.seed + ctx.rank)  # dropout streams differ per rank
 
-    step, best_val, elapsed0, rows = 0, math.inf, 0.0, []
+    step, best_val, elapsed0, rows, resumed_at = 0, math.inf, 0.0, [], None
     last_path = out / "last.pt"
     if resume and last_path.is_file():
         ck = resume_state(last_path, model, optimizer, scaler, rank=ctx.rank)
@@ -188,17 +199,19 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             print(f"warning: resuming a {ck['data']['world_size']}-process run with {ctx.world_size} "
                   "processes: batches differ from the original run")
         step, best_val = int(ck["step"]), float(ck.get("best_val_loss", math.inf))
-        elapsed0, rows = float(ck.get("elapsed", 0.0)), ck.get("metrics", [])
+        elapsed0, rows, resumed_at = float(ck.get("elapsed", 0.0)), ck.get("metrics", []), step
         if ctx.is_main:
             print(f"resumed from {last_path} at step {step}")
     elif resume and ctx.is_main:
         print(f"no checkpoint at {last_path}; starting from scratch")
+    if overwrite and ctx.is_main:
+        clear_run(out)
 
     raw = model
     if cfg.compile:
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     model = D.wrap(model, ctx)
-    metrics = MetricsLog(out / "metrics.jsonl", ctx.is_main, rows)
+    metrics = MetricsLog(out / "metrics.jsonl", ctx.is_main, rows, resumed_at)
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
     tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum * ctx.world_size
 

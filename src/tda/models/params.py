@@ -12,13 +12,13 @@ import dataclasses
 
 import torch
 
+from .gpt import GPT
+
 REFERENCE = "softmax"
 
 
 def count_params(config, non_embedding: bool = True) -> int:
     """Non-embedding parameter count of GPT(config), without allocating it."""
-    from ..models.gpt import GPT   # models import layers: import lazily to keep the ladder one-way
-
     with torch.device("meta"):
         model = GPT(config)
     return model.num_params(non_embedding=non_embedding)

@@ -1,4 +1,4 @@
-"""Model configuration shared by layers and models (a leaf module: imports nothing from tda)."""
+"""GPTConfig: the model's shape and attention settings (imports nothing from tda; layers receive it as data)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -30,9 +30,8 @@ class GPTConfig:
     lam_init: float = 0.5
     # the per-head RMSNorm's eps (on the mean square): rows whose survivors barely pass tau have a tiny mean square,
     # which the norm scales up to unit size, and with it their rounding error (docs/kernels.md, decision log);
-    # 1e-4 damps such rows and trains better than 1e-6 (GPU comparison config, 3 seeds: -0.11 to -0.15
-    # validation loss; docs/results/compare-gpu/head-norm-eps/). Checkpoints without this key load at
-    # LEGACY_HEAD_NORM_EPS (train.checkpoint).
+    # 1e-4 damps such rows and trains better than 1e-6 (GPU comparison config, 3 seeds: -0.11 to -0.15 validation loss; docs/results/compare-gpu/head-norm-eps/). Checkpoints written before
+    # this key existed were trained at LEGACY_HEAD_NORM_EPS and load with it (models.checkpoint).
     head_norm_eps: float = 1e-4
     attn_backend: str = "auto"      # "auto" | "triton" | "reference"
 
