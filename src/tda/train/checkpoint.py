@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import LEGACY_HEAD_NORM_EPS
+from ..models.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -76,6 +77,8 @@ def _umask() -> int:
 
 def read_checkpoint(path, device="cpu") -> dict:
     path = Path(path)
+    if path.is_dir() or is_sharded_checkpoint(path):  # an FSDP run's folder: consolidate its shards
+        return read_sharded_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ck = torch.load(path, map_location=device, weights_only=True)

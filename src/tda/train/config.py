@@ -49,6 +49,10 @@ class TrainConfig:
     # ~0.5 ms more host time on an H200 host (benchmarks/profile_op.py, docs/benchmarks.md).
     backward_threads: bool = False
     progress: bool = True               # tqdm bar on rank 0
+    # under torchrun: "ddp" replicates the model (one-file checkpoints); "fsdp" shards parameters, gradients
+    # and optimizer state (FSDP2), writes sharded checkpoints (last.dcp/) and draws batches that do not
+    # depend on the number of ranks (docs/training.md)
+    parallel: str = "ddp"
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -68,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
 
