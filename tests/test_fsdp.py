@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from tda.data.dataset import TokenDataset
+from tda.data.dataset import ShardedBatchSampler, TokenDataset
 from tda.data.global_batches import GlobalBatchSampler
 from tda.models.sharded import consolidate, sharded_checkpoint_dir
 from tda.train import sharded_checkpoint as sc
@@ -82,6 +82,9 @@ def test_global_batches_do_not_depend_on_world_size(bundled_dir):
     assert windows(2, 4, 1) == windows(4, 1, 2) == windows(1, 4, 2) == one
     s = GlobalBatchSampler(ds, 8, seed=3)
     assert list(s.starts(5)) != list(s.starts(6))          # a new step, new windows
+    # one rank, no accumulation: the one-process order of ShardedBatchSampler, so a one-process run trains on
+    # the same batches with parallel=ddp or fsdp
+    assert list(s.starts(5)) == list(ShardedBatchSampler(ds, 8, seed=3).starts(5))
     x, y = s.batch(5)
     assert x.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1])
     with pytest.raises(ValueError, match="micro_step"):

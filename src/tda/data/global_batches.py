@@ -6,7 +6,8 @@ the slice [(m * world_size + r) * batch_size, ... + batch_size) of it. The gradi
 over all G windows, so any (batch_size, grad_accum, world_size) with the same G trains on the same
 windows: a run can resume on another number of ranks and see exactly the batches it would have seen.
 (The same-world-size data order of ShardedBatchSampler cuts the stream into per-rank shards instead, so
-its batches change with the world size.)
+its batches change with the world size. With one rank and grad_accum 1 the two orders coincide: numpy's
+SeedSequence pads its entropy with zeros to four words, so (seed, s) seeds what (seed, s, 0, 0) seeds.)
 """
 from __future__ import annotations
 
