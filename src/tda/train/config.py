@@ -76,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        if self.parallel == "fsdp" and self.dtype == "float16":  # fp16 needs a sharded grad scaler
+            raise ValueError("dtype float16 is not supported with parallel=fsdp: use bfloat16 (or auto)")
 
     def to_dict(self) -> dict:
         d = asdict(self)

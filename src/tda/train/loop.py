@@ -18,11 +18,11 @@ import torch
 
 from ..models.gpt import GPT
 from . import distributed as D
-from .fsdp import shard_model, unsharded_copy
-from .sharded_checkpoint import is_sharded_checkpoint, resume_sharded, save_sharded
 from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
 from .config import TrainConfig
+from .fsdp import shard_model, unsharded_copy
 from .schedule import lr_at
+from .sharded_checkpoint import is_sharded_checkpoint, resume_sharded, save_sharded
 
 VAL_SEED_OFFSET = 1_000_003  # validation batches use their own, fixed seed stream
 
