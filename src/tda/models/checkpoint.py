@@ -20,8 +20,10 @@ from ..data.tokenizer import Tokenizer
 from ..layers import ATTENTION
 from .config import LEGACY_HEAD_NORM_EPS, GPTConfig
 from .gpt import GPT
+from .sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
-RUN_CHECKPOINTS = ("best.pt", "last.pt")  # which file of a run folder is used, in order of preference
+# which checkpoint of a run folder is used, in order of preference (*.dcp/: an FSDP run's sharded checkpoints)
+RUN_CHECKPOINTS = ("best.pt", "last.pt", "best.dcp", "last.dcp")
 
 
 class CheckpointError(ValueError):
@@ -31,9 +33,11 @@ class CheckpointError(ValueError):
 def resolve_checkpoint(path) -> Path:
     """`path` itself if it is a file; for a run folder, its best.pt if present, else its last.pt."""
     p = Path(path)
+    if p.is_dir() and is_sharded_checkpoint(p):
+        return p
     if p.is_dir():
         for name in RUN_CHECKPOINTS:
-            if (p / name).is_file():
+            if (p / name).is_file() or is_sharded_checkpoint(p / name):
                 return p / name
         raise CheckpointError(f"{p}: run folder holds no checkpoint ({' or '.join(RUN_CHECKPOINTS)})")
     if not p.exists():
@@ -69,6 +73,12 @@ def _load(p: Path, device) -> object:
 def read_checkpoint(path, device="cpu") -> dict:
     """The checkpoint dict of a file (or run folder), checked to be a tda checkpoint."""
     p = resolve_checkpoint(path)
+    if p.is_dir():  # sharded: consolidate the shards into one state dict
+        try:
+            return read_sharded_checkpoint(p)
+        except Exception as e:  # noqa: BLE001  (DCP fails in many ways on damaged shards)
+            raise CheckpointError(f"{p}: damaged sharded checkpoint ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
     ck = _load(p, device)
     if not isinstance(ck, dict):
         raise CheckpointError(f"{p}: holds a {type(ck).__name__}, not a tda checkpoint dict")

@@ -54,6 +54,10 @@ class TrainConfig:
     # batches (None = as pack_documents)
     pack_documents: bool = False
     eval_pack_documents: bool | None = None
+    # under torchrun: "ddp" replicates the model (one-file checkpoints); "fsdp" shards parameters, gradients
+    # and optimizer state (FSDP2), writes sharded checkpoints (last.dcp/) and draws batches that do not
+    # depend on the number of ranks (docs/training.md)
+    parallel: str = "ddp"
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -76,8 +80,12 @@ class TrainConfig:
         if self.compile and (self.pack_documents or self.eval_pack_documents):
             # per-batch document boundaries are Python ints in the per-document attention loop: a recompile per batch
             raise ValueError("pack_documents: not supported with compile=true (set compile=false)")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        if self.parallel == "fsdp" and self.dtype == "float16":  # fp16 needs a sharded grad scaler
+            raise ValueError("dtype float16 is not supported with parallel=fsdp: use bfloat16 (or auto)")
 
     def to_dict(self) -> dict:
         d = asdict(self)

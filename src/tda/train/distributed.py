@@ -1,10 +1,13 @@
-"""torchrun support: one process per device, DDP, rank 0 logs and checkpoints.
+"""torchrun support: one process per device, DDP or FSDP2, rank 0 logs and checkpoints.
 
-Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op and the trainer runs as one process.
+Without torchrun (WORLD_SIZE unset or 1) the DDP path is a no-op and the trainer runs as one process;
+FSDP (parallel="fsdp") always runs in a process group, a single-rank one when there is no torchrun, so
+one code path (sharded parameters, sharded checkpoints) serves every world size.
 Backend: nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -18,6 +21,7 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: str = "cpu"
+    owns_group: bool = False  # setup() started a single-rank process group (FSDP without torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -42,8 +46,9 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> str:
     return device
 
 
-def setup(device: str = "auto") -> DistContext:
-    """Read torchrun's environment, pick the device, and init the process group when WORLD_SIZE > 1."""
+def setup(device: str = "auto", parallel: str = "ddp") -> DistContext:
+    """Read torchrun's environment, pick the device, and init the process group when WORLD_SIZE > 1
+    (or always, with parallel="fsdp": a single-rank group over an in-memory store without torchrun)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -57,6 +62,10 @@ def setup(device: str = "auto") -> DistContext:
             dist.init_process_group(backend="nccl", device_id=torch.device(dev))
         else:
             dist.init_process_group(backend="gloo")
+    elif parallel == "fsdp" and not dist.is_initialized():
+        backend = "nccl" if ctx.device_type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        ctx.owns_group = True
     return ctx
 
 
@@ -67,6 +76,26 @@ def wrap(model, ctx: DistContext):
     from torch.nn.parallel import DistributedDataParallel as DDP
     ids = [torch.device(ctx.device).index] if ctx.device_type == "cuda" else None
     return DDP(model, device_ids=ids)
+
+
+def no_sync(model, ctx: DistContext):
+    """Skip the gradient reduction of this backward (a micro-batch before the last of a step).
+    DDP: its no_sync(); FSDP2: set_requires_gradient_sync(False) until the context exits."""
+    if not ctx.enabled:
+        return contextlib.nullcontext()
+    inner = model._orig_mod if hasattr(model, "_orig_mod") else model
+    if hasattr(inner, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(inner)
+    return model.no_sync()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def unwrap(model):
@@ -103,6 +132,6 @@ def barrier(ctx: DistContext):
 
 
 def cleanup(ctx: DistContext):
-    if ctx.enabled and dist.is_initialized():
+    if (ctx.enabled or ctx.owns_group) and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """The trainer: AdamW, grad accumulation and clipping, bf16 autocast on CUDA, periodic validation,
 JSONL metrics (appended, never truncated), atomic checkpoints (last.pt, best.pt) and exact resume;
-single process or torchrun DDP.
+single process or torchrun DDP; parallel="fsdp": FSDP2 with sharded checkpoints (last.dcp/, best.dcp/;
+train/fsdp.py, train/sharded_checkpoint.py).
 
 Exact resume: batches are a pure function of (seed, step, rank, micro-step), the LR a function of the step,
 and the model, optimizer and every RNG state are restored, so N steps straight and N/2 + resume to N
@@ -21,7 +22,9 @@ from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
 from .config import TrainConfig
 from .rundir import check_out_dir, clear_run
+from .fsdp import shard_model, unsharded_copy
 from .schedule import lr_at
+from .sharded_checkpoint import is_sharded_checkpoint, resume_sharded, save_sharded
 
 VAL_SEED_OFFSET = 1_000_003  # validation batches use their own, fixed seed stream
 
@@ -35,8 +38,9 @@ class Data:
     """
 
     def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int, *,
-                 pack: tuple[bool, bool] = (False, False)):
+                 pack: tuple[bool, bool] = (False, False), global_order: bool = False, grad_accum: int = 1):
         from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+        from ..data.global_batches import GlobalBatchSampler
         self.dir = resolve_data_dir(data_dir, ctx)
         if not (self.dir / "meta.json").is_file():
             raise FileNotFoundError(f"data_dir {str(self.dir)!r} holds no prepared corpus (meta.json); "
@@ -45,9 +49,12 @@ class Data:
         self.ctx = ctx
         self.pack = dict(zip(("train", "val"), pack))  # per split: batches carry document boundaries
         kw = dict(rank=ctx.rank, world_size=ctx.world_size)
-        self.train = ShardedBatchSampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **kw)
+        # global_order: batches that do not depend on the world size (FSDP runs resume on any number of ranks)
+        Sampler = GlobalBatchSampler if global_order else ShardedBatchSampler
+        train_kw = dict(kw, grad_accum=grad_accum) if global_order else kw
+        self.train = Sampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **train_kw)
         # validation batches use their own fixed seed: the same batches at every evaluation
-        self.val = ShardedBatchSampler(open_split(self.dir, "val", block_size), batch_size,
+        self.val = Sampler(open_split(self.dir, "val", block_size), batch_size,
                                        seed=seed + VAL_SEED_OFFSET, **kw)
         self.tokenizer = None
         tok = self.meta.get("tokenizer")
@@ -70,10 +77,11 @@ class Data:
         """(x, y, kwargs for the model): with packing on for `split`, kwargs = cu_seqlens, max_seqlen."""
         if not self.pack[split]:
             return (*self.batch(split, step, micro_step), {})
+        from ..data.dataset import cu_seqlens_from_starts, document_starts
         sampler = self.train if split == "train" else self.val
-        x, y, cu_seqlens, max_seqlen = sampler.packed_batch(step, micro_step, self.ctx.device,
-                                                            sep_id=int(self.meta["eot_id"]))
-        return x, y, {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
+        x, y = sampler.batch(step, micro_step, device="cpu")  # boundaries found on the host
+        cu_seqlens, max_seqlen = cu_seqlens_from_starts(document_starts(x, int(self.meta["eot_id"])))
+        return x.to(self.ctx.device), y.to(self.ctx.device), {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
 
 
 def resolve_data_dir(data_dir, ctx: D.DistContext) -> Path:
@@ -165,7 +173,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
     the job were killed there (tests; time-boxed jobs). Returns a summary dict (rank 0 meaningful).
     """
     check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
-    ctx = D.setup(cfg.device)
+    ctx = D.setup(cfg.device, cfg.parallel)
     try:
         return _train(cfg, ctx, resume, stop_after, overwrite)
     finally:
@@ -174,9 +182,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
 def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None, overwrite: bool) -> dict:
     out = Path(cfg.out_dir)  # created by the first metrics row or checkpoint
+    fsdp = cfg.parallel == "fsdp"
     eval_pack = cfg.pack_documents if cfg.eval_pack_documents is None else cfg.eval_pack_documents
     data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed,
-                pack=(cfg.pack_documents, eval_pack))
+                pack=(cfg.pack_documents, eval_pack), global_order=fsdp, grad_accum=cfg.grad_accum)
     if data.vocab_size and cfg.model.vocab_size < data.vocab_size:
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                          f"vocabulary ({data.vocab_size}) in {cfg.data_dir}")
@@ -186,16 +195,24 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
     model = GPT(cfg.model).to(ctx.device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, cfg.betas, ctx.device_type)
     amp_dtype = autocast_dtype(cfg, ctx.device_type)
+    if fsdp:
+        shard_model(model, ctx, amp_dtype)  # before the optimizer: it must see the sharded parameters
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, cfg.betas, ctx.device_type)
     scaler = torch.amp.GradScaler(ctx.device_type) if amp_dtype == torch.float16 else None
     torch.manual_seed(cfg.seed + ctx.rank)  # dropout streams differ per rank
 
     step, best_val, elapsed0, rows, resumed_at = 0, math.inf, 0.0, [], None
-    last_path = out / "last.pt"
-    if resume and last_path.is_file():
-        ck = resume_state(last_path, model, optimizer, scaler, rank=ctx.rank)
-        if ck["data"].get("world_size", 1) != ctx.world_size and ctx.is_main:
+    last_path = out / ("last.dcp" if fsdp else "last.pt")
+    if resume and (is_sharded_checkpoint(last_path) if fsdp else last_path.is_file()):
+        if fsdp:
+            ck = resume_sharded(last_path, model, optimizer, rank=ctx.rank)
+        else:
+            ck = resume_state(last_path, model, optimizer, scaler, rank=ctx.rank)
+        if fsdp and ck["data"].get("global_batch") != data.train.global_batch and ctx.is_main:
+            print(f"warning: resuming a run of global batch {ck['data'].get('global_batch')} with global batch "
+                  f"{data.train.global_batch}: batches differ from the original run")
+        elif not fsdp and ck["data"].get("world_size", 1) != ctx.world_size and ctx.is_main:
             print(f"warning: resuming a {ck['data']['world_size']}-process run with {ctx.world_size} "
                   "processes: batches differ from the original run")
         step, best_val = int(ck["step"]), float(ck.get("best_val_loss", math.inf))
@@ -210,28 +227,33 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     raw = model
     if cfg.compile:
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    model = D.wrap(model, ctx)
+    if not fsdp:
+        model = D.wrap(model, ctx)
     metrics = MetricsLog(out / "metrics.jsonl", ctx.is_main, rows, resumed_at)
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
     tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum * ctx.world_size
 
     def checkpoint(path, with_optimizer=True):
         rngs = D.gather_objects(rng_state(), ctx)  # every rank takes part; rank 0 writes
-        if not ctx.is_main:
+        if not ctx.is_main and not fsdp:
             return
         state = {
             "version": CHECKPOINT_VERSION,
-            "model": raw.state_dict(),
+            "model": None if fsdp else raw.state_dict(),
             "step": step,
             "model_config": cfg.model.to_dict(),
             "train_config": cfg.to_dict(),
             "tokenizer": data.tokenizer.to_dict() if data.tokenizer is not None else None,
             "rng": rngs,
-            "data": {"seed": cfg.seed, "world_size": ctx.world_size, "step": step},
+            "data": {"seed": cfg.seed, "world_size": ctx.world_size, "step": step,
+                     "global_batch": cfg.batch_size * cfg.grad_accum * ctx.world_size},
             "metrics": list(metrics.rows),
             "best_val_loss": best_val,
             "elapsed": elapsed0 + time.time() - t0,
         }
+        if fsdp:  # collective: every rank writes its shards, rank 0 the rest
+            save_sharded(path.with_suffix(".dcp"), raw, optimizer if with_optimizer else None, state, ctx)
+            return
         if with_optimizer:
             state["optimizer"] = optimizer.state_dict()
             state["scaler"] = scaler.state_dict() if scaler is not None else None
@@ -255,7 +277,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             _mark_step(cfg)
             x, y, kw = data.model_batch("train", step, micro)
             sync = micro == cfg.grad_accum - 1
-            no_sync = model.no_sync() if (ctx.enabled and not sync) else contextlib.nullcontext()
+            no_sync = D.no_sync(model, ctx) if not sync else contextlib.nullcontext()
             with no_sync:
                 with _autocast(ctx, amp_dtype):
                     _, loss = model(x, y, **kw)
@@ -310,6 +332,9 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             checkpoint(last_path)
     bar.close()
     D.barrier(ctx)
+    best_path = out / ("best.dcp" if fsdp else "best.pt")
+    if fsdp:  # the sharded model cannot outlive the process group: hand back a plain copy (rank 0)
+        raw = unsharded_copy(raw, ctx)
     return {"step": step, "val_loss": val_loss, "best_val_loss": best_val, "out_dir": str(out),
-            "last": str(last_path), "best": str(out / "best.pt"), "metrics": str(out / "metrics.jsonl"),
+            "last": str(last_path), "best": str(best_path), "metrics": str(out / "metrics.jsonl"),
             "elapsed": elapsed0 + time.time() - t0, "model": raw, "tokenizer": data.tokenizer}

@@ -5,12 +5,13 @@ appending to metrics.jsonl) or overwrite=True (replace it); otherwise RunExistsE
 """
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
 import torch
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+RUN_FILES = ("last.pt", "best.pt", "last.dcp", "best.dcp", "metrics.jsonl")
 
 
 class RunExistsError(ValueError):
@@ -32,10 +33,11 @@ def _describe_checkpoint(path: Path) -> str:
 def describe_run(out_dir) -> str:
     """What a run folder holds, in a few words; '' when it holds no run."""
     out = Path(out_dir)
-    present = [name for name in RUN_FILES if (out / name).is_file()]
+    present = [name for name in RUN_FILES if (out / name).exists()]
     if not present:
         return ""
     ckpts = [_describe_checkpoint(out / n) for n in ("last.pt", "best.pt") if n in present]
+    ckpts += [f"{n}/ (sharded)" for n in ("last.dcp", "best.dcp") if n in present]
     return "; ".join(ckpts) if ckpts else "metrics.jsonl without a checkpoint"
 
 
@@ -57,4 +59,8 @@ def check_out_dir(out_dir, resume: bool = False, overwrite: bool = False) -> Non
 def clear_run(out_dir) -> None:
     """Remove a run's files (overwrite=True, once the new run has started without error)."""
     for name in RUN_FILES:
-        (Path(out_dir) / name).unlink(missing_ok=True)
+        f = Path(out_dir) / name
+        if f.is_dir():  # a sharded checkpoint
+            shutil.rmtree(f)
+        else:
+            f.unlink(missing_ok=True)

@@ -1,0 +1,229 @@
+"""Training-step speed and memory at long context, TDA against softmax, end to end.
+
+One full training step (forward, backward, gradient clipping, fused AdamW; bf16 autocast) of the GPU
+comparison model (configs/compare-gpu.yaml: 8 layers x 512, 8 heads of 64, GPT-2 vocabulary; MLP widths
+matched to softmax's parameter count) at contexts 1K..32K with the same tokens per step (batch =
+tokens_per_step / context). Softmax runs on SDPA's default backend choice (cuDNN on Hopper) and forced
+onto flash (torch.nn.attention.sdpa_kernel); TDA on its fused Triton kernels. Every context runs eager;
+--compile-contexts also run under torch.compile (TDA and default-backend softmax only: each compile
+costs tens of seconds). Reported: tokens/s (wall clock over the timed steps, host included, as a trainer
+sees it) and peak allocated memory; TDA / softmax is against the faster softmax of the same row.
+
+    PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --device cpu --tiny        (smoke test: seconds)
+
+Timing is done here with synchronize + perf_counter around whole steps (a step is milliseconds to
+seconds, so event resolution does not matter).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import time
+
+import torch
+
+from tda.config import GPTConfig
+from tda.layers.params import matched_config
+from tda.models.gpt import GPT
+
+VARIANTS = ("tda", "softmax", "softmax-flash")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    context: int
+    batch: int
+    mode: str          # "eager" | "compile"
+    variant: str
+    tok_s: float | None
+    step_ms: float | None
+    peak_gb: float | None
+    note: str = ""
+
+
+def base_config(args) -> GPTConfig:
+    if args.tiny:
+        return GPTConfig(vocab_size=512, block_size=max(args.contexts), n_layer=2, n_head=2, n_embd=64,
+                         attn_backend="auto")
+    return GPTConfig(vocab_size=50304, block_size=max(args.contexts), n_layer=8, n_head=8, n_embd=512,
+                     attn_backend="auto")
+
+
+def sdpa_context(variant: str, device: str):
+    if variant == "softmax-flash" and device == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    return contextlib.nullcontext()
+
+
+def make_step(model, opt, device: str):
+    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+
+    def step(x):
+        with amp:
+            _, loss = model(x, x)
+        with torch.autograd.set_multithreading_enabled(False):  # as the trainer does (backward_threads: false)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: bool, args) -> Row:
+    mode = "compile" if compile_ else "eager"
+    attention = "softmax" if variant.startswith("softmax") else variant
+    cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
+    dev = args.device
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dev)
+    opt = model.configure_optimizer(0.1, 1e-3, device_type=dev)
+    fwd = torch.compile(model) if compile_ else model
+    step = make_step(fwd, opt, dev)
+    x = torch.randint(0, cfg.vocab_size, (batch, context), device=dev)
+    try:
+        with sdpa_context(variant, dev):
+            for _ in range(args.warmup):
+                step(x)
+            sync(dev)
+            if dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loss = step(x)
+            sync(dev)
+            dt = (time.perf_counter() - t0) / args.steps
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)}")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
+        return Row(context, batch, mode, variant, batch * context / dt, dt * 1e3, peak)
+    except torch.cuda.OutOfMemoryError:
+        return Row(context, batch, mode, variant, None, None, None, "out of memory")
+    except RuntimeError as e:  # e.g. no flash kernel for this device / dtype
+        return Row(context, batch, mode, variant, None, None, None, str(e).splitlines()[0][:80])
+    finally:
+        del model, opt, fwd, step
+        gc.collect()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        if compile_:
+            torch._dynamo.reset()
+
+
+def table(rows: list[Row]) -> str:
+    """One line per (context, mode): tok/s and peak GiB per variant, TDA over the faster softmax."""
+    def fmt(r):
+        if r is None:
+            return "-"
+        if r.tok_s is None:
+            return r.note or "failed"
+        mem = f" / {r.peak_gb:.1f} GiB" if r.peak_gb is not None else ""
+        return f"{r.tok_s:,.0f}{mem}"
+    out = ["| context | batch | mode | TDA tok/s | softmax (default) tok/s | softmax (flash) tok/s "
+           "| TDA / faster softmax |",
+           "|---:|---:|---|---:|---:|---:|---:|"]
+    keys = sorted({(r.context, r.mode) for r in rows}, key=lambda k: (k[1] != "eager", k[0]))
+    for ctx, mode in keys:
+        by = {r.variant: r for r in rows if (r.context, r.mode) == (ctx, mode)}
+        soft = [by[v].tok_s for v in ("softmax", "softmax-flash") if v in by and by[v].tok_s]
+        tda = by.get("tda")
+        ratio = f"{tda.tok_s / max(soft):.2f}x" if tda is not None and tda.tok_s and soft else "-"
+        batch = next(iter(by.values())).batch
+        out.append(f"| {ctx} | {batch} | {mode} | {fmt(tda)} | {fmt(by.get('softmax'))} | "
+                   f"{fmt(by.get('softmax-flash'))} | {ratio} |")
+    return "\n".join(out)
+
+
+def profile_tda(base: GPTConfig, context: int, batch: int, args, rows: int = 20):
+    """Top CUDA kernels of one eager TDA step (after warm-up), to explain a miss."""
+    from torch.profiler import ProfilerActivity, profile
+    cfg = dataclasses.replace(matched_config(base, "tda", multiple_of=32), block_size=context)
+    torch.manual_seed(0)
+    model = GPT(cfg).to(args.device)
+    opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
+    step = make_step(model, opt, args.device)
+    x = torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
+    for _ in range(2):
+        step(x)
+    sync(args.device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step(x)
+        sync(args.device)
+    key = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    print(f"\n== one TDA step at context {context} x batch {batch}: top kernels", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70))
+
+
+def parse_ints(text: str) -> list[int]:
+    """'1024,4k' -> [1024, 4096]."""
+    return [int(t[:-1]) * 1024 if t.lower().endswith("k") else int(t) for t in text.split(",") if t]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--contexts", default="1024,4096,8192,16384,32768", help="comma list; 4k style allowed")
+    ap.add_argument("--tokens-per-step", type=int, default=32768, help="batch = this / context")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--compile-contexts", default="1024,8192",
+                    help="contexts also run under torch.compile (tda, softmax); '' for none")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--tiny", action="store_true", help="a 2 x 64 model (smoke tests, CPU)")
+    ap.add_argument("--json", default=None, help="write the rows here as JSON")
+    ap.add_argument("--profile", type=int, default=0, metavar="CONTEXT",
+                    help="also print the top CUDA kernels of one TDA step at this context")
+    args = ap.parse_args(argv)
+    args.contexts = parse_ints(args.contexts)
+    compile_contexts = parse_ints(args.compile_contexts)
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    for c in args.contexts + compile_contexts:
+        if c < 1 or args.tokens_per_step % c:
+            raise SystemExit(f"--contexts: {c} does not divide --tokens-per-step {args.tokens_per_step}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available (use --device cpu --tiny)")
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
+    base = base_config(args)
+    args.contexts = sorted(args.contexts)
+    t_start = time.perf_counter()
+    rows = []
+    plan = [(c, v, False) for c in args.contexts for v in variants]
+    plan += [(c, v, True) for c in sorted(compile_contexts) for v in variants if v != "softmax-flash"]
+    for ctx, variant, comp in plan:
+        r = run_one(base, variant, ctx, args.tokens_per_step // ctx, comp, args)
+        rows.append(r)
+        res = f"{r.tok_s:,.0f} tok/s, {r.step_ms:.1f} ms/step" if r.tok_s else r.note
+        mem = f", peak {r.peak_gb:.2f} GiB" if r.peak_gb is not None else ""
+        print(f"{variant:>13} ctx {ctx:>6} {'compile' if comp else 'eager':>7}: {res}{mem} "
+              f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
+    print()
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                       "torch": torch.__version__, "tokens_per_step": args.tokens_per_step,
+                       "model": dataclasses.asdict(base), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    if args.profile:
+        profile_tda(base, args.profile, max(1, args.tokens_per_step // args.profile), args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

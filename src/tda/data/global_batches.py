@@ -1,0 +1,63 @@
+"""A data order that does not depend on the number of ranks: one global batch per step, split over ranks.
+
+The global batch of step s is G = batch_size * grad_accum * world_size windows whose starts are drawn from
+a generator seeded by (seed, s) alone, uniformly over the whole token stream. Rank r's micro-batch m is
+the slice [(m * world_size + r) * batch_size, ... + batch_size) of it. The gradient of a step is the mean
+over all G windows, so any (batch_size, grad_accum, world_size) with the same G trains on the same
+windows: a run can resume on another number of ranks and see exactly the batches it would have seen.
+(The same-world-size data order of ShardedBatchSampler cuts the stream into per-rank shards instead, so
+its batches change with the world size. With one rank and grad_accum 1 the two orders coincide: numpy's
+SeedSequence pads its entropy with zeros to four words, so (seed, s) seeds what (seed, s, 0, 0) seeds.)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .dataset import TokenDataset, _to_device
+
+__all__ = ["GlobalBatchSampler"]
+
+
+class GlobalBatchSampler:
+    """Step-indexed windows: batch(step, micro_step) is this rank's share of the step's global batch,
+    a pure function of (seed, step, G, rank, world_size, micro_step)."""
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, block_size: int | None = None, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+        if world_size < 1:
+            raise ValueError(f"world_size: must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank: must be in [0, {world_size}), got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        if grad_accum < 1:
+            raise ValueError(f"grad_accum: must be >= 1, got {grad_accum}")
+        self.ds = dataset
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.block_size = block_size or dataset.block_size
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        if dataset.n_tokens < self.block_size + 1:
+            raise ValueError(f"block_size: {self.block_size} + 1 exceeds the {dataset.n_tokens} tokens")
+
+    @property
+    def global_batch(self) -> int:
+        """Windows per step over all ranks and micro-batches."""
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def global_starts(self, step: int) -> np.ndarray:
+        """The G window starts of `step`, the same on every rank."""
+        if step < 0:
+            raise ValueError(f"step: must be >= 0, got {step}")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
+        return rng.integers(0, self.ds.n_tokens - self.block_size, size=self.global_batch)
+
+    def starts(self, step: int, micro_step: int = 0) -> np.ndarray:
+        if not 0 <= micro_step < self.grad_accum:
+            raise ValueError(f"micro_step: must be in [0, {self.grad_accum}), got {micro_step}")
+        lo = (micro_step * self.world_size + self.rank) * self.batch_size
+        return self.global_starts(step)[lo:lo + self.batch_size]
+
+    def batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu"):
+        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size)
+        return _to_device(x, y, device)

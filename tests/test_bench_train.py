@@ -1,0 +1,44 @@
+"""benchmarks/bench_train.py on a CPU: a tiny model, tiny contexts, one step each."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_train_runs_on_cpu(bench, tmp_path, capsys):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench.main(["--device", "cpu", "--tiny", "--contexts", "16,32", "--tokens-per-step", "64",
+                           "--variants", "tda,softmax", "--compile-contexts", "", "--warmup", "1", "--steps", "1",
+                           "--json", str(tmp_path / "b.json")])
+    finally:
+        torch.set_num_threads(n)
+    assert [(r.context, r.batch, r.variant) for r in rows] == [
+        (16, 4, "tda"), (16, 4, "softmax"), (32, 2, "tda"), (32, 2, "softmax")]
+    assert all(r.tok_s > 0 and r.mode == "eager" for r in rows)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["rows"]) == 4 and data["tokens_per_step"] == 64
+    out = capsys.readouterr().out
+    by = {(r.context, r.variant): r.tok_s for r in rows}
+    assert "| 32 | 2 | eager |" in out and f"{by[32, 'tda'] / by[32, 'softmax']:.2f}x" in out
+
+
+def test_bench_train_rejects_bad_contexts(bench):
+    with pytest.raises(SystemExit, match="contexts"):
+        bench.main(["--device", "cpu", "--tiny", "--contexts", "48", "--tokens-per-step", "64"])
+    assert bench.parse_ints("1024,4k") == [1024, 4096]
