@@ -11,7 +11,7 @@ import time
 import torch
 
 from tda.data import ensure_bundled_data
-from tda.train.checkpoint import load_checkpoint
+from tda.models.checkpoint import load_checkpoint
 from tda.train.config import TrainConfig
 from tda.train.loop import train
 

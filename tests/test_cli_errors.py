@@ -163,7 +163,7 @@ def _bad_file(kind: str, run, tmp: Path) -> tuple[Path, str]:
         return p, "checkpoint not found"
     if kind == "empty-folder":
         p.mkdir()
-        return p, "run folder holds no checkpoint (best.pt or last.pt)"
+        return p, "run folder holds no checkpoint (best.pt or last.pt or best.dcp or last.dcp)"
     if kind == "truncated":
         data = last.read_bytes()
         p.write_bytes(data[: len(data) // 2])

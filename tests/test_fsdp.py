@@ -15,7 +15,7 @@ from tda.data.dataset import ShardedBatchSampler, TokenDataset
 from tda.data.global_batches import GlobalBatchSampler
 from tda.models.sharded import consolidate, sharded_checkpoint_dir
 from tda.train import sharded_checkpoint as sc
-from tda.train.checkpoint import load_checkpoint, read_checkpoint
+from tda.models.checkpoint import load_checkpoint, read_checkpoint
 from tda.train.config import TrainConfig
 from tda.train.loop import train
 
@@ -49,7 +49,7 @@ def settings(data_dir, out_dir, **kw):
 
 def losses(out_dir):
     rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
-    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows if not r.get("resumed")]
 
 
 def assert_close_losses(a, b, rtol):

@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 def resolve_checkpoint(path) -> Path:
     """`path` itself if it is a file; for a run folder, its best.pt if present, else its last.pt."""
     p = Path(path)
-    if p.is_dir() and is_sharded_checkpoint(p):
+    if is_sharded_checkpoint(p):  # also a crashed save's left-over previous shards
         return p
     if p.is_dir():
         for name in RUN_CHECKPOINTS:
@@ -73,7 +73,7 @@ def _load(p: Path, device) -> object:
 def read_checkpoint(path, device="cpu") -> dict:
     """The checkpoint dict of a file (or run folder), checked to be a tda checkpoint."""
     p = resolve_checkpoint(path)
-    if p.is_dir():  # sharded: consolidate the shards into one state dict
+    if is_sharded_checkpoint(p):  # consolidate the shards into one state dict
         try:
             return read_sharded_checkpoint(p)
         except Exception as e:  # noqa: BLE001  (DCP fails in many ways on damaged shards)
