@@ -126,6 +126,47 @@ def run_one(B, Hq, Hk, S, D, kind, skip_fwd=False):
     return row
 
 
+SWEEP_SHAPES = [(64, 1, 16, 16, 4096), (128, 1, 16, 16, 16384), (64, 32, 16, 16, 16384), (128, 8, 16, 16, 65536),
+                (128, 1, 16, 4, 65536)]
+
+
+def sweep():
+    """Kernel-only time (planted inputs) of the decode kernel over block configs, then over the split policy
+    at the best block config per head dim: what decode.decode_config's table is chosen from."""
+    import dataclasses
+    import itertools
+    results = []
+    for D, B, Hq, Hk, S in SWEEP_SHAPES:
+        qs, caches = make_inputs(B, Hq, Hk, S, D, "planted")
+        beta = torch.ones(Hq, device="cuda")
+        lam = torch.full((Hq,), 0.5, device="cuda")
+        lengths = torch.full((B,), S, dtype=torch.int64, device="cuda")
+        sd = bench(lambda: F.scaled_dot_product_attention(qs[0], caches[0], caches[2], enable_gqa=Hk != Hq))
+        base = decode.decode_config(D, torch.bfloat16)
+        times = {}
+        for bn, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)):
+            cfg = dataclasses.replace(base, block_n=bn, num_warps=nw, num_stages=ns)
+            with torch.no_grad():
+                times[cfg] = bench(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths, S,
+                                                                   kappa=1.0, p=2.0, cfg=cfg))
+        best = min(times, key=times.get)
+        for pps, msb in itertools.product((1, 2, 4, 8, 16), (2, 4, 8)):
+            cfg = dataclasses.replace(best, programs_per_sm=pps, min_split_blocks=msb)
+            with torch.no_grad():
+                times[cfg] = bench(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths, S,
+                                                                   kappa=1.0, p=2.0, cfg=cfg))
+        ranked = sorted(times.items(), key=lambda kv: kv[1])
+        line = f"d {D} B {B} H/Hk {Hq}/{Hk} S {S}: sdpa {sd:.1f} us; table {times.get(base, float('nan')):.1f} us; best:"
+        print(line, flush=True)
+        for cfg, t in ranked[:6]:
+            print(f"   {t:8.1f} us  {cfg}", flush=True)
+        results.append(dict(D=D, B=B, H=Hq, Hk=Hk, S=S, sdpa_us=sd,
+                            ranked=[(dataclasses.asdict(c), t) for c, t in ranked]))
+        del qs, caches
+        torch.cuda.empty_cache()
+    return results
+
+
 def shapes(quick):
     if quick:
         return [(D, B, H, H, S) for D in DIMS for B in (1, 32) for S in (4096, 16384)] + \
@@ -163,7 +204,14 @@ def main():
                     "the GPU's memory")
     ap.add_argument("--fwd-max-bytes", type=float, default=20e9,
                     help="skip the forward kernel above this cache size (it is an order of magnitude slower)")
+    ap.add_argument("--sweep", action="store_true", help="time block configs and split policies instead")
     args = ap.parse_args()
+    if args.sweep:
+        res = sweep()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return
     props = torch.cuda.get_device_properties(0)
     gpu = f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}"
     rows, t0 = [], time.time()

@@ -171,13 +171,47 @@ def tau_scale(S: int, kappa: float, D: int, device, dtype: torch.dtype) -> torch
 
 
 @triton.jit
-def _scores(q, rq, k_base, s_kn, s_kd, offs_n, kmask, tau, vis, ACC: tl.constexpr, HEAD_D: tl.constexpr,
-            PREC: tl.constexpr):
-    """Exceedance (s - tau)_+ of the row tile against one key block (0 where a key is not visible)."""
+def _scores(q, rq, k_base, s_kn, s_kd, offs_n, hi, tau, pos, MASKED: tl.constexpr, ACC: tl.constexpr,
+            HEAD_D: tl.constexpr, PREC: tl.constexpr):
+    """Exceedance (s - tau)_+ of the row tile against one key block; MASKED: 0 where a key lies at or past
+    hi or after a row's position (the split's last block, the causal edge), else every key is visible."""
     offs_d = tl.arange(0, HEAD_D)
-    k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kmask[:, None], other=0.0)
+    if MASKED:
+        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=(offs_n < hi)[:, None],
+                    other=0.0)
+    else:
+        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd)
     s = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * rq[:, None]
-    return tl.where(vis, tl.maximum(s - tau[:, None], 0.0), 0.0)
+    e = tl.maximum(s - tau[:, None], 0.0)
+    if MASKED:
+        e = tl.where(offs_n[None, :] <= pos[:, None], e, 0.0)
+    return e
+
+
+@triton.jit
+def _block(acc, start, hi, q1, rq1, q2, rq2, tau, lam, pos, k1_base, k2_base, v_base, sk1n, sk1d, sk2n, sk2d,
+           svn, svd, p_val, MASKED: tl.constexpr, TWO: tl.constexpr, P: tl.constexpr, HEAD_D: tl.constexpr,
+           HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """acc + sum_j w_ij v_j over the key block at start; the V block is loaded only if some row survives."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    offs_dv = tl.arange(0, HEAD_DV)
+    e1 = _scores(q1, rq1, k1_base, sk1n, sk1d, offs_n, hi, tau, pos, MASKED, ACC, HEAD_D, PREC)
+    live = e1
+    if TWO:
+        e2 = _scores(q2, rq2, k2_base, sk2n, sk2d, offs_n, hi, tau, pos, MASKED, ACC, HEAD_D, PREC)
+        live = tl.maximum(e1, e2)
+    # exceedances are >= 0: the block holds a survivor iff its largest one is > 0
+    if tl.max(tl.max(live, 1), 0) > 0:
+        w = exceed_pow(e1, P, p_val)
+        if TWO:
+            w = w - lam[:, None] * exceed_pow(e2, P, p_val)
+        if MASKED:
+            v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=(offs_n < hi)[:, None],
+                        other=0.0)
+        else:
+            v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd)
+        acc += tl.dot(w.to(v.dtype), v, input_precision=PREC).to(ACC)
+    return acc
 
 
 @triton.jit
@@ -209,7 +243,6 @@ def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
         h = tl.where(row_ok, hk * G + g, 0).to(tl.int64)  # padding rows read head 0's beta, lam
         pos = tl.where(row_ok, L - M + r, -1)  # absolute position; -1: a padding row sees no key
         offs_d = tl.arange(0, HEAD_D)
-        offs_dv = tl.arange(0, HEAD_DV)
         tau = load_tau(BETA, SCALE, h, s_beta, 0, tl.maximum(pos, 0), row_ok, True, TAU_F64)
         q1 = tl.load(Q1 + (b * sq1b + h * sq1h + r * sq1m)[:, None] + offs_d[None, :] * sq1d,
                      mask=row_ok[:, None], other=0.0)
@@ -228,24 +261,21 @@ def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
                 rq2 = tl.full([BLOCK_R], 1.0, ACC)
             k2_base = K2 + b * sk2b + hk.to(tl.int64) * sk2h
             lam = tl.load(LAM + h * s_lam, mask=row_ok, other=0.0).to(ACC)
+        else:
+            q2 = q1
+            rq2 = rq1
+            k2_base = k1_base
+            lam = rq1
         acc = tl.zeros([BLOCK_R, HEAD_DV], dtype=ACC)
-        for start in range(lo, hi, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            kmask = offs_n < hi
-            vis = offs_n[None, :] <= pos[:, None]
-            e1 = _scores(q1, rq1, k1_base, sk1n, sk1d, offs_n, kmask, tau, vis, ACC, HEAD_D, PREC)
-            live = e1
-            if TWO:
-                e2 = _scores(q2, rq2, k2_base, sk2n, sk2d, offs_n, kmask, tau, vis, ACC, HEAD_D, PREC)
-                live = tl.maximum(e1, e2)
-            # exceedances are >= 0: the block holds a survivor iff its largest one is > 0
-            if tl.max(tl.max(live, 1), 0) > 0:
-                w = exceed_pow(e1, P, p_val)
-                if TWO:
-                    w = w - lam[:, None] * exceed_pow(e2, P, p_val)
-                v = tl.load(v_base + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None],
-                            other=0.0)
-                acc += tl.dot(w.to(v.dtype), v, input_precision=PREC).to(ACC)
+        # blocks every row sees whole (all keys j <= L - M, the first row's position) need no masks
+        full = lo + tl.maximum(tl.minimum(hi, L - M + 1) - lo, 0) // BLOCK_N * BLOCK_N
+        for start in range(lo, full, BLOCK_N):
+            acc = _block(acc, start, hi, q1, rq1, q2, rq2, tau, lam, pos, k1_base, k2_base, v_base, sk1n, sk1d,
+                         sk2n, sk2d, svn, svd, p_val, False, TWO, P, HEAD_D, HEAD_DV, BLOCK_N, ACC, PREC)
+        for start in range(full, hi, BLOCK_N):
+            acc = _block(acc, start, hi, q1, rq1, q2, rq2, tau, lam, pos, k1_base, k2_base, v_base, sk1n, sk1d,
+                         sk2n, sk2d, svn, svd, p_val, True, TWO, P, HEAD_D, HEAD_DV, BLOCK_N, ACC, PREC)
+        offs_dv = tl.arange(0, HEAD_DV)
         o_ptrs = (OUT + split * so_s + (b * so_b + h * so_h + r * so_m)[:, None] + offs_dv[None, :] * so_d)
         tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
