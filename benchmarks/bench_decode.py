@@ -28,6 +28,7 @@ H100 (--quick: a few shapes, seconds).
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -194,6 +195,17 @@ def table(rows, gpu, argv):
     return "\n".join(lines) + "\n"
 
 
+def write(rows, gpu, args):
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            f.write(table(rows, gpu, ["python3", *sys.argv]))
+        os.replace(args.out + ".tmp", args.out)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump({"gpu": gpu, "argv": sys.argv, "rows": rows}, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="Markdown table")
@@ -228,14 +240,8 @@ def main():
                   f"op {r['tda_op_us']:8.1f} sdpa {r['sdpa_us']:8.1f} fwd {fmt(r['tda_fwd_us']):>8} us "
                   f"tda/sdpa {r['tda_vs_sdpa']:.2f} err {r['rel_err_vs_reference']:.1e}", flush=True)
             torch.cuda.empty_cache()
-    md = table(rows, gpu, ["python3", *sys.argv])
-    print(md)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(md)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "argv": sys.argv, "rows": rows}, f, indent=1)
+            write(rows, gpu, args)  # after every row: a run cut short still leaves its table
+    print(table(rows, gpu, ["python3", *sys.argv]))
     print(f"total {time.time() - t0:.0f} s")
 
 
