@@ -100,7 +100,7 @@ def run_one(B, Hq, Hk, S, D, kind, skip_fwd=False):
     lam = torch.full((Hq,), 0.5, device="cuda")
     lengths = torch.full((B,), S, dtype=torch.int64, device="cuda")
     seqlens = lengths.to(torch.int32)
-    cfg = decode.decode_config(D, torch.bfloat16)
+    cfg = decode.decode_config(D, torch.bfloat16, Hq // Hk)
     plan = decode.plan(Hq // Hk, 1, B, Hk, S, cfg, decode.sm_count(q1.device))
     row = dict(D=D, B=B, H=Hq, Hk=Hk, S=S, kind=kind, splits=plan.splits, block_n=cfg.block_n,
                kv_bytes_per_token_tda=Hk * (2 * D + D) * 2, kv_bytes_per_token_softmax=Hk * (D + D) * 2)
@@ -143,7 +143,7 @@ def sweep():
         lam = torch.full((Hq,), 0.5, device="cuda")
         lengths = torch.full((B,), S, dtype=torch.int64, device="cuda")
         sd = bench(lambda: F.scaled_dot_product_attention(qs[0], caches[0], caches[2], enable_gqa=Hk != Hq))
-        base = decode.decode_config(D, torch.bfloat16)
+        base = decode.decode_config(D, torch.bfloat16, Hq // Hk)
         times = {}
         for bn, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)):
             cfg = dataclasses.replace(base, block_n=bn, num_warps=nw, num_stages=ns)

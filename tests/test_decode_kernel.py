@@ -1,7 +1,11 @@
 """The split-KV decode kernel (tda.ops.triton.decode) against the torch path of tda.ops.kvcache, under the
 Triton interpreter on a CPU (tests/conftest.py sets TRITON_INTERPRET=1): random inputs, grouped-query heads,
 per-sequence lengths, M = 1 and M > 1, several split counts, and the skip of survivor-free V blocks."""
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -199,7 +203,8 @@ def test_auto_split_count_and_append():
     torch.testing.assert_close(outs[1], outs[0], **TOL[dt])
     for a, b in zip(*written):
         assert torch.equal(a, b)
-    pl = decode.plan(H // Hk, M, B, Hk, max(lens) + M, decode.decode_config(D, dt, True), decode.sm_count(q1.device))
+    cfg = decode.decode_config(D, dt, H // Hk * M, True)
+    pl = decode.plan(H // Hk, M, B, Hk, max(lens) + M, cfg, decode.sm_count(q1.device))
     assert pl.splits > 1 and pl.chunk % 16 == 0
 
 
@@ -211,6 +216,7 @@ def test_plan_fills_the_gpu():
     assert one.splits * 16 >= 132 and one.chunk >= cfg.min_split_blocks * cfg.block_n
     many = decode.plan(1, 1, 64, 16, 4096, cfg, 132)
     assert many.splits == 1
+    cfg = decode.decode_config(128, torch.bfloat16, 32)
     gqa = decode.plan(8, 4, 1, 2, 1 << 16, cfg, 132)
     assert gqa.block_r == 32 and gqa.row_tiles == 1 and gqa.splits * 2 >= 132
 
@@ -223,3 +229,73 @@ def test_triton_backend_refuses_gradients():
         _run(False, q, None, k1, k2, v, 0.5, None, [20], "triton")
     with torch.no_grad():
         _run(False, q, None, k1, k2, v, 0.5, None, [20], "triton")
+
+
+COMPILE = """
+import json, torch, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from tda.ops.triton import decode
+
+def compile_split(cfg, D, two, rows, out_dtype):
+    fn = decode.decode_split_kernel
+    names = list(fn.arg_names)
+    block_r = decode.plan(rows, 1, 1, 1, 4096, cfg, 132).block_r
+    consts = dict(TWO=two, P=2, NORM_Q=True, HEAD_D=D, HEAD_DV=D, BLOCK_R=block_r, BLOCK_N=cfg.block_n,
+                  EPS2=1e-12, TAU_F64=False, ACC=tl.float32, PREC="tf32")
+    ptr = dict(LENS="i64", BETA="fp32", LAM="fp32", SCALE="fp32", OUT=out_dtype)
+    sig = {}
+    for n in names:
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n[:1].isupper() and n not in ("Hk", "M", "G"):
+            sig[n] = "*" + ptr.get(n, "bf16")
+        elif n == "p_val":
+            sig[n] = "fp32"
+        elif n in ("sq1d", "sq2d", "sk1d", "sk2d", "svd", "so_d"):  # unit strides: the JIT makes them constants
+            sig[n], consts[n] = "constexpr", 1
+        else:
+            sig[n] = "i32"
+    # pointers and the strides of contiguous caches are 16-divisible, as the JIT specialises them (s_beta,
+    # s_lam: 0 or 1)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if sig[n].startswith("*") or (sig[n] == "i32" and n[0] == "s" and n not in ("s_beta", "s_lam"))}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+res = {}
+for D in (64, 128):
+    for rows in (1, 32):
+        cfg = decode.decode_config(D, torch.bfloat16, rows)
+        for two in (True, False):
+            c = compile_split(cfg, D, two, rows, "fp32" if two else "bf16")
+            try:
+                from tda.ops.triton.sm90 import resource_usage
+                use = resource_usage(c)
+            except ImportError:
+                use = dict(shared=c.metadata.shared, stack_local=0)
+            res[f"d{D}-rows{rows}-{'tda' if two else 'tra'}"] = use
+print("RESULT " + json.dumps(res))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__import__("triton").__file__), "backends",
+                                                    "nvidia", "bin", "ptxas")),
+                    reason="this Triton build ships no ptxas (no NVIDIA backend)")
+def test_gpu_table_compiles_for_sm90():
+    """The GPU block table's split kernel compiles for sm_90 (H100/H200) with Triton's bundled ptxas, without
+    register spills and within shared memory for two programs per SM. Runs with TRITON_INTERPRET unset, in a
+    subprocess."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    assert len(res) == 8
+    for name, use in res.items():
+        assert use["stack_local"] == 0, (name, use)
+        assert use["shared"] <= 232448 // 2, (name, use)

@@ -57,17 +57,21 @@ class DecodeConfig:
     max_splits: int = 256
 
 
-def decode_config(D: int, dtype: torch.dtype, interpreting: bool = False) -> DecodeConfig:
-    """The block table: small blocks under the interpreter (tiny test shapes still span several blocks and
-    splits), else per head dim."""
+def decode_config(D: int, dtype: torch.dtype, rows: int = 1, interpreting: bool = False) -> DecodeConfig:
+    """The block table, per head dim D, dtype and query rows per kv head (G * M). Small blocks under the
+    interpreter (tiny test shapes still span several blocks and splits). On the GPU, sizes that compile for
+    sm_90 without register spills and leave two or more programs per SM (tests/test_decode_kernel.py
+    compiles them): 16 KiB of keys (both views) per pipeline stage at d = 64 and 128 alike."""
     if interpreting:
         return DecodeConfig(block_n=16, max_rows=32, num_warps=1, num_stages=1, programs_per_sm=1,
                             min_split_blocks=1, max_splits=64)
     if dtype == torch.float32:
-        return DecodeConfig(block_n=32, num_stages=2)
+        return DecodeConfig(block_n=32, max_rows=32, num_stages=2)
     if D <= 64:
-        return DecodeConfig(block_n=64, num_stages=3)
-    return DecodeConfig(block_n=64, num_stages=3)
+        return DecodeConfig(block_n=64, max_rows=32, num_stages=3)
+    if rows <= 16:
+        return DecodeConfig(block_n=32, max_rows=32, num_stages=4)
+    return DecodeConfig(block_n=32, max_rows=32, num_stages=3)
 
 
 def num_splits(programs: int, max_len: int, cfg: DecodeConfig, n_sm: int) -> int:
@@ -319,7 +323,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     G = H // Hk
     two = q2 is not None
     if cfg is None:
-        cfg = decode_config(D, q1.dtype, _interpreting())
+        cfg = decode_config(D, q1.dtype, G * M, _interpreting())
     pl = plan(G, M, B, Hk, max_len, cfg, sm_count(q1.device), splits)
     f64 = q1.dtype == torch.float64
     acc_dt = torch.float64 if f64 else torch.float32
