@@ -84,6 +84,25 @@ def test_kernel_matches_reference_fp64(two, H, Hk, M, splits):
     torch.testing.assert_close(got, want, **TOL[dt])
 
 
+@pytest.mark.parametrize("G,M", [(1, 40), (3, 13)])
+def test_rows_spanning_several_tiles_fp64(G, M):
+    """G * M rows beyond one tile (32 rows under the interpreter): the row tiles of one kv head each scan only
+    the keys their rows see."""
+    g = torch.Generator().manual_seed(12 + M)
+    B, Hk, S, D = 2, 2, 90, 16
+    H = G * Hk
+    lens = [45, 88]
+    dt = torch.float64
+    k1, k2, v = _caches(g, B, Hk, S, D, D, lens, dt)
+    q1 = _plant(torch.randn(B, H, M, D, generator=g, dtype=dt), k1, lens, g)
+    q2 = _plant(torch.randn(B, H, M, D, generator=g, dtype=dt), k2, lens, g)
+    want = _run(True, q1, q2, k1, k2, v, 0.8, 0.4, lens, "reference")
+    for splits in (1, 3):
+        got = _launch(True, q1, q2, k1, k2, v, 0.8, 0.4, lens, splits)
+        torch.testing.assert_close(got, want, **TOL[dt])
+    assert decode.plan(G, M, B, Hk, 88, decode.decode_config(D, dt, G * M, True), 8).row_tiles == 2
+
+
 @pytest.mark.parametrize("two", [True, False])
 @pytest.mark.parametrize("p,kappa", [(1.0, 1.0), (1.5, 0.7), (3.0, 2.0)])
 def test_kernel_exponents_and_kappa_fp32(two, p, kappa):

@@ -271,6 +271,8 @@ def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
             k2_base = k1_base
             lam = rq1
         acc = tl.zeros([BLOCK_R, HEAD_DV], dtype=ACC)
+        # keys past the tile's last position are no row's (a tile of early rows, when M spans tiles)
+        hi = tl.minimum(hi, tl.max(pos, 0) + 1)
         # blocks every row sees whole (all keys j <= L - M, the first row's position) need no masks
         full = lo + tl.maximum(tl.minimum(hi, L - M + 1) - lo, 0) // BLOCK_N * BLOCK_N
         for start in range(lo, full, BLOCK_N):
