@@ -83,9 +83,9 @@ def v_block_share(qs, caches, beta, lam, block_n, kappa=1.0):
     tau = float(beta) * math.sqrt(2 * max(math.log(S / kappa), 0.0) / D)
     live = torch.zeros(B, Hk, S, dtype=torch.bool, device="cuda")
     for q, k in ((q1, caches[0]), (q2, caches[1])):
-        qn = (q.float() / q.float().norm(dim=-1, keepdim=True)).reshape(B, Hk, G, D)
-        s = torch.einsum("bhgd,bhsd->bhgs", qn, k.float())
-        live |= (s > tau).any(2)
+        qn = (q.float() / q.float().norm(dim=-1, keepdim=True)).reshape(B, Hk, G, D).to(k.dtype)
+        s = torch.matmul(k, qn.transpose(-1, -2)).float()  # (B, Hk, S, G), no fp32 copy of the cache
+        live |= (s > tau).any(-1)
     n_blk = -(-S // block_n)
     pad = n_blk * block_n - S
     live = F.pad(live, (0, pad)).reshape(B, Hk, n_blk, block_n).any(-1)
@@ -105,8 +105,11 @@ def run_one(B, Hq, Hk, S, D, kind, skip_fwd=False):
     row = dict(D=D, B=B, H=Hq, Hk=Hk, S=S, kind=kind, splits=plan.splits, block_n=cfg.block_n,
                kv_bytes_per_token_tda=Hk * (2 * D + D) * 2, kv_bytes_per_token_softmax=Hk * (D + D) * 2)
     with torch.no_grad():
-        tda_dec = lambda: decode.decode_attention(q1, q2, k1, k2, v, beta, lam, lengths, S, kappa=1.0, p=2.0)  # noqa: E731
-        tra_dec = lambda: decode.decode_attention(q1, None, k1, None, v, beta, None, lengths, S, kappa=1.0, p=2.0)  # noqa: E731
+        def tda_dec():
+            return decode.decode_attention(q1, q2, k1, k2, v, beta, lam, lengths, S, kappa=1.0, p=2.0)
+
+        def tra_dec():
+            return decode.decode_attention(q1, None, k1, None, v, beta, None, lengths, S, kappa=1.0, p=2.0)
         op = lambda: kvcache.threshold_differential_attention_with_kvcache(  # noqa: E731
             q1, q2, k1, k2, v, beta, lam, cache_seqlens=seqlens, check_finite=False)
         sdpa = lambda: F.scaled_dot_product_attention(q1, k1, v, enable_gqa=Hk != Hq)  # noqa: E731
@@ -116,7 +119,8 @@ def run_one(B, Hq, Hk, S, D, kind, skip_fwd=False):
         ref = kvcache.threshold_differential_attention_with_kvcache(
             q1[:1], q2[:1], k1[:1], k2[:1], v[:1], beta, lam, cache_seqlens=seqlens[:1], backend="reference")
         got = tda_dec()[:1]
-        row["rel_err_vs_reference"] = ((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+        err = (got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)
+        row["rel_err_vs_reference"] = err.item()
         row["vblk"] = v_block_share(qs, caches, 1.0, 0.5, cfg.block_n)
         for name, fn in (("tda_decode", tda_dec), ("tra_decode", tra_dec), ("tda_op", op), ("sdpa", sdpa)):
             row[name + "_us"] = bench(fn)
@@ -157,8 +161,8 @@ def sweep():
                 times[cfg] = bench(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths, S,
                                                                    kappa=1.0, p=2.0, cfg=cfg))
         ranked = sorted(times.items(), key=lambda kv: kv[1])
-        line = f"d {D} B {B} H/Hk {Hq}/{Hk} S {S}: sdpa {sd:.1f} us; table {times.get(base, float('nan')):.1f} us; best:"
-        print(line, flush=True)
+        print(f"d {D} B {B} H/Hk {Hq}/{Hk} S {S}: sdpa {sd:.1f} us; table {times.get(base, float('nan')):.1f} us; "
+              f"best:", flush=True)
         for cfg, t in ranked[:6]:
             print(f"   {t:8.1f} us  {cfg}", flush=True)
         results.append(dict(D=D, B=B, H=Hq, Hk=Hk, S=S, sdpa_us=sd,
@@ -190,7 +194,8 @@ def table(rows, gpu, argv):
         lines.append(
             f"| {r['D']} | {r['B']} | {r['H']}/{r['Hk']} | {r['S'] // 1024}K | {r['kind']} | {r['splits']} "
             f"| {100 * r['vblk']:.2f} | {fmt(r['tda_decode_us'])} | {fmt(r['tra_decode_us'])} | {fmt(r['tda_op_us'])} "
-            f"| {fmt(r['sdpa_us'])} | {fmt(r['tda_fwd_us'])} | {fmt(r['tda_vs_sdpa'], 2)}x | {fmt(r['fwd_vs_sdpa'], 2)}x "
+            f"| {fmt(r['sdpa_us'])} | {fmt(r['tda_fwd_us'])} | {fmt(r['tda_vs_sdpa'], 2)}x "
+            f"| {fmt(r['fwd_vs_sdpa'], 2)}x "
             f"| {r['kv_bytes_per_token_tda']} : {r['kv_bytes_per_token_softmax']} |")
     return "\n".join(lines) + "\n"
 
@@ -235,7 +240,8 @@ def main():
         for kind in args.kinds.split(","):
             r = run_one(B, Hq, Hk, S, D, kind, skip_fwd=cache_bytes > args.fwd_max_bytes)
             rows.append(r)
-            print(f"[{time.time() - t0:6.1f}s] d {D} B {B:2d} H/Hk {Hq}/{Hk} S {S:6d} {kind:8s} splits {r['splits']:3d} "
+            print(f"[{time.time() - t0:6.1f}s] d {D} B {B:2d} H/Hk {Hq}/{Hk} S {S:6d} {kind:8s} "
+                  f"splits {r['splits']:3d} "
                   f"vblk {100 * r['vblk']:6.2f}% tda {r['tda_decode_us']:8.1f} tra {r['tra_decode_us']:8.1f} "
                   f"op {r['tda_op_us']:8.1f} sdpa {r['sdpa_us']:8.1f} fwd {fmt(r['tda_fwd_us']):>8} us "
                   f"tda/sdpa {r['tda_vs_sdpa']:.2f} err {r['rel_err_vs_reference']:.1e}", flush=True)
