@@ -318,3 +318,13 @@ def test_gpu_table_compiles_for_sm90():
     for name, use in res.items():
         assert use["stack_local"] == 0, (name, use)
         assert use["shared"] <= 232448 // 2, (name, use)
+
+
+def test_gpu_check_script_runs_on_the_interpreter():
+    """benchmarks/check_decode.py's draw / criterion path on a few tiny CPU configurations."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import check_decode
+    lines = []
+    summary = check_decode.check_decode(4, seed=1, device="cpu", log=lines.append)
+    assert summary["n"] == 4 and len(lines) == 4
+    assert not summary["fails"], lines

@@ -322,6 +322,8 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     beta, lam (H,). `splits` forces a split count (tests)."""
     B, H, M, D = q1.shape
     Hk, S, Dv = k1_cache.shape[1], k1_cache.shape[2], v_cache.shape[3]
+    beta = beta.to(q1.device)  # no-ops where already there; a host-side beta would be read as a device pointer
+    lam = lam.to(q1.device) if lam is not None else None
     G = H // Hk
     two = q2 is not None
     if cfg is None:
