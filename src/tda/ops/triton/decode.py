@@ -49,7 +49,7 @@ class DecodeConfig:
     key blocks a split holds at least (each split pays a query load and a partial write); max_splits: cap.
     """
     block_n: int = 64
-    max_rows: int = 64
+    max_rows: int = 32
     num_warps: int = 4
     num_stages: int = 3
     programs_per_sm: int = 4
