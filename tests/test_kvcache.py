@@ -70,3 +70,25 @@ def test_bad_input_names_the_argument():
         threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=2, kappa=0.0)
     with pytest.raises(ValueError, match="v_cache"):
         threshold_rectified_attention_with_kvcache(q, kc, vc[:, :, :4], 1.0, cache_seqlens=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=torch.tensor([-1, 3]))
+    with pytest.raises(ValueError, match="backend"):
+        threshold_rectified_attention_with_kvcache(q, kc, vc, 1.0, cache_seqlens=2, backend="cuda")
+
+
+def test_append_writes_only_each_sequence_slots():
+    """The in-place append touches positions cache_seqlens[b] .. + M - 1 of each sequence and nothing else."""
+    g = torch.Generator().manual_seed(3)
+    B, Hk, S, D, M = 3, 2, 12, 8, 2
+    caches = [torch.randn(B, Hk, S, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    before = [c.clone() for c in caches]
+    new = [torch.randn(B, Hk, M, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    lens = [0, 5, 10]
+    q = torch.randn(B, Hk, M, D, generator=g, dtype=torch.float64)
+    threshold_differential_attention_with_kvcache(q, q, *caches, 0.5, 0.3, cache_seqlens=torch.tensor(lens),
+                                                  k1=new[0], k2=new[1], v=new[2], backend="reference")
+    for c, c0, t, is_v in zip(caches, before, new, (False, False, True)):
+        for b, L in enumerate(lens):
+            want = t[b] if is_v else reference.l2_normalize(t[b])
+            torch.testing.assert_close(c[b, :, L:L + M], want)
+            assert torch.equal(c[b, :, :L], c0[b, :, :L]) and torch.equal(c[b, :, L + M:], c0[b, :, L + M:])

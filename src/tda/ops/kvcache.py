@@ -9,6 +9,10 @@ i = L_b - M + r (bottom-right alignment), sees keys j <= i, and is judged by the
 tau_i = beta * sqrt(2 * max(log((i + 1) / kappa), 0) / d). The caller advances cache_seqlens.
 
 Returns the pre-RMSNorm aggregation sum_j (a1_ij - lam * a2_ij) v_j, shape (B, H, M, Dv).
+
+backend="auto": the split-KV Triton decode kernel (tda.ops.triton.decode) for CUDA tensors it supports
+(fp16/bf16/fp32, head dims 16/32/64/128) when no gradient is needed, else the torch path; "triton": the
+kernel (on a CPU under TRITON_INTERPRET=1), a ValueError where it cannot run; "reference": the torch path.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ BACKENDS = ("auto", "triton", "reference")
 
 
 def _check_cache(qs, caches, new, cache_seqlens):
-    """Validate the cache call; returns (B, H, M, D, Hk, S, lengths) with lengths an int64 (B,) tensor of
-    the keys visible to each sequence once the new ones are written."""
+    """Validate the cache call; returns (B, H, M, D, Hk, S, lengths, longest) with lengths an int64 (B,)
+    tensor of the keys visible to each sequence once the new ones are written and longest its maximum."""
     for name, t in (*qs, *caches):
         _check_tensor(name, t)
     (qn, q0), (kn, k0) = qs[0], caches[0]
@@ -61,9 +65,10 @@ def _check_cache(qs, caches, new, cache_seqlens):
     if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64)
             or tuple(cache_seqlens.shape) != (B,)):
         raise ValueError(f"cache_seqlens must be an int or an int32/int64 tensor of shape ({B},)")
-    lengths = cache_seqlens.to(torch.int64) + (M if any(given) else 0)
-    lo, hi = int(lengths.min()), int(lengths.max())  # one host sync per call: decoding's lengths are small
-    if int(cache_seqlens.min()) < 0:
+    lengths = cache_seqlens.to(device=q0.device, dtype=torch.int64) + (M if any(given) else 0)
+    # one host sync per call for the three bounds (the kernel's grid needs the longest length anyway)
+    lo, hi = (int(x) for x in torch.stack([lengths.min(), lengths.max()]).tolist())
+    if lo - (M if any(given) else 0) < 0:
         raise ValueError("cache_seqlens must be >= 0")
     if hi > S:
         raise ValueError(f"the cache holds {S} positions but a sequence needs {hi} "
@@ -71,17 +76,18 @@ def _check_cache(qs, caches, new, cache_seqlens):
     if lo < M:
         raise ValueError(f"every sequence must see at least the {M} query positions; got cache_seqlens "
                          f"{cache_seqlens.tolist()} with {'new' if any(given) else 'no new'} keys")
-    return B, H, M, D, Hk, S, lengths
+    return B, H, M, D, Hk, S, lengths, hi
 
 
 def _append(caches, new, cache_seqlens_long, M):
-    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens."""
-    B = caches[0].shape[0]
-    for b in range(B):
-        c0 = int(cache_seqlens_long[b])
-        for i, (cache, (_, t)) in enumerate(zip(caches, new)):
-            is_value = i == len(caches) - 1
-            cache[b, :, c0:c0 + M] = t[b] if is_value else reference.l2_normalize(t[b])
+    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens: one scatter
+    per cache, no host sync."""
+    pos = cache_seqlens_long[:, None] + torch.arange(M, device=cache_seqlens_long.device)  # (B, M)
+    for i, (cache, (_, t)) in enumerate(zip(caches, new)):
+        is_value = i == len(caches) - 1
+        src = t if is_value else reference.l2_normalize(t)
+        idx = pos[:, None, :, None].expand(src.shape)
+        cache.scatter_(2, idx, src)
 
 
 def _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q):
@@ -119,8 +125,31 @@ def check_options(*, kappa, p):
 def _check_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise ValueError("backend='triton' has no cached-decode kernel yet; use 'auto' or 'reference'")
+
+
+def _decode_kernel(backend, q, k_cache, v_cache, needs_grad):
+    """The decode kernel module to run this call with, or None for the torch path."""
+    if backend == "reference" or (backend == "auto" and (not q.is_cuda or needs_grad)):
+        return None
+    if needs_grad:
+        raise ValueError("backend='triton' has no backward for cached decoding; use backend='reference' "
+                         "or run under torch.no_grad()")
+    try:  # imported lazily: CPU-only installs work without triton
+        from .triton import decode as dk
+    except ImportError:
+        if backend == "triton":
+            raise ValueError("backend='triton' needs the triton package (pip install 'tda[triton]')") from None
+        return None
+    why = dk.unsupported_reason(q, k_cache, v_cache)
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' cannot run this call: {why}")
+        return None
+    return dk
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, *,
@@ -136,7 +165,7 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
     """
     _check_backend(backend)
     new = [("k1", k1), ("k2", k2), ("v", v)]
-    B, H, M, D, Hk, S, lengths = _check_cache(
+    B, H, M, D, Hk, S, lengths, longest = _check_cache(
         [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
         new, cache_seqlens)
     check_options(kappa=kappa, p=p)
@@ -144,6 +173,11 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
     lam = _check_scalar_param("lam", lam, H, q1, check_finite)
     if k1 is not None:
         _append([k1_cache, k2_cache, v_cache], new, lengths - M, M)
+    dk = _decode_kernel(backend, q1, k1_cache, v_cache,
+                        _needs_grad(q1, q2, k1_cache, k2_cache, v_cache, beta, lam))
+    if dk is not None:
+        return dk.decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, longest,
+                                   kappa=kappa, p=p, normalize_q=normalize_q)
     return _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q)
 
 
@@ -153,10 +187,14 @@ def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cac
     """TRA (one view) over a KV cache; arguments as threshold_differential_attention_with_kvcache."""
     _check_backend(backend)
     new = [("k", k), ("v", v)]
-    B, H, M, D, Hk, S, lengths = _check_cache([("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)],
+    B, H, M, D, Hk, S, lengths, longest = _check_cache([("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)],
                                               new, cache_seqlens)
     check_options(kappa=kappa, p=p)
     beta = _check_scalar_param("beta", beta, H, q, check_finite)
     if k is not None:
         _append([k_cache, v_cache], new, lengths - M, M)
+    dk = _decode_kernel(backend, q, k_cache, v_cache, _needs_grad(q, k_cache, v_cache, beta))
+    if dk is not None:
+        return dk.decode_attention(q, None, k_cache, None, v_cache, beta, None, lengths, longest,
+                                   kappa=kappa, p=p, normalize_q=normalize_q)
     return _reference(q, None, k_cache, None, v_cache, beta, None, lengths, kappa, p, normalize_q)
