@@ -21,8 +21,9 @@ class GatedSoftmaxAttention(SoftmaxAttention):
         super().__init__(config, layer_idx)
         self.gate_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
 
-    def forward(self, x, rope, position_offset: int = 0):
+    def forward(self, x, rope, position_offset=0, cache=None):
         q, k, v = self.qkv(x, rope, position_offset)
-        y = self.attend(q, k, v)                                   # (B, H, N, D)
+        (k, v), mask = self.cached_kv(cache, k=k, v=v)
+        y = self.attend(q, k.to(q.dtype), v, mask)                 # (B, H, N, D)
         gate = torch.sigmoid(split_heads(self.gate_proj(x), self.n_head, self.head_dim))
         return self.c_proj(merge_heads(y * gate.to(y.dtype)))
