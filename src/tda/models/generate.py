@@ -72,11 +72,11 @@ def as_prompts(input_ids, device) -> tuple[list, bool]:
     prompts = []
     for b, r in enumerate(rows):
         t = torch.as_tensor(r, device=device)
-        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise ValueError(f"input_ids: prompt {b} must be a 1-D sequence of token ids")
         if t.numel() == 0:
             raise ValueError(f"input_ids: prompt {b} is empty; start it with at least one token (e.g. the "
                              f"end-of-text id)")
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(f"input_ids: prompt {b} must be a 1-D sequence of token ids")
         prompts.append(t.long())
     return prompts, as_tensor
 
