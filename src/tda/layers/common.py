@@ -55,6 +55,7 @@ class RotaryEmbedding(nn.Module):
         """NTK-aware: base' = base * s^(d / (d - 2)) stretches low frequencies by ~s, keeps high ones."""
         if scaling <= 0:
             raise ValueError(f"rope scaling must be > 0, got {scaling}")
+        self.base, self.scaling = base, scaling
         d = self.head_dim
         eff = base * scaling ** (d / (d - 2)) if scaling != 1.0 else base
         inv_freq = 1.0 / (eff ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
