@@ -121,11 +121,11 @@ def test_gpt2_exports_to_auto_tokenizer(tmp_path):
     assert hf.eos_token_id == 50256 and len(hf) == 50257
 
 
-@needs_pair_merges
-def test_export_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("kind", [pytest.param("bundled", marks=needs_pair_merges), "gpt2"])
+def test_export_checkpoint_round_trip(kind, tmp_path):
     from tda.train.checkpoint import save_checkpoint
 
-    tok = load_tokenizer("bundled")
+    tok = load_tokenizer(kind)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                         beta_init=0.3)).eval()
