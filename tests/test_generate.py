@@ -181,3 +181,23 @@ def test_sample_loop_streams_and_reports_tokens_per_second():
     assert len(texts) == 2 and texts[0] == texts[1] and len(texts[0]) == 2 + 7
     assert out.getvalue().count("--- sample") == 2 and texts[0] in out.getvalue()
     assert err.getvalue().count("tokens/s") == 2 and "7 tokens in" in err.getvalue()
+
+
+def test_bench_generate_smoke(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_generate
+
+    out = tmp_path / "gen.json"
+    res = bench_generate.main(["--device", "cpu", "--smoke", "--variants", "tda,softmax", "--batch", "1,2",
+                               "--prompt", "5", "--new", "3", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [(r["variant"], r["batch"]) for r in saved["rows"]] == [("tda", 1), ("tda", 2), ("softmax", 1),
+                                                                   ("softmax", 2)]
+    assert all(r["tokens_per_s"] > 0 for r in res["rows"])
+    # TDA keeps two unit-key views and v: 3/2 of softmax's k, v
+    assert saved["cache_bytes_per_token"]["tda"] * 2 == saved["cache_bytes_per_token"]["softmax"] * 3
+    assert set(saved["cache_bytes_per_token"]) == set(ATTENTION)
