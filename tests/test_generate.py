@@ -201,3 +201,13 @@ def test_bench_generate_smoke(tmp_path):
     # TDA keeps two unit-key views and v: 3/2 of softmax's k, v
     assert saved["cache_bytes_per_token"]["tda"] * 2 == saved["cache_bytes_per_token"]["softmax"] * 3
     assert set(saved["cache_bytes_per_token"]) == set(ATTENTION)
+
+
+def test_sample_loop_slides_past_the_context_without_the_cache():
+    model = tiny("softmax")
+    out, err = io.StringIO(), io.StringIO()
+    texts = sample_loop(model, _CharTokenizer(), "", max_new_tokens=60, temperature=0, top_k=None, out=out,
+                        err=err)
+    assert len(texts[0]) == 60 and "without the KV cache" in err.getvalue()
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), 60)

@@ -130,7 +130,8 @@ def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_
             raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                              f"{longest + max_new_tokens} positions exceed the {limit} the "
                              f"{'cache' if cache is not None else 'context'} allows (block_size="
-                             f"{model.config.block_size}; pass max_seqlen to extend it, or shorten the prompt)")
+                             f"{model.config.block_size}): shorten the prompt, pass max_seqlen to extend the "
+                             f"cache past the trained context, or use_cache=False for a sliding window")
         if cache is None:
             cache = KVCache.for_model(model, B, limit)
         logits = prefill(model, cache, prompts)
@@ -176,11 +177,19 @@ def generate(model, input_ids, max_new_tokens: int, **kwargs):
 
 def sample_loop(model, tokenizer, prompt: str = "", *, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int | None = 200, top_p: float | None = None, seed: int = 1337, num_samples: int = 1,
-                stop_at_eot: bool = False, use_cache: bool = True, out=None, err=None) -> list:
+                stop_at_eot: bool = False, use_cache: bool | None = None, out=None, err=None) -> list:
     """Print each sample as it is generated (prompt, then tokens as they come) and a tokens/s line per sample
-    on `err`; returns the sample texts. An empty prompt starts from the end-of-text token (not printed)."""
+    on `err`; returns the sample texts. An empty prompt starts from the end-of-text token (not printed).
+    use_cache=None: the KV cache when prompt + max_new_tokens fit the context (block_size), else the
+    sliding-window path (each step re-reads the last block_size tokens), with a note on `err`."""
     out, err = out or sys.stdout, err or sys.stderr
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+    if use_cache is None:
+        use_cache = len(ids) + max_new_tokens <= model.config.block_size
+        if not use_cache:
+            print(f"[{len(ids)} prompt + {max_new_tokens} new tokens exceed the context of "
+                  f"{model.config.block_size}: sampling without the KV cache, over a sliding window]",
+                  file=err, flush=True)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
