@@ -143,3 +143,12 @@ def test_export_checkpoint_round_trip(kind, tmp_path):
     assert hf_model.generation_config.eos_token_id == tok.eot_id
     with pytest.raises(ValueError, match="not an empty folder"):
         export_checkpoint(ckpt, out)
+
+
+def test_beam_search_and_sampling_run_over_the_cache():
+    model = tiny("tda")
+    x = torch.randint(0, 61, (2, 6))
+    beams = model.generate(x, max_new_tokens=6, num_beams=3, do_sample=False)
+    assert torch.equal(beams, model.generate(x, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False))
+    drawn = model.generate(x, max_new_tokens=4, do_sample=True, top_p=0.9, num_return_sequences=2)
+    assert drawn.shape == (4, 10) and torch.equal(drawn[:, :6], x.repeat_interleave(2, 0))

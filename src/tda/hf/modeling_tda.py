@@ -135,6 +135,11 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
     def new_cache(self, batch_size: int, max_seqlen: int | None = None) -> KVCache:
         return self.model.new_cache(batch_size, max_seqlen or self.config.block_size)
 
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        # transformers 4.x beam search; 5.x calls the cache's own reorder_cache
+        return past_key_values.reorder_cache(beam_idx)
+
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True,
                                       cache=None, **kwargs):
         kv = cache if cache is not None else past_key_values

@@ -117,6 +117,15 @@ class KVCache:
         view.seqlens = self.seqlens[b:b + 1]
         return view
 
+    def reorder_cache(self, order):
+        """Keep sequence order[i] as sequence i (beam search): every buffer and length, gathered in place."""
+        order = order.to(self.seqlens.device)
+        for layer in self.layers:
+            for name, t in layer.items():
+                layer[name] = t.index_select(0, order)
+        self.seqlens = self.seqlens.index_select(0, order)
+        return self
+
     def layer(self, i: int, lengths: tuple, n_new: int) -> LayerCache:
         return LayerCache(self.layers[i], self.seqlens, lengths, n_new)
 
