@@ -86,6 +86,19 @@ def test_sample_is_seeded(ckpt, capsys):
     assert capsys.readouterr().out.count("--- sample") == 2
 
 
+def test_sample_streams_with_and_without_the_cache(ckpt, capsys):
+    """Greedy text is the same through the KV cache and with --no-cache; tokens/s goes to stderr."""
+    base = ["sample", ckpt, "--prompt", "The", "--max-new-tokens", "6", "--temperature", "0"]
+    assert main(base) == 0
+    cached = capsys.readouterr()
+    assert main(base + ["--no-cache"]) == 0
+    uncached = capsys.readouterr()
+    assert cached.out == uncached.out and cached.out.startswith("The")
+    assert "6 tokens in" in cached.err and "tokens/s" in cached.err and "tokens/s" not in cached.out
+    assert main(base + ["--temperature", "0.8", "--top-p", "0.9", "--top-k", "0", "--stop-at-eot"]) == 0
+    assert capsys.readouterr().out.startswith("The")
+
+
 @pytest.mark.parametrize("args, msg", [
     (["sample", "/nonexistent/x.pt"], "not found"),
     (["info", "/nonexistent/x.pt"], "not found"),
@@ -100,6 +113,7 @@ def test_bad_arguments_exit_nonzero_with_message(args, msg, capsys):
 @pytest.mark.parametrize("args, msg", [
     (["sample", "x.pt", "--max-new-tokens", "0"], "--max-new-tokens: must be > 0"),
     (["sample", "x.pt", "--temperature", "-1"], "--temperature: must be >= 0"),
+    (["sample", "x.pt", "--top-p", "1.01"], "--top-p: must be in (0, 1]"),
     (["sample", "x.pt", "--device", "gpu"], "--device: must be cpu, cuda or cuda:N"),
     (["demo", "--steps", "0"], "--steps: must be > 0"),
     (["eval", "x.pt", "--out", "o", "--trials", "many"], "--trials: expected an integer"),
@@ -134,7 +148,7 @@ def test_console_entry_point_exit_code(tmp_path):
 
 def test_every_subcommand_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "sample", "info", "eval", "analyze", "compare", "data"}
+    assert set(sub.choices) == {"demo", "train", "sample", "export", "info", "eval", "analyze", "compare", "data"}
 
 
 def test_demo_config_comes_from_the_package_yaml():

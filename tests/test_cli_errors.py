@@ -2,6 +2,7 @@
 every file before use, and answers with one line `tda <command>: error: ...` and exit code 2 — no traceback,
 not even for a closed pipe. After every refused command the earlier run's files are byte-identical."""
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -230,6 +231,45 @@ def test_a_run_folder_stands_for_its_checkpoint(run, env):
     r = tda(env, "sample", run["dir"], "--max-new-tokens", 3, "--prompt", "The")
     assert r.returncode == 0 and r.stdout.startswith("The"), r.stderr
     unchanged(run)
+
+
+def test_export_a_run_folder(run, env, tmp_path):
+    """`tda export RUN --out DIR` writes the run's best.pt as a Hugging Face folder with the same weights."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    out = tmp_path / "hf"
+    r = tda(env, "export", run["dir"], "--out", out)
+    assert r.returncode == 0 and str(run["dir"] / "best.pt") in r.stdout, r.stderr
+    assert json.loads((out / "config.json").read_text())["model_type"] == "tda"
+    exported = load_file(out / "model.safetensors")
+    best = torch.load(run["dir"] / "best.pt", weights_only=True)["model"]
+    for name, t in best.items():
+        match = [v for k, v in exported.items() if k.endswith(name)]
+        assert name == "lm_head.weight" or match, name   # tied to the embedding: may be stored once
+        for v in match:
+            assert torch.equal(v, t), name
+    # a folder that is not empty is refused, in one line, and left as it is
+    before = sorted(p.name for p in out.iterdir())
+    one_line_error(tda(env, "export", run["dir"], "--out", out), "export", str(out), "not an empty folder")
+    assert sorted(p.name for p in out.iterdir()) == before
+    unchanged(run)
+
+
+def test_export_without_transformers_says_what_to_install(run, env, tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "transformers.py").write_text("raise ImportError(\"No module named 'transformers'\")\n")
+    env = dict(env, PYTHONPATH=f"{shadow}{os.pathsep}{env['PYTHONPATH']}")
+    r = tda(env, "export", run["dir"], "--out", tmp_path / "hf")
+    one_line_error(r, "export", "pip install 'tda[hf]'")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("top_p, words", [("1.5", "must be in (0, 1], got 1.5"), ("0", "must be > 0")])
+def test_bad_top_p_is_rejected_before_loading(env, tmp_path, top_p, words):
+    r = tda(env, "sample", tmp_path / "missing.pt", "--top-p", top_p)
+    assert r.returncode == 2 and f"argument --top-p: {words}" in r.stderr, r.stderr
+    assert "not found" not in r.stderr and r.stdout == ""
 
 
 # --- 3. a closed pipe ----------------------------------------------------------------------------------

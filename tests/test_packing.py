@@ -286,6 +286,29 @@ def test_model_packing_errors():
         model(x, cu_seqlens=cu([8, 8]), max_seqlen=8)
 
 
+@pytest.mark.parametrize("attention", sorted(ATTENTION))
+def test_packing_and_kv_cache_exclude_each_other(attention):
+    """Packed documents and a KV cache together: every layer raises a ValueError naming docs before it
+    writes the cache, the model one naming cu_seqlens; each alone runs."""
+    if attention == "entmax":
+        pytest.importorskip("entmax")
+    torch.manual_seed(0)
+    model = GPT(_tiny(attention)).eval()
+    x = torch.randint(0, 64, (2, 8))
+    cache = model.new_cache(2, 16)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        model(x, cache=cache, cu_seqlens=cu([3, 5, 8]), max_seqlen=8)
+    assert cache.seqlens.tolist() == [0, 0]
+    attn, h = model.blocks[0].attn, torch.randn(2, 8, 32)
+    docs = PackedDocuments.build(cu([3, 5, 8]), 8, 2, 8, x.device)
+    with pytest.raises(ValueError, match="docs"):
+        attn(h, model.rope, docs=docs, cache=cache.layer(0, (0, 0), 8))
+    assert all(not t.any() for t in cache.layers[0].values())   # refused before writing
+    assert attn(h, model.rope, docs=docs).shape == h.shape
+    assert attn(h, model.rope, cache=cache.layer(0, (0, 0), 8)).shape == h.shape
+    assert any(t.any() for t in cache.layers[0].values())
+
+
 # --- training --------------------------------------------------------------------------------------
 def test_ab_configs_differ_only_in_attention():
     from tda.train.config import load_config

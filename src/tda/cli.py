@@ -1,6 +1,6 @@
 """The `tda` command: argparse and thin handlers; the work lives in functions of the packages.
 
-    tda demo | train | sample | info | eval | analyze | compare | data prepare | data info
+    tda demo | train | sample | export | info | eval | analyze | compare | data prepare | data info
 
 Each subcommand has one `add_<name>(sub)` that builds its parser and one `cmd_<name>(args)` handler;
 COMMANDS lists the builders. A handler returns an exit code. User errors (ValueError, CLIError, missing
@@ -168,31 +168,73 @@ def cmd_train(args):
 
 
 # --- sample -----------------------------------------------------------------------------------------
+def top_p_arg(text: str) -> float:
+    v = _number(float, 0.0, strict=True)(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
 def add_sample(sub):
-    p = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=HelpFormatter)
+    p = sub.add_parser("sample", help="generate text from a checkpoint, streamed as it is produced",
+                       formatter_class=HelpFormatter,
+                       description="Print each sample as its tokens are produced, then a tokens/s line on "
+                                   "stderr. The KV cache is used while prompt + new tokens fit the model's "
+                                   "context; past it, each step re-reads the last block_size tokens.")
     p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     p.add_argument("--max-new-tokens", type=positive_int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-k", type=nonneg_int, default=50, help="keep the k most likely tokens; 0 = all")
+    p.add_argument("--top-k", type=nonneg_int, default=50, help="keep the k most likely tokens; 0 = off")
+    p.add_argument("--top-p", type=top_p_arg, default=1.0,
+                   help="nucleus: keep the most likely tokens up to this total probability, in (0, 1]; 1 = off")
     p.add_argument("--num-samples", type=positive_int, default=1, help="independent samples")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text")
+    p.add_argument("--stop-at-eot", action="store_true",
+                   help="end a sample at the end-of-text token (default: generate all --max-new-tokens)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="no KV cache: every step re-reads the last block_size tokens (default: the cache "
+                        "while prompt + new tokens fit the context)")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(handler=cmd_sample)
 
 
 def cmd_sample(args):
-    from .models.checkpoint import load_checkpoint
-    from .models.sample import sample_text
+    from .models.checkpoint import load_checkpoint, resolve_checkpoint
+    from .models.generate import sample_loop
     _check_device(args.device)
-    model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
-    texts = sample_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                        num_samples=args.num_samples)
-    for i, t in enumerate(texts):
-        if len(texts) > 1:
-            print(f"--- sample {i}")
-        print(t)
+    path = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_checkpoint(path, device=args.device)
+    if tokenizer is None:
+        raise CLIError(f"{path}: the checkpoint holds no tokenizer; cannot encode a prompt")
+    sample_loop(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None, seed=args.seed,
+                num_samples=args.num_samples, stop_at_eot=args.stop_at_eot,
+                use_cache=False if args.no_cache else None)
+    return 0
+
+
+# --- export -----------------------------------------------------------------------------------------
+def add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder",
+                       formatter_class=HelpFormatter,
+                       description="Write config.json, model.safetensors and the tokenizer files to a new or "
+                                   "empty folder that transformers' Auto classes load after `import tda.hf` "
+                                   "(needs pip install 'tda[hf]').")
+    p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: new, or empty")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args):
+    from .models.checkpoint import resolve_checkpoint
+    path = resolve_checkpoint(args.checkpoint)   # a missing file is named before transformers loads
+    try:
+        from .hf import export_checkpoint
+    except ImportError as e:
+        raise CLIError(f"exporting needs the Hugging Face extras ({e}): pip install 'tda[hf]'") from None
+    out = export_checkpoint(path, args.out)
+    print(f"exported {path} to {out}")
     return 0
 
 
@@ -419,7 +461,8 @@ def cmd_data_info(args):
 
 
 # --- main -------------------------------------------------------------------------------------------
-COMMANDS = (add_demo, add_train, add_sample, add_info, add_eval, add_analyze, add_compare, add_data)
+COMMANDS = (add_demo, add_train, add_sample, add_export, add_info, add_eval, add_analyze, add_compare,
+            add_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ class RotaryEmbedding(nn.Module):
         """NTK-aware: base' = base * s^(d / (d - 2)) stretches low frequencies by ~s, keeps high ones."""
         if scaling <= 0:
             raise ValueError(f"rope scaling must be > 0, got {scaling}")
+        self.base, self.scaling = base, scaling
         d = self.head_dim
         eff = base * scaling ** (d / (d - 2)) if scaling != 1.0 else base
         inv_freq = 1.0 / (eff ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
@@ -84,14 +85,26 @@ class RotaryEmbedding(nn.Module):
             c = self._cache = self._table(max(n, 256), device, dtype)
         return c
 
-    def forward(self, x, position_offset: int = 0, positions: torch.Tensor | None = None):
-        """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1, or, given
+    def forward(self, x, position_offset=0, positions: torch.Tensor | None = None):
+        """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1; position_offset
+        is an int, or a (B,) tensor of per-sequence offsets (batched decoding over a KV cache). Given
         `positions` (B, N) ints in [0, N) (packed documents: each restarts at 0), at those positions."""
         n = x.shape[-2]
         if positions is not None:
+            if isinstance(position_offset, torch.Tensor) or position_offset:
+                raise ValueError("positions: per-token positions take no position_offset")
             # per-token positions: the fused kernel takes one contiguous (N, D) table, so gather and use torch ops
             cos, sin = self._cos_sin(n, x.device, x.dtype)
             cos, sin = cos[positions][:, None], sin[positions][:, None]          # (B, 1, N, D)
+            x1, x2 = x.chunk(2, dim=-1)
+            return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+        if isinstance(position_offset, torch.Tensor):
+            # per-sequence positions: angles computed for just these rows, with the table's arithmetic
+            # (fp32 position * inv_freq), so each row rotates exactly as the table would rotate it
+            pos = position_offset.to(torch.float32)[:, None] + torch.arange(n, device=x.device, dtype=torch.float32)
+            freqs = pos[..., None] * self.inv_freq.to(x.device)                     # (B, N, D/2)
+            emb = torch.cat([freqs, freqs], dim=-1)[:, None]                        # (B, 1, N, D)
+            cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
         cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
@@ -111,6 +124,18 @@ def doc_positions(docs):
     return None if docs is None else docs.positions
 
 
+def row_positions(position_offset, n: int, device):
+    """Absolute positions of n rows: (n,) for an int offset, (B, n) for a (B,) tensor of offsets."""
+    if isinstance(position_offset, torch.Tensor):
+        return position_offset.long()[:, None] + torch.arange(n, device=device)[None, :]
+    return torch.arange(position_offset, position_offset + n, device=device)
+
+
+def causal_mask(n_q: int, n_k: int, device):
+    """(n_q, n_k) bool, True where key j is visible to query i (bottom-right aligned)."""
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)
+
+
 def split_heads(x, n_heads: int, head_dim: int):
     """(B, N, n_heads * head_dim) -> (B, n_heads, N, head_dim)."""
     B, N, _ = x.shape
@@ -126,12 +151,42 @@ def merge_heads(x):
 class AttentionBase(nn.Module):
     """Shared contract of every attention layer.
 
-    forward(x (B, N, C), rope, position_offset=0, docs=None) -> (B, N, C); docs (tda.ops.varlen.PackedDocuments)
-    packs several documents per row: each attends only within itself, RoPE and position-dependent terms
-    restart at its first token. When `record_weights` is set, the layer
-    also stores its (B, H, N, N) attention weights in `last_weights` (detached) for analysis: the
-    probabilities for softmax-like layers, the signed weights a1 - lam * a2 for TDA.
+    forward(x (B, N, C), rope, position_offset=0, docs=None, cache=None) -> (B, N, C). When `record_weights`
+    is set, the layer also stores its (B, H, N, N) attention weights in `last_weights` (detached) for
+    analysis: the probabilities for softmax-like layers, the signed weights a1 - lam * a2 for TDA.
+
+    docs (tda.ops.varlen.PackedDocuments) packs several documents per row: each attends only within
+    itself, RoPE and position-dependent terms restart at its first token.
+
+    With a KV cache (`cache`: a models.kv_cache.LayerCache), the model passes position_offset = the
+    positions already cached (an int, or a (B,) tensor when sequences differ); the layer writes what
+    `cache_shapes()` names for the new positions and attends over everything cached. Its cached path
+    is its uncached math with a per-sequence key mask.
+
+    docs and cache exclude each other (a cache holds one sequence per row, packing several).
     """
+
+    @staticmethod
+    def check_docs_cache(docs, cache):
+        """ValueError when both packed documents and a KV cache are given."""
+        if docs is not None and cache is not None:
+            raise ValueError("docs: packed documents cannot be combined with a KV cache (cache)")
+
+    def cache_shapes(self) -> dict:
+        """name -> (heads, dim) of what one position keeps in the KV cache (default: raw k and v)."""
+        return {"k": (self.n_kv_head, self.head_dim), "v": (self.n_kv_head, self.head_dim)}
+
+    @staticmethod
+    def cached_kv(cache, **new):
+        """With a cache: write the new tensors and return (what to attend over, per-sequence key mask);
+        the mask is None where plain causal attention over the new tokens is exact (no cache, or every
+        sequence starting empty). Without one: (the new tensors, None)."""
+        if cache is None:
+            return tuple(new.values()), None
+        cache.write(**new)
+        if cache.fresh:
+            return tuple(new.values()), None
+        return cache.read(*new), cache.mask()
 
     def __init__(self):
         super().__init__()

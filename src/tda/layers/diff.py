@@ -58,7 +58,13 @@ class DiffAttention(AttentionBase):
         return (torch.exp((self.lambda_q1 * self.lambda_k1).sum()) - torch.exp((self.lambda_q2 * self.lambda_k2).sum())
                 + self.lambda_init)
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
+    def cache_shapes(self) -> dict:
+        # v is kept as [v_a | v_b], 2·D wide
+        Hkd, D = self.n_kv_head, self.head_dim
+        return {"k1": (Hkd, D), "k2": (Hkd, D), "v": (Hkd, 2 * D)}
+
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        self.check_docs_cache(docs, cache)
         Hd, Hkd, D = self.n_head, self.n_kv_head, self.head_dim
         B, N, _ = x.shape
         pos = doc_positions(docs)
@@ -66,14 +72,19 @@ class DiffAttention(AttentionBase):
         q1, q2 = rope(split_heads(self.q_proj(x), 2 * Hd, D), position_offset, pos).chunk(2, dim=1)
         k1, k2, va, vb = split_heads(self.kv_proj(x), 4 * Hkd, D).chunk(4, dim=1)
         k1, k2 = rope(k1, position_offset, pos), rope(k2, position_offset, pos)
+        if cache is not None:
+            (k1, k2, v), mask = self.cached_kv(cache, k1=k1, k2=k2, v=torch.cat([va, vb], -1))
+            k1, k2, va, vb = (t.to(q1.dtype) for t in (k1, k2, *v.chunk(2, dim=-1)))
         if Hd > Hkd:
             g = Hd // Hkd
             k1, k2, va, vb = (t.repeat_interleave(g, 1) for t in (k1, k2, va, vb))
         lam = self.lam
-        if self.record_weights:
+        # a cached decode step attends over (B, H, M, cached) keys: nothing to record there
+        if self.record_weights and (cache is None or mask is None):
             p1 = self.causal_softmax_weights(q1, k1, D ** -0.5, mask)
             p2 = self.causal_softmax_weights(q2, k2, D ** -0.5, mask)
             self.last_weights = (p1 - lam.detach().float() * p2).detach()
+        # packed documents and a cached call pass their mask; otherwise plain causal
         o = F.scaled_dot_product_attention(
             torch.cat([q1, q1, q2, q2], 1), torch.cat([k1, k1, k2, k2], 1), torch.cat([va, vb, va, vb], 1),
             attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AttentionBase, doc_positions, merge_heads, split_heads
+from .common import AttentionBase, causal_mask, doc_positions, merge_heads, split_heads
 
 # masked scores: very negative but finite, so entmax's cumulative sums never see inf - inf
 _MASK_VALUE = -1e4
@@ -45,20 +45,23 @@ class EntmaxAttention(AttentionBase):
         self.c_proj = nn.Linear(c.n_head * c.head_dim, c.n_embd, bias=c.bias)
         self.dropout = c.dropout
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        self.check_docs_cache(docs, cache)
         H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
         pos = doc_positions(docs)
         q = rope(split_heads(self.q_proj(x), H, D), position_offset, pos)
         k, v = split_heads(self.kv_proj(x), 2 * Hk, D).chunk(2, dim=1)
-        k = rope(k, position_offset, pos)
+        (k, v), mask = self.cached_kv(cache, k=rope(k, position_offset, pos), v=v)
+        v = v.to(q.dtype)
         if H > Hk:
             k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
         s = (q.float() @ k.float().transpose(-1, -2)) * D ** -0.5
-        M, N = s.shape[-2:]
-        # packed documents: block-diagonal causal
-        mask = torch.ones(M, N, dtype=torch.bool, device=s.device).tril(N - M) if docs is None else docs.mask
+        if docs is not None:  # packed documents: block-diagonal causal
+            mask = docs.mask
+        elif mask is None:
+            mask = causal_mask(s.shape[-2], s.shape[-1], s.device)
         p = self.entmax15(s.masked_fill(~mask, _MASK_VALUE), dim=-1).masked_fill(~mask, 0.0)
-        if self.record_weights:
+        if self.record_weights and cache is None:
             self.last_weights = p.detach()
         if self.training and self.dropout > 0:
             p = F.dropout(p, self.dropout)

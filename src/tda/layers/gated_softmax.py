@@ -21,8 +21,8 @@ class GatedSoftmaxAttention(SoftmaxAttention):
         super().__init__(config, layer_idx)
         self.gate_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
-        q, k, v = self.qkv(x, rope, position_offset, docs)
-        y = self.attend(q, k, v, docs)                                 # (B, H, N, D)
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        q, k, v, mask, record = self.keys_values(x, rope, position_offset, docs, cache)
+        y = self.attend(q, k, v, mask, record)                      # (B, H, N, D)
         gate = torch.sigmoid(split_heads(self.gate_proj(x), self.n_head, self.head_dim))
         return self.c_proj(merge_heads(y * gate.to(y.dtype)))

@@ -22,12 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AttentionBase, RMSNorm, doc_positions, merge_heads, split_heads
-
-
-def causal_mask(n_q: int, n_k: int, device):
-    """(n_q, n_k) bool, True where key j is visible to query i (bottom-right aligned)."""
-    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)
+from .common import AttentionBase, RMSNorm, causal_mask, doc_positions, merge_heads, split_heads
 
 
 class ReLAAttention(AttentionBase):
@@ -44,18 +39,23 @@ class ReLAAttention(AttentionBase):
         self.gate = nn.Parameter(torch.empty(inner).uniform_(-bound, bound))
         self.dropout = c.dropout
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        self.check_docs_cache(docs, cache)
         H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
         pos = doc_positions(docs)
         q = rope(split_heads(self.q_proj(x), H, D), position_offset, pos)
         k, v = split_heads(self.kv_proj(x), 2 * Hk, D).chunk(2, dim=1)
-        k = rope(k, position_offset, pos)
+        (k, v), mask = self.cached_kv(cache, k=rope(k, position_offset, pos), v=v)
+        k, v = k.to(q.dtype), v.to(q.dtype)
         if H > Hk:
             k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
         s = (q @ k.transpose(-1, -2)) * D ** -0.5
-        mask = causal_mask(s.shape[-2], s.shape[-1], s.device) if docs is None else docs.mask
+        if docs is not None:  # packed documents: block-diagonal causal
+            mask = docs.mask
+        elif mask is None:
+            mask = causal_mask(s.shape[-2], s.shape[-1], s.device)
         a = F.relu(s).masked_fill(~mask, 0.0)
-        if self.record_weights:
+        if self.record_weights and cache is None:
             self.last_weights = a.detach().float()
         if self.training and self.dropout > 0:
             a = F.dropout(a, self.dropout)

@@ -23,18 +23,32 @@ class SoftmaxAttention(AttentionBase):
         pos = doc_positions(docs)
         return rope(q, position_offset, pos), rope(k, position_offset, pos), v
 
-    def attend(self, q, k, v, docs=None):
-        """(B, H, N, D) -> (B, H, N, D); subclasses (gated softmax, SSMax, ...) override pieces.
-        With packed documents, a block-diagonal causal bool mask (SDPA then runs its masked kernels)."""
+    def keys_values(self, x, rope, position_offset, docs, cache):
+        """(q, k, v, mask, record) for attend(): packed documents give their block-diagonal causal mask; a
+        cache writes k and v and gives what it holds with its per-sequence key mask (None: plain causal).
+        record is False on a cached decode step, whose weights are not the (B, H, N, N) of analysis."""
+        self.check_docs_cache(docs, cache)
+        q, k, v = self.qkv(x, rope, position_offset, docs)
+        if docs is not None:
+            return q, k, v, docs.mask, True
+        (k, v), mask = self.cached_kv(cache, k=k, v=v)
+        return q, k.to(q.dtype), v, mask, mask is None
+
+    def attend(self, q, k, v, mask=None, record=True):
+        """(B, H, N, D) -> (B, H, N, D); subclasses (gated softmax, SSMax, ...) override pieces. mask: None
+        for causal attention over equal-length q and k, else a bool mask (B, 1, N, Nk): packed documents'
+        block-diagonal causal mask, or a KV cache's per-sequence key mask (SDPA then runs its masked kernels).
+        record: whether `record_weights` applies to this call."""
         g = self.n_head // self.n_kv_head
         if g > 1:
             k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-        mask = None if docs is None else docs.mask
-        if self.record_weights:
+        if self.record_weights and record:
             self.last_weights = self.causal_softmax_weights(q, k, self.head_dim ** -0.5, mask).detach()
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                              dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask, dropout_p=dropout_p)
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
-        q, k, v = self.qkv(x, rope, position_offset, docs)
-        return self.c_proj(merge_heads(self.attend(q, k, v, docs)))
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        q, k, v, mask, record = self.keys_values(x, rope, position_offset, docs, cache)
+        return self.c_proj(merge_heads(self.attend(q, k, v, mask, record)))

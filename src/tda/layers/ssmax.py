@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .common import row_positions
 from .softmax import SoftmaxAttention
 
 
@@ -28,16 +29,15 @@ class SSMaxAttention(SoftmaxAttention):
         s_init = 1.0 / math.log(max(config.block_size, 2))
         self.s = nn.Parameter(torch.full((config.n_head,), s_init))
 
-    def log_n(self, n: int, position_offset: int, device):
-        """(n,) log of the number of keys visible to each query row."""
-        return torch.arange(position_offset + 1, position_offset + n + 1, device=device,
-                            dtype=torch.float32).log()
+    def log_n(self, n: int, position_offset, device):
+        """log of the number of keys visible to each query row: (n,), or (B, n) for per-sequence offsets."""
+        return (row_positions(position_offset, n, device) + 1).to(torch.float32).log()
 
     def qkv(self, x, rope, position_offset, docs=None):
         q, k, v = super().qkv(x, rope, position_offset, docs)
         if docs is not None:  # packed documents: n_i counts the keys of row i's own document
             log_n = (docs.positions + 1).float().log()                               # (B, N)
-            scale = self.s.float()[None, :, None] * log_n[:, None, :]               # (B, H, N)
-            return q * scale[..., None].to(q.dtype), k, v
-        scale = self.s.float()[:, None] * self.log_n(q.shape[-2], position_offset, q.device)[None, :]
-        return q * scale[None, :, :, None].to(q.dtype), k, v
+        else:
+            log_n = self.log_n(q.shape[-2], position_offset, q.device)              # (N,) or (B, N)
+        scale = self.s.float()[:, None] * log_n[..., None, :]                       # (H, N) or (B, H, N)
+        return q * scale[..., None].to(q.dtype), k, v

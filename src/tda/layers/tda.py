@@ -4,6 +4,13 @@ Two q/k views from independent projections, one v, RoPE on every q and k, learna
 init 1.0) and lam in (0, 1) (per head, lam = sigmoid(lam_logit), init 0.5), a per-head RMSNorm of the
 signed aggregation, then the output projection (the paper's five steps: scores, tau, exceedances,
 difference, norm).
+
+Packed documents (docs) go through the varlen ops: tau and causality restart at every document.
+
+With a KV cache the layer keeps each view's keys L2-normalised (unit keys, normalised once when
+written) and the raw values: a prompt is prefilled through the plain op over its own tokens (the fused
+kernel on CUDA), then each decode step attends over the cache through the cached-attention entry, its
+queries at absolute positions seqlens[b] + r.
 """
 from __future__ import annotations
 
@@ -12,7 +19,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ..ops import threshold_differential_attention, threshold_rectified_attention
+from ..ops import l2_normalize, threshold_differential_attention, threshold_rectified_attention
+from ..ops.kvcache import (threshold_differential_attention_with_kvcache,
+                           threshold_rectified_attention_with_kvcache)
 from ..ops.varlen import threshold_differential_attention_varlen, threshold_rectified_attention_varlen
 from .common import AttentionBase, RMSNorm, doc_positions, split_heads
 
@@ -63,14 +72,35 @@ class TDAAttention(AttentionBase):
             position_offset=position_offset, backend=backend, return_weights=return_weights,
             check_finite=False)  # learned beta/lam: no per-call host sync (divergence shows in the loss)
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
+    def cache_shapes(self) -> dict:
+        Hk, D = self.n_kv_head, self.head_dim
+        keys = {"k": (Hk, D)} if self.n_views == 1 else {"k1": (Hk, D), "k2": (Hk, D)}
+        return {**keys, "v": (Hk, D)}
+
+    def _cached_op(self, qs, ks, v, cache):
+        b = cache.buffers
+        dt = b["v"].dtype
+        return threshold_differential_attention_with_kvcache(
+            qs[0].to(dt), qs[1].to(dt), b["k1"], b["k2"], b["v"], self.beta, self.lam,
+            cache_seqlens=cache.seqlens, k1=ks[0].to(dt), k2=ks[1].to(dt), v=v.to(dt), kappa=self.kappa,
+            p=self.p, backend=self.backend, check_finite=False)
+
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        self.check_docs_cache(docs, cache)
         if docs is not None and self.record_weights:
             raise ValueError("docs: recording attention weights is not supported with packed documents")
         qs, ks, v = self._views(x, rope, position_offset, docs)
-        y = self._op(qs, ks, v, position_offset, self.record_weights, docs)
-        if self.record_weights:
-            y, w = y
-            self.last_weights = w.detach()
+        if cache is None or cache.fresh:
+            record = self.record_weights and cache is None
+            y = self._op(qs, ks, v, position_offset if cache is None else 0, record, docs)
+            if record:
+                y, w = y
+                self.last_weights = w.detach()
+            if cache is not None:  # prefill: the op above saw the whole prompt; keep unit keys for decoding
+                names = [n for n in self.cache_shapes() if n != "v"]
+                cache.write(v=v, **{n: l2_normalize(k) for n, k in zip(names, ks)})
+        else:
+            y = self._cached_op(qs, ks, v, cache).to(v.dtype)
         y = self.head_norm(y.transpose(1, 2))  # (B, N, H, D): RMSNorm per head; an all-zero row stays 0
         B, N = y.shape[:2]
         return self.dropout(self.c_proj(y.reshape(B, N, -1)))
@@ -90,3 +120,10 @@ class TRAAttention(TDAAttention):
             qs[0], ks[0], v, self.beta, kappa=self.kappa, p=self.p, causal=True,
             position_offset=position_offset, backend=backend, return_weights=return_weights,
             check_finite=False)  # learned beta/lam: no per-call host sync (divergence shows in the loss)
+
+    def _cached_op(self, qs, ks, v, cache):
+        b = cache.buffers
+        dt = b["v"].dtype
+        return threshold_rectified_attention_with_kvcache(
+            qs[0].to(dt), b["k"], b["v"], self.beta, cache_seqlens=cache.seqlens, k=ks[0].to(dt), v=v.to(dt),
+            kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False)

@@ -1,7 +1,8 @@
 """A GPT language model whose attention is chosen by config: TDA, softmax, or any baseline layer.
 
 Read top to bottom in data-flow order (nanoGPT style): MLP, Block, GPT. Pre-norm RMSNorm blocks, RoPE
-(no learned positions, so the context can be extended at evaluation), tied embeddings.
+(no learned positions, so the context can be extended at evaluation), tied embeddings. Serving (KV cache,
+prefill and decode, sampling) lives in kv_cache.py and generate.py; `GPT.generate` is their entry.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from .config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
 from ..ops.varlen import PackedDocuments
+from . import generate as _generate
+from .kv_cache import KVCache
 
 
 class MLP(nn.Module):
@@ -36,8 +39,8 @@ class Block(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, position_offset: int = 0, docs=None):
-        x = x + self.attn(self.ln_1(x), rope, position_offset, docs=docs)
+    def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, position_offset, docs=docs, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -74,32 +77,61 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() if non_embedding else n
 
-    def forward(self, input_ids, targets=None, position_offset: int = 0, *, cu_seqlens=None, max_seqlen=None):
+    def forward(self, input_ids, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
+                cu_seqlens=None, max_seqlen=None):
         """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
+
+        With `cache` (a KVCache for this batch), row b's tokens sit at positions cache.seqlens[b] + r: every
+        layer writes them into the cache and attends over all it holds, then seqlens advance by N.
 
         Packed documents (flash-attn varlen convention): cu_seqlens int32 cumulative document lengths over
         the B * N tokens numbered row-major (every row start b * N among them), max_seqlen an int >= the
         longest document. Each document then attends only within itself and restarts its positions (RoPE,
-        tau) at 0: its logits are those of the document run alone.
+        tau) at 0: its logits are those of the document run alone. Packing and a cache exclude each other.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
         docs = None
         if cu_seqlens is not None:
+            if cache is not None:
+                raise ValueError("cu_seqlens: packed documents cannot be combined with a KV cache (cache)")
             if position_offset:
                 raise ValueError(f"position_offset must be 0 with cu_seqlens (packed documents start at 0), "
                                  f"got {position_offset}")
             docs = PackedDocuments.build(cu_seqlens, max_seqlen, *input_ids.shape, input_ids.device)
         elif max_seqlen is not None:
             raise ValueError("max_seqlen: given without cu_seqlens")
+        layer_caches = [None] * len(self.blocks)
+        if cache is not None:
+            position_offset, layer_caches = self._cache_step(input_ids, position_offset, cache)
         x = self.drop(self.wte(input_ids))
-        for block in self.blocks:
-            x = block(x, self.rope, position_offset, docs=docs)
+        for block, layer_cache in zip(self.blocks, layer_caches):
+            x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _cache_step(self, input_ids, position_offset, cache):
+        """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ; per-layer
+        views of the cache) for one cached call; one host read of the lengths per call."""
+        B, N = input_ids.shape
+        if position_offset != 0:
+            raise ValueError("position_offset must be 0 with a cache: positions come from cache.seqlens")
+        if cache.batch_size != B:
+            raise ValueError(f"cache was built for batch size {cache.batch_size}, input_ids has {B} rows: "
+                             f"build a KVCache per batch size (KVCache.for_model(model, {B}, max_seqlen))")
+        if len(cache.layers) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        lengths = tuple(cache.seqlens.tolist())
+        if max(lengths) + N > cache.max_seqlen:
+            raise ValueError(f"cache holds {cache.max_seqlen} positions per sequence; {max(lengths)} cached + "
+                             f"{N} new tokens do not fit: allocate a longer cache (max_seqlen)")
+        start = lengths[0] if len(set(lengths)) == 1 else cache.seqlens
+        return start, [cache.layer(i, lengths, N) for i in range(len(self.blocks))]
 
     # --- analysis hooks -------------------------------------------------------------------------
     def record_attention(self, flag: bool = True):
@@ -128,23 +160,24 @@ class GPT(nn.Module):
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
 
+    # --- serving ----------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_seqlen: int | None = None, dtype=None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to max_seqlen (default block_size) positions."""
+        return KVCache.for_model(self, batch_size, max_seqlen or self.config.block_size, dtype=dtype)
+
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, eos_id: int | None = None):
-        """Sample continuations (no KV cache: each step re-reads the last block_size tokens).
-        temperature 0 means greedy decoding."""
-        for _ in range(max_new_tokens):
-            ctx = input_ids[:, -self.config.block_size:]
-            logits = self(ctx)[:, -1, :].float()
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            input_ids = torch.cat([input_ids, nxt], dim=1)
-            if eos_id is not None and bool((nxt == eos_id).all()):
-                break
-        return input_ids
+                 top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None, max_seqlen: int | None = None, cache=None):
+        """Sample continuations; see tda.models.generate.generate (temperature 0 = greedy).
+
+        input_ids: a (B, N) tensor (returns (B, N + T), rows that stopped at eos_id padded with eos_id) or
+        a list of prompts of any lengths (returns a list of 1-D tensors, prompt + new tokens through eos)."""
+        return _generate.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, eos_id=eos_id, use_cache=use_cache, generator=generator,
+                                  max_seqlen=max_seqlen, cache=cache)
+
+    @torch.no_grad()
+    def generate_stream(self, input_ids, max_new_tokens: int, **kwargs):
+        """Yield the (B,) next tokens step by step as they are produced; arguments as generate()."""
+        yield from _generate.stream(self, input_ids, max_new_tokens, **kwargs)

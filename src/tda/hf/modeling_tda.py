@@ -1,0 +1,199 @@
+"""`TDAForCausalLM`: tda.models.GPT as a Hugging Face causal LM, generating over tda's own KV cache.
+
+The cache HF's `generate()` carries between steps (`past_key_values`, called `cache` from transformers 5)
+is a tda.models.KVCache: the first call of a generation prefills it through the plain causal path -- each
+row alone when an attention_mask marks padding, so left-padded batches get the tokens each prompt gets on
+its own -- and every later call appends one token per sequence at that sequence's own position.
+The cache starts at config.block_size positions and doubles when a generation runs past it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..layers import RotaryEmbedding
+from ..models import GPT, KVCache
+from .configuration_tda import TDAConfig
+
+_HF_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+@dataclass
+class TDACausalLMOutput(ModelOutput):
+    """loss, logits (B, N, vocab), and the KV cache under both names transformers has used for it."""
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    cache: Optional[Any] = None
+    past_key_values: Optional[Any] = None
+
+
+class TDAPreTrainedModel(PreTrainedModel):
+    config_class = TDAConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["Block"]
+    # transformers 5 maps tied parameters target -> source; 4.x lists the targets
+    _tied_weights_keys = ({"model.lm_head.weight": "model.wte.weight"} if _HF_MAJOR >= 5
+                          else ["model.lm_head.weight"])
+
+    def _init_weights(self, module):
+        # GPT initialises its own parameters; only what transformers allocates empty needs values here
+        GPT._init_weights(module)
+        if isinstance(module, RotaryEmbedding):
+            _refill_rope(module)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        if _HF_MAJOR < 5:
+            _reload_beta(model, args[0] if args else kwargs["pretrained_model_name_or_path"], kwargs)
+        # RoPE's tables are computed, never saved: transformers versions that build the model empty and load
+        # only saved tensors leave them unset, so they are recomputed here whatever the version did
+        for module in model.modules():
+            if isinstance(module, RotaryEmbedding):
+                _refill_rope(module)
+        return model
+
+
+@torch.no_grad()
+def _reload_beta(model, path, kwargs):
+    """transformers 4.x renames saved keys containing "beta" to "bias" when loading (a legacy TF rule), which
+    would leave TDA's learned beta at its initial value: read those tensors straight from the files."""
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    opts = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False,
+                        **opts)
+    files = (sorted(set(json.loads(Path(index).read_text())["weight_map"].values())) if index
+             else ["model.safetensors"])
+    params = dict(model.named_parameters())
+    for name in files:
+        for key, t in load_file(cached_file(path, name, **opts)).items():
+            if ("beta" in key or "gamma" in key) and key in params:
+                params[key].copy_(t.to(params[key].dtype))
+
+
+@torch.no_grad()
+def _refill_rope(rope: RotaryEmbedding):
+    """Recompute a RotaryEmbedding's buffers in place (same base and NTK scaling as it was built with)."""
+    fresh = RotaryEmbedding(rope.head_dim, rope.base, rope.scaling, rope.max_positions)
+    for name in ("inv_freq", "cos_table", "sin_table"):
+        getattr(rope, name).copy_(getattr(fresh, name))
+    rope._cache = None
+
+
+def _grow(cache: KVCache, need: int):
+    """Reallocate `cache` in place to hold at least `need` positions (doubling), keeping its contents."""
+    n = cache.max_seqlen
+    while n < need:
+        n *= 2
+    for layer in cache.layers:
+        for name, t in layer.items():
+            bigger = t.new_zeros(t.shape[0], t.shape[1], n, t.shape[3])
+            bigger[:, :, :t.shape[2]] = t
+            layer[name] = bigger
+
+
+class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
+    def __init__(self, config: TDAConfig):
+        super().__init__(config)
+        self.model = GPT(config.to_gpt_config())
+        self.post_init()
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT, **config_kwargs) -> "TDAForCausalLM":
+        """Wrap a trained GPT (its weights are copied)."""
+        model = cls(TDAConfig.from_gpt_config(gpt.config, **config_kwargs))
+        model.model.load_state_dict(gpt.state_dict())
+        return model.to(next(gpt.parameters()).device)
+
+    def get_input_embeddings(self):
+        return self.model.wte
+
+    def set_input_embeddings(self, value):
+        self.model.wte = value
+
+    def get_output_embeddings(self):
+        return self.model.lm_head
+
+    def set_output_embeddings(self, value):
+        self.model.lm_head = value
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # transformers 5 would otherwise hand forward() its own DynamicCache; this model brings a KVCache
+        return False
+
+    def new_cache(self, batch_size: int, max_seqlen: int | None = None) -> KVCache:
+        return self.model.new_cache(batch_size, max_seqlen or self.config.block_size)
+
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        # transformers 4.x beam search; 5.x calls the cache's own reorder_cache
+        return past_key_values.reorder_cache(beam_idx)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True,
+                                      cache=None, **kwargs):
+        kv = cache if cache is not None else past_key_values
+        if kv is not None and not isinstance(kv, KVCache):
+            raise ValueError(f"TDAForCausalLM generates over a tda.models.KVCache, got {type(kv).__name__}")
+        if use_cache is False:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if kv is None:
+            kv = self.new_cache(input_ids.shape[0], max(self.config.block_size, input_ids.shape[1]))
+        # the tokens the cache has not seen yet (one per step once prefilled)
+        n_seen = input_ids.shape[1] if kv.seqlens.any() else 0
+        if n_seen:
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "past_key_values": kv, "attention_mask": attention_mask,
+                "use_cache": True}
+
+    def forward(self, input_ids=None, attention_mask=None, past_key_values=None, labels=None, use_cache=None,
+                return_dict=None, cache=None, **kwargs):
+        """Logits (B, N, vocab); with labels (B, N), the next-token loss (labels == -100 ignored). With a
+        KVCache (past_key_values or cache), the cached call described in the module docstring."""
+        if input_ids is None:
+            raise ValueError("input_ids is required (inputs_embeds is not supported)")
+        kv = cache if cache is not None else past_key_values
+        if kv is not None and not isinstance(kv, KVCache):
+            raise ValueError(f"past_key_values must be a tda.models.KVCache (see new_cache), got {type(kv).__name__}")
+        if kv is None:
+            logits = self.model(input_ids)
+        else:
+            logits = self._cached_forward(input_ids, attention_mask, kv)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+        out = TDACausalLMOutput(loss=loss, logits=logits, cache=kv, past_key_values=kv)
+        if return_dict is False:
+            return out.to_tuple()
+        return out
+
+    def _cached_forward(self, input_ids, attention_mask, kv: KVCache):
+        B, N = input_ids.shape
+        if kv.batch_size != B:
+            raise ValueError(f"past_key_values was built for batch size {kv.batch_size}, input_ids has {B} rows")
+        longest = int(kv.seqlens.max())
+        if longest + N > kv.max_seqlen:
+            _grow(kv, longest + N)
+        padded = attention_mask is not None and longest == 0 and not bool(attention_mask[:, -N:].all())
+        if not padded:
+            return self.model(input_ids, cache=kv)
+        # a padded prompt batch: each row's real tokens alone into its row of the cache, logits put back at
+        # those tokens' places (padding gets zeros)
+        logits = torch.zeros(B, N, self.config.vocab_size, device=input_ids.device,
+                             dtype=self.model.lm_head.weight.dtype)
+        keep = attention_mask[:, -N:].bool()
+        for b in range(B):
+            if keep[b].any():
+                logits[b, keep[b]] = self.model(input_ids[b:b + 1, keep[b]], cache=kv.row(b))[0].to(logits.dtype)
+        return logits

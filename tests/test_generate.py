@@ -1,0 +1,213 @@
+"""KV-cached generation against full forwards: every attention variant, with and without grouped-query heads."""
+import io
+
+import pytest
+import torch
+
+from tda.layers import ATTENTION
+from tda.models import GPT, GPTConfig, KVCache, sample_loop
+from tda.models.generate import sample
+
+VARIANTS = sorted(ATTENTION)
+
+
+def tiny(attention, n_kv_head=4, seed=0, **kw):
+    if attention == "entmax":
+        pytest.importorskip("entmax")
+    torch.manual_seed(seed)
+    # beta 0.3: the TDA/TRA thresholds keep enough survivors that the cache matters at these lengths
+    cfg = GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32,
+                    attention=attention, beta_init=0.3, **kw)
+    return GPT(cfg).eval()
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+@pytest.mark.parametrize("attention", VARIANTS)
+def test_cached_logits_match_full_forward(attention, n_kv_head):
+    """Two sequences of different prompt lengths in one cache; every decode step's logits equal the full
+    forward over the same tokens."""
+    model = tiny(attention, n_kv_head)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 61, (n,), generator=g) for n in (17, 24)]
+    prompt_lens = [5, 11]
+    full = [model(s[None])[0] for s in seqs]
+    cache = model.new_cache(2, 40)
+    for b, (s, n) in enumerate(zip(seqs, prompt_lens)):
+        logits = model(s[None, :n], cache=cache.row(b))[0]
+        assert rel(logits, full[b][:n]) < 1e-5
+    assert cache.seqlens.tolist() == prompt_lens
+    for t in range(12):
+        step = torch.stack([s[n + t] for s, n in zip(seqs, prompt_lens)])[:, None]
+        logits = model(step, cache=cache)[:, 0]
+        for b, n in enumerate(prompt_lens):
+            assert rel(logits[b], full[b][n + t]) < 1e-5, (attention, b, t)
+    # the cache is what made these equal: the same step without its past gives other logits
+    alone = model(step)[:, 0]
+    assert rel(alone[1], full[1][prompt_lens[1] + 11]) > 1e-3
+
+
+@pytest.mark.parametrize("attention", VARIANTS)
+def test_greedy_tokens_equal_uncached_and_per_prompt(attention):
+    model = tiny(attention, 2, seed=3)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 61, (n,), generator=g) for n in (9, 1)]
+    batched = model.generate(prompts, 10, temperature=0)
+    for p, got in zip(prompts, batched):
+        alone = model.generate(p[None], 10, temperature=0)[0]
+        uncached = model.generate(p[None], 10, temperature=0, use_cache=False)[0]
+        assert torch.equal(got, alone) and torch.equal(got, uncached)
+        assert torch.equal(got[:len(p)], p) and len(got) == len(p) + 10
+
+
+def test_tda_cache_holds_unit_keys_and_raw_values():
+    model = tiny("tda", 2)
+    cache = model.new_cache(1, 20)
+    model(torch.randint(0, 61, (1, 7)), cache=cache)
+    model(torch.randint(0, 61, (1, 1)), cache=cache)
+    layer = cache.layers[0]
+    assert set(layer) == {"k1", "k2", "v"} and layer["k1"].shape == (1, 2, 20, 8)
+    for name in ("k1", "k2"):
+        norms = layer[name][0, :, :8].norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    assert layer["v"][0, :, :8].norm(dim=-1).std() > 0  # values are kept as they are
+    assert cache.bytes_per_token() == 2 * 3 * 2 * 8 * 4  # layers x buffers x heads x dim x fp32
+
+
+def test_sampling_settings():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    greedy = logits.argmax(-1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(logits, 1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(sample(logits, 1.0, top_p=1e-6, generator=g), greedy)
+    # top_p keeps the smallest set of most likely tokens whose probability reaches p
+    probs = torch.softmax(logits, -1)
+    order = probs.sort(-1, descending=True)
+    n_keep = int((order.values[0].cumsum(-1) < 0.5).sum()) + 1
+    allowed = set(order.indices[0, :n_keep].tolist())
+    drawn = {int(sample(logits, 1.0, top_p=0.5, generator=g)[0]) for _ in range(60)}
+    assert drawn <= allowed and len(drawn) > 1
+    drawn_k = {int(sample(logits, 1.0, top_k=3, generator=g)[0]) for _ in range(60)}
+    assert drawn_k == set(logits[0].topk(3).indices.tolist())
+
+
+def test_seeded_sampling_is_reproducible_and_cache_matches_uncached():
+    model = tiny("tda", 2)
+    x = torch.randint(0, 61, (2, 6))
+    kw = dict(temperature=0.9, top_k=20, top_p=0.9)
+    a = model.generate(x, 12, generator=torch.Generator().manual_seed(5), **kw)
+    b = model.generate(x, 12, generator=torch.Generator().manual_seed(5), **kw)
+    c = model.generate(x, 12, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_eos_stops_each_sequence():
+    model = tiny("softmax")
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    free = model.generate(prompts, 10, temperature=0)
+    eos = int(free[0][3 + 2])  # the third new token of the first sequence
+    out = model.generate(prompts, 10, temperature=0, eos_id=eos)
+    first_eos = [(r[len(p):] == eos).nonzero() for r, p in zip(free, prompts)]
+    for r, f, p, fe in zip(out, free, prompts, first_eos):
+        stop = int(fe[0]) + 1 if len(fe) else 10
+        assert torch.equal(r, f[:len(p) + stop])
+    as_tensor = model.generate(torch.tensor([[1, 2, 3], [4, 5, 6]]), 10, temperature=0, eos_id=eos)
+    row = as_tensor[0, 3:]
+    k = int((row == eos).nonzero()[0])
+    assert (row[k:] == eos).all()
+
+
+def test_bad_input_names_the_problem():
+    model = tiny("tda")
+    x = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="max_new_tokens=46 .* exceed the 48"):
+        model.generate(x, 46)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(x, 2, top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(x, 2, top_p=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(x, 2, temperature=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(x, 2, top_k=0)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        model.generate([[1, 2], []], 2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(x, 0)
+    cache = model.new_cache(2, 16)
+    with pytest.raises(ValueError, match="batch size 2"):
+        model(x, cache=cache)
+    with pytest.raises(ValueError, match="batch size 2"):
+        model.generate(x, 2, cache=cache)
+    with pytest.raises(ValueError, match="allocate a longer cache"):
+        model(torch.zeros(2, 17, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cache's 16 positions"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), 4, cache=cache, max_seqlen=20)
+    # a preallocated cache is reset and reused
+    y1 = model.generate(torch.ones(2, 3, dtype=torch.long), 4, temperature=0, cache=cache)
+    y2 = model.generate(torch.ones(2, 3, dtype=torch.long), 4, temperature=0, cache=cache)
+    assert torch.equal(y1, y2)
+
+
+def test_max_seqlen_extends_past_block_size():
+    model = tiny("tda")
+    x = torch.randint(0, 61, (1, 40))
+    y = model.generate(x, 20, temperature=0, max_seqlen=60)
+    assert y.shape == (1, 60)
+    cache = KVCache.for_model(model, 1, 60)
+    assert cache.max_seqlen == 60 and cache.dtype == torch.float32
+
+
+class _CharTokenizer:
+    eot_id = 0
+
+    def encode(self, s):
+        return [ord(c) % 61 for c in s]
+
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_sample_loop_streams_and_reports_tokens_per_second():
+    model = tiny("tda").train()
+    out, err = io.StringIO(), io.StringIO()
+    texts = sample_loop(model, _CharTokenizer(), "hi", max_new_tokens=7, temperature=0, top_k=None,
+                        num_samples=2, out=out, err=err)
+    assert model.training  # mode restored
+    assert len(texts) == 2 and texts[0] == texts[1] and len(texts[0]) == 2 + 7
+    assert out.getvalue().count("--- sample") == 2 and texts[0] in out.getvalue()
+    assert err.getvalue().count("tokens/s") == 2 and "7 tokens in" in err.getvalue()
+
+
+def test_bench_generate_smoke(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_generate
+
+    out = tmp_path / "gen.json"
+    res = bench_generate.main(["--device", "cpu", "--smoke", "--variants", "tda,softmax", "--batch", "1,2",
+                               "--prompt", "5", "--new", "3", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [(r["variant"], r["batch"]) for r in saved["rows"]] == [("tda", 1), ("tda", 2), ("softmax", 1),
+                                                                   ("softmax", 2)]
+    assert all(r["tokens_per_s"] > 0 for r in res["rows"])
+    # TDA keeps two unit-key views and v: 3/2 of softmax's k, v
+    assert saved["cache_bytes_per_token"]["tda"] * 2 == saved["cache_bytes_per_token"]["softmax"] * 3
+    assert set(saved["cache_bytes_per_token"]) == set(ATTENTION)
+
+
+def test_sample_loop_slides_past_the_context_without_the_cache():
+    model = tiny("softmax")
+    out, err = io.StringIO(), io.StringIO()
+    texts = sample_loop(model, _CharTokenizer(), "", max_new_tokens=60, temperature=0, top_k=None, out=out,
+                        err=err)
+    assert len(texts[0]) == 60 and "without the KV cache" in err.getvalue()
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), 60)
