@@ -172,11 +172,11 @@ def sweep():
     return results
 
 
-def shapes(quick):
+def shapes(quick, lengths=None, batches=None):
     if quick:
         return [(D, B, H, H, S) for D in DIMS for B in (1, 32) for S in (4096, 16384)] + \
                [(128, 1, H, 4, 16384)]
-    out = [(D, B, H, H, S) for D in DIMS for B in BATCHES for S in LENGTHS]
+    out = [(D, B, H, H, S) for D in DIMS for B in (batches or BATCHES) for S in (lengths or LENGTHS)]
     out += [(D, B, H, hk, S) for D in DIMS for hk, B, S in GQA]
     return out
 
@@ -217,6 +217,8 @@ def main():
     ap.add_argument("--json", default=None, help="rows as JSON")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--kinds", default="random,planted")
+    ap.add_argument("--lengths", default=None, help="comma list of cache lengths (default: 1K..64K)")
+    ap.add_argument("--batches", default=None, help="comma list of batch sizes (default: 1,8,32,64)")
     ap.add_argument("--mem-frac", type=float, default=0.55, help="skip shapes whose caches exceed this share of "
                     "the GPU's memory")
     ap.add_argument("--fwd-max-bytes", type=float, default=20e9,
@@ -232,7 +234,8 @@ def main():
     props = torch.cuda.get_device_properties(0)
     gpu = f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}"
     rows, t0 = [], time.time()
-    for D, B, Hq, Hk, S in shapes(args.quick):
+    ints = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
+    for D, B, Hq, Hk, S in shapes(args.quick, ints(args.lengths), ints(args.batches)):
         cache_bytes = B * Hk * S * 3 * D * 2
         if cache_bytes > args.mem_frac * props.total_memory:
             print(f"skip d {D} B {B} S {S}: caches of {cache_bytes / 1e9:.1f} GB", flush=True)
