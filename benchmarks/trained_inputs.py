@@ -94,11 +94,11 @@ def heads_for_bench(layers, H):
 def tile_density(q1, k1, q2, k2, v, beta, lam, p=2.0, kappa=1.0):
     """Fraction of visited (query block, key block) pairs whose forward flag is set (CUDA, the kernels)."""
     from tda.ops import reference
-    from tda.ops.triton import attention as tk  # importing it registers torch.ops.tda
+    from tda.ops.triton.config import block_config  # (tda.ops imports the kernels: torch.ops.tda is registered)
     M, D = q1.shape[2], q1.shape[3]
     tau = reference.tau(torch.arange(M, device=q1.device), beta, kappa, D).float().contiguous()
     flags = torch.ops.tda.threshold_attention_fwd(q1, k1, q2, k2, v, tau, lam, p, True, True)[1]
-    FM, FN = tk._configs(D, q1.dtype, True, k1.shape[2])["flags"]
+    FM, FN = block_config(D, q1.dtype, k1.shape[2], True).flags
     n_mt, n_nt = flags.shape[1:]
     r = torch.arange(n_mt, device=q1.device)[:, None] * FM
     c = torch.arange(n_nt, device=q1.device)[None, :] * FN
