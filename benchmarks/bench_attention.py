@@ -148,15 +148,16 @@ def compare(old_path, new_path, table_path=None):
     before = {key(r): r["ms"] for r in old["rows"]}
     lines = [f"device: {new['device']}", f"old: {old['tda']}", f"new: {new['tda']}", "",
              "| op | mode | d | N | B | old ms | new ms | new/old |", "|---|---|---|---|---|---|---|---|"]
-    worst = 0.0
+    worst, slower = 0.0, 0
     for r in new["rows"]:
         o = before.get(key(r))
         ratio = r["ms"] / o if o else float("nan")
         if r["op"].startswith("tda") and o:
             worst = max(worst, ratio)
+            slower += ratio > 1.03
         lines.append(f"| {r['op']} | {r['mode']} | {r['d']} | {r['N']} | {r['B']} | "
                      f"{o if o is None else f'{o:.3f}'} | {r['ms']:.3f} | {ratio:.3f} |")
-    lines += ["", f"worst TDA new/old: {worst:.3f}", "",
+    lines += ["", f"worst TDA new/old: {worst:.3f}; TDA rows more than 3% slower: {slower}", "",
               "| mode | d | N | tda-random ms | tda-planted ms | fastest softmax | its ms | planted / fastest |",
               "|---|---|---|---|---|---|---|---|"]
     now = {key(r): r["ms"] for r in new["rows"]}
