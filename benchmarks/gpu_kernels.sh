@@ -4,7 +4,7 @@
 #      criterion, forward and every gradient), in 8 processes side by side (their compilations overlap);
 #   2. benchmarks/bench_attention.py (bf16, causal, d = 64 and 128, N = 1K..16K, forward and forward +
 #      backward, against SDPA's default backend and flash) with PYTHONPATH on an old source tree ($OLD_SRC)
-#      and then on this tree, in the same session;
+#      and then on this tree, one after the other on the same machine;
 #   3. a table of both runs with new / old per row.
 # Results (logs, JSON, table.md) go to $OUT (default: ./gpu-kernels-out).
 #

@@ -1,4 +1,5 @@
-"""The reference op against an independent per-element loop, autograd, and every edge case of SPEC §1/§3."""
+"""The reference op against an independent per-element loop and autograd; its explicit backward against
+autograd; the edge cases of the maths and the API."""
 import math
 
 import pytest
@@ -11,7 +12,7 @@ D64 = torch.float64
 
 
 def naive_tda(q1, k1, q2, k2, v, beta, lam, kappa, p, position_offset, causal=True, key_padding_mask=None):
-    """Deliberately naive: one Python loop per output element, straight from SPEC §1."""
+    """Deliberately naive: one Python loop per output element, straight from the definition."""
     B, H, M, D = q1.shape
     Hk, N = k1.shape[1], k1.shape[2]
     g = H // Hk

@@ -1,4 +1,4 @@
-"""Readable PyTorch oracle for Threshold Differential / Rectified Attention (SPEC §1).
+"""Readable PyTorch oracle for Threshold Differential / Rectified Attention.
 
 Per head, with 0-based absolute query position i (= position_offset + local row):
 
@@ -10,7 +10,12 @@ Per head, with 0-based absolute query position i (= position_offset + local row)
 
 The causal mask is bottom-right aligned, as in FlashAttention: with M queries and N keys, local query
 row r sees keys j <= r + (N - M). With a KV cache of c positions (N = c + M, position_offset = c) this
-is exactly "key position <= query position".
+is exactly "key position <= query position". A causal call therefore needs N_q <= N_k <= N_q +
+position_offset (fewer keys would leave rows with no key; more than the offset counts would let a query see
+keys past its position); N_k < N_q + position_offset is a window of the latest keys. Other lengths raise a
+ValueError (validate.check_inputs).
+
+`attention_backward` writes out the gradients the fused backward kernel computes (the kernels' oracle).
 
 Queries are processed in chunks, so memory is O(chunk * N), not O(N^2); under autograd each chunk is
 checkpointed (recomputed in backward) so training memory stays O(chunk * N) too.
