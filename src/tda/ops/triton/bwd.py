@@ -22,8 +22,8 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import (exceed_dpow, exceed_pow, grouped_order, key_range, live_list, load_rows, load_tau, load_vec,
-                     pair_alive, visible)
+from .common import (exceed_dpow, exceed_pow, grouped_order, key_range, live_list, load_block, load_rows, load_tau,
+                     load_vec, pair_alive, visible)
 
 
 @triton.jit
@@ -53,13 +53,14 @@ def _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
                      HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
-    q1 = load_rows(q1_base, offs_m, offs_d, s_q1m, s_q1d, M, True)
+    row_ok = offs_m < M
+    q1 = load_block(q1_base, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = load_rows(q2_base, offs_m, offs_d, s_q2m, s_q2d, M, True)
+        q2 = load_block(q2_base, offs_m, offs_d, s_q2m, s_q2d, row_ok)
     else:
         q2 = q1
-    do = load_rows(do_base, offs_m, offs_dv, s_dom, s_dod, M, True)
-    tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, offs_m < M, HAS_BETA, TAU_F64)
+    do = load_block(do_base, offs_m, offs_dv, s_dom, s_dod, row_ok)
+    tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     return q1, q2, do, tau
 
 
@@ -194,12 +195,12 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
     offs_dv = tl.arange(0, HEAD_DV)
     key_ok = offs_n < N
     diag = N - M
-    k1 = load_rows(K1 + b * s_k1b + hk * s_k1h, offs_n, offs_d, s_k1n, s_k1d, N, True)
+    k1 = load_block(K1 + b * s_k1b + hk * s_k1h, offs_n, offs_d, s_k1n, s_k1d, key_ok)
     if TWO_VIEWS:
-        k2 = load_rows(K2 + b * s_k2b + hk * s_k2h, offs_n, offs_d, s_k2n, s_k2d, N, True)
+        k2 = load_block(K2 + b * s_k2b + hk * s_k2h, offs_n, offs_d, s_k2n, s_k2d, key_ok)
     else:
         k2 = k1
-    v = load_rows(V + b * s_vb + hk * s_vh, offs_n, offs_dv, s_vn, s_vd, N, True)
+    v = load_block(V + b * s_vb + hk * s_vh, offs_n, offs_dv, s_vn, s_vd, key_ok)
     if NORMALIZE:  # RK* contiguous (B, Hk, N), RQ* contiguous (B, H, M)
         rk1 = load_vec(RK1 + bhk.to(tl.int64) * N, offs_n, N, True)
         if TWO_VIEWS:
@@ -380,14 +381,14 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
     diag = N - M
-    q1 = load_rows(Q1 + b * s_q1b + h * s_q1h, offs_m, offs_d, s_q1m, s_q1d, M, True)
+    q1 = load_block(Q1 + b * s_q1b + h * s_q1h, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = load_rows(Q2 + b * s_q2b + h * s_q2h, offs_m, offs_d, s_q2m, s_q2d, M, True)
+        q2 = load_block(Q2 + b * s_q2b + h * s_q2h, offs_m, offs_d, s_q2m, s_q2d, row_ok)
         lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
     else:
         q2 = q1
         lam = 0.0
-    do = load_rows(DO + b * s_dob + h * s_doh, offs_m, offs_dv, s_dom, s_dod, M, True)
+    do = load_block(DO + b * s_dob + h * s_doh, offs_m, offs_dv, s_dom, s_dod, row_ok)
     tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h

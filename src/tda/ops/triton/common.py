@@ -44,6 +44,12 @@ def load_rows(base, offs_n, offs_d, s_n, s_d, N, MASKED: tl.constexpr):
 
 
 @triton.jit
+def load_block(base, offs, offs_d, s_n, s_d, ok):
+    """A program's own rows: the tile at base[offs * s_n + offs_d * s_d], rows where ok is False read as 0."""
+    return tl.load(base + offs[:, None] * s_n + offs_d[None, :] * s_d, mask=ok[:, None], other=0.0)
+
+
+@triton.jit
 def load_vec(base, offs, N, MASKED: tl.constexpr):
     """base[offs]; MASKED: entries >= N read as 0."""
     if MASKED:

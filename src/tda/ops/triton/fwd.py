@@ -30,7 +30,8 @@ keys (1), and the values too (2), through tensor descriptors.
 import triton
 import triton.language as tl
 
-from .common import exceed_pow, grouped_order, inv_norm_rows, key_range, load_rows, load_tau, load_vec, visible
+from .common import (exceed_pow, grouped_order, inv_norm_rows, key_range, load_block, load_rows, load_tau, load_vec,
+                     visible)
 
 
 @triton.jit
@@ -281,9 +282,9 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
     row_ok = offs_m < M
     diag = N - M  # bottom-right causal alignment: row r sees keys j <= r + diag
 
-    q1 = load_rows(Q1 + b * s_q1b + h64 * s_q1h, offs_m, offs_d, s_q1m, s_q1d, M, True)
+    q1 = load_block(Q1 + b * s_q1b + h64 * s_q1h, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = load_rows(Q2 + b * s_q2b + h64 * s_q2h, offs_m, offs_d, s_q2m, s_q2d, M, True)
+        q2 = load_block(Q2 + b * s_q2b + h64 * s_q2h, offs_m, offs_d, s_q2m, s_q2d, row_ok)
     else:
         q2 = q1
     tau = load_tau(BETA, SCALE, h64, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
