@@ -52,8 +52,20 @@ def test_a_wrong_permutation_would_show():
     assert (wrong["dbeta"] - ref64["dbeta"]).abs().max() > 1e-3 * ref64["dbeta"].abs().max()
 
 
-def test_row_screen_draw_keeps_the_table_most_of_the_time():
+def test_random_configs_are_valid_calls_and_reach_the_table_rows(monkeypatch):
+    """The drawn configurations satisfy the causal length rule (N_q <= N_k <= N_q + position_offset), and
+    configs_for hands the kernel the block table's training and inference rows of the drawn key length
+    (the check's short sequences would reach only the short-key rows)."""
     rng = random.Random(0)
-    draws = [ck.ROW_DRAW(rng.random()) for _ in range(2000)]
-    assert set(draws) == set(ck.ROW_SCREEN)
-    assert 0.65 < draws.count("table") / len(draws) < 0.75
+    cs = [ck.random_config(rng) for _ in range(300)]
+    assert all(c["M"] <= c["N"] <= c["M"] + c["offset"] for c in cs if c["causal"])
+    assert {c["table_length"] for c in cs} == set(ck.TABLE_LENGTHS)
+    monkeypatch.setattr(ck.kc, "interpreting", lambda: False)  # the GPU table
+    c = next(c for c in cs if c["table_length"] == 16384 and not c["list_row"] and c["dtype"] != "fp32")
+    train, infer = ck.configs_for(c)
+    dt = ck.DTYPES[c["dtype"]]
+    assert train == ck.kc.block_config(c["D"], dt, 16384, True) != ck.kc.block_config(c["D"], dt, 1024, True)
+    assert infer == ck.kc.block_config(c["D"], dt, 16384, False) and infer.survivor_test
+    c = next(c for c in cs if c["list_row"])
+    assert ck.configs_for(c)[0].list_row == c["list_row"]
+    assert ck.configs_for(dict(c, table_length=None, list_row=None)) == (None, None)

@@ -1,4 +1,4 @@
-"""The launch cache's key (tda.ops.triton.launch): a cached compiled kernel may only be reused by calls that
+"""The launch cache's key (tda.ops.triton.launch_cache): a cached compiled kernel may only be reused by calls that
 Triton would have specialised the same way. The direct launches themselves need a GPU (benchmarks/
 check_kernels.py runs every configuration through them); here, the key on CPU tensors."""
 import pytest

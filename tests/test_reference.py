@@ -1,4 +1,5 @@
-"""The reference op against an independent per-element loop, autograd, and every edge case of its API."""
+"""The reference op against an independent per-element loop and autograd; its explicit backward against
+autograd; the edge cases of the maths and the API."""
 import math
 
 import pytest
@@ -263,6 +264,12 @@ BAD = [
     ("mixed-dtype", lambda a: {**a, "v": a["v"].double()}, "dtype"),
     ("ndim", lambda a: {**a, "v": torch.randn(2, 6, 8)}, "v must have 4 dims"),
     ("backend", lambda a: {**a, "backend": "cuda"}, "backend"),
+    # causal lengths: N_q <= N_k <= N_q + position_offset
+    ("fewer-keys", lambda a: {**a, "k1": a["k1"][:, :, :4], "k2": a["k2"][:, :, :4], "v": a["v"][:, :, :4]},
+     "at least as many keys as queries: k1 has 4 positions, q1 has 6"),
+    ("cache-without-offset", lambda a: {**a, "k1": torch.randn(2, 2, 9, 8), "k2": torch.randn(2, 2, 9, 8),
+                                        "v": torch.randn(2, 2, 9, 8), "position_offset": 2},
+     "k1 is 3 positions longer than q1, but position_offset is 2"),
 ]
 
 
@@ -275,6 +282,57 @@ def test_bad_arguments_raise_value_error_naming_them(name, mutate, msg):
     with pytest.raises(ValueError, match=msg):
         tda.threshold_differential_attention(args["q1"], args["k1"], args["q2"], args["k2"], args["v"],
                                              args["beta"], args["lam"], **kw)
+
+
+def test_non_causal_takes_any_lengths():
+    """Cross-attention (causal=False): fewer or more keys than queries, any offset."""
+    gen = torch.Generator().manual_seed(3)
+    q1, q2 = rand(1, 2, 6, 8, gen=gen), rand(1, 2, 6, 8, gen=gen)
+    for N in (3, 11):
+        k1, k2, v = rand(1, 2, N, 8, gen=gen), rand(1, 2, N, 8, gen=gen), rand(1, 2, N, 8, gen=gen)
+        got = tda.threshold_differential_attention(q1, k1, q2, k2, v, 0.7, 0.4, causal=False, position_offset=1)
+        torch.testing.assert_close(got, naive_tda(q1, k1, q2, k2, v, 0.7, 0.4, 1.0, 2.0, 1, causal=False))
+
+
+GRAD_CASES = [  # (two views, B, H, Hk, M, N, offset, causal, p, normalize, scalar beta/lam)
+    (True, 2, 4, 2, 9, 9, 0, True, 2.0, True, False),
+    (True, 1, 3, 1, 5, 12, 7, True, 1.0, True, True),     # MQA, KV cache
+    (True, 1, 2, 2, 7, 10, 40, True, 1.5, False, False),  # a window of the latest keys, raw q/k
+    (True, 2, 2, 1, 6, 4, 0, False, 3.0, True, False),    # non-causal, fewer keys
+    (False, 2, 4, 2, 8, 8, 3, True, 2.0, True, True),     # TRA
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_explicit_backward_matches_autograd(case):
+    """reference.attention_backward -- the gradients written out, the kernels' oracle -- equals autograd
+    through the reference forward: every input, beta and lam included (per head, or summed for a scalar)."""
+    two, B, H, Hk, M, N, off, causal, p, normalize, scalar = case
+    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    q1, k1, q2, k2 = planted(B, H, Hk, M, N, 8, gen)
+    if not normalize:
+        q1, k1, q2, k2 = (reference.l2_normalize(x) for x in (q1, k1, q2, k2))
+    v = rand(B, Hk, N, 6, gen=gen)
+    beta = torch.tensor(0.6, dtype=D64) if scalar else torch.rand(H, dtype=D64, generator=gen) * 0.4 + 0.3
+    lam = torch.tensor(0.4, dtype=D64) if scalar else torch.rand(H, dtype=D64, generator=gen) * 0.8 + 0.1
+    leaves = [x.requires_grad_(True) for x in (q1, k1, q2, k2, v, beta, lam)]
+    kw = dict(kappa=0.8, p=p, causal=causal, position_offset=off, normalize_qk=normalize)
+    if two:
+        out = reference.threshold_differential_attention(*leaves, **kw)
+        names, args = ["q1", "k1", "q2", "k2", "v", "beta", "lam"], leaves
+    else:
+        out = reference.threshold_rectified_attention(q1, k1, v, beta, **kw)
+        names, args = ["q", "k", "v", "beta"], [q1, k1, v, beta]
+    assert (out != 0).any()
+    dout = rand(*out.shape, gen=gen)
+    want = torch.autograd.grad(out, args, dout)
+    got = reference.attention_backward(dout, q1.detach(), k1.detach(), q2.detach() if two else None,
+                                       k2.detach() if two else None, v.detach(), beta.detach(),
+                                       lam.detach() if two else None, **kw)
+    for name, w in zip(names, want):
+        g = got[name].sum() if w.dim() == 0 else got[name]
+        assert w.abs().sum() > 0, name
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_tra_names_its_own_arguments():

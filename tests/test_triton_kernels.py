@@ -7,6 +7,8 @@ import os
 if "triton" not in __import__("sys").modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,7 +19,9 @@ tk = pytest.importorskip("tda.ops.triton.attention")
 import triton  # noqa: E402 (after the interpreter switch above)
 import triton.language as tl  # noqa: E402
 
+from tda.ops.triton import config as kc, launch  # noqa: E402
 from tda.ops.triton.common import grouped_order, live_list  # noqa: E402
+from tda.ops.triton.config import KernelConfig  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
@@ -27,19 +31,10 @@ DT = torch.float32 if ON_GPU else torch.float64
 TOL = 1e-4 if ON_GPU else 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _reset_config():
-    tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
-    tk.FWD_GROUP = tk.BWD_GROUP = None
-    yield
-    tk.set_config()
-    tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MERGED_BWD, tk.HEAVY_FIRST = 1, False, True, True, True
-    tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW, tk.SCREEN_HAT = None, 64, 256, None
-    tk.UNIT_KEYS, tk.ROW_SCREEN, tk.TMA, tk.MASK_SCREEN = None, None, None, None
-    tk.FWD_GROUP = tk.BWD_GROUP = None
+def cfg(bm=16, bn=16, flags=(0, 0), dkdv=(16, 16), dq=(16, 16), **kw):
+    """A small-tile KernelConfig (one warp group, one stage) for the interpreter's tiny shapes."""
+    return KernelConfig(bm, bn, 4, 1, flag_m=flags[0], flag_n=flags[1], dkdv_block=dkdv, dq_block=dq, bwd_stages=1,
+                        **kw)
 
 
 def _leaf(*shape, noncontig=False, scale=1.0):
@@ -61,29 +56,50 @@ def _make(B, H, Hk, M, N, D, Dv, two_views, noncontig=False):
     return dict(q1=q1, k1=k1, q2=q2, k2=k2, v=v, beta=beta, lam=lam)
 
 
-def _run(backend, inputs, dout, **kw):
-    fn = ops.threshold_differential_attention if "q1" in inputs else ops.threshold_rectified_attention
-    out = fn(**inputs, backend=backend, **kw)
+def _call(backend, inputs, config=None, **kw):
+    """The public op (backend), or with `config` the kernel entry that takes one."""
+    two = "q1" in inputs
+    if config is not None:
+        fn = tk.threshold_differential_attention if two else tk.threshold_rectified_attention
+        return fn(**inputs, config=config, **kw)
+    fn = ops.threshold_differential_attention if two else ops.threshold_rectified_attention
+    return fn(**inputs, backend=backend, **kw)
+
+
+def _run(backend, inputs, dout, config=None, **kw):
+    out = _call(backend, inputs, config, **kw)
     grads = torch.autograd.grad(out, list(inputs.values()), dout(out), allow_unused=True)
     return out, dict(zip(inputs, grads))
 
 
-def _compare(inputs, tol=TOL, **kw):
-    """Kernel vs reference: output and the gradient of every input, for one fresh random dO."""
+def _oracle_grads(inputs, dout, **kw):
+    """reference.attention_backward's explicit gradients, reduced to each input's shape (scalar beta/lam)."""
+    two = "q1" in inputs
+    d = {n: t.detach() for n, t in inputs.items()}
+    args = ((d["q1"], d["k1"], d["q2"], d["k2"]) if two else (d["q"], d["k"], None, None))
+    g = reference.attention_backward(dout, *args, d["v"], d["beta"], d.get("lam"), **kw)
+    return {n: g[n].sum().reshape(d[n].shape) if d[n].dim() == 0 else g[n] for n in inputs}
+
+
+def _compare(inputs, tol=TOL, config=None, **kw):
+    """Kernel vs reference: output and the gradient of every input, for one fresh random dO, against
+    autograd through the reference forward and against the reference's explicit backward."""
     cache = []
     dout = lambda out: cache[0] if cache else cache.append(torch.randn_like(out)) or cache[0]  # noqa: E731
     out_r, g_r = _run("reference", inputs, dout, **kw)
-    out_k, g_k = _run("triton", inputs, dout, **kw)
+    out_k, g_k = _run("triton", inputs, dout, config, **kw)
+    g_o = _oracle_grads(inputs, cache[0], **kw)
     assert out_k.shape == out_r.shape and out_k.dtype == out_r.dtype
     assert torch.isfinite(out_k).all()
     assert out_r.abs().sum() > 0, "degenerate test: reference output is all zero"
     rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # noqa: E731
     assert rel(out_k, out_r) < tol, f"out rel err {rel(out_k, out_r):.2e}"
     for name in inputs:
-        a, b = g_k[name], g_r[name]
+        a, b, c = g_k[name], g_r[name], g_o[name]
         assert a is not None and b is not None, name
         assert torch.isfinite(a).all(), name
         assert rel(a, b) < tol, f"d{name} rel err {rel(a, b):.2e}"
+        assert rel(a, c) < tol, f"d{name} rel err against the explicit backward {rel(a, c):.2e}"
     return out_k
 
 
@@ -109,11 +125,10 @@ def test_tda_matches_reference(case):
 def test_tda_finer_flags_match_reference(case):
     """Survivor flags at a finer grain than the forward blocks (16 x 16 flags in 32 x 32 blocks), read by
     16 x 16 backward blocks: same results, every case (GQA, KV cache, non-causal, N < M, general p)."""
-    tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
     torch.manual_seed(hash(case) % 2**31 + 1)
     B, H, Hk, M, N, D, Dv, p, causal, off, kappa, nc = case
     inputs = _make(B, H, Hk, M, N, D, Dv, True, noncontig=nc)
-    _compare(inputs, kappa=kappa, p=p, causal=causal, position_offset=off)
+    _compare(inputs, config=cfg(32, 32, flags=(16, 16)), kappa=kappa, p=p, causal=causal, position_offset=off)
 
 
 @pytest.mark.parametrize("case", [
@@ -179,62 +194,78 @@ def test_no_normalize_raw_inputs():
     _compare(tra, p=1.0, normalize_qk=False)
 
 
-def test_rows_that_see_no_key_are_zero():
-    # causal with fewer keys than queries: the first M - N rows see nothing
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_causal_lengths_are_validated(backend):
+    """Causal calls need N_q <= N_k <= N_q + position_offset: fewer keys than queries (rows that would see
+    no key) and keys beyond the offset (a KV cache whose positions position_offset does not count) raise a
+    ValueError naming the arguments; a KV cache with its offset, and a window of the latest keys, run and
+    match the reference. Non-causal calls take any lengths."""
     torch.manual_seed(2)
-    inputs = _make(1, 2, 2, 30, 12, 16, 16, True)
-    out = _compare(inputs, causal=True)
-    assert (out[:, :, :18] == 0).all()
+    inputs = _make(1, 2, 2, 24, 10, 16, 16, True)
+    with pytest.raises(ValueError, match="at least as many keys as queries: k1 has 10 positions, q1 has 24"):
+        _call(backend, inputs)
+    with pytest.raises(ValueError, match="at least as many keys"):
+        _call(backend, inputs, position_offset=50)
+    kv = _make(1, 2, 1, 12, 30, 16, 16, True)
+    with pytest.raises(ValueError, match="k1 is 18 positions longer than q1, but position_offset is 0"):
+        _call(backend, kv)
+    with pytest.raises(ValueError, match="position_offset is 17"):
+        _call(backend, kv, position_offset=17)
+    tra = _make(1, 2, 1, 12, 30, 16, 16, False)
+    with pytest.raises(ValueError, match="k is 18 positions longer than q"):
+        _call(backend, tra)
+    assert _call(backend, inputs, causal=False).shape == (1, 2, 24, 16)
+    if backend == "triton":
+        _compare(kv, position_offset=18)  # a KV cache of 18 positions
+        _compare(kv, position_offset=40)  # a window: the latest 30 of 52 positions
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(fwd=(32, 32, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1)),   # backward blocks inside flag tiles
-    dict(fwd=(16, 16, 4, 1), dkdv=(32, 32, 4, 1), dq=(32, 32, 4, 1)),   # backward blocks span 2x2 tiles
-    dict(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1)),  # flags finer than fwd
-    dict(fwd=(32, 32, 4, 1), flags=(16, 8), dkdv=(32, 16, 4, 1), dq=(16, 32, 4, 1)),   # mixed grains
+@pytest.mark.parametrize("config", [
+    cfg(32, 32, dkdv=(16, 16), dq=(16, 16)),                  # backward blocks inside flag tiles
+    cfg(16, 16, dkdv=(32, 32), dq=(32, 32)),                  # backward blocks span 2x2 tiles
+    cfg(32, 32, flags=(16, 16)),                              # flags finer than the forward blocks
+    cfg(32, 32, flags=(16, 8), dkdv=(32, 16), dq=(16, 32)),   # mixed grains
 ])
-def test_block_configs(cfg):
+def test_block_configs(config):
     torch.manual_seed(3)
-    tk.set_config(**cfg)
-    _compare(_make(1, 2, 1, 45, 45, 16, 16, True), p=2.0, causal=True)
+    _compare(_make(1, 2, 1, 45, 45, 16, 16, True), config=config, p=2.0, causal=True)
 
 
-@pytest.mark.parametrize("two_views,cfg", [
-    (True, {}),
-    (True, dict(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))),
-    (False, dict(fwd=(16, 16, 4, 1), dkdv=(32, 16, 4, 1), dq=(16, 32, 4, 1))),
+@pytest.mark.parametrize("two_views,base", [
+    (True, cfg(16, 16, dkdv=(16, 32), dq=(32, 16))),
+    (True, cfg(32, 32, flags=(16, 16), dkdv=(16, 32), dq=(32, 16))),
+    (False, cfg(16, 16, dkdv=(32, 16), dq=(16, 32))),
 ])
-def test_merged_backward_equals_two_launches(two_views, cfg):
-    """The one-launch backward (tda_bwd_kernel: dK/dV and dQ programs in one flat grid) gives bit-identical
-    gradients to the two kernels; so do the heavy-first program order (HEAVY_FIRST) and the live-block lists
-    (LISTS, also with 2-block chunks so that the compaction takes several chunks) against their
-    alternatives; GQA (scratch rows reused across the group) and ragged shapes included. And it matches the
-    reference."""
+def test_backward_lists_change_nothing(two_views, base):
+    """The backward's live-block lists (dkdv_lists / dq_lists, also with 2-block and 1-block chunks so that
+    the compaction takes several chunks, and scratch rows shorter than the candidates so that it takes
+    several rounds) give bit-identical gradients to the loops that test each block's flag; GQA (scratch rows
+    reused across the group) and ragged shapes included. And they match the reference."""
     torch.manual_seed(11)
-    tk.set_config(**cfg)
     inputs = _make(2, 4, 2, 37, 45, 16, 16, two_views)
     dout = torch.randn(2, 4, 37, 16, dtype=DT, device=DEV)
     res = {}
-    for variant in ((True, True, True, 64), (False, True, True, 64), (True, False, True, 64),
-                    (False, False, True, 64), (True, True, False, 64), (False, True, False, 64),
-                    (True, True, True, 2), (False, False, True, 1)):
-        tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = variant
-        res[variant] = _run("triton", inputs, lambda out: dout, position_offset=8)
-    for row, chunk in ((2, 64), (1, 1), (3, 2)):  # scratch rows shorter than the candidates: several rounds
-        tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = True, True, True, chunk, row
-        res["row", row, chunk] = _run("triton", inputs, lambda out: dout, position_offset=8)
-    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK, tk.LIST_ROW = True, True, None, 64, 256
-    for pair in ((True, False), (False, True)):  # lists for one kind of program only (per the block table)
-        tk.set_config(**cfg, lists=pair)
-        res[pair] = _run("triton", inputs, lambda out: dout, position_offset=8)
-    tk.set_config(**cfg)
-    base = res[True, True, True, 64]
+    variants = [{}, dict(dkdv_lists=False, dq_lists=False), dict(dkdv_lists=False, list_chunk=2),
+                dict(dq_lists=False, list_row=1, list_chunk=1), dict(list_row=3, list_chunk=2)]
+    for i, v in enumerate(variants):
+        res[i] = _run("triton", inputs, lambda out: dout, dataclasses.replace(base, **v), position_offset=8)
     for key, (out, grads) in res.items():
-        assert torch.equal(out, base[0]), key
+        assert torch.equal(out, res[0][0]), variants[key]
         for name in inputs:
-            assert torch.equal(grads[name], base[1][name]), (key, name)
-    tk.MERGED_BWD, tk.HEAVY_FIRST, tk.LISTS, tk.LIST_CHUNK = True, True, True, 64
-    _compare(inputs, position_offset=8)
+            assert torch.equal(grads[name], res[0][1][name]), (variants[key], name)
+    _compare(inputs, config=base, position_offset=8)
+
+
+def _flags(inputs, config, normalize=True, **kw):
+    """The survivor flags the training forward writes with `config` (launch.forward, as the autograd op
+    calls it)."""
+    d = {n: t.detach() for n, t in inputs.items()}
+    two = "q1" in d
+    q1, k1 = (d["q1"], d["k1"]) if two else (d["q"], d["k"])
+    M, D = q1.shape[2], q1.shape[3]
+    scale = tk.tau_scale(M, kw.get("position_offset", 0), kw.get("kappa", 1.0), D, q1.device, DT)
+    return launch.forward(q1, k1, d.get("q2"), d.get("k2"), d["v"], d["beta"], scale, d.get("lam"),
+                          kw.get("p", 2.0), kw.get("causal", True), config, normalize)[1]
 
 
 @pytest.mark.parametrize("grain", ["block", "finer", "rows"])
@@ -242,10 +273,7 @@ def test_survivor_flags_and_skipping(grain):
     """The forward's flags equal 'any exceedance in the 16 x 16 tile', computed from the reference. 'finer':
     32 x 32 forward blocks that record 16 x 16 flags (sub-tile grain), which the 16 x 16 backward reads;
     'rows': 32 x 16 blocks split into 16 x 16 flags along the rows only."""
-    if grain == "finer":
-        tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
-    if grain == "rows":
-        tk.set_config(fwd=(32, 16, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
+    config = {"block": cfg(), "finer": cfg(32, 32, flags=(16, 16)), "rows": cfg(32, 16, flags=(16, 16))}[grain]
     torch.manual_seed(4)
     M = N = 48
     D = 16
@@ -260,7 +288,7 @@ def test_survivor_flags_and_skipping(grain):
         inputs["k1"][:, :, 2] = inputs["q1"][:, :, 20]  # key 2 matches row 20 (flag tile (1, 0))
         inputs["k2"][:, :, 35] = inputs["q2"][:, :, 40]  # key 35 matches row 40 (flag tile (2, 2))
     kw = dict(kappa=1.0, p=2.0, causal=True, position_offset=0)
-    out_skip = _compare(inputs, **kw)
+    out_skip = _compare(inputs, config=config, **kw)
     # the flags recorded by the forward equal "any exceedance > 0 in the tile", from the reference weights
     _, w = ops.threshold_differential_attention(**inputs, backend="reference", return_weights=True, **kw)
     taus = reference.tau(torch.arange(M, device=DEV), inputs["beta"].detach(), 1.0, D).to(DT)
@@ -272,25 +300,23 @@ def test_survivor_flags_and_skipping(grain):
     causal = torch.ones(M, N, dtype=torch.bool, device=DEV).tril()
     live = ((flags[0] + flags[1]) * causal > 0)[0]  # (H, M, N)
     expect = live.view(2, 3, 16, 3, 16).any(4).any(2).to(torch.int8)
-    raw = [inputs[n].detach() for n in ("q1", "k1", "q2", "k2")]
-    args = (inputs["v"].detach(), taus.contiguous(), inputs["lam"].detach().contiguous(), 2.0, True)
-    got_fused = torch.ops.tda.threshold_attention_fwd(*raw, *args, True)[1]  # normalisation in the kernel
-    got = torch.ops.tda.threshold_attention_fwd(*[reference.l2_normalize(x) for x in raw], *args)[1]
+    got_fused = _flags(inputs, config, **kw)  # normalisation in the kernel
+    unit = {n: reference.l2_normalize(t.detach()) if n[0] in "qk" else t.detach() for n, t in inputs.items()}
+    got = _flags(unit, config, normalize=False, **kw)
     assert torch.equal(got, got_fused)
     got = got.view(2, 3, 3)
     assert torch.equal(got.tril(), expect), (got, expect)
     assert not got.triu(1).any()  # never-visited pairs are written as zero by the kernel
     assert (expect == 0).any() and (expect == 1).any()
     assert (w != 0).any()
-    # skipping (and how loads are placed around it, and the forward's screen, of the masked stage too) must
-    # not change any result
-    for skip, prefetch, screen, mask_screen in ((0, False, True, True), (2, True, True, True),
-                                                (3, False, True, True), (1, False, False, True),
-                                                (1, False, True, False)):
-        tk.SKIP_EMPTY, tk.PREFETCH, tk.SCREEN, tk.MASK_SCREEN = skip, prefetch, screen, mask_screen
-        out_other = _compare(inputs, **kw)
+    # the screen of the masked stage (mask_screen) and, for inference, no survivor test at all must not
+    # change the output
+    for other in (dataclasses.replace(config, mask_screen=False), dataclasses.replace(config, survivor_test=False)):
+        out_other = _compare(inputs, config=other, **kw)
         torch.testing.assert_close(out_skip, out_other, rtol=0, atol=1e-12)
-
+        with torch.no_grad():
+            out_other = _call("triton", inputs, other, **kw)
+        torch.testing.assert_close(out_skip.detach(), out_other, rtol=0, atol=1e-12)
 
 
 @triton.jit
@@ -321,30 +347,39 @@ def test_grouped_order_is_a_permutation():
 
 @pytest.mark.parametrize("fwd_group,bwd_group", [(1, 1), (2, 5), (4, 3), (100, 100)])
 def test_program_order_changes_nothing(fwd_group, bwd_group):
-    """The sections the forward and the one-launch backward start their programs in (FWD_GROUP, BWD_GROUP) change
-    no result: bit-identical output and gradients to the table's order, with 2 x 3 heads (short last sections),
-    GQA and ragged shapes; and the reference agrees."""
+    """The sections the forward and the backward start their programs in (group, bwd_group) change no result:
+    bit-identical output and gradients to the table's order, with 2 x 3 heads (short last sections), GQA and
+    ragged shapes; and the reference agrees."""
     torch.manual_seed(8)
     inputs = _make(2, 3, 3, 45, 53, 16, 16, True)
     dout = torch.randn(2, 3, 45, 16, dtype=DT, device=DEV)
     kw = dict(causal=True, position_offset=8)
     out0, grads0 = _run("triton", inputs, lambda out: dout, **kw)
-    tk.FWD_GROUP, tk.BWD_GROUP = fwd_group, bwd_group
-    out, grads = _run("triton", inputs, lambda out: dout, **kw)
+    config = dataclasses.replace(kc.INTERPRETER_CONFIG, group=fwd_group, bwd_group=bwd_group)
+    out, grads = _run("triton", inputs, lambda out: dout, config, **kw)
     assert out0.abs().sum() > 0 and torch.equal(out, out0)
     for name in inputs:
         assert torch.equal(grads[name], grads0[name]), name
-    _compare(inputs, **kw)
+    _compare(inputs, config=config, **kw)
 
 
-@pytest.mark.parametrize("hat,unit", [(False, False), (True, False), (True, True)])
-def test_screen_keeps_every_survivor(hat, unit):
-    """fp32 scores planted within a few ulps of tau in pairs the forward screens (below the diagonal): the
-    screen must pass every pair the exact path finds alive -- bit-identical output and gradients with the
-    screen off, and its flags (taken from its conservative values) a superset of the exact ones. hat: the
-    unit-key screen (SCREEN_HAT), whose fp32 unit keys are rounded copies. unit (UNIT_KEYS): the forward's
-    output comes from those rounded unit keys (close, not identical); the flags must still cover every pair
-    the backward, which scores the raw keys, finds alive, so its gradients stay bit-identical."""
+def _grads_and_flags(inputs, config, **kw):
+    """(output, gradients (dict), survivor flags) of a training call with `config`."""
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
+    out = _call("triton", leaves, config, **kw)
+    grads = dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), torch.ones_like(out))))
+    return out, grads, _flags(inputs, config, **kw)
+
+
+@pytest.mark.parametrize("unit", [False, True])
+def test_screen_keeps_every_survivor(unit):
+    """fp32 scores planted within a few ulps of tau in pairs the forward screens: the screen must pass every
+    pair the exact path finds alive. The unscreened reference: 16 x 64 forward blocks (every pair in the
+    masked stage, N = 64) with mask_screen off, whose flags come from the exact exceedances. The screened
+    forward's flags (from its conservative values) must be a superset of those, its output the same (up to
+    the other blocks' summation order) and its gradients bit-identical (the extra flagged pairs add exact
+    zeros). unit (unit_keys): the forward scores the fp32 unit keys, rounded copies -- close, not identical
+    -- and the flags must still cover every pair the backward, which scores the raw keys, finds alive."""
     torch.manual_seed(12)
     M = N = 64
     D = 16
@@ -352,7 +387,7 @@ def test_screen_keeps_every_survivor(hat, unit):
     q = torch.randn(1, 1, M, D, device=DEV)
     k = torch.randn(1, 1, N, D, device=DEV)
     taus = reference.tau(torch.arange(M, device=DEV), torch.tensor([beta], device=DEV), 1.0, D).float()
-    # two in diagonal (masked-stage) tiles, which the forward screens too (MASK_SCREEN): below and above tau
+    # two in diagonal (masked-stage) tiles, which the forward screens too (mask_screen): below and above tau
     diagonal = [(37, 34), (55, 49)]
     plants = [(40, 3), diagonal[0], (45, 17), (50, 20), (63, 33), (60, 5), (52, 30), (48, 12), (62, 40), diagonal[1]]
     hidden = (18, 29)  # above the diagonal inside a diagonal tile: a match the screen must not see
@@ -362,37 +397,26 @@ def test_screen_keeps_every_survivor(hat, unit):
         u = torch.randn(D, dtype=torch.float64, device=DEV)
         u = u - (u @ qi) * qi
         k[0, 0, j] = (3.0 * (c * qi + (1 - c * c).sqrt() * u / u.norm())).float()
-    v = torch.randn(1, 1, N, D, device=DEV)
     # view 2 random (no plants), so that view 1's screen alone decides the planted pairs
-    args = (q, k, torch.randn(1, 1, M, D, device=DEV), torch.randn(1, 1, N, D, device=DEV), v, taus.contiguous(),
-            torch.full((1,), 0.5, device=DEV),
-            2.0, True, True)
-    tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
-    res = {}
-    for screen in (True, False):
-        tk.SCREEN, tk.SCREEN_HAT, tk.UNIT_KEYS = screen, hat, unit
-        leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
-                  for a in args]
-        out, flags, _, _ = torch.ops.tda.threshold_attention_fwd(*leaves)
-        grads = torch.autograd.grad(out, leaves[:5], torch.ones_like(out))
-        res[screen] = (out, flags, grads)
-    assert bool((res[True][1] >= res[False][1]).all()), (res[True][1], res[False][1])
-    if unit:
-        assert torch.allclose(res[True][0], res[False][0], rtol=1e-5, atol=1e-6)
-    else:
-        assert torch.equal(res[True][0], res[False][0])
-    for a, b in zip(res[True][2], res[False][2]):
-        assert torch.equal(a, b)
-    planted = [res[False][1][0, i // 16, j // 16].item() for i, j in plants]
+    inputs = dict(q1=q, k1=k, q2=torch.randn(1, 1, M, D, device=DEV), k2=torch.randn(1, 1, N, D, device=DEV),
+                  v=torch.randn(1, 1, N, D, device=DEV), beta=torch.tensor([beta], device=DEV),
+                  lam=torch.full((1,), 0.5, device=DEV))
+    out_s, g_s, flags_s = _grads_and_flags(inputs, cfg(16, 16, unit_keys=unit))
+    out_x, g_x, flags_x = _grads_and_flags(inputs, cfg(16, 64, flags=(16, 16), mask_screen=False))
+    assert bool((flags_s >= flags_x).all()), (flags_s, flags_x)
+    assert torch.allclose(out_s, out_x, rtol=1e-5, atol=1e-6)
+    for name in inputs:
+        assert torch.equal(g_s[name], g_x[name]), name
+    planted = [flags_x[0, i // 16, j // 16].item() for i, j in plants]
     assert 0 < sum(planted) < len(plants), planted  # the plants land on both sides of tau
-    assert [res[False][1][0, i // 16, j // 16].item() for i, j in diagonal] == [0, 1]
-    assert res[True][1][0, 1, 1] == res[False][1][0, 1, 1] == 0  # the hidden match flags nothing
+    assert [flags_x[0, i // 16, j // 16].item() for i, j in diagonal] == [0, 1]
+    assert flags_s[0, 1, 1] == flags_x[0, 1, 1] == 0  # the hidden match flags nothing
 
 
 @pytest.mark.parametrize("margin", [True, False])
 def test_unit_key_flags_cover_the_raw_survivors_at_bf16_rounding(monkeypatch, margin):
-    """UNIT_KEYS scores round(k^), but the backward scores the raw keys, so the forward's flags must cover
-    every raw survivor: its screen lowers tau by attention._hat_delta, which bounds k^'s rounding. The
+    """The unit-key forward (unit_keys) scores round(k^), but the backward scores the raw keys, so the forward's
+    flags must cover every raw survivor: its screen lowers tau by launch.hat_delta, which bounds k^'s rounding. The
     interpreter cannot run bf16 dots, so this emulates bf16's rounding in fp32: the pre-pass's unit keys
     go through bf16 and the margin is bf16's. Scores are planted within ~0.2% of tau (inside bf16's
     rounding of k^), so that many land on the other side of tau in the unit-key scores. With the margin the
@@ -414,29 +438,21 @@ def test_unit_key_flags_cover_the_raw_survivors_at_bf16_rounding(monkeypatch, ma
         u = torch.randn(D, dtype=torch.float64, device=DEV)
         u = u - (u @ qi) * qi
         k[0, 0, j] = (2.0 * (c * qi + (1 - c * c).sqrt() * u / u.norm())).float()
-    v = torch.randn(1, 1, N, D, device=DEV)
-    args = (q, k, torch.randn(1, 1, M, D, device=DEV), torch.randn(1, 1, N, D, device=DEV), v, taus.contiguous(),
-            torch.full((1,), 0.5, device=DEV), 2.0, True, True)
-    tk.set_config(fwd=(16, 16, 4, 1), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
-    inv_norms, hat_delta = tk._inv_norms, tk._hat_delta
+    inputs = dict(q1=q, k1=k, q2=torch.randn(1, 1, M, D, device=DEV), k2=torch.randn(1, 1, N, D, device=DEV),
+                  v=torch.randn(1, 1, N, D, device=DEV), beta=torch.tensor([beta], device=DEV),
+                  lam=torch.full((1,), 0.5, device=DEV))
+    inv_norms, hat_delta = launch.inv_norms, launch.hat_delta
 
     def bf16_unit_keys(x1, x2, hat=False):
         res = inv_norms(x1, x2, hat=hat)
         return (res[0], res[1].to(torch.bfloat16).to(res[1].dtype)) if hat else res
-    monkeypatch.setattr(tk, "_inv_norms", bf16_unit_keys)
-    monkeypatch.setattr(tk, "_hat_delta", lambda dtype, D: hat_delta(torch.bfloat16, D) if margin else 0.0)
-    res = {}
-    for unit in (False, True):
-        tk.SCREEN_HAT, tk.UNIT_KEYS = unit, unit
-        leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
-                  for a in args]
-        out, flags, _, _ = torch.ops.tda.threshold_attention_fwd(*leaves)
-        grads = torch.autograd.grad(out, leaves[:5], torch.ones_like(out))
-        res[unit] = (out, flags, grads)
-    (out_raw, flags_raw, g_raw), (out_unit, flags_unit, g_unit) = res[False], res[True]
+    monkeypatch.setattr(launch, "inv_norms", bf16_unit_keys)
+    monkeypatch.setattr(launch, "hat_delta", lambda dtype, D: hat_delta(torch.bfloat16, D) if margin else 0.0)
+    res = {unit: _grads_and_flags(inputs, cfg(unit_keys=unit)) for unit in (False, True)}
+    (out_raw, g_raw, flags_raw), (out_unit, g_unit, flags_unit) = res[False], res[True]
     assert flags_raw.sum() >= len(plants)  # every plant survives in the raw scores
     assert torch.allclose(out_unit, out_raw, rtol=0.1, atol=0.02) and not torch.equal(out_unit, out_raw)
-    same = all(torch.equal(a, b) for a, b in zip(g_unit, g_raw))
+    same = all(torch.equal(g_unit[n], g_raw[n]) for n in g_raw)
     if margin:
         assert bool((flags_unit >= flags_raw).all())
         assert same
@@ -444,54 +460,42 @@ def test_unit_key_flags_cover_the_raw_survivors_at_bf16_rounding(monkeypatch, ma
         assert not bool((flags_unit >= flags_raw).all()) and not same
 
 
-@pytest.mark.parametrize("two_views,causal,M,N,cfg", [
-    (True, True, 45, 53, dict(fwd=(16, 16, 4, 1))),
-    (True, False, 40, 29, dict(fwd=(32, 16, 4, 1), flags=(16, 16))),
-    (False, True, 50, 50, dict(fwd=(16, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))),
+@pytest.mark.parametrize("two_views,causal,M,N,config", [
+    (True, True, 45, 53, cfg(16, 16)),
+    (True, False, 40, 29, cfg(32, 16, flags=(16, 16))),
+    (False, True, 50, 50, cfg(16, 32, flags=(16, 16))),
 ])
-def test_unit_key_forward_matches_the_raw_key_screen(two_views, causal, M, N, cfg):
-    """SCREEN_HAT (the screen scores the pre-pass's unit keys; passing pairs recompute the exact scores from the
-    raw keys) gives the bit-identical output (training and inference) and gradients of the raw-key screen;
-    with UNIT_KEYS (the exact path scores the rounded unit keys too) the output is close and the gradients
-    identical. Either way the flags are a superset of the raw-key screen's. Ragged shapes, GQA and finer
-    flags included. Also: the pre-pass's unit keys are the keys times their inverse norms."""
+def test_unit_key_forward_matches_the_raw_key_screen(two_views, causal, M, N, config):
+    """unit_keys (the screen and the exact path score the pre-pass's rounded unit keys) gives an output close
+    to the raw-key forward's (training and inference), bit-identical gradients, and flags that are a superset
+    of the raw-key screen's. Ragged shapes, GQA and finer flags included. Also: the pre-pass's unit keys are
+    the keys times their inverse norms."""
     torch.manual_seed(21)
-    tk.set_config(**cfg)
     inputs = _make(2, 4, 2, M, N, 16, 16, two_views)
     dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
-    kw = dict(causal=causal, position_offset=5)
-    fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+    kw = dict(causal=causal, position_offset=max(5, N - M))  # causal: at least the keys' extra length
     k1 = inputs["k1" if two_views else "k"].detach()
     k2 = inputs["k2"].detach() if two_views else None
-    tau = reference.tau(torch.arange(5, 5 + M, device=DEV), inputs["beta"].detach(), 1.0, 16).to(DT)
     res = {}
-    for hat, unit in ((False, False), (True, False), (True, True)):
-        tk.SCREEN_HAT, tk.UNIT_KEYS = hat, unit
-        out, grads = _run("triton", inputs, lambda out: dout, **kw)
+    for unit in (False, True):
+        config_u = dataclasses.replace(config, unit_keys=unit)
+        out, grads = _run("triton", inputs, lambda out: dout, config_u, **kw)
         with torch.no_grad():
-            infer = fn(**inputs, backend="triton", **kw)
-        flags = torch.ops.tda.threshold_attention_fwd(
-            inputs["q1" if two_views else "q"].detach(), k1, inputs["q2"].detach() if two_views else None, k2,
-            inputs["v"].detach(), tau.contiguous(), inputs["lam"].detach() if two_views else None, 2.0, causal,
-            True)[1]
-        res[hat, unit] = out, grads, infer, flags
-    tk.SCREEN_HAT, tk.UNIT_KEYS = None, None
-    out0, grads0, infer0, flags0 = res[False, False]
+            infer = _call("triton", inputs, config_u, **kw)
+        res[unit] = out, grads, infer, _flags(inputs, config_u, **kw)
+    out0, grads0, infer0, flags0 = res[False]
+    out, grads, infer, flags = res[True]
     assert flags0.any() and not flags0.all()  # the screen had something to decide
-    for (hat, unit), (out, grads, infer, flags) in res.items():
-        key = (hat, unit)
-        if unit:  # the output from the rounded unit keys: close (fp64 here), the gradients unchanged
-            assert torch.allclose(out, out0, rtol=1e-12, atol=1e-13) and not torch.equal(out, out0), key
-            assert torch.allclose(infer, infer0, rtol=1e-12, atol=1e-13), key
-        else:
-            assert torch.equal(out, out0) and torch.equal(infer, infer0), key
-        for name in inputs:
-            assert torch.equal(grads[name], grads0[name]), (key, name)
-        assert bool((flags >= flags0).all()), key
-    rk, kh = tk._inv_norms(k1, k2, hat=True)
+    # the output from the rounded unit keys: close (fp64 here), the gradients unchanged
+    assert torch.allclose(out, out0, rtol=1e-12, atol=1e-13) and not torch.equal(out, out0)
+    assert torch.allclose(infer, infer0, rtol=1e-12, atol=1e-13) and torch.equal(infer0, out0.detach())
+    for name in inputs:
+        assert torch.equal(grads[name], grads0[name]), name
+    assert bool((flags >= flags0).all())
+    rk, kh = launch.inv_norms(k1, k2, hat=True)
     want = torch.stack([k1] + ([k2] if two_views else [])) * rk[..., None]
     assert kh.dtype == k1.dtype and torch.allclose(kh, want, rtol=1e-12, atol=0)
-    _compare(inputs, **kw)
+    _compare(inputs, config=dataclasses.replace(config, unit_keys=True), **kw)
 
 
 @pytest.mark.parametrize("two_views,noncontig_v,M,N", [(True, False, 45, 53), (True, True, 37, 37),
@@ -501,33 +505,30 @@ def test_tma_loads_change_nothing(two_views, noncontig_v, M, N):
     bit-identical output (training and inference), flags and gradients of the pointer loads; values whose
     layout a descriptor cannot take (a transposed view) fall back to pointer loads. Ragged shapes and GQA."""
     torch.manual_seed(5)
-    tk.SCREEN_HAT = tk.UNIT_KEYS = True
-    tk.set_config(fwd=(16, 16, 4, 1), infer=(16, 16, 4, 1, True))
     inputs = _make(2, 4, 2, M, N, 16, 16, two_views)
     if noncontig_v:
         v = inputs["v"].detach()
         inputs["v"] = v.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_(True)
-        assert not tk._tma_rows_ok(inputs["v"])
+        assert not launch.tma_rows_ok(inputs["v"])
     else:
-        assert tk._tma_rows_ok(inputs["v"])
+        assert launch.tma_rows_ok(inputs["v"])
     dout = torch.randn(2, 4, M, 16, dtype=DT, device=DEV)
-    kw = dict(causal=True, position_offset=3)
-    fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
+    kw = dict(causal=True, position_offset=max(3, N - M))
     res = {}
-    for tma in (0, 1, 2):
-        tk.TMA = tma
-        out, grads = _run("triton", inputs, lambda out: dout, **kw)
+    for tma in (False, True):
+        config = cfg(unit_keys=True, tma=tma)
+        out, grads = _run("triton", inputs, lambda out: dout, config, **kw)
         with torch.no_grad():
-            infer = fn(**inputs, backend="triton", **kw)
+            infer = _call("triton", inputs, config, **kw)
         res[tma] = out, grads, infer
-    out0, grads0, infer0 = res[0]
+    out0, grads0, infer0 = res[False]
     assert out0.abs().sum() > 0
-    for tma, (out, grads, infer) in res.items():
-        assert torch.equal(out, out0) and torch.equal(infer, infer0), tma
-        for name in inputs:
-            assert torch.equal(grads[name], grads0[name]), (tma, name)
-    # and TMA = 2 (the last set) against the reference, forward and every gradient
-    _compare(inputs, **kw)
+    out, grads, infer = res[True]
+    assert torch.equal(out, out0) and torch.equal(infer, infer0)
+    for name in inputs:
+        assert torch.equal(grads[name], grads0[name]), name
+    # and the TMA loads against the reference, forward and every gradient
+    _compare(inputs, config=cfg(unit_keys=True, tma=True), **kw)
 
 
 def test_tma_needs_a_hopper_class_device(monkeypatch):
@@ -536,164 +537,138 @@ def test_tma_needs_a_hopper_class_device(monkeypatch):
     class FakeCuda:
         is_cuda = True
         device = torch.device("cuda", 7)
-    tk._TMA_OK.clear()
+    launch._TMA_OK.clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev: (8, 0))
-    assert not tk._tma_device_ok(FakeCuda())
-    tk._TMA_OK.clear()
+    assert not launch.tma_device_ok(FakeCuda())
+    launch._TMA_OK.clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev: (9, 0))
-    assert tk._tma_device_ok(FakeCuda())
-    tk._TMA_OK.clear()
-    assert tk._tma_device_ok(torch.zeros(1))  # the interpreter's CPU tensors
+    assert launch.tma_device_ok(FakeCuda())
+    launch._TMA_OK.clear()
+    assert launch.tma_device_ok(torch.zeros(1))  # the interpreter's CPU tensors
     monkeypatch.delattr(tl, "make_tensor_descriptor")
-    assert not tk._tma_device_ok(torch.zeros(1))
+    assert not launch.tma_device_ok(torch.zeros(1))
 
 
 def test_tma_rows_ok():
     """The descriptor's layout requirements: unit inner stride, 16-byte rows, heads and base."""
     x = torch.zeros(2, 3, 8, 16, dtype=torch.float16)
-    assert tk._tma_rows_ok(x)
-    assert not tk._tma_rows_ok(x.transpose(-1, -2))
-    assert not tk._tma_rows_ok(torch.zeros(2, 3, 8, 20, dtype=torch.float16)[..., :12])  # 40-byte rows
-    assert not tk._tma_rows_ok(x.view(-1)[1:1 + 2 * 3 * 8 * 8].view(2, 3, 8, 8))  # base off by 2 bytes
+    assert launch.tma_rows_ok(x)
+    assert not launch.tma_rows_ok(x.transpose(-1, -2))
+    assert not launch.tma_rows_ok(torch.zeros(2, 3, 8, 20, dtype=torch.float16)[..., :12])  # 40-byte rows
+    assert not launch.tma_rows_ok(x.view(-1)[1:1 + 2 * 3 * 8 * 8].view(2, 3, 8, 8))  # base off by 2 bytes
 
 
-@pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_noscreen", "tda_raw", "tra", "tda_dense",
-                                     "tda_infer_dense", "tda_rows", "tda_raw_rows", "tra_rows", "tda_unit_rows"])
+@pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_raw", "tra", "tda_infer_dense", "tda_rows",
+                                     "tda_raw_rows", "tra_rows", "tda_unit_rows"])
 def test_inference_forward_equals_training_forward(variant):
     """Without a gradient to compute, the forward runs with FOR_BWD off (no flags, no stored inverse norms,
-    no autograd node); its output must be bit-identical to the training forward's. *_rows: the inference
-    screen decides from row maxima (ROW_SCREEN), also with the unit-key forward (tda_unit_rows)."""
+    no autograd node); with the same config its output must be bit-identical to the training forward's.
+    *_dense: the inference forward without a survivor test; *_rows: the inference screen decides from row
+    maxima (row_screen), also with the unit-key forward (tda_unit_rows)."""
     torch.manual_seed(21)
-    if variant == "tda_finer":
-        tk.set_config(fwd=(32, 32, 4, 1), flags=(16, 16), dkdv=(16, 16, 4, 1), dq=(16, 16, 4, 1))
-    if variant == "tda_noscreen":
-        tk.SCREEN = False
-    if variant == "tda_dense":
-        tk.SKIP_EMPTY = 3
-    if variant == "tda_infer_dense":  # the inference forward alone without a survivor test, other blocks
-        tk.set_config(infer=(32, 16, 4, 1, False))
-    if variant.endswith("_rows"):
-        tk.ROW_SCREEN = True
-        tk.set_config(infer=(32, 16, 4, 1, True))  # rows of a 32 x 16 tile: the reductions differ in shape
-    if variant == "tda_unit_rows":
-        # the unit keys score the unmasked blocks only (the diagonal ones take the raw keys), so inference
-        # matches training bit for bit only with the same blocks -- as the GPU table's long-key configs have
-        tk.SCREEN_HAT = tk.UNIT_KEYS = True
-        tk.set_config(infer=(16, 16, 4, 1, True))
+    config = {"tda_finer": cfg(32, 32, flags=(16, 16)), "tda_infer_dense": cfg(32, 16, survivor_test=False),
+              "tda_unit_rows": cfg(16, 16, unit_keys=True, row_screen=True)}.get(variant, cfg())
+    if variant.endswith("_rows") and variant != "tda_unit_rows":
+        config = cfg(32, 16, row_screen=True)  # rows of a 32 x 16 tile: the reductions differ in shape
     tra = variant.startswith("tra")
     inputs = _make(2, 2, 1, 45, 53, 16, 16, not tra)
     kw = dict(p=2.0, causal=True, position_offset=8, normalize_qk=not variant.startswith("tda_raw"))
-    fn = ops.threshold_rectified_attention if tra else ops.threshold_differential_attention
-    out_train = fn(**inputs, backend="triton", **kw)
+    out_train = _call("triton", inputs, config, **kw)
     assert out_train.grad_fn is not None
     with torch.no_grad():
-        out_inf = fn(**inputs, backend="triton", **kw)
-    out_detached = fn(**{n: t.detach() for n, t in inputs.items()}, backend="triton", **kw)
+        out_inf = _call("triton", inputs, config, **kw)
+    out_detached = _call("triton", {n: t.detach() for n, t in inputs.items()}, config, **kw)
     assert out_inf.grad_fn is None and not out_detached.requires_grad
     assert out_train.abs().sum() > 0
     assert torch.equal(out_inf, out_train.detach()) and torch.equal(out_detached, out_inf)
     # the launcher keeps nothing for a backward
     d = {n: t.detach() for n, t in inputs.items()}
     q1 = d.get("q1", d.get("q"))
-    scale = tk._tau_scale(45, 8, 1.0, 16, q1.device, torch.float64)
+    scale = tk.tau_scale(45, 8, 1.0, 16, q1.device, torch.float64)
     q2, k2, lam = d.get("q2"), d.get("k2"), d.get("lam")
-    cfg = tk._configs(16, q1.dtype, q2 is not None)
-    out, flags, rq, rk = tk._launch_fwd(q1, d.get("k1", d.get("k")), q2, k2, d["v"], d["beta"], scale, lam,
-                                        2.0, True, cfg, kw["normalize_qk"], for_bwd=False)
+    out, flags, rq, rk = launch.forward(q1, d.get("k1", d.get("k")), q2, k2, d["v"], d["beta"], scale, lam,
+                                        2.0, True, config, kw["normalize_qk"], for_bwd=False)
     assert flags is None and rq is None and (rk is not None) == kw["normalize_qk"]
     torch.testing.assert_close(out, out_inf, rtol=0, atol=0)
 
 
 def test_config_table(monkeypatch):
-    """The GPU block table: configs by key length (short keys: smaller forward blocks, inference without a
-    survivor test); every flags grain divides its forward block; BY_LENGTH = False gives the long configs;
-    overrides of the forward apply to inference too and reset the grain."""
-    monkeypatch.setattr(tk, "_interpreting", lambda: False)
+    """The GPU block table's choices for representative shapes (what docs/kernels.md lists): every
+    (head dim, dtype, key length, training) gives a valid config, short keys take smaller forward blocks and
+    an inference forward without a survivor test, and the options land where the table puts them."""
+    monkeypatch.setattr(kc, "interpreting", lambda: False)
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    T = lambda D, n, dt=bf16, training=True: kc.block_config(D, dt, n, training)  # noqa: E731
     for D in (16, 32, 64, 128):
-        for dt in (torch.bfloat16, torch.float16, torch.float32):
-            for N in (None, 1, 1024, 1025, 2048, 4096, 4097, 16384):
-                cfg = tk._configs(D, dt, True, N)
-                (BM, BN), (FM, FN) = cfg["fwd"][:2], cfg["flags"]
-                assert BM % FM == 0 and BN % FN == 0 and len(cfg["infer"]) == 5
-    for D in (64, 128):
-        short, long = tk._configs(D, torch.bfloat16, True, 1024), tk._configs(D, torch.bfloat16, True, 16384)
-        assert short["fwd"] != long["fwd"] and short["infer"][4] is False and long["infer"][4] is True
-        assert tk._configs(D, torch.bfloat16, True) == long
-        monkeypatch.setattr(tk, "BY_LENGTH", False)
-        assert tk._configs(D, torch.bfloat16, True, 1024) == long
-        monkeypatch.setattr(tk, "BY_LENGTH", True)
-    # live-block lists in the backward: d = 128 always, d = 64 beyond 1K keys; d = 64 from 1K to 4K keys:
-    # flags at 64 x 32 with backward blocks to match
-    assert all(tk._configs(128, torch.bfloat16, True, n)["lists"] == (True, True) for n in (1024, 4096, None))
-    assert [tk._configs(64, torch.bfloat16, True, n)["lists"] for n in (1024, 1025, 4096, None)] == [
-        (False, False), (True, True), (True, True), (True, True)]
-    for n, grain in ((1025, (64, 32)), (4096, (64, 32)), (4097, (64, 64))):
-        cfg = tk._configs(64, torch.bfloat16, True, n)
-        assert cfg["flags"] == grain and cfg["dkdv"][:2] == cfg["dq"][:2] == grain
-    # the unit-key forward (SCREEN_HAT + UNIT_KEYS) in bf16/fp16, not for fp32: training past 4K keys,
-    # inference everywhere (it only acts where that forward screens)
-    for D in (64, 128):
-        for dt in (torch.bfloat16, torch.float16):
-            assert [tk._configs(D, dt, True, n)["unit_keys"] for n in (1024, 4096, 4097, None)] == [
-                (False, True), (False, True), (True, True), (True, True)]
-        assert "unit_keys" not in tk._configs(D, torch.float32, True)
-    # the inference forward's row-maximum screen (ROW_SCREEN): bf16/fp16
-    assert [tk._configs(D, dt, True, n).get("row_screen") for D in (64, 128) for dt in (torch.bfloat16,
-            torch.float16, torch.float32) for n in (4096, None)] == ([True] * 4 + [None] * 2) * 2
-    # the d = 128 inference forward: its survivor test, and 4 stages, past 2K keys; the training forward 3 stages
-    assert [tk._configs(128, torch.bfloat16, True, n)["infer"] for n in (1024, 4096, None)] == [
-        (128, 64, 8, 3, False), (128, 64, 8, 4, True), (128, 64, 8, 4, True)]
-    assert tk._configs(128, torch.bfloat16, True)["fwd"] == (128, 64, 8, 3)
-    tk.set_config(row_screen=False)
-    assert tk._configs(128, torch.bfloat16, True)["row_screen"] is False
-    tk.set_config()
-    # the masked stage screened (MASK_SCREEN), (training, inference): not for the d = 64 training forward up to
-    # 4K keys; on where the table says nothing (fp32)
-    assert [tk._configs(D, torch.bfloat16, True, n)["mask_screen"] for D in (64, 128) for n in (1024, 4096, 4097)] \
-        == [(False, True)] * 2 + [(True, True)] * 4
-    assert "mask_screen" not in tk._configs(64, torch.float32, True)
-    tk.set_config(mask_screen=False)
-    assert tk._configs(128, torch.bfloat16, True)["mask_screen"] == (False, False)
-    tk.set_config()
-    # the program order's sections of heads (FWD_GROUP, BWD_GROUP): the forward's only, by head dim and length
-    assert [tk._configs(D, torch.bfloat16, True, n)["group"] for D in (64, 128) for n in (1024, 4096, 8192)] == [
-        (tk.ALL_HEADS, 1), (8, 1), (8, 1), (tk.ALL_HEADS, 1), (4, 1), (2, 1)]
-    # the forward's register cap (three 4-warp programs per SM) at d = 64 past 1K keys, with TMA loads past 4K
-    # keys; neither for fp32 or d = 128
-    for dt in (torch.bfloat16, torch.float16):
-        assert [tk._configs(64, dt, True, n).get("maxnreg") for n in (1024, 1025, 4096, None)] == [
-            None, (168, 168), (168, 168), (168, 168)]
-        assert [tk._configs(64, dt, True, n).get("tma") for n in (1024, 4096, 4097, None)] == [
-            None, (0, 0), (2, 2), (2, 2)]
-        assert tk._configs(128, dt, True).get("maxnreg") is None and tk._configs(128, dt, True).get("tma") is None
-        # and the backward's 64 x 32 blocks (1K-4K keys)
-        assert [tk._configs(64, dt, True, n).get("bwd_maxnreg") for n in (1024, 1025, 4096, 4097)] == [
-            None, 168, 168, None]
-        assert all(tk._configs(64, dt, True, n)["dkdv"][:2] == (64, 32) for n in (1025, 4096))
-        assert tk._configs(128, dt, True, 4096).get("bwd_maxnreg") is None
-    assert tk._configs(64, torch.float32, True).get("maxnreg") is None
-    # CONFIG_LENGTH: another key length's configs (the GPU check reaches 4K's with short inputs)
-    monkeypatch.setattr(tk, "CONFIG_LENGTH", 4096)
-    assert tk._configs(64, torch.bfloat16, True, 100).get("bwd_maxnreg") == 168
-    monkeypatch.setattr(tk, "CONFIG_LENGTH", None)
-    assert tk._configs(64, torch.bfloat16, True, 100).get("bwd_maxnreg") is None
-    tk.set_config(tma=1, maxnreg=(0, 160))
-    assert tk._configs(64, torch.bfloat16, True)["tma"] == (1, 1)
-    assert tk._configs(64, torch.bfloat16, True)["maxnreg"] == (0, 160)
-    tk.set_config()
+        for dt in (bf16, fp16, fp32):
+            for n in (1, 1024, 1025, 2048, 2049, 4096, 4097, 16384):
+                for training in (True, False):
+                    c = T(D, n, dt, training)
+                    assert c.block_m % c.flags[0] == 0 and c.block_n % c.flags[1] == 0
+                    assert c.bwd_warps == 4 and c.bwd_stages == 2  # the one-launch backward's programs
+                    if dt != fp32:
+                        assert T(D, n, fp16, training) == c  # fp16 as bf16
+    # fp32: one config at every length and head dim
+    assert T(64, 16384, fp32) == T(128, 1024, fp32) == KernelConfig(64, 32, 4, 2, dkdv_block=(32, 64),
+                                                                     dq_block=(64, 32))
+    assert T(64, 1024, fp32, False) == KernelConfig(64, 32, 4, 2)
+    # d = 64 training: (forward block, stages, flags, dK/dV block, dQ block, lists, register caps, group)
+    row = lambda c: (c.block_m, c.block_n, c.num_stages, c.flags, c.dkdv_block, c.dq_block,  # noqa: E731
+                     (c.dkdv_lists, c.dq_lists), c.maxnreg, c.bwd_maxnreg, c.group)
+    assert row(T(64, 1024)) == (64, 32, 3, (64, 32), (64, 64), (64, 32), (False, False), 0, 0, kc.ALL_HEADS)
+    assert row(T(64, 1025)) == (64, 64, 3, (64, 32), (64, 32), (64, 32), (True, True), 168, 168, 8)
+    assert row(T(64, 4096)) == row(T(64, 1025))
+    assert row(T(64, 4097)) == (64, 64, 3, (64, 64), (64, 64), (64, 64), (True, True), 168, 0, 8)
+    assert T(64, 16384) == T(64, 4097) and T(32, 16384) == T(64, 16384)
+    # d = 128 training
+    assert row(T(128, 1024)) == (64, 32, 3, (64, 32), (64, 32), (64, 32), (True, True), 0, 0, kc.ALL_HEADS)
+    assert row(T(128, 4096)) == (64, 32, 3, (64, 32), (64, 32), (64, 32), (True, True), 0, 0, 4)
+    assert row(T(128, 4097)) == (128, 64, 3, (32, 32), (64, 32), (64, 32), (True, True), 0, 0, 2)
+    assert T(128, 4097).num_warps == 8 and T(128, 4096).num_warps == 4
+    # training forward options: unit keys and TMA past 4K keys (TMA at d = 64 only), the masked stage screened
+    # except at d = 64 up to 4K keys
+    opts = lambda c: (c.unit_keys, c.tma, c.mask_screen, c.row_screen, c.survivor_test)  # noqa: E731
+    assert [opts(T(64, n)) for n in (1024, 4096, 4097)] == [(False, False, False, False, True)] * 2 + [
+        (True, True, True, False, True)]
+    assert [opts(T(128, n)) for n in (1024, 4096, 4097)] == [(False, False, True, False, True)] * 2 + [
+        (True, False, True, False, True)]
+    # inference: no survivor test up to 2K keys; past it the unit keys and the row screen (and TMA at d = 64
+    # past 4K keys); d = 128 with 8 warps and 4 stages past 2K keys
+    inf = lambda c: (c.block_m, c.block_n, c.num_warps, c.num_stages, c.maxnreg, c.group) + opts(c)  # noqa: E731
+    assert inf(T(64, 1024, training=False)) == (64, 32, 4, 3, 0, kc.ALL_HEADS, False, False, False, False, False)
+    assert inf(T(64, 2048, training=False)) == (64, 32, 4, 3, 168, 8, False, False, False, False, False)
+    assert inf(T(64, 4096, training=False)) == (64, 64, 4, 3, 168, 8, True, False, True, True, True)
+    assert inf(T(64, 4097, training=False)) == (64, 64, 4, 3, 168, 8, True, True, True, True, True)
+    assert inf(T(128, 2048, training=False)) == (128, 64, 8, 3, 0, 4, False, False, False, False, False)
+    assert inf(T(128, 2049, training=False)) == (128, 64, 8, 4, 0, 4, True, False, True, True, True)
+    assert inf(T(128, 16384, training=False)) == (128, 64, 8, 4, 0, 2, True, False, True, True, True)
     # long keys: the training and the inference forward share their blocks, so with the unit keys (which
     # score the unmasked blocks only) a no-grad call and a training call give the same output
-    assert all(tk._configs(D, torch.bfloat16, True)["fwd"][:2] == tk._configs(D, torch.bfloat16, True)["infer"][:2]
-               for D in (64, 128))
-    tk.set_config(unit_keys=False)
-    assert tk._configs(64, torch.bfloat16, True)["unit_keys"] == (False, False)
-    tk.set_config(fwd=(64, 64, 4, 2))
-    cfg = tk._configs(128, torch.bfloat16, True, 1024)
-    assert cfg["flags"] == (64, 64) and cfg["infer"] == (64, 64, 4, 2, True)
-    tk.set_config(lists=False)
-    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] == (False, False)
-    tk.set_config(lists=(False, True))
-    assert tk._configs(128, torch.bfloat16, True, 1024)["lists"] == (False, True)
+    for D in (64, 128):
+        a, b = T(D, 16384), T(D, 16384, training=False)
+        assert (a.block_m, a.block_n, a.unit_keys) == (b.block_m, b.block_n, b.unit_keys)
+    # under the interpreter: small tiles whatever the shape
+    monkeypatch.setattr(kc, "interpreting", lambda: True)
+    assert T(128, 16384) is kc.INTERPRETER_CONFIG and T(64, 10, fp32, False) is kc.INTERPRETER_CONFIG
+
+
+def test_kernel_config_validation():
+    """A KernelConfig rejects tiles that are not powers of two and a flags grain that does not divide the
+    forward block."""
+    with pytest.raises(ValueError, match="flags grain"):
+        KernelConfig(32, 16, flag_m=16, flag_n=32)
+    with pytest.raises(ValueError, match="flag_m must be a power of two"):
+        KernelConfig(32, 32, flag_m=24)
+    with pytest.raises(ValueError, match="block_n"):
+        KernelConfig(32, 48)
+    with pytest.raises(ValueError, match="dq_block"):
+        KernelConfig(32, 32, dq_block=(16,))
+    assert KernelConfig(32, 16).flags == (32, 16) and KernelConfig(32, 32, flag_m=16, flag_n=8).flags == (16, 8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        KernelConfig(32, 32).block_m = 64
+    q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
+    with pytest.raises(ValueError, match="config must be a KernelConfig"):
+        tk.threshold_rectified_attention(q, q, q, 1.0, config=dict(block_m=16))
 
 
 @pytest.mark.skipif(ON_GPU, reason="the interpreter's half-precision products")
@@ -719,9 +694,8 @@ def test_half_precision_under_the_interpreter():
         out_l, g_l = _run("reference", {k: v.detach().clone().requires_grad_(True) for k, v in cast.items()},
                           lambda out: dout.to(dt), position_offset=3)
         for unit in (False, True):  # the raw-key forward, and the unit-key one at this dtype's rounding
-            tk.SCREEN_HAT = tk.UNIT_KEYS = unit
             out_k, g_k = _run("triton", {k: v.detach().clone().requires_grad_(True) for k, v in cast.items()},
-                              lambda out: dout.to(dt), position_offset=3)
+                              lambda out: dout.to(dt), cfg(unit_keys=unit), position_offset=3)
             pairs = [("out", out_k, out_l, ref64[0])] + [(n, g_k[n], g_l[n], ref64[1][n]) for n in base]
             for name, ker, low, r64 in pairs:
                 e_ker = (ker.double() - r64).norm().item()
@@ -736,20 +710,17 @@ def test_bad_input_raises():
         ops.threshold_rectified_attention(x, x, x, 1.0, backend="triton")
     q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
     with pytest.raises(ValueError, match="p must be"):
-        tk.tra(q, q, q, 1.0, p=0.5)
+        tk.threshold_rectified_attention(q, q, q, 1.0, p=0.5)
     with pytest.raises(ValueError, match="kappa"):
-        tk.tda(q, q, q, q, q, 1.0, 0.5, kappa=0.0)
+        tk.threshold_differential_attention(q, q, q, q, q, 1.0, 0.5, kappa=0.0)
     with pytest.raises(ValueError, match="k1"):
-        tk.tda(q, q[:, :, :, :8], q, q, q, 1.0, 0.5)
+        tk.threshold_differential_attention(q, q[:, :, :, :8], q, q, q, 1.0, 0.5)
     with pytest.raises(ValueError, match="beta"):
-        tk.tra(q, q, q, float("nan"))
+        tk.threshold_rectified_attention(q, q, q, float("nan"))
     with pytest.raises(ValueError, match="lam"):
-        tk.tda(q, q, q, q, q, 1.0, torch.ones(3, dtype=DT))
+        tk.threshold_differential_attention(q, q, q, q, q, 1.0, torch.ones(3, dtype=DT))
     with pytest.raises(ValueError, match="q2 and k2"):
-        tk.tda(q, q, None, q, q, 1.0, 0.5)
-    tk.set_config(fwd=(32, 32, 4, 1), flags=(24, 16))
-    with pytest.raises(ValueError, match="flags grain"):
-        tk.tda(q, q, q, q, q, 1.0, 0.5)
+        tk.threshold_differential_attention(q, q, None, q, q, 1.0, 0.5)
 
 
 def test_unsupported_reason(monkeypatch):
@@ -819,7 +790,7 @@ def test_custom_op_opcheck():
                                                                2.0, True, True)
     torch.library.opcheck(torch.ops.tda.threshold_attention_bwd.default,
                           (torch.randn_like(out), qn, kn, nc(q.clone()), nc(k.clone()), vn, tau, lam, flags, rq, rk,
-                           2.0, True, *tk._configs(16, DT, True)["flags"]),
+                           2.0, True),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -827,13 +798,13 @@ def test_validation_cache_sees_in_place_changes():
     torch.manual_seed(8)
     q = torch.randn(1, 2, 8, 16, dtype=DT, device=DEV)
     beta = torch.full((2,), 0.5, dtype=DT, device=DEV)
-    tk.tra(q, q, q, beta)
-    tk.tra(q, q, q, beta)  # validated once, reused
+    tk.threshold_rectified_attention(q, q, q, beta)
+    tk.threshold_rectified_attention(q, q, q, beta)  # validated once, reused
     beta.fill_(float("nan"))  # an in-place change bumps the version: checked again
     with pytest.raises(ValueError, match="beta"):
-        tk.tra(q, q, q, beta)
+        tk.threshold_rectified_attention(q, q, q, beta)
     with pytest.raises(ValueError, match="beta"):
-        tk.tra(q, q, q, torch.full((2,), float("nan"), dtype=DT, device=DEV))
+        tk.threshold_rectified_attention(q, q, q, torch.full((2,), float("nan"), dtype=DT, device=DEV))
 
 
 def test_cached_tau_equals_reference():
@@ -841,8 +812,8 @@ def test_cached_tau_equals_reference():
     reference.tau's rounding: the fp32 product of the fp32-cast beta and the fp32 scale."""
     beta = torch.rand(3, device=DEV) + 0.5
     for M, off, kappa, D in ((17, 0, 1.0, 64), (5, 1000, 0.3, 128)):
-        scale = tk._tau_scale(M, off, kappa, D, beta.device, torch.float32)
-        assert tk._tau_scale(M, off, kappa, D, beta.device, torch.float32) is scale  # cached
+        scale = tk.tau_scale(M, off, kappa, D, beta.device, torch.float32)
+        assert tk.tau_scale(M, off, kappa, D, beta.device, torch.float32) is scale  # cached
         want = reference.tau(torch.arange(off, off + M, device=DEV), beta, kappa, D)
         assert torch.equal(beta[:, None] * scale[None, :], want)
         want16 = reference.tau(torch.arange(off, off + M, device=DEV), beta.bfloat16(), kappa, D)
@@ -862,13 +833,13 @@ def test_fp32_inputs_and_beta_gradients(scalar, monkeypatch):
         inputs["lam"] = torch.tensor(0.3).requires_grad_(True)
     kw = dict(kappa=0.9, p=2.0, causal=True, position_offset=3)
     shares = []
-    launch = tk._launch_bwd
+    backward = launch.backward
 
     def spy(*a, **k):
-        res = launch(*a, **k)
+        res = backward(*a, **k)
         shares.append(res[5])
         return res
-    monkeypatch.setattr(tk, "_launch_bwd", spy)
+    monkeypatch.setattr(launch, "backward", spy)
     _compare(inputs, tol=2e-5, **kw)
     assert shares and all(g.dtype == torch.float64 for g in shares)
     dout = torch.randn(2, 2, 33, 16, generator=torch.Generator().manual_seed(3)).to(DEV)
@@ -934,26 +905,3 @@ def test_live_list_compacts_the_live_blocks_in_order(along_m, R, C, chunk):
                 want.append(start)
         assert cnt.item() == len(want), (density, cnt.item(), len(want))
         assert scr[:len(want)].tolist() == want, density
-
-
-@pytest.mark.parametrize("two_views,merged", [(True, True), (True, False), (False, False)])
-def test_batch_times_heads_past_the_grid_cap(monkeypatch, two_views, merged):
-    """batch * heads beyond the grid's second-axis cap (MAX_GRID_Y, 65535 on CUDA; lowered here): the forward
-    (and the two-launch backward) run per batch slice, with the same output and gradients as one launch, GQA
-    included; a head count past the cap is a clear error."""
-    torch.manual_seed(5)
-    inputs = _make(5, 4, 2, 23, 23, 16, 16, two_views)
-    dout = torch.randn(5, 4, 23, 16, dtype=DT, device=DEV)
-    tk.MERGED_BWD = merged
-    whole = _run("triton", inputs, lambda out: dout)
-    monkeypatch.setattr(tk, "MAX_GRID_Y", 9)  # 2 batch entries of 4 heads per launch: slices 2, 2, 1
-    sliced = _run("triton", inputs, lambda out: dout)
-    assert torch.equal(whole[0], sliced[0])
-    for name in inputs:
-        assert torch.equal(whole[1][name], sliced[1][name]), name
-    with torch.no_grad():  # the inference forward too
-        fn = ops.threshold_differential_attention if two_views else ops.threshold_rectified_attention
-        assert torch.equal(fn(**inputs, backend="triton"), whole[0])
-    monkeypatch.setattr(tk, "MAX_GRID_Y", 3)
-    with pytest.raises(ValueError, match="at most 3 heads"):
-        _run("triton", inputs, lambda out: dout)

@@ -1,4 +1,4 @@
-"""Readable PyTorch oracle for Threshold Differential / Rectified Attention (SPEC §1).
+"""Readable PyTorch oracle for Threshold Differential / Rectified Attention.
 
 Per head, with 0-based absolute query position i (= position_offset + local row):
 
@@ -10,7 +10,12 @@ Per head, with 0-based absolute query position i (= position_offset + local row)
 
 The causal mask is bottom-right aligned, as in FlashAttention: with M queries and N keys, local query
 row r sees keys j <= r + (N - M). With a KV cache of c positions (N = c + M, position_offset = c) this
-is exactly "key position <= query position".
+is exactly "key position <= query position". A causal call therefore needs N_q <= N_k <= N_q +
+position_offset (fewer keys would leave rows with no key; more than the offset counts would let a query see
+keys past its position); N_k < N_q + position_offset is a window of the latest keys. Other lengths raise a
+ValueError (validate.check_inputs).
+
+`attention_backward` writes out the gradients the fused backward kernel computes (the kernels' oracle).
 
 Queries are processed in chunks, so memory is O(chunk * N), not O(N^2); under autograd each chunk is
 checkpointed (recomputed in backward) so training memory stays O(chunk * N) too.
@@ -77,7 +82,7 @@ def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offse
     # name the arguments as the caller did: q1/q2/k1/k2 for TDA, q/k for TRA
     qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
     ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
-    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, position_offset=position_offset,
+    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=causal, position_offset=position_offset,
                                      key_padding_mask=key_padding_mask)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
@@ -145,3 +150,72 @@ def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=Tru
                       position_offset=position_offset, normalize_qk=normalize_qk,
                       key_padding_mask=key_padding_mask, return_weights=return_weights,
                       chunk_size=chunk_size, check_finite=check_finite)
+
+
+def attention_backward(dout, q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True, position_offset=0,
+                       normalize_qk=True):
+    """The gradients the fused backward kernel computes, written out (the kernels' oracle beside autograd).
+
+    For TDA (q2, k2, lam given; TRA: None), per head h, with r_x = (|x|^2 + eps^2)^(-1/2) and x^ = r_x x
+    (normalize_qk; else x^ = x), scale_i = tau_i / beta_h, and the causal mask applied to e:
+        s_t = q^_t k^_t^T      e_t = (s_t - tau)_+      a_t = e_t^p      Da = a_1 - lam a_2      out = Da v
+        dDa   = dO v^T                              dv    = Da^T dO
+        de_1  = dDa * p e_1^(p-1)                   de_2  = -lam dDa * p e_2^(p-1)     (0 where e = 0)
+        dq^_t = de_t k^_t                           dk^_t = de_t^T q^_t                (ds = de)
+        dtau_i = -sum_j (de_1 + de_2)_ij            dbeta_h = sum_i dtau_i scale_i
+        dlam_h = -sum_ij a_2,ij dDa_ij
+        dx    = r_x dx^ - x r_x^3 (x . dx^)         (the L2 normalisation's backward, per row)
+    Grouped-query: dk and dv are summed over the query heads that share a kv head. Materialised: O(M * N)
+    memory per head, for tests. Returns a dict with the gradients of q1, k1, q2, k2, v (their shapes) and of
+    beta and lam per head, (H,) -- sum them for a scalar beta / lam. Validation as in the forward.
+    """
+    qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
+    ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
+    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=causal, position_offset=position_offset)
+    beta = _check_scalar_param("beta", beta, H, q1).to(q1.dtype)
+    lam = _check_scalar_param("lam", lam, H, q1).to(q1.dtype) if q2 is not None else None
+    g = H // Hk
+    views = [(q1, k1)] + ([(q2, k2)] if q2 is not None else [])
+    # unit vectors and inverse norms; keys repeated per query head (grouped-query)
+    units = []
+    for q, k in views:
+        rq = torch.rsqrt(q.pow(2).sum(-1, keepdim=True) + NORM_EPS ** 2) if normalize_qk else None
+        rk = torch.rsqrt(k.pow(2).sum(-1, keepdim=True) + NORM_EPS ** 2) if normalize_qk else None
+        qh = q * rq if normalize_qk else q
+        kh = (k * rk if normalize_qk else k).repeat_interleave(g, 1)
+        units.append((qh, kh, rq, rk))
+    scale = tau(torch.arange(position_offset, position_offset + M, device=q1.device),
+                torch.ones(1, dtype=q1.dtype, device=q1.device), kappa, D)[0].to(q1.dtype)  # (M,)
+    tau_rows = (beta[:, None] * scale[None, :])[None, :, :, None]  # (1, H, M, 1)
+    allowed = _allowed(M, N, causal, None, q1.device)
+    vr = v.repeat_interleave(g, 1)
+    es = []
+    for qh, kh, _, _ in units:
+        e = (qh @ kh.transpose(-1, -2) - tau_rows).clamp_min(0)
+        es.append(e.masked_fill(~allowed, 0) if allowed is not None else e)
+    a = [e.pow(p) for e in es]
+    da = a[0] - lam[None, :, None, None] * a[1] if len(a) > 1 else a[0]
+    dda = dout @ vr.transpose(-1, -2)  # (B, H, M, N)
+    dv = (da.transpose(-1, -2) @ dout).view(B, Hk, g, N, -1).sum(2)
+
+    def dpow(e):  # d(e^p)/de, exactly zero where e = 0
+        return torch.where(e > 0, p * e.clamp_min(torch.finfo(e.dtype).tiny).pow(p - 1), torch.zeros_like(e))
+
+    des = [dda * dpow(es[0])]
+    if len(es) > 1:
+        des.append(-lam[None, :, None, None] * dda * dpow(es[1]))
+    grads = {}
+    names = [("q1", "k1"), ("q2", "k2")] if q2 is not None else [("q", "k")]
+    for (qn, kn), (q, k), (qh, kh, rq, rk), de in zip(names, views, units, des):
+        dqh = de @ kh
+        dkh = (de.transpose(-1, -2) @ qh).view(B, Hk, g, N, D).sum(2)
+        if normalize_qk:
+            dqh = rq * dqh - q * rq.pow(3) * (q * dqh).sum(-1, keepdim=True)
+            dkh = rk * dkh - k * rk.pow(3) * (k * dkh).sum(-1, keepdim=True)
+        grads[qn], grads[kn] = dqh, dkh
+    grads["v"] = dv
+    dtau = -sum(des).sum(-1)  # (B, H, M)
+    grads["beta"] = (dtau * scale).sum((0, 2))
+    if q2 is not None:
+        grads["lam"] = -(a[1] * dda).sum((0, 2, 3))
+    return grads

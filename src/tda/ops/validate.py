@@ -39,8 +39,14 @@ def _check_scalar_param(name: str, t, n_heads: int, ref: torch.Tensor, check_fin
     return t.reshape(-1).expand(n_heads)
 
 
-def check_inputs(qs, ks, v, *, kappa, p, position_offset, key_padding_mask=None):
-    """Validate the query/key views and value tensor. `qs` and `ks` are lists of (name, tensor)."""
+def check_inputs(qs, ks, v, *, kappa, p, causal, position_offset, key_padding_mask=None):
+    """Validate the query/key views and value tensor. `qs` and `ks` are lists of (name, tensor).
+
+    Causal lengths: the mask is bottom-right aligned (query row r sees keys j <= r + N_k - N_q) and query row
+    r sits at absolute position position_offset + r, so a causal call needs N_q <= N_k <= N_q +
+    position_offset: fewer keys than queries would leave the first rows with no key at all, and keys
+    beyond the offset would let a query see more keys than precede its position. N_k = N_q + position_offset
+    is a KV cache of position_offset positions; N_k < N_q + position_offset a window of the latest keys."""
     for name, t in (*qs, *ks, ("v", v)):
         _check_tensor(name, t)
     (qn, q0), (kn, k0) = qs[0], ks[0]
@@ -72,6 +78,12 @@ def check_inputs(qs, ks, v, *, kappa, p, position_offset, key_padding_mask=None)
         raise ValueError(f"p must be a finite number >= 1, got {p!r}")
     if not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
         raise ValueError(f"position_offset must be an int >= 0, got {position_offset!r}")
+    if causal and N < M:
+        raise ValueError(f"causal attention needs at least as many keys as queries: {kn} has {N} positions, "
+                         f"{qn} has {M} (its first {M - N} rows would see no key)")
+    if causal and N - M > position_offset:
+        raise ValueError(f"{kn} is {N - M} positions longer than {qn}, but position_offset is {position_offset}: "
+                         f"with a KV cache, position_offset must count the cached positions ({N - M})")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
             raise ValueError("key_padding_mask must be a bool tensor of shape (B, N_k), True = attend")

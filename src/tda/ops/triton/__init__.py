@@ -1,10 +1,11 @@
 """Fused Triton kernels for Threshold Differential / Rectified Attention.
 
-`attention.py` holds the public entry points (`tda`, `tra`, `unsupported_reason`) and the torch custom
-ops; `fwd.py` the single-pass forward kernel; `bwd.py` the backward kernels (dK/dV and dQ programs, one
-launch or two); `common.py` shared jit helpers (the survivor-flag tests, the live-block lists) and the
-inverse-norm pre-pass of the fused q/k normalisation (normalize_qk=True); `launch.py` the launch cache;
-`sm90.py` the compile-for-sm_90 check; `rope.py` rotary position embedding in one kernel each way (the layers'
-RoPE on CUDA, eager).
+`attention.py`: the entry points (`threshold_differential_attention`, `threshold_rectified_attention`,
+`unsupported_reason`) and their autograd (eager autograd.Function, torch.compile custom ops);
+`config.py`: `KernelConfig` and the block table; `launch.py`: the launches (grids, arguments, options);
+`launch_cache.py`: the per-specialisation launch cache; `fwd.py`: the forward kernel; `bwd.py`: the
+backward kernel (dK/dV and dQ programs in one launch); `common.py`: jit helpers shared by both and the
+key-norm pre-pass; `sm90.py`: compiling the table's kernels for sm_90 without a GPU; `rope.py`: rotary
+position embedding in one kernel each way (the layers' RoPE on CUDA).
 Every kernel is checked against `tda.ops.reference` (tests/test_triton_kernels.py, benchmarks/check_kernels.py).
 """

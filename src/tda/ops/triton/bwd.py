@@ -1,5 +1,5 @@
-"""Backward kernels (Triton fused-attention tutorial split: dK/dV programs and dQ programs), launched as one
-grid (tda_bwd_kernel) or as two kernels (tda_bwd_dkdv_kernel, tda_bwd_dq_kernel).
+"""The backward kernel (the Triton fused-attention tutorial's split into dK/dV programs and dQ programs), both
+kinds in one launch (attention_bwd_kernel). The formulas are those of tda.ops.reference.attention_backward.
 
 With dDa_ij = dO_i . v_j and e_ij = (s_ij - tau_i)_+ :
     dv_j   = sum_i Da_ij dO_i                       Da = a1 - lam a2
@@ -22,7 +22,8 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import exceed_dpow, exceed_pow, grouped_order, live_list, load_tau, pair_alive
+from .common import (exceed_dpow, exceed_pow, grouped_order, key_range, live_list, load_block, load_rows, load_tau,
+                     load_vec, pair_alive, visible)
 
 
 @triton.jit
@@ -36,6 +37,16 @@ def _unnormalize_grad(dxh, x, r, ACC: tl.constexpr):
 
 
 @triton.jit
+def _store_grad(OUT, o, offs, ok, g, x, r, NORMALIZE: tl.constexpr, WIDTH: tl.constexpr, ACC: tl.constexpr):
+    """Stores rows offs (< ok) of a gradient to OUT, contiguous rows of WIDTH from row o. NORMALIZE: g is the
+    gradient of the unit rows x^ = r x, and the stored one that of the raw rows x (_unnormalize_grad)."""
+    if NORMALIZE:
+        g = _unnormalize_grad(g, x, r, ACC)
+    offs_w = tl.arange(0, WIDTH)
+    tl.store(OUT + (o + offs[:, None]) * WIDTH + offs_w[None, :], g.to(OUT.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
 def _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale, offs_m, M,
                      s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                      TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
@@ -43,13 +54,12 @@ def _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
-    q1 = tl.load(q1_base + offs_m[:, None] * s_q1m + offs_d[None, :] * s_q1d, mask=row_ok[:, None], other=0.0)
+    q1 = load_block(q1_base, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = tl.load(q2_base + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d, mask=row_ok[:, None],
-                     other=0.0)
+        q2 = load_block(q2_base, offs_m, offs_d, s_q2m, s_q2d, row_ok)
     else:
         q2 = q1
-    do = tl.load(do_base + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod, mask=row_ok[:, None], other=0.0)
+    do = load_block(do_base, offs_m, offs_dv, s_dom, s_dod, row_ok)
     tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     return q1, q2, do, tau
 
@@ -59,20 +69,10 @@ def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k
                    MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr):
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
-    k1_ptrs = k1_base + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d
-    k2_ptrs = k2_base + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d
-    v_ptrs = v_base + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd
-    if MASKED:
-        k1 = tl.load(k1_ptrs, mask=offs_n[:, None] < N, other=0.0)
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < N, other=0.0)
-    else:
-        k1 = tl.load(k1_ptrs)
-        v = tl.load(v_ptrs)
+    k1 = load_rows(k1_base, offs_n, offs_d, s_k1n, s_k1d, N, MASKED)
+    v = load_rows(v_base, offs_n, offs_dv, s_vn, s_vd, N, MASKED)
     if TWO_VIEWS:
-        if MASKED:
-            k2 = tl.load(k2_ptrs, mask=offs_n[:, None] < N, other=0.0)
-        else:
-            k2 = tl.load(k2_ptrs)
+        k2 = load_rows(k2_base, offs_n, offs_d, s_k2n, s_k2d, N, MASKED)
     else:
         k2 = k1
     return k1, k2, v
@@ -80,34 +80,34 @@ def _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k
 
 @triton.jit
 def _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base, rq2_base, offs_m, offs_n,
-               diag, M, p_val, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, P: tl.constexpr,
+               diag, M, p, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, P_MODE: tl.constexpr,
                PREC: tl.constexpr, NORMALIZE: tl.constexpr):
     """One live (query block, key block) pair's share of dk1, dk2, dv."""
     # transposed tiles (keys x queries), as the dK/dV accumulators are indexed by key
     s1 = tl.dot(k1, tl.trans(q1), input_precision=PREC)
     if NORMALIZE:
-        rq1 = tl.load(rq1_base + offs_m, mask=offs_m < M, other=0.0)
+        rq1 = load_vec(rq1_base, offs_m, M, True)
         s1 = s1 * rk1[:, None] * rq1[None, :]
     e1 = tl.maximum(s1 - tau[None, :], 0.0)
     if MASKED:
         ok = offs_n[:, None] <= offs_m[None, :] + diag
         e1 = tl.where(ok, e1, 0.0)
     dda = tl.dot(v, tl.trans(do), input_precision=PREC)
-    w = exceed_pow(e1, P, p_val)
-    de1 = dda * exceed_dpow(e1, P, p_val)
+    w = exceed_pow(e1, P_MODE, p)
+    de1 = dda * exceed_dpow(e1, P_MODE, p)
     if NORMALIZE:
         de1 = de1 * rq1[None, :]
     dk1 += tl.dot(de1.to(q1.dtype), q1, input_precision=PREC)
     if TWO_VIEWS:
         s2 = tl.dot(k2, tl.trans(q2), input_precision=PREC)
         if NORMALIZE:
-            rq2 = tl.load(rq2_base + offs_m, mask=offs_m < M, other=0.0)
+            rq2 = load_vec(rq2_base, offs_m, M, True)
             s2 = s2 * rk2[:, None] * rq2[None, :]
         e2 = tl.maximum(s2 - tau[None, :], 0.0)
         if MASKED:
             e2 = tl.where(ok, e2, 0.0)
-        w = w - lam * exceed_pow(e2, P, p_val)
-        de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
+        w = w - lam * exceed_pow(e2, P_MODE, p)
+        de2 = (-lam) * dda * exceed_dpow(e2, P_MODE, p)
         if NORMALIZE:
             de2 = de2 * rq2[None, :]
         dk2 += tl.dot(de2.to(q2.dtype), q2, input_precision=PREC)
@@ -118,28 +118,23 @@ def _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base
 @triton.jit
 def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                 s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
-                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                start_n, lo, hi, diag, M, n_mt, n_nt, p,
+                MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                 MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-                PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
+                NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
                 TAU_F64: tl.constexpr):
     """Query blocks lo, lo + BLOCK_M, ... < hi, each tested against the survivor flags."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        if PREFETCH:
-            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta, s_scale,
-                                               offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                               TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
         if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
-            if not PREFETCH:
-                q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
-                                                   s_scale, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom,
-                                                   s_dod, TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
+            q1, q2, do, tau = _load_query_side(q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
+                                               s_scale, offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom,
+                                               s_dod, TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
             dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
-                                      rq2_base, offs_m, offs_n, diag, M, p_val, MASKED, TWO_VIEWS, P, PREC,
+                                      rq2_base, offs_m, offs_n, diag, M, p, MASKED, TWO_VIEWS, P_MODE, PREC,
                                       NORMALIZE)
     return dk1, dk2, dv
 
@@ -147,8 +142,8 @@ def _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_bas
 @triton.jit
 def _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base, BETA, SCALE, h, s_beta,
                  s_scale, flag_base, rq1_base, rq2_base, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                 scratch, row, start_n, lo, hi, diag, M, n_mt, n_nt, p_val,
-                 TWO_VIEWS: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 scratch, row, start_n, lo, hi, diag, M, n_mt, n_nt, p,
+                 TWO_VIEWS: tl.constexpr, P_MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
                  R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                  HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, CHUNK: tl.constexpr):
@@ -168,7 +163,7 @@ def _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_ba
                                                offs_m, M, s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
                                                TWO_VIEWS, HEAD_D, HEAD_DV, HAS_BETA, TAU_F64)
             dk1, dk2, dv = _dkdv_pair(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1, q2, do, tau, rq1_base,
-                                      rq2_base, offs_m, offs_n, diag, M, p_val, False, TWO_VIEWS, P, PREC,
+                                      rq2_base, offs_m, offs_n, diag, M, p, False, TWO_VIEWS, P_MODE, PREC,
                                       NORMALIZE)
         tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return dk1, dk2, dv
@@ -180,11 +175,11 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                   s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                   s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                  s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
-                  TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                  s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p,
+                  TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                   HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                  C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                  C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
                   LIST_ROW: tl.constexpr):
     """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
@@ -200,19 +195,16 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
     offs_dv = tl.arange(0, HEAD_DV)
     key_ok = offs_n < N
     diag = N - M
-    k1 = tl.load(K1 + b * s_k1b + hk * s_k1h + offs_n[:, None] * s_k1n + offs_d[None, :] * s_k1d,
-                 mask=key_ok[:, None], other=0.0)
+    k1 = load_block(K1 + b * s_k1b + hk * s_k1h, offs_n, offs_d, s_k1n, s_k1d, key_ok)
     if TWO_VIEWS:
-        k2 = tl.load(K2 + b * s_k2b + hk * s_k2h + offs_n[:, None] * s_k2n + offs_d[None, :] * s_k2d,
-                     mask=key_ok[:, None], other=0.0)
+        k2 = load_block(K2 + b * s_k2b + hk * s_k2h, offs_n, offs_d, s_k2n, s_k2d, key_ok)
     else:
         k2 = k1
-    v = tl.load(V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vn + offs_dv[None, :] * s_vd,
-                mask=key_ok[:, None], other=0.0)
+    v = load_block(V + b * s_vb + hk * s_vh, offs_n, offs_dv, s_vn, s_vd, key_ok)
     if NORMALIZE:  # RK* contiguous (B, Hk, N), RQ* contiguous (B, H, M)
-        rk1 = tl.load(RK1 + bhk.to(tl.int64) * N + offs_n, mask=key_ok, other=0.0)
+        rk1 = load_vec(RK1 + bhk.to(tl.int64) * N, offs_n, N, True)
         if TWO_VIEWS:
-            rk2 = tl.load(RK2 + bhk.to(tl.int64) * N + offs_n, mask=key_ok, other=0.0)
+            rk2 = load_vec(RK2 + bhk.to(tl.int64) * N, offs_n, N, True)
         else:
             rk2 = rk1
     else:
@@ -247,58 +239,49 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
         dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                    BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                    s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                   start_n, lo, mid, diag, M, n_mt, n_nt, p_val,
-                                   True, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                   MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+                                   start_n, lo, mid, diag, M, n_mt, n_nt, p,
+                                   True, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                                   MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64)
         if LISTS:
             row = tl.minimum(tl.cdiv(M, BLOCK_M), LIST_ROW)
             scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * row
             dk1, dk2, dv = _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                         BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                         s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                        scratch, row, start_n, mid, M, diag, M, n_mt, n_nt, p_val,
-                                        TWO_VIEWS, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                                        scratch, row, start_n, mid, M, diag, M, n_mt, n_nt, p,
+                                        TWO_VIEWS, P_MODE, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                         MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64, CHUNK)
         else:
             dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                        BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                        s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
-                                       start_n, mid, M, diag, M, n_mt, n_nt, p_val,
-                                       False, TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
-                                       MT, NT, R, C, PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64)
+                                       start_n, mid, M, diag, M, n_mt, n_nt, p,
+                                       False, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
+                                       MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64)
     # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
     # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
     o = (b * Hk + hk) * N
-    if NORMALIZE:
-        dk1 = _unnormalize_grad(dk1, k1, rk1, RK1.dtype.element_ty)
-    tl.store(DK1 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk1.to(DK1.dtype.element_ty),
-             mask=key_ok[:, None])
+    _store_grad(DK1, o, offs_n, key_ok, dk1, k1, rk1, NORMALIZE, HEAD_D, RK1.dtype.element_ty)
     if TWO_VIEWS:
-        if NORMALIZE:
-            dk2 = _unnormalize_grad(dk2, k2, rk2, RK1.dtype.element_ty)
-        tl.store(DK2 + (o + offs_n[:, None]) * HEAD_D + offs_d[None, :], dk2.to(DK2.dtype.element_ty),
-                 mask=key_ok[:, None])
-    tl.store(DV + (o + offs_n[:, None]) * HEAD_DV + offs_dv[None, :], dv.to(DV.dtype.element_ty),
-             mask=key_ok[:, None])
+        _store_grad(DK2, o, offs_n, key_ok, dk2, k2, rk2, NORMALIZE, HEAD_D, RK1.dtype.element_ty)
+    _store_grad(DV, o, offs_n, key_ok, dv, v, rk1, False, HEAD_DV, RK1.dtype.element_ty)
 
 
 @triton.jit
 def _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v, rk1_base, rk2_base, offs_m,
-             offs_n, diag, N, p_val, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr,
-             P: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr):
+             offs_n, diag, N, p, MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr,
+             P_MODE: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr):
     """One live (query block, key block) pair's share of dq1, dq2 and the rows' dtau / dlam."""
     s1 = tl.dot(q1, tl.trans(k1), input_precision=PREC)
     if NORMALIZE:
-        rk1 = tl.load(rk1_base + offs_n, mask=offs_n < N, other=0.0)
+        rk1 = load_vec(rk1_base, offs_n, N, True)
         s1 = s1 * rq1[:, None] * rk1[None, :]
     e1 = tl.maximum(s1 - tau[:, None], 0.0)
     if MASKED:
-        ok = offs_n[None, :] < N
-        if CAUSAL:
-            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        ok = visible(offs_m, offs_n, diag, N, CAUSAL)
         e1 = tl.where(ok, e1, 0.0)
     dda = tl.dot(do, tl.trans(v), input_precision=PREC)
-    ds = dda * exceed_dpow(e1, P, p_val)
+    ds = dda * exceed_dpow(e1, P_MODE, p)
     if NORMALIZE:
         dq1 += tl.dot((ds * rk1[None, :]).to(k1.dtype), k1, input_precision=PREC)
     else:
@@ -306,17 +289,17 @@ def _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v, rk
     if TWO_VIEWS:
         s2 = tl.dot(q2, tl.trans(k2), input_precision=PREC)
         if NORMALIZE:
-            rk2 = tl.load(rk2_base + offs_n, mask=offs_n < N, other=0.0)
+            rk2 = load_vec(rk2_base, offs_n, N, True)
             s2 = s2 * rq2[:, None] * rk2[None, :]
         e2 = tl.maximum(s2 - tau[:, None], 0.0)
         if MASKED:
             e2 = tl.where(ok, e2, 0.0)
-        de2 = (-lam) * dda * exceed_dpow(e2, P, p_val)
+        de2 = (-lam) * dda * exceed_dpow(e2, P_MODE, p)
         if NORMALIZE:
             dq2 += tl.dot((de2 * rk2[None, :]).to(k2.dtype), k2, input_precision=PREC)
         else:
             dq2 += tl.dot(de2.to(k2.dtype), k2, input_precision=PREC)
-        dlam -= tl.sum((exceed_pow(e2, P, p_val) * dda).to(dlam.dtype), 1)
+        dlam -= tl.sum((exceed_pow(e2, P_MODE, p) * dda).to(dlam.dtype), 1)
         ds = ds + de2
     dtau -= tl.sum(ds.to(dtau.dtype), 1)
     return dq1, dq2, dtau, dlam
@@ -325,33 +308,29 @@ def _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v, rk
 @triton.jit
 def _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
               rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-              start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
-              MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+              start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p,
+              MASKED: tl.constexpr, TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
               BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
               MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-              PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr):
+              NORMALIZE: tl.constexpr):
     """Key blocks lo, lo + BLOCK_N, ... < hi, each tested against the survivor flags."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if PREFETCH:
+        if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
             k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                        s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
-        if pair_alive(flag_base, start_m, start_n, n_mt, n_nt, MT, NT, R, C):
-            if not PREFETCH:
-                k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
-                                           s_vn, s_vd, MASKED, TWO_VIEWS, HEAD_D, HEAD_DV)
             dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
-                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, MASKED,
-                                            TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
+                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p, MASKED,
+                                            TWO_VIEWS, CAUSAL, P_MODE, PREC, NORMALIZE)
     return dq1, dq2, dtau, dlam
 
 
 @triton.jit
 def _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2_base, v_base, flag_base,
                rk1_base, rk2_base, s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-               scratch, row, start_m, offs_m, hi, diag, N, n_mt, n_nt, p_val,
-               TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+               scratch, row, start_m, offs_m, hi, diag, N, n_mt, n_nt, p,
+               TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
                NORMALIZE: tl.constexpr, CHUNK: tl.constexpr):
@@ -366,8 +345,8 @@ def _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2
             k1, k2, v = _load_key_side(k1_base, k2_base, v_base, offs_n, N, s_k1n, s_k1d, s_k2n, s_k2d,
                                        s_vn, s_vd, False, TWO_VIEWS, HEAD_D, HEAD_DV)
             dq1, dq2, dtau, dlam = _dq_pair(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1, k2, v,
-                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p_val, False,
-                                            TWO_VIEWS, CAUSAL, P, PREC, NORMALIZE)
+                                            rk1_base, rk2_base, offs_m, offs_n, diag, N, p, False,
+                                            TWO_VIEWS, CAUSAL, P_MODE, PREC, NORMALIZE)
         tl.debug_barrier()  # every thread is done with the scratch row before it is rewritten
     return dq1, dq2, dtau, dlam
 
@@ -378,11 +357,11 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                 s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                 s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
-                TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p,
+                TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
                 HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
                 CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
@@ -402,17 +381,14 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
     diag = N - M
-    q1 = tl.load(Q1 + b * s_q1b + h * s_q1h + offs_m[:, None] * s_q1m + offs_d[None, :] * s_q1d,
-                 mask=row_ok[:, None], other=0.0)
+    q1 = load_block(Q1 + b * s_q1b + h * s_q1h, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = tl.load(Q2 + b * s_q2b + h * s_q2h + offs_m[:, None] * s_q2m + offs_d[None, :] * s_q2d,
-                     mask=row_ok[:, None], other=0.0)
+        q2 = load_block(Q2 + b * s_q2b + h * s_q2h, offs_m, offs_d, s_q2m, s_q2d, row_ok)
         lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
     else:
         q2 = q1
         lam = 0.0
-    do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_dom + offs_dv[None, :] * s_dod,
-                 mask=row_ok[:, None], other=0.0)
+    do = load_block(DO + b * s_dob + h * s_doh, offs_m, offs_dv, s_dom, s_dod, row_ok)
     tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
     k1_base = K1 + b * s_k1b + hk * s_k1h
     k2_base = K2 + b * s_k2b + hk * s_k2h
@@ -422,22 +398,15 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     rk1_base = RK1 + (b * (H // G) + hk) * N
     rk2_base = RK2 + (b * (H // G) + hk) * N
     if NORMALIZE:
-        rq1 = tl.load(RQ1 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+        rq1 = load_vec(RQ1 + bh.to(tl.int64) * M, offs_m, M, True)
         if TWO_VIEWS:
-            rq2 = tl.load(RQ2 + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
+            rq2 = load_vec(RQ2 + bh.to(tl.int64) * M, offs_m, M, True)
         else:
             rq2 = rq1
     else:
         rq1 = tau
         rq2 = tau
-    if CAUSAL:
-        last_row = tl.minimum(start_m + BLOCK_M, M) - 1
-        free = tl.minimum(tl.maximum(start_m + diag + 1, 0), N)
-        lo = (free // BLOCK_N) * BLOCK_N
-        hi = tl.maximum(tl.minimum(last_row + diag + 1, N), lo)
-    else:
-        lo = (N // BLOCK_N) * BLOCK_N
-        hi = N
+    lo, hi = key_range(start_m, M, N, BLOCK_M, BLOCK_N, CAUSAL)
     dq1 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     dq2 = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     # the rows' dtau / dlam sums in the buffers' dtype: fp64 for fp32 inputs (the launcher's choice), as
@@ -450,22 +419,22 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
         dq1, dq2, dtau, dlam = _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                           k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                           s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                                          scratch, row, start_m, offs_m, lo, diag, N, n_mt, n_nt, p_val,
-                                          TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
+                                          scratch, row, start_m, offs_m, lo, diag, N, n_mt, n_nt, p,
+                                          TWO_VIEWS, CAUSAL, P_MODE, BLOCK_N, HEAD_D, HEAD_DV,
                                           MT, NT, R, C, PREC, NORMALIZE, CHUNK)
     else:
         dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                          k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                          s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                                         start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p_val,
-                                         False, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                         MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+                                         start_m, offs_m, 0, lo, diag, N, n_mt, n_nt, p,
+                                         False, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_N, HEAD_D, HEAD_DV,
+                                         MT, NT, R, C, PREC, NORMALIZE)
     dq1, dq2, dtau, dlam = _dq_inner(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                      k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                      s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
-                                     start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p_val,
-                                     True, TWO_VIEWS, CAUSAL, P, BLOCK_N, HEAD_D, HEAD_DV,
-                                     MT, NT, R, C, PREC, PREFETCH, NORMALIZE)
+                                     start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p,
+                                     True, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_N, HEAD_D, HEAD_DV,
+                                     MT, NT, R, C, PREC, NORMALIZE)
     o = bh.to(tl.int64) * M
     # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
     # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
@@ -473,15 +442,9 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
         og = (h * (n_bh // H) + b) * tl.cdiv(M, BLOCK_M) + pid_m
     else:
         og = (h * (n_bh // H) + b) * M
-    if NORMALIZE:  # dq = r dq^ - q r^3 (q . dq^), one view at a time (each stored before the next)
-        dq1 = _unnormalize_grad(dq1, q1, rq1, RQ1.dtype.element_ty)
-    tl.store(DQ1 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq1.to(DQ1.dtype.element_ty),
-             mask=row_ok[:, None])
+    _store_grad(DQ1, o, offs_m, row_ok, dq1, q1, rq1, NORMALIZE, HEAD_D, RQ1.dtype.element_ty)
     if TWO_VIEWS:
-        if NORMALIZE:
-            dq2 = _unnormalize_grad(dq2, q2, rq2, RQ1.dtype.element_ty)
-        tl.store(DQ2 + (o + offs_m[:, None]) * HEAD_D + offs_d[None, :], dq2.to(DQ2.dtype.element_ty),
-                 mask=row_ok[:, None])
+        _store_grad(DQ2, o, offs_m, row_ok, dq2, q2, rq2, NORMALIZE, HEAD_D, RQ1.dtype.element_ty)
         if SCALE_DTAU:
             tl.store(DLAM + og, tl.sum(tl.where(row_ok, dlam, 0.0), 0))
         else:
@@ -494,81 +457,28 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
 
 
 # sizes that vary per call are not specialised on (see fwd.py)
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "Hk", "G", "M", "N", "n_mt", "n_nt", "p_val"])
-def tda_bwd_dkdv_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
-                        s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                        s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                        s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                        s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
-                        TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-                        HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                        C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                        HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr,
-                        CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
-    """One program per (key block, batch * kv head): see _dkdv_program."""
-    _dkdv_program(tl.program_id(0), tl.program_id(1),
-                  Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
-                  s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                  s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                  s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                  s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
-                  TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                  PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, LISTS, CHUNK, LIST_ROW)
-
-
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
-                               "scr_q"])
-def tda_bwd_dq_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                      SCR, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                      s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                      s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                      s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, scr_q,
-                      TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-                      HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
-                      C: tl.constexpr, PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
-                      HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                      HEAVY_FIRST: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
-                      LIST_ROW: tl.constexpr):
-    """One program per (query block, batch * head): see _dq_program. HEAVY_FIRST: the query blocks in
-    reverse order (causal: the last ones see the most keys, so the grid's tail is the light ones)."""
-    if HEAVY_FIRST:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    _dq_program(pid_m, tl.program_id(1), tl.num_programs(1),
-                Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
-                s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
-                s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
-                TWO_VIEWS, CAUSAL, P, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV, MT, NT, R, C,
-                PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, LISTS, CHUNK, LIST_ROW)
-
-
-@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p_val",
+@triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p",
                                "n_kb", "n_kv", "n_qb", "scr_q", "group"])
-def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
+def attention_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
                    DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM, SCR,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val, n_kb, n_kv, n_qb, scr_q, group,
-                   TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P: tl.constexpr,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p, n_kb, n_kv, n_qb, scr_q, group,
+                   TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                    KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
                    Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr,
-                   PREC: tl.constexpr, PREFETCH: tl.constexpr, NORMALIZE: tl.constexpr,
+                   PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
-                   HEAVY_FIRST: tl.constexpr, KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr,
+                   KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr,
                    LIST_ROW: tl.constexpr):
     """The whole backward in one launch (one launch less of host work than the two kernels above, and no
     idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
     key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
     The two halves share nothing, so they may run in any order; both need the same warps and stages.
     Causal work per program falls with the key block (dK/dV) and grows with the query block (dQ), so the
-    dK/dV half runs key blocks in order and, with HEAVY_FIRST, the dQ half query blocks in reverse: the
+    dK/dV half runs key blocks in order and the dQ half query blocks in reverse: the
     grid ends on the lightest programs. KV_LISTS / Q_LISTS: LISTS of the dK/dV / dQ programs. group: each half
     starts its programs in sections of that many heads (common.grouped_order; 1: head by head)."""
     pid = tl.program_id(0)
@@ -580,19 +490,18 @@ def tda_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1
                       s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                      s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p_val,
-                      TWO_VIEWS, CAUSAL, P, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
+                      s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p,
+                      TWO_VIEWS, CAUSAL, P_MODE, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
+                      PREC, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
     else:
         n_bh = (n_kv // n_kb) * G
         pid_m, bh = grouped_order(pid - n_kv, n_qb, n_bh, group)
-        if HEAVY_FIRST:
-            pid_m = n_qb - 1 - pid_m
+        pid_m = n_qb - 1 - pid_m  # heaviest first
         _dq_program(pid_m, bh, n_bh,
                     Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
                     SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                     s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                    s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p_val,
-                    TWO_VIEWS, CAUSAL, P, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, PREFETCH, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)
+                    s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p,
+                    TWO_VIEWS, CAUSAL, P_MODE, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
+                    PREC, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)

@@ -4,32 +4,85 @@ import triton.language as tl
 
 
 @triton.jit
-def exceed_pow(e, P: tl.constexpr, p_val):
-    """e ** p for an exceedance e >= 0 (exact zero stays zero). P = 1, 2, 3 are exact fast paths;
-    P = 0 is the general p via exp2(p * log2 e), guarded so that e = 0 gives 0, not NaN."""
-    if P == 1:
+def exceed_pow(e, P_MODE: tl.constexpr, p):
+    """e ** p for an exceedance e >= 0 (exact zero stays zero). P_MODE = 1, 2, 3 are exact fast paths;
+    P_MODE = 0 is the general p via exp2(p * log2 e), guarded so that e = 0 gives 0, not NaN."""
+    if P_MODE == 1:
         r = e
-    elif P == 2:
+    elif P_MODE == 2:
         r = e * e
-    elif P == 3:
+    elif P_MODE == 3:
         r = e * e * e
     else:
-        r = tl.where(e > 0, tl.exp2(p_val * tl.log2(tl.maximum(e, 1e-30))), 0.0)
+        r = tl.where(e > 0, tl.exp2(p * tl.log2(tl.maximum(e, 1e-30))), 0.0)
     return r
 
 
 @triton.jit
-def exceed_dpow(e, P: tl.constexpr, p_val):
+def exceed_dpow(e, P_MODE: tl.constexpr, p):
     """d(e ** p)/de = p * e ** (p - 1) where e > 0, else 0 (an exact-zero weight passes no gradient)."""
-    if P == 1:
+    if P_MODE == 1:
         r = tl.where(e > 0, 1.0, 0.0)
-    elif P == 2:
+    elif P_MODE == 2:
         r = 2.0 * e
-    elif P == 3:
+    elif P_MODE == 3:
         r = 3.0 * e * e
     else:
-        r = tl.where(e > 0, p_val * tl.exp2((p_val - 1.0) * tl.log2(tl.maximum(e, 1e-30))), 0.0)
+        r = tl.where(e > 0, p * tl.exp2((p - 1.0) * tl.log2(tl.maximum(e, 1e-30))), 0.0)
     return r
+
+
+@triton.jit
+def load_rows(base, offs_n, offs_d, s_n, s_d, N, MASKED: tl.constexpr):
+    """The (len(offs_n), len(offs_d)) tile at base[offs_n * s_n + offs_d * s_d]; MASKED: rows >= N read as 0."""
+    ptrs = base + offs_n[:, None] * s_n + offs_d[None, :] * s_d
+    if MASKED:
+        x = tl.load(ptrs, mask=offs_n[:, None] < N, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def load_block(base, offs, offs_d, s_n, s_d, ok):
+    """A program's own rows: the tile at base[offs * s_n + offs_d * s_d], rows where ok is False read as 0."""
+    return tl.load(base + offs[:, None] * s_n + offs_d[None, :] * s_d, mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def load_vec(base, offs, N, MASKED: tl.constexpr):
+    """base[offs]; MASKED: entries >= N read as 0."""
+    if MASKED:
+        x = tl.load(base + offs, mask=offs < N, other=0.0)
+    else:
+        x = tl.load(base + offs)
+    return x
+
+
+@triton.jit
+def visible(offs_m, offs_n, diag, N, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: which scores of a masked-stage pair exist (key inside N; causal: j <= i + diag)."""
+    ok = offs_n[None, :] < N
+    if CAUSAL:
+        ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+    return ok
+
+
+@triton.jit
+def key_range(start_m, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """(lo, hi) for the query block at start_m: key blocks below lo are visible to every row of the block
+    (the unmasked stage), keys in [lo, hi) to some rows (the masked stage: diagonal blocks, ragged tail);
+    keys past hi to none. Causal masks are bottom-right aligned: row r sees keys j <= r + N - M."""
+    if CAUSAL:
+        diag = N - M
+        last_row = tl.minimum(start_m + BLOCK_M, M) - 1
+        free = tl.minimum(tl.maximum(start_m + diag + 1, 0), N)
+        lo = (free // BLOCK_N) * BLOCK_N
+        hi = tl.maximum(tl.minimum(last_row + diag + 1, N), lo)
+    else:
+        lo = (N // BLOCK_N) * BLOCK_N
+        hi = N
+    return lo, hi
 
 
 @triton.jit

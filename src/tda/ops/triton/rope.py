@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import FastKernel
+from .launch_cache import FastKernel
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size

@@ -42,7 +42,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
         elif n[:1].isupper() and n not in _INTS:
             sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n == "SCR"
                       else "*fp32" if n in _FP32_PTRS else "*" + dtype)
-        elif n == "p_val":
+        elif n == "p":
             sig[n] = "fp32"
         elif n.startswith("s_") and n.endswith("d") and n not in _UNALIGNED:
             sig[n], consts[n] = "constexpr", 1
@@ -78,69 +78,29 @@ def resource_usage(compiled) -> dict:
 
 
 def table_variants(full: bool = True):
-    """(name, kernel, constexprs, warps, stages) for every kernel of the GPU block table (attention._configs:
-    bf16 TDA, p = 2, fused normalisation; d 64 / 128; short (1K), long and, at d 64, 4K ("mid") keys;
-    forward for training and for inference, dK/dV, dQ, and the one-launch backward; full: also the long-key
-    training forward's other variants -- the raw-key screen and the unit-key screen without UNIT_KEYS -- the
-    inference forward with the other ROW_SCREEN choice, and the warp-specialised inference forward at d 64 and
-    128, for inference and for training).
-    full=False: the long-key d 64 and short-key d 128 configs only."""
-    from . import attention as tk
-    from .bwd import tda_bwd_dkdv_kernel, tda_bwd_dq_kernel, tda_bwd_kernel
-    from .fwd import tda_fwd_kernel
+    """(name, kernel, constexprs, warps, stages) for the kernels of the GPU block table (config.block_config),
+    with the constexprs the launcher (launch.forward_meta / backward_meta) passes for a bf16 TDA call, p = 2,
+    fused normalisation, contiguous inputs: the training forward, the inference forward and the backward, at
+    d 64 / 128 and key lengths 1K, 4K and 16K (full), or d 64 at 16K and d 128 at 1K (full=False)."""
     import torch
 
+    from . import config, launch
+    from .bwd import attention_bwd_kernel
+    from .fwd import attention_fwd_kernel
+
     out = []
-    # short (1K) and long keys; d 64 also at 4K (its capped 64 x 32 backward)
-    cases = [(64, None), (64, 1024), (64, 4096), (128, None), (128, 1024)] if full else [(64, None), (128, 1024)]
+    cases = [(64, 1024), (64, 4096), (64, 16384), (128, 1024), (128, 4096), (128, 16384)] if full \
+        else [(64, 16384), (128, 1024)]
     for D, N in cases:
-        cfg = tk._configs(D, torch.bfloat16, True, N)
-        common = dict(TWO_VIEWS=True, CAUSAL=True, P=2, HEAD_D=D, HEAD_DV=D, PREC="tf32", NORMALIZE=True,
-                      HAS_BETA=True, TAU_F64=False)
-        FM, FN = cfg["flags"]
-        tag = f"d{D}-{'long' if N is None else 'short' if N <= 1024 else 'mid'}"
-        BM, BN, w, s = cfg["fwd"]
-        unit, unit_inf = cfg.get("unit_keys", (False, False))  # the table's unit-key forward (SCREEN_HAT + UNIT_KEYS)
-        delta = tk._hat_delta(torch.bfloat16, D)
-        keys = dict(SCREEN_HAT=unit, UNIT_KEYS=unit)
-        train = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1, EPS2=tk._EPS2, FLAG_M=FM, FLAG_N=FN,
-                     SCREEN=True, FOR_BWD=True, HEAVY_FIRST=True, HAT_DELTA=delta if unit else 0.0,
-                     ROW_SCREEN=False, TMA=cfg.get("tma", (0, 0))[0] if unit else 0,
-                     maxnreg=cfg.get("maxnreg", (None, None))[0], MASK_SCREEN=cfg.get("mask_screen", (True, True))[0],
-                     **keys)
-        out.append((f"fwd-train-{tag}", tda_fwd_kernel, train, w, s))
-        if full and N is None:  # the other forward variants, long keys: raw-key screen, unit-key screen alone
-            raw = dict(train, SCREEN_HAT=False, UNIT_KEYS=False, HAT_DELTA=0.0, TMA=0)
-            out.append((f"fwd-train-rawkeys-{tag}", tda_fwd_kernel, raw, w, s))
-            hat = dict(train, SCREEN_HAT=True, UNIT_KEYS=False, HAT_DELTA=delta, TMA=0)
-            out.append((f"fwd-train-hat-{tag}", tda_fwd_kernel, hat, w, s))
-        BM, BN, w, s, test = cfg["infer"]
-        infer = dict(common, BLOCK_M=BM, BLOCK_N=BN, SKIP_EMPTY=1 if test else 3, EPS2=tk._EPS2, FLAG_M=BM,
-                     FLAG_N=BN, SCREEN=test, FOR_BWD=False, HEAVY_FIRST=True, HAT_DELTA=0.0,
-                     SCREEN_HAT=test and unit_inf, UNIT_KEYS=test and unit_inf,
-                     ROW_SCREEN=test and cfg.get("row_screen", False),
-                     TMA=cfg.get("tma", (0, 0))[1] if test and unit_inf else 0,
-                     maxnreg=cfg.get("maxnreg", (None, None))[1],
-                     MASK_SCREEN=test and cfg.get("mask_screen", (True, True))[1])
-        out.append((f"fwd-infer-{tag}", tda_fwd_kernel, infer, w, s))
-        if full and N is None:  # the other choice of the row screen (ROW_SCREEN), long keys
-            rows = not infer["ROW_SCREEN"]
-            out.append((f"fwd-infer-{'rows' if rows else 'tile'}-{tag}", tda_fwd_kernel, dict(infer, ROW_SCREEN=rows),
-                        w, s))
-        for name, kern, key in (("dkdv", tda_bwd_dkdv_kernel, "dkdv"), ("dq", tda_bwd_dq_kernel, "dq")):
-            BM, BN, w, s = cfg[key]
-            c = dict(common, BLOCK_M=BM, BLOCK_N=BN, MT=FM, NT=FN, R=max(BM // FM, 1), C=max(BN // FN, 1),
-                     PREFETCH=False, LISTS=cfg["lists"][0 if name == "dkdv" else 1], CHUNK=tk.LIST_CHUNK,
-                     LIST_ROW=tk.LIST_ROW)
-            if name == "dq":
-                c.update(SCALE_DTAU=True, HEAVY_FIRST=True)
-            c["maxnreg"] = cfg.get("bwd_maxnreg")
-            out.append((f"{name}-{tag}", kern, c, w, s))
-        (KBM, KBN, w, s), (QBM, QBN, _, _) = cfg["dkdv"], cfg["dq"]
-        out.append((f"bwd-{tag}", tda_bwd_kernel,
-                    dict(common, KV_BLOCK_M=KBM, KV_BLOCK_N=KBN, KV_R=max(KBM // FM, 1), KV_C=max(KBN // FN, 1),
-                         Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // FM, 1), Q_C=max(QBN // FN, 1), MT=FM,
-                         NT=FN, PREFETCH=False, SCALE_DTAU=True, HEAVY_FIRST=True,
-                         KV_LISTS=cfg["lists"][0], Q_LISTS=cfg["lists"][1], CHUNK=tk.LIST_CHUNK,
-                         LIST_ROW=tk.LIST_ROW, maxnreg=cfg.get("bwd_maxnreg")), w, s))
+        tag = f"d{D}-{N // 1024}k"
+        for training in (True, False):
+            cfg = config._table(D, torch.bfloat16, N, training)
+            tma = 2 if cfg.tma else 0
+            meta = launch.forward_meta(cfg, D, D, torch.bfloat16, True, True, 2.0, True, True, training, tma)
+            w, st = meta.pop("num_warps"), meta.pop("num_stages")
+            out.append((f"fwd-{'train' if training else 'infer'}-{tag}", attention_fwd_kernel, meta, w, st))
+            if training:
+                meta = launch.backward_meta(cfg, D, D, torch.bfloat16, True, True, 2.0, True, True)
+                w, st = meta.pop("num_warps"), meta.pop("num_stages")
+                out.append((f"bwd-{tag}", attention_bwd_kernel, meta, w, st))
     return out
