@@ -18,7 +18,7 @@ import torch
 from ..models.gpt import GPT
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
-from .config import TrainConfig
+from .config import DataConfig, TrainConfig
 from .schedule import lr_at
 
 VAL_SEED_OFFSET = 1_000_003  # validation batches use their own, fixed seed stream
@@ -32,19 +32,26 @@ class Data:
     each rank reading windows inside its own contiguous shard of the token stream.
     """
 
-    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int):
-        from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int,
+                 data_cfg: DataConfig | None = None):
+        from ..data.dataset import ShardedBatchSampler, load_meta, open_split, resolve_weights, split_ranges
         self.dir = resolve_data_dir(data_dir, ctx)
         if not (self.dir / "meta.json").is_file():
             raise FileNotFoundError(f"data_dir {str(self.dir)!r} holds no prepared corpus (meta.json); "
                                     "run `tda data prepare` first")
         self.meta = load_meta(self.dir)
         self.ctx = ctx
-        kw = dict(rank=ctx.rank, world_size=ctx.world_size)
-        self.train = ShardedBatchSampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **kw)
+        data_cfg = data_cfg or DataConfig()
+        weights = resolve_weights(self.meta, data_cfg.weights)
+        bos_id = int(self.meta["eot_id"]) if data_cfg.bos else None
+
+        def sampler(split, seed_):
+            return ShardedBatchSampler(open_split(self.dir, split, block_size), batch_size, seed=seed_,
+                                       rank=ctx.rank, world_size=ctx.world_size, bos_id=bos_id, weights=weights,
+                                       ranges=split_ranges(self.meta, split) if weights else None)
+        self.train = sampler("train", seed)
         # validation batches use their own fixed seed: the same batches at every evaluation
-        self.val = ShardedBatchSampler(open_split(self.dir, "val", block_size), batch_size,
-                                       seed=seed + VAL_SEED_OFFSET, **kw)
+        self.val = sampler("val", seed + VAL_SEED_OFFSET)
         self.tokenizer = None
         tok = self.meta.get("tokenizer")
         if (self.dir / "tokenizer.json").is_file() or isinstance(tok, dict):
@@ -152,7 +159,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     out = Path(cfg.out_dir)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed)
+    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed, cfg.data)
     if data.vocab_size and cfg.model.vocab_size < data.vocab_size:
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
                          f"vocabulary ({data.vocab_size}) in {cfg.data_dir}")
