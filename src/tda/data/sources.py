@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # Bump when a reader changes what it emits: invalidates the per-source document caches.
-READER_VERSION = 2
+READER_VERSION = 3
 # What a source is; everything but "code" counts as natural prose and documentation.
 KINDS = ("prose", "docs", "dictionary", "email", "code")
 
@@ -404,22 +404,31 @@ def strip_brown_tags(tagged: str) -> str:
 
 _HTML_DROP = re.compile(r"<(script|style|head|nav|header|footer|noscript|svg)\b.*?</\1\s*>", re.S | re.I)
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_HTML_BLOCK = re.compile(r"</?(?:p|div|br|li|ul|ol|h[1-6]|tr|table|pre|dt|dd|dl|section|blockquote|hr|caption|"
+_HTML_BLOCK = re.compile(r"</?(?:p|div|br|li|ul|ol|h[1-6]|tr|table|dt|dd|dl|section|blockquote|hr|caption|"
                          r"main|article|tbody|thead)\b[^>]*>", re.I)
 _HTML_CELL = re.compile(r"</?t[dh]\b[^>]*>", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_PRE = re.compile(r"(<pre\b.*?</pre\s*>)", re.S | re.I)
 
 
 def html_to_text(page: str) -> str:
-    """Visible text of an HTML page: scripts, styles, head, nav/header/footer dropped; block elements
-    become line breaks, table cells spaces; entities decoded; each line stripped."""
+    """Visible text of an HTML page: scripts, styles, head, nav/header/footer dropped; whitespace folded
+    as a browser does (kept inside <pre>); block elements become line breaks, table cells spaces;
+    entities decoded."""
     s = _HTML_COMMENT.sub(" ", page)
     s = _HTML_DROP.sub(" ", s)
-    s = _HTML_BLOCK.sub("\n", s)
-    s = _HTML_CELL.sub(" ", s)
-    s = html.unescape(_HTML_TAG.sub("", s))
-    lines = [" ".join(line.split()) for line in s.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    parts = _HTML_PRE.split(s)  # odd items are <pre> blocks
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2:
+            out.append("\n" + _HTML_TAG.sub("", part) + "\n")
+            continue
+        part = " ".join(part.split())
+        part = _HTML_TAG.sub("", _HTML_CELL.sub(" ", _HTML_BLOCK.sub("\n", part)))
+        out.append(re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", part)))
+    s = html.unescape("".join(out))
+    s = "\n".join(line.rstrip() for line in s.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", s).strip()
 
 
 _POD_FORMAT = re.compile(r"[BICFSXZ]<([^<>]*)>")
