@@ -66,7 +66,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     sh = sub.add_parser("shard", help="write a compressed subset of a prepared directory under a size budget")
     sh.add_argument("dir", help="prepared data directory")
     sh.add_argument("--out", required=True, help="shard directory (replaced)")
-    sh.add_argument("--max-mib", type=float, default=56.0, help="size budget in MiB, all files (default 56)")
+    sh.add_argument("--max-mib", type=float, default=50.0, help="size budget in MiB, all files (default 50)")
     sh.add_argument("--part", type=int, default=0, help="k-th disjoint slice of every source (default 0)")
     sh.add_argument("--val-tokens", type=int, default=1_000_000, help="validation tokens (default 1000000)")
     sh.add_argument("--long-docs", type=int, default=8, help="held-out long documents to include (default 8)")

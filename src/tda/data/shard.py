@@ -69,7 +69,7 @@ def _slices(ranges: dict[str, tuple[int, int]], mix: dict[str, float], n_tokens:
     return out
 
 
-def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_bytes: int = 56 * 2**20,
+def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_bytes: int = 50 * 2**20,
                 part: int = 0, weights: dict[str, float] | str | None = None, val_tokens: int = 1_000_000,
                 long_docs: int = 8, long_min_tokens: int = 8_193, preset: int = 6, progress: bool = True) -> dict:
     """Write a compressed shard of prepared directory `src_dir` into `out_dir`, at most `max_bytes` in all.
