@@ -89,7 +89,7 @@ compare)
 prepare)
     root=${TDA_DATA_DIR:-$HOME/.cache/tda}
     full="$root/gpt2-all"
-    time nice -n 10 python3 -m tda.data.cli data prepare --sources all --tokenizer gpt2 --out "$full" \
+    time nice -n 10 python3 -m tda.data.cli data prepare --sources large --tokenizer gpt2 --out "$full" \
         --num-long-docs 48
     nice -n 10 python3 -m tda.data.cli data shard "$full" --out "$SHARD" --max-mib "${SHARD_MIB:-50}" \
         --part "${SHARD_PART:-0}"

