@@ -414,7 +414,9 @@ def test_prepared_ranges_mixture_and_long_per_source(mixed):
     assert r["sotu"][0] == 0 and r["sotu"][1] == r["gcide"][0] and r["gocode"][1] == len(train)
     for s, (lo, hi) in r.items():
         assert hi - lo == meta["sources"][s]["train_tokens"] and train[hi - 1] == meta["eot_id"]
-    assert meta["ranges"]["val"] and sum(hi - lo for lo, hi in meta["ranges"]["val"].values()) == meta["val_tokens"]
+    # validation is stratified: every source is in it
+    assert list(meta["ranges"]["val"]) == ["sotu", "gcide", "gocode"]
+    assert sum(hi - lo for lo, hi in meta["ranges"]["val"].values()) == meta["val_tokens"]
     # code is > 25% of the tokens: capped at 25% in the default mixture, the rest keeps its proportions
     assert meta["sources"]["gocode"]["kind"] == "code"
     mix = meta["mixture"]

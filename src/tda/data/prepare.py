@@ -38,7 +38,7 @@ __all__ = [
     "BUNDLED_DIR", "BUNDLED_CORPUS", "FORMAT_VERSION", "CODE_SHARE_MAX", "default_mixture",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # In the default mixture, code sources together get at most this share of the sampled windows, so the
 # tens of millions of tokens of source code never crowd out the prose and documentation.
 CODE_SHARE_MAX = 0.25
@@ -152,8 +152,9 @@ def prepare_documents(
     Long hold-out: among documents with long_doc_tokens <= tokens <= long_doc_max_tokens, each source
     in turn gives one (seeded choice) until num_long_docs are chosen; they go to long/ and nowhere else
     (the cap keeps a 1M-token Bible in training instead of spending it on evaluation). Validation: documents in seeded
-    random order are added to val until it holds ~val_fraction of the remaining tokens (a document
-    that would overshoot the target by more than half is skipped, so one huge book cannot become val).
+    random order are added to val until it holds ~val_fraction of the remaining tokens of their source
+    (per source; a document that would overshoot the target by more than half is skipped, so one huge
+    book cannot become val).
     max_tokens: keep documents (seeded order) only until this many tokens are kept (for quick runs).
     """
     if not 0.0 < val_fraction < 1.0:
@@ -234,18 +235,25 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
     if len(rest) < 2:
         raise ValueError(f"docs: only {len(rest)} document(s) left after holding out long ones; need >= 2 for train/val")
 
-    rest_tokens = sum(ids[i].size + 1 for i in rest)
-    target = val_fraction * rest_tokens
+    # Validation is stratified: every source gives ~val_fraction of its own tokens, so the validation
+    # mixture can follow the training mixture and no source is missing from it by chance.
     val_set: set[int] = set()
-    val_tokens = 0
-    for i in rest:
-        if val_tokens >= target:
-            break
-        n = ids[i].size + 1
-        if val_tokens + n <= 1.5 * target:
-            val_set.add(i)
-            val_tokens += n
-    if not val_set:  # every document is bigger than the target: take the smallest one
+    for src in source_rank:
+        members = [i for i in rest if docs[i].source == src]
+        target = val_fraction * sum(ids[i].size + 1 for i in members)
+        got: list[int] = []
+        val_tokens = 0
+        for i in members:
+            if val_tokens >= target:
+                break
+            n = ids[i].size + 1
+            if val_tokens + n <= 1.5 * target:  # one huge document cannot become the source's val
+                got.append(i)
+                val_tokens += n
+        if not got and len(members) >= 2:  # every document is bigger than the target: the smallest
+            got.append(min(members, key=lambda i: ids[i].size))
+        val_set.update(got)
+    if not val_set:
         val_set.add(min(rest, key=lambda i: ids[i].size))
     if len(val_set) == len(rest):
         val_set.discard(max(val_set, key=lambda i: ids[i].size))
