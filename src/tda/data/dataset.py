@@ -202,8 +202,8 @@ class ShardedBatchSampler:
     step s and you get exactly the batches an uninterrupted run would have had.
     weights (with ranges, {source: (lo, hi)} of the token file): each window picks a source with
     probability proportional to its weight, then a start inside that source's range (disjoint: inside
-    this rank's 1/world_size part of it). Sources whose range cannot hold one window are left out and
-    the rest renormalised. bos_id: see TokenDataset.windows.
+    this rank's 1/world_size part of it). Sources absent from ranges, or whose range cannot hold one
+    window, are left out and the rest renormalised. bos_id: see TokenDataset.windows.
     """
 
     def __init__(self, dataset: TokenDataset, batch_size: int, block_size: int | None = None, *, seed: int = 0,
@@ -238,9 +238,7 @@ class ShardedBatchSampler:
         if weights is not None:
             if not ranges:
                 raise ValueError("ranges: required with weights (the per-source token ranges of the file)")
-            unknown = sorted(set(weights) - set(ranges))
-            if unknown:
-                raise ValueError(f"weights: unknown sources {unknown}; ranges has {sorted(ranges)}")
+            # a weighted source absent from this split (e.g. no validation documents) is simply not sampled
             segs, ws = [], []
             for s, (lo, hi) in ranges.items():
                 w = float(weights.get(s, 0.0))
