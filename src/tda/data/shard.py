@@ -141,16 +141,27 @@ def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_b
     sample = np.concatenate([train[lo:hi] for lo, hi in _slices(ranges, mix, 2_000_000, part).values()])
     bytes_per_token = len(_xz(sample, preset)) / max(sample.size, 1)
     n = int(budget / bytes_per_token * 0.97)
+    # a small sample compresses worse than the whole slice: grow (at most twice) while well under the
+    # budget, shrink while over it; keep the largest slice that fits
+    best = None
     for _ in range(6):
         tr_sl = _slices(ranges, mix, n, part)
         arr = np.concatenate([train[lo:hi] for lo, hi in tr_sl.values()])
         log(f"shard: compressing {arr.size:,} training tokens (~{bytes_per_token:.3f} bytes/token)", flush=True)
         blob = _xz(arr, preset)
+        bytes_per_token = len(blob) / max(arr.size, 1)
         if len(blob) <= budget:
-            break
-        n = int(n * budget / len(blob) * 0.98)
-    else:
+            if best is None or arr.size > best[1].size:
+                best = (blob, arr, tr_sl)
+            whole = sum(hi - lo for lo, hi in tr_sl.values()) >= sum(hi - lo for lo, hi in ranges.values())
+            if len(blob) >= 0.95 * budget or whole or n >= 4 * int(budget / bytes_per_token):
+                break
+            n = int(n * budget / len(blob) * 0.98)
+        else:
+            n = int(n * budget / len(blob) * 0.98)
+    if best is None:
         raise RuntimeError(f"could not fit the training slice into {budget} bytes")
+    blob, arr, tr_sl = best
     _atomic_bytes(out / "train.bin.xz", blob)
     train_ranges, pos = {}, 0
     for s, (lo, hi) in tr_sl.items():
