@@ -38,7 +38,7 @@ __all__ = [
     "BUNDLED_DIR", "BUNDLED_CORPUS", "FORMAT_VERSION", "CODE_SHARE_MAX", "default_mixture",
 ]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # In the default mixture, code sources together get at most this share of the sampled windows, so the
 # tens of millions of tokens of source code never crowd out the prose and documentation.
 CODE_SHARE_MAX = 0.25
@@ -150,7 +150,8 @@ def prepare_documents(
     """Tokenise `docs`, hold out long documents, split the rest train/val by document, write files.
 
     Long hold-out: among documents with long_doc_tokens <= tokens <= long_doc_max_tokens, each source
-    in turn gives one (seeded choice) until num_long_docs are chosen; they go to long/ and nowhere else
+    in turn gives one (seeded choice; at most a quarter of its documents) until num_long_docs are chosen;
+    they go to long/ and nowhere else
     (the cap keeps a 1M-token Bible in training instead of spending it on evaluation). Validation: documents in seeded
     random order are added to val until it holds ~val_fraction of the remaining tokens of their source
     (per source; a document that would overshoot the target by more than half is skipped, so one huge
@@ -224,7 +225,10 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
     by_source: dict[str, list[int]] = {}
     for i in rng.permutation(long_candidates).tolist() if long_candidates else []:
         by_source.setdefault(docs[i].source, []).append(int(i))
-    queues = [by_source[s] for s in sorted(by_source, key=source_rank.__getitem__)]
+    # ... but never more than a quarter of a source's documents (a source of 14 whole books keeps most
+    # of them for training)
+    n_docs = {s: sum(1 for d in docs if d.source == s) for s in by_source}
+    queues = [by_source[s][:max(1, n_docs[s] // 4)] for s in sorted(by_source, key=source_rank.__getitem__)]
     long_set: set[int] = set()
     while len(long_set) < num_long_docs and any(queues):
         for q in queues:
