@@ -58,7 +58,7 @@ def main():
                 row = dict(attention=att, packed_training=pack, seed=seed, steps=res["step"],
                            elapsed_s=round(res["elapsed"], 1))
                 for mode in ("plain", "packed"):
-                    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, EVAL_SEED,
+                    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, EVAL_SEED, cfg.data,
                                 pack=(False, mode == "packed"))
                     row[f"val_{mode}"] = round(evaluate(model, data, cfg, amp, ctx), 5)
                 rows.append(row)

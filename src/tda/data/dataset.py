@@ -3,6 +3,12 @@
 A batch is (x, y) with y = x shifted by one token, both int64 (B, T). For training across ranks,
 `ShardedBatchSampler.batch(step)` is a pure function of (seed, step, rank, micro_step): an exact
 resume only needs the step counter, and no sampler state has to be checkpointed.
+
+Two options shape the windows:
+  bos_id   a fixed first token: x = [bos, t_0 .. t_{T-2}], y = [t_0 .. t_{T-1}] -- position 0 always holds
+           bos (eot in prepared data), train and validation alike, as in models trained with a BOS token
+  weights  a mixture over the sources of a prepared directory: each window first picks a source with
+           probability w_s / sum(w), then a start uniformly inside that source's token range
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 
 __all__ = [
     "TokenDataset", "ShardedBatchSampler", "get_batch", "load_meta", "load_long_documents", "open_split",
-    "document_starts", "cu_seqlens_from_starts",
+    "document_starts", "cu_seqlens_from_starts", "resolve_weights", "split_ranges",
 ]
 
 
@@ -65,12 +71,20 @@ class TokenDataset(torch.utils.data.Dataset):
         chunk = torch.from_numpy(self.data[i:i + self.block_size + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
 
-    def windows(self, starts: np.ndarray, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack the windows beginning at `starts` into (x, y), each (len(starts), block_size)."""
+    def windows(self, starts: np.ndarray, block_size: int | None = None,
+                bos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack the windows beginning at `starts` into (x, y), each (len(starts), block_size).
+
+        With bos_id, x[:, 0] = bos_id and the window reads block_size tokens: y = t[s : s+T] and
+        x = [bos_id] + t[s : s+T-1], so every target is still the token after its input."""
         T = self.block_size if block_size is None else block_size
-        idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(T + 1, dtype=np.int64)[None, :]
+        n = T if bos_id is not None else T + 1
+        idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(n, dtype=np.int64)[None, :]
         chunk = torch.from_numpy(self.data[idx].astype(np.int64))
-        return chunk[:, :-1], chunk[:, 1:]
+        if bos_id is None:
+            return chunk[:, :-1], chunk[:, 1:]
+        bos = torch.full((chunk.shape[0], 1), int(bos_id), dtype=torch.int64)
+        return torch.cat([bos, chunk[:, :-1]], dim=1), chunk
 
     def __repr__(self) -> str:
         return f"TokenDataset({str(self.path)!r}, dtype={self.dtype.name}, block_size={self.block_size}, n_tokens={self.n_tokens})"
@@ -93,6 +107,43 @@ def open_split(data_dir: str | os.PathLike, split: str, block_size: int) -> Toke
         raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
     meta = load_meta(data_dir)
     return TokenDataset(Path(data_dir) / f"{split}.bin", meta["dtype"], block_size)
+
+
+def split_ranges(meta: dict[str, Any], split: str) -> dict[str, tuple[int, int]] | None:
+    """{source: (lo, hi)} token ranges of a split (None for directories written before ranges existed)."""
+    r = (meta.get("ranges") or {}).get(split)
+    return {s: (int(lo), int(hi)) for s, (lo, hi) in r.items()} if r else None
+
+
+def resolve_weights(meta: dict[str, Any], weights: dict[str, float] | str | None) -> dict[str, float] | None:
+    """The per-source weights to sample with: `weights` None -> the directory's default mixture
+    (meta["mixture"]; None when plain uniform sampling already is it), "natural" -> None (uniform over
+    tokens), a mapping -> checked (known sources, finite weights >= 0, some > 0). Sources left out of a
+    mapping get weight 0."""
+    if weights is None:
+        return meta.get("mixture") or None
+    if isinstance(weights, str):
+        if weights != "natural":
+            raise ValueError(f"weights: expected a mapping, 'natural' or None, got {weights!r}")
+        return None
+    if not isinstance(weights, dict):
+        raise ValueError(f"weights: expected a mapping of source -> weight, got {type(weights).__name__}")
+    known = set((meta.get("ranges") or {}).get("train") or {})
+    if not known:
+        raise ValueError("weights: this prepared directory records no per-source ranges; prepare it again "
+                         "with this version of `tda data prepare`")
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"weights: unknown sources {unknown}; this directory has {sorted(known)}")
+    out = {}
+    for s, w in weights.items():
+        w = float(w)
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"weights: weight of {s!r} must be finite and >= 0, got {w}")
+        out[s] = w
+    if sum(out.values()) <= 0:
+        raise ValueError("weights: all weights are zero")
+    return out
 
 
 def load_long_documents(data_dir: str | os.PathLike, min_tokens: int = 0) -> list[dict[str, Any]]:
@@ -119,7 +170,7 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: str | torch.device) -> 
 
 def get_batch(split_or_ds: "TokenDataset | str | os.PathLike", batch_size: int, block_size: int | None = None,
               generator: torch.Generator | None = None, device: str | torch.device = "cpu", *,
-              data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              data_dir: str | os.PathLike | None = None, bos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows (x, y) of shape (batch_size, block_size) from a dataset.
 
     split_or_ds: a TokenDataset, a split name ("train"/"val", needs data_dir), or a prepared directory's
@@ -140,8 +191,48 @@ def get_batch(split_or_ds: "TokenDataset | str | os.PathLike", batch_size: int, 
     if T + 1 > ds.n_tokens:
         raise ValueError(f"block_size: {T} + 1 exceeds the {ds.n_tokens} tokens of {ds.path}")
     starts = torch.randint(ds.n_tokens - T, (batch_size,), generator=generator).numpy()
-    x, y = ds.windows(starts, T)
+    x, y = ds.windows(starts, T, bos_id)
     return _to_device(x, y, device)
+
+
+def weighted_segments(ranges: dict[str, tuple[int, int]] | None, weights: dict[str, float], n_tokens: int,
+                      block_size: int, *, part: tuple[int, int] = (0, 1), where: str = "the token file"):
+    """(segments (k, 2) int64 [lo, hi), probs (k,), sources) for sampling windows by source weight.
+
+    part = (r, n): each source's range is cut into n contiguous parts and only part r is kept. Sources
+    absent from `ranges`, with weight 0, or whose (part of the) range cannot hold block_size + 1 tokens
+    are left out and the rest renormalised: probs_s = w_s / sum(w)."""
+    if not ranges:
+        raise ValueError("ranges: required with weights (the per-source token ranges of the file)")
+    r, n = part
+    # a weighted source absent from this split (e.g. no validation documents) is simply not sampled
+    segs, ws, sources = [], [], []
+    for s, (lo, hi) in ranges.items():
+        w = float(weights.get(s, 0.0))
+        if not (0 <= lo <= hi <= n_tokens):
+            raise ValueError(f"ranges: {s!r} = ({lo}, {hi}) outside the file's {n_tokens} tokens")
+        if n > 1:
+            b = np.linspace(lo, hi, n + 1).astype(np.int64)
+            lo, hi = int(b[r]), int(b[r + 1])
+        if w > 0 and hi - lo >= block_size + 1:
+            segs.append((lo, hi))
+            ws.append(w)
+            sources.append(s)
+    if not segs:
+        raise ValueError(f"weights: no source with weight > 0 holds a window of {block_size} + 1 tokens in {where}")
+    return np.asarray(segs, dtype=np.int64), np.asarray(ws, dtype=np.float64) / float(sum(ws)), sources
+
+
+def draw_starts(rng: np.random.Generator, size: int, block_size: int, bounds: tuple[int, int],
+                segments: np.ndarray | None = None, probs: np.ndarray | None = None) -> np.ndarray:
+    """`size` window starts: uniform in [lo, hi - block_size) of bounds, or, with segments, a segment
+    drawn with probs and then a start uniform inside it."""
+    if segments is None:
+        lo, hi = bounds
+        return lo + rng.integers(0, hi - lo - block_size, size=size)
+    k = rng.choice(len(segments), size=size, p=probs)
+    lo, hi = segments[k, 0], segments[k, 1]
+    return lo + rng.integers(0, hi - lo - block_size)
 
 
 class ShardedBatchSampler:
@@ -152,10 +243,16 @@ class ShardedBatchSampler:
     rank samples the whole stream, with a different random stream per rank.
     The windows of `batch(step, micro_step)` depend only on (seed, step, rank, micro_step) — restart at
     step s and you get exactly the batches an uninterrupted run would have had.
+    weights (with ranges, {source: (lo, hi)} of the token file): each window picks a source with
+    probability proportional to its weight, then a start inside that source's range (disjoint: inside
+    this rank's 1/world_size part of it). Sources absent from ranges, or whose range cannot hold one
+    window, are left out and the rest renormalised. bos_id: see TokenDataset.windows.
     """
 
     def __init__(self, dataset: TokenDataset, batch_size: int, block_size: int | None = None, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, disjoint: bool = True):
+                 rank: int = 0, world_size: int = 1, disjoint: bool = True,
+                 ranges: dict[str, tuple[int, int]] | None = None, weights: dict[str, float] | None = None,
+                 bos_id: int | None = None):
         if world_size < 1:
             raise ValueError(f"world_size: must be >= 1, got {world_size}")
         if not 0 <= rank < world_size:
@@ -177,16 +274,24 @@ class ShardedBatchSampler:
                 f"block_size: {self.block_size} + 1 tokens do not fit in rank {rank}'s shard of "
                 f"{self.hi - self.lo} tokens ({n} tokens over world_size={world_size})"
             )
+        self.bos_id = None if bos_id is None else int(bos_id)
+        self.segments: np.ndarray | None = None  # (k, 2) [lo, hi) per sampled source
+        self.probs: np.ndarray | None = None
+        self.sources: list[str] = []
+        if weights is not None:
+            part = (rank, world_size) if disjoint else (0, 1)
+            self.segments, self.probs, self.sources = weighted_segments(
+                ranges, weights, n, self.block_size, part=part, where=f"rank {rank}'s part of {self.ds.path}")
 
     def starts(self, step: int, micro_step: int = 0) -> np.ndarray:
         if step < 0 or micro_step < 0:
             raise ValueError(f"step/micro_step: must be >= 0, got {step}/{micro_step}")
         # SeedSequence mixes the tuple into independent streams: no collisions between ranks or steps.
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step, self.rank, micro_step]))
-        return self.lo + rng.integers(0, self.hi - self.lo - self.block_size, size=self.batch_size)
+        return draw_starts(rng, self.batch_size, self.block_size, (self.lo, self.hi), self.segments, self.probs)
 
     def batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size)
+        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size, self.bos_id)
         return _to_device(x, y, device)
 
     def packed_batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu", *, sep_id: int):

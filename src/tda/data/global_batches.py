@@ -8,13 +8,17 @@ windows: a run can resume on another number of ranks and see exactly the batches
 (The same-world-size data order of ShardedBatchSampler cuts the stream into per-rank shards instead, so
 its batches change with the world size. With one rank and grad_accum 1 the two orders coincide: numpy's
 SeedSequence pads its entropy with zeros to four words, so (seed, s) seeds what (seed, s, 0, 0) seeds.)
+
+weights and bos_id work as in ShardedBatchSampler, over the whole stream: each of the G windows picks a
+source with probability w_s / sum(w), then a start uniformly inside that source's whole range (no per-rank
+part, so the order still does not depend on the world size); bos_id puts that token at position 0.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .dataset import TokenDataset, _to_device
+from .dataset import TokenDataset, _to_device, draw_starts, weighted_segments
 
 __all__ = ["GlobalBatchSampler"]
 
@@ -24,7 +28,9 @@ class GlobalBatchSampler:
     a pure function of (seed, step, G, rank, world_size, micro_step)."""
 
     def __init__(self, dataset: TokenDataset, batch_size: int, block_size: int | None = None, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1,
+                 ranges: dict[str, tuple[int, int]] | None = None, weights: dict[str, float] | None = None,
+                 bos_id: int | None = None):
         if world_size < 1:
             raise ValueError(f"world_size: must be >= 1, got {world_size}")
         if not 0 <= rank < world_size:
@@ -39,6 +45,11 @@ class GlobalBatchSampler:
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         if dataset.n_tokens < self.block_size + 1:
             raise ValueError(f"block_size: {self.block_size} + 1 exceeds the {dataset.n_tokens} tokens")
+        self.bos_id = None if bos_id is None else int(bos_id)
+        self.segments, self.probs, self.sources = None, None, []
+        if weights is not None:
+            self.segments, self.probs, self.sources = weighted_segments(
+                ranges, weights, dataset.n_tokens, self.block_size, where=str(dataset.path))
 
     @property
     def global_batch(self) -> int:
@@ -50,7 +61,7 @@ class GlobalBatchSampler:
         if step < 0:
             raise ValueError(f"step: must be >= 0, got {step}")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-        return rng.integers(0, self.ds.n_tokens - self.block_size, size=self.global_batch)
+        return draw_starts(rng, self.global_batch, self.block_size, (0, self.ds.n_tokens), self.segments, self.probs)
 
     def starts(self, step: int, micro_step: int = 0) -> np.ndarray:
         if not 0 <= micro_step < self.grad_accum:
@@ -59,5 +70,5 @@ class GlobalBatchSampler:
         return self.global_starts(step)[lo:lo + self.batch_size]
 
     def batch(self, step: int, micro_step: int = 0, device: str | torch.device = "cpu"):
-        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size)
+        x, y = self.ds.windows(self.starts(step, micro_step), self.block_size, self.bos_id)
         return _to_device(x, y, device)

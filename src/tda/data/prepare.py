@@ -1,12 +1,15 @@
 """Turn documents into memory-mappable token files.
 
 Layout of a prepared directory:
-  train.bin, val.bin   documents' tokens, each document followed by eot, as uint16 (vocab < 65536) or uint32
+  train.bin, val.bin   documents' tokens, each document followed by eot, as uint16 (vocab < 65536) or uint32;
+                       grouped by source in source order, meta.json's `ranges` give each source's [lo, hi)
   long/NNN_<source>_<name>.bin + long/index.json
                        whole long documents (>= long_doc_tokens) held out of train AND val, for
-                       long-context evaluation (length extrapolation, passkey-style probes)
+                       long-context evaluation (length extrapolation, passkey-style probes), taken from
+                       every source in turn
   tokenizer.json       `Tokenizer.to_dict()` (also embedded in meta.json)
-  meta.json            dtype, token / document counts per split and source, licences, the config
+  meta.json            dtype, token / document counts per split and source, licences, kinds, the default
+                       sampling mixture (when code is present), deduplication counts, the config
 
 Splits are by whole document and depend only on (documents, tokenizer, seed, fractions), so re-running
 gives byte-identical files; a directory whose meta.json records the same config is left as is.
@@ -27,15 +30,18 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .sources import PROSE_SOURCES, SOURCES, Document, default_data_root, load_corpus
+from .sources import PROSE_SOURCES, SOURCES, Document, default_data_root, load_corpus, parse_sources, source_versions
 from .tokenizer import BUNDLED_TOKENIZER, Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
     "prepare", "prepare_documents", "prepare_bundled", "ensure_bundled_data", "default_data_dir",
-    "BUNDLED_DIR", "BUNDLED_CORPUS", "FORMAT_VERSION",
+    "BUNDLED_DIR", "BUNDLED_CORPUS", "FORMAT_VERSION", "CODE_SHARE_MAX", "default_mixture",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 4
+# In the default mixture, code sources together get at most this share of the sampled windows, so the
+# tens of millions of tokens of source code never crowd out the prose and documentation.
+CODE_SHARE_MAX = 0.25
 BUNDLED_DIR = Path(__file__).with_name("bundled")
 BUNDLED_CORPUS = BUNDLED_DIR / "corpus.jsonl.gz"
 
@@ -57,6 +63,24 @@ def _write_bin(path: Path, arrays: Sequence[np.ndarray], dtype: np.dtype) -> int
             f.write(np.ascontiguousarray(a, dtype=dtype).tobytes())
     os.replace(tmp, path)  # a crash never leaves a half-written file under the final name
     return n
+
+
+def default_mixture(train_tokens: dict[str, int], kinds: dict[str, str],
+                    code_share_max: float = CODE_SHARE_MAX) -> dict[str, float] | None:
+    """Sampling weights per source: each source's share of the training tokens, except that "code"
+    sources together get at most `code_share_max` (scaled down, never up). None when nothing is capped
+    (then plain uniform sampling over the token stream is the same mixture)."""
+    if not 0.0 <= code_share_max <= 1.0:
+        raise ValueError(f"code_share_max: must be in [0, 1], got {code_share_max}")
+    total = sum(train_tokens.values())
+    code = sum(n for s, n in train_tokens.items() if kinds.get(s) == "code")
+    if total == 0 or code == 0 or code <= code_share_max * total or code == total:
+        return None
+    rest = total - code
+    # code gets code_share_max of the mass, the rest keeps its natural proportions
+    w = {s: (code_share_max * n / code if kinds.get(s) == "code" else (1 - code_share_max) * n / rest)
+         for s, n in train_tokens.items()}
+    return {s: round(v, 6) for s, v in w.items()}
 
 
 def _slug(s: str) -> str:
@@ -125,11 +149,13 @@ def prepare_documents(
 ) -> dict:
     """Tokenise `docs`, hold out long documents, split the rest train/val by document, write files.
 
-    Long hold-out: among documents with long_doc_tokens <= tokens <= long_doc_max_tokens, a seeded
-    random subset of size min(num_long_docs, count) goes to long/ and nowhere else (the cap keeps a
-    1M-token Bible in training instead of spending it on evaluation). Validation: documents in seeded
-    random order are added to val until it holds ~val_fraction of the remaining tokens (a document
-    that would overshoot the target by more than half is skipped, so one huge book cannot become val).
+    Long hold-out: among documents with long_doc_tokens <= tokens <= long_doc_max_tokens, each source
+    in turn gives one (seeded choice; at most a quarter of its documents) until num_long_docs are chosen;
+    they go to long/ and nowhere else
+    (the cap keeps a 1M-token Bible in training instead of spending it on evaluation). Validation: documents in seeded
+    random order are added to val until it holds ~val_fraction of the remaining tokens of their source
+    (per source; a document that would overshoot the target by more than half is skipped, so one huge
+    book cannot become val).
     max_tokens: keep documents (seeded order) only until this many tokens are kept (for quick runs).
     """
     if not 0.0 < val_fraction < 1.0:
@@ -182,6 +208,7 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
 
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.permutation(len(docs))]
+    source_rank = {s: k for k, s in enumerate(dict.fromkeys(d.source for d in docs))}
     if max_tokens is not None:
         kept, total = [], 0
         for i in order:
@@ -193,35 +220,64 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
 
     cap = long_doc_max_tokens if long_doc_max_tokens is not None else float("inf")
     long_candidates = sorted(i for i in order if long_doc_tokens <= ids[i].size <= cap)
-    n_long = min(num_long_docs, len(long_candidates))
-    long_set = set(rng.choice(long_candidates, size=n_long, replace=False).tolist()) if n_long else set()
-    long_ids = sorted(long_set, key=lambda i: (docs[i].source, docs[i].name))
+    # Every source in turn gives one long document (seeded choice) until num_long_docs are held out, so
+    # each source with long documents is represented in long-context evaluation.
+    by_source: dict[str, list[int]] = {}
+    for i in rng.permutation(long_candidates).tolist() if long_candidates else []:
+        by_source.setdefault(docs[i].source, []).append(int(i))
+    # ... but never more than a quarter of a source's documents (a source of 14 whole books keeps most
+    # of them for training)
+    n_docs = {s: sum(1 for d in docs if d.source == s) for s in by_source}
+    queues = [by_source[s][:max(1, n_docs[s] // 4)] for s in sorted(by_source, key=source_rank.__getitem__)]
+    long_set: set[int] = set()
+    while len(long_set) < num_long_docs and any(queues):
+        for q in queues:
+            if q and len(long_set) < num_long_docs:
+                long_set.add(q.pop(0))
+    long_ids = sorted(long_set, key=lambda i: (source_rank[docs[i].source], docs[i].name))
     rest = [i for i in order if i not in long_set]
     if len(rest) < 2:
         raise ValueError(f"docs: only {len(rest)} document(s) left after holding out long ones; need >= 2 for train/val")
 
-    rest_tokens = sum(ids[i].size + 1 for i in rest)
-    target = val_fraction * rest_tokens
+    # Validation is stratified: every source gives ~val_fraction of its own tokens, so the validation
+    # mixture can follow the training mixture and no source is missing from it by chance.
     val_set: set[int] = set()
-    val_tokens = 0
-    for i in rest:
-        if val_tokens >= target:
-            break
-        n = ids[i].size + 1
-        if val_tokens + n <= 1.5 * target:
-            val_set.add(i)
-            val_tokens += n
-    if not val_set:  # every document is bigger than the target: take the smallest one
+    for src in source_rank:
+        members = [i for i in rest if docs[i].source == src]
+        target = val_fraction * sum(ids[i].size + 1 for i in members)
+        got: list[int] = []
+        val_tokens = 0
+        for i in members:
+            if val_tokens >= target:
+                break
+            n = ids[i].size + 1
+            if val_tokens + n <= 1.5 * target:  # one huge document cannot become the source's val
+                got.append(i)
+                val_tokens += n
+        if not got and len(members) >= 2:  # every document is bigger than the target: the smallest
+            got.append(min(members, key=lambda i: ids[i].size))
+        val_set.update(got)
+    if not val_set:
         val_set.add(min(rest, key=lambda i: ids[i].size))
     if len(val_set) == len(rest):
         val_set.discard(max(val_set, key=lambda i: ids[i].size))
-    train_ids = [i for i in rest if i not in val_set]
-    val_ids = [i for i in rest if i in val_set]
+    # Grouped by source (stable: the seeded order stays within a source), so a source is one range.
+    train_ids = sorted((i for i in rest if i not in val_set), key=lambda i: source_rank[docs[i].source])
+    val_ids = sorted((i for i in rest if i in val_set), key=lambda i: source_rank[docs[i].source])
 
     eot = np.array([tokenizer.eot_id], dtype=np.int64)
 
     def with_eot(idx: list[int]) -> list[np.ndarray]:
         return [a for i in idx for a in (ids[i], eot)]
+
+    def ranges(idx: list[int]) -> dict[str, list[int]]:
+        r: dict[str, list[int]] = {}
+        pos = 0
+        for i in idx:
+            lo_hi = r.setdefault(docs[i].source, [pos, pos])
+            pos += ids[i].size + 1
+            lo_hi[1] = pos
+        return r
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # invalidate first, so a crash mid-write is never "done"
@@ -250,7 +306,12 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
             s["tokens"] += int(ids[i].size)
             s["chars"] += len(docs[i].text)
             s[f"{split}_docs"] += 1
+            if split == "train":
+                s["train_tokens"] = s.get("train_tokens", 0) + int(ids[i].size) + 1
     licences = licences or {}
+    kinds = {s: SOURCES[s].kind if s in SOURCES else "prose" for s in per_source}
+    train_ranges, val_ranges = ranges(train_ids), ranges(val_ids)
+    mixture = default_mixture({s: hi - lo for s, (lo, hi) in train_ranges.items()}, kinds)
     meta = dict(
         format_version=FORMAT_VERSION,
         config=cfg,
@@ -269,7 +330,11 @@ def _build(out: Path, docs: Sequence[Document], tokenizer: Tokenizer, cfg: dict,
         long_doc_tokens=long_doc_tokens,
         long_doc_max_tokens=long_doc_max_tokens,
         long_candidates=len(long_candidates),
-        sources={k: dict(v, licence=licences.get(k, "")) for k, v in sorted(per_source.items())},
+        sources={k: dict(v, licence=licences.get(k, ""), kind=kinds[k],
+                         redistributable=SOURCES[k].redistributable if k in SOURCES else "")
+                 for k, v in sorted(per_source.items(), key=lambda kv: source_rank[kv[0]])},
+        ranges=dict(train=train_ranges, val=val_ranges),
+        mixture=mixture,
         long=long_index,
         seconds=round(time.time() - t0, 2),
         **(extra_meta or {}),
@@ -293,18 +358,22 @@ def prepare(
     num_long_docs: int = 24,
     long_doc_max_tokens: int | None = 131_072,
     cache_dir: str | os.PathLike | None = None,
+    near_dedup: bool = True,
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Fetch `sources` (see tda.data.sources.SOURCES), tokenise and write a prepared directory.
+    """Fetch `sources` (see tda.data.sources.SOURCES; "a,b", a list, "all" or "prose"), deduplicate,
+    tokenise and write a prepared directory.
 
     tokenizer: "gpt2" (GPT-2 BPE), "bpe" (train a byte-level BPE of `vocab_size` on these documents),
     "bundled" (the shipped 4096-token BPE), a Tokenizer, its dict, or a tokenizer JSON path.
     out_dir defaults to `<data root>/<tokenizer name>`. Returns meta.json's contents.
     """
-    if isinstance(sources, str):
-        sources = [s for s in sources.split(",") if s]
-    docs = load_corpus(tuple(sources), cache_dir)
+    t0 = time.time()
+    sources = parse_sources(sources)
+    dedup: dict = {}
+    docs = load_corpus(tuple(sources), cache_dir, near_dedup=near_dedup, stats=dedup)
+    load_seconds = round(time.time() - t0, 1)
     if isinstance(tokenizer, str) and tokenizer == "bpe":
         name = f"bpe{vocab_size}"
         out = Path(out_dir) if out_dir is not None else default_data_dir(name)
@@ -325,7 +394,9 @@ def prepare(
     return prepare_documents(
         out, docs, tok, val_fraction=val_fraction, long_doc_tokens=long_doc_tokens, num_long_docs=num_long_docs,
         long_doc_max_tokens=long_doc_max_tokens, max_tokens=max_tokens, seed=seed, licences={s: SOURCES[s].licence for s in sources},
-        extra_meta=dict(source_packages={s: SOURCES[s].package for s in sources}), force=force, progress=progress,
+        extra_meta=dict(source_packages={s: source_versions(s, cache_dir) for s in sources}, dedup_dropped=dedup,
+                        near_dedup=near_dedup, load_seconds=load_seconds),
+        force=force, progress=progress,
     )
 
 

