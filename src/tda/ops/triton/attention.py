@@ -99,7 +99,7 @@ def _training_config(q1, k1) -> KernelConfig:
 # beta's gradient flows through it by autograd. Defined through torch.library.Library rather than the
 # @custom_op decorator, whose per-call Python wrapper (it checks that no output aliases an input) cost 4 us per
 # forward and 13 us per backward call on top (torch 2.13, CPU): a compiled model calls both ops once per layer
-# and step, and its step can be host-bound (docs/benchmarks.md). Every output here is a fresh tensor.
+# and step, and its step can be host-bound (docs/kernels.md). Every output here is a fresh tensor.
 
 _LIB = torch.library.Library("tda", "DEF")
 _LIB.define("threshold_attention_fwd(Tensor q1, Tensor k1, Tensor? q2, Tensor? k2, Tensor v, Tensor tau, "
@@ -245,7 +245,7 @@ class _EagerAttention(torch.autograd.Function):
         ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam)
         # the op's own tensors (no autograd history, so no reference cycle) ride on ctx as they are, with the
         # backward's norm pointer arguments prepared here: the backward runs on autograd's device thread,
-        # where the same Python runs markedly slower (docs/benchmarks.md, "Host cost per call")
+        # where the same Python runs markedly slower (docs/kernels.md)
         norm = launch.norm_args(rq, rk, scale) if rq is not None else None
         ctx.own = (scale, flags, rq, rk, norm)
         ctx.p, ctx.causal, ctx.cfg = p, causal, cfg

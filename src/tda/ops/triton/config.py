@@ -1,7 +1,7 @@
 """Kernel settings as data: `KernelConfig` (one call's tiles and kernel options) and the block table
 `block_config(head_dim, dtype, n_keys, training)` that picks one for a shape.
 
-The table was chosen on an H200 from kernel-only timings (docs/benchmarks.md). A training call uses one config
+The table was chosen on an H200 from kernel-only timings (docs/kernels.md). A training call uses one config
 for its forward and its backward (they must agree on the survivor flags' grain); a call that needs no gradient
 takes the inference config (no flags, no stored norms). Tests and benchmarks try another config through the
 `config=` argument of `tda.ops.triton.attention.threshold_differential_attention` /

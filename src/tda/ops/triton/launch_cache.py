@@ -3,7 +3,7 @@
 `kernel[grid](*args, **meta)` through Triton's JITFunction binds every argument, computes its
 specialisation and a cache key, and looks the compiled kernel up, on every call: tens of microseconds on
 the host per launch, which at short sequence lengths is longer than the kernels themselves run (see
-docs/benchmarks.md). `FastKernel` wraps a @triton.jit function with the same call syntax: the first call
+docs/kernels.md). `FastKernel` wraps a @triton.jit function with the same call syntax: the first call
 for a given specialisation goes through Triton's JIT (which compiles if needed, launches, and returns its
 CompiledKernel); later calls launch that CompiledKernel directly. The key covers everything Triton
 specialises on -- the device, the keyword arguments (constexprs, num_warps, num_stages), each tensor's

@@ -4,7 +4,7 @@
 
 with the cos/sin tables of rotate-half RoPE (each row's two halves equal). Written as torch ops this is five
 elementwise kernels forward (neg, cat, two products, a sum) and more backward, each a full pass over q or k:
-in the GPU comparison model's eager TDA step they cost more than attention itself (docs/benchmarks.md). Here
+in the GPU comparison model's eager TDA step they cost more than attention itself (docs/kernels.md). Here
 each direction reads x (or dy) once and writes once, computing in fp32 (fp64 for fp64 inputs). The backward
 is the inverse rotation, dx = dy * cos - rotate_half(dy * sin): the same kernel with sin negated.
 

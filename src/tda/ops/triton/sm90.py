@@ -3,8 +3,8 @@
 The interpreter (TRITON_INTERPRET=1) checks what the kernels compute, not whether they compile: layout
 conversions, shared memory and register limits only show when Triton lowers them for real. This module
 builds the signature Triton's JIT would specialise for contiguous bf16 inputs and compiles for sm_90
-(H100/H200), so CI can compile every block config of the GPU table, and `benchmarks/compile_sm90.py` can
-report registers, spills and shared memory before any device time is spent.
+(H100/H200), so CI can compile every block config of the GPU table and report registers, spills and shared
+memory before any device time is spent.
 
 It must run with TRITON_INTERPRET unset (under the interpreter @triton.jit builds no compilable kernels):
 tests call it in a subprocess.
