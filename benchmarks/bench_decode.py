@@ -1,7 +1,7 @@
 """Decode-step time of the split-KV TDA/TRA kernel against softmax over the same cache (GPU, bf16).
 
 One query row per sequence (a decode step) over a cache of S positions, S = 1K..64K, batch 1..64, head dims 64
-and 128, 16 query heads (16 kv heads; GQA rows with 4 kv heads). Timed per step (triton's do_bench: CUDA events,
+and 128, 16 query heads (16 kv heads; GQA rows with 4 kv heads). Timed per step (timing.gpu_time: CUDA events,
 L2 flushed between calls, median), each over the same cache tensors:
 
 - tda_decode: tda.ops.triton.decode.decode_attention, the kernel launches alone (two unit-key views; a V block
@@ -40,6 +40,9 @@ import tda
 from tda.ops import kvcache
 from tda.ops.triton import decode
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import gpu_time  # noqa: E402
+
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 BATCHES = [1, 8, 32, 64]
 DIMS = [64, 128]
@@ -48,7 +51,7 @@ GQA = [(4, 1, 4096), (4, 1, 16384), (4, 1, 65536), (4, 32, 16384)]  # (kv heads,
 
 
 def bench(fn, rep=40):
-    return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") * 1e3  # microseconds
+    return gpu_time(fn, reps=rep, warmup=5) * 1e3  # microseconds
 
 
 def make_inputs(B, Hq, Hk, S, D, kind, seed=0):
