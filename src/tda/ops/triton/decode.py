@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -32,7 +31,9 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .common import dot_probe_kernel, exceed_pow, inv_norm_rows, load_tau
+from .common import exceed_pow, inv_norm_rows, load_tau
+from .attention import interpreter_dot_ok
+from .config import interpreting
 
 HEAD_DIMS = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -107,10 +108,6 @@ def plan(G: int, M: int, B: int, Hk: int, max_len: int, cfg: DecodeConfig, n_sm:
     return DecodePlan(block_r, row_tiles, chunk, -(-max_len // chunk))
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -123,35 +120,20 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-_DOT_OK: dict = {}
-
-
-def interpreter_dot_ok(dtype: torch.dtype) -> bool:
-    """Whether the Triton interpreter multiplies `dtype` tiles correctly (a 16 x 16 tl.dot against torch,
-    once per dtype). Some interpreters multiply bfloat16's raw bit patterns (triton-lang/triton#11584):
-    such calls are refused rather than answered with garbage."""
-    ok = _DOT_OK.get(dtype)
-    if ok is None:
-        g = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(16, 16, generator=g).to(dtype) for _ in range(2))
-        c = torch.empty(16, 16)
-        dot_probe_kernel[(1,)](a, b, c, N=16)
-        ok = _DOT_OK[dtype] = bool(torch.allclose(c, a.float() @ b.float(), rtol=1e-2, atol=1e-2))
-    return ok
 
 
 def unsupported_reason(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> Optional[str]:
     """None if the decode kernel can run a call with these (validated) tensors, else why not (in words)."""
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         return f"tensors are on {q.device.type}; the Triton kernel needs CUDA (or TRITON_INTERPRET=1)"
-    dtypes = _DTYPES + ((torch.float64,) if _interpreting() else ())
+    dtypes = _DTYPES + ((torch.float64,) if interpreting() else ())
     if q.dtype not in dtypes:
         return f"dtype {q.dtype} not in {tuple(str(d) for d in dtypes)}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head dim {q.shape[-1]} not in {HEAD_DIMS}"
     if v_cache.shape[-1] not in HEAD_DIMS:
         return f"value head dim {v_cache.shape[-1]} not in {HEAD_DIMS}"
-    if _interpreting() and q.dtype in (torch.float16, torch.bfloat16) and not interpreter_dot_ok(q.dtype):
+    if interpreting() and q.dtype in (torch.float16, torch.bfloat16) and not interpreter_dot_ok(q.dtype):
         return (f"this Triton's interpreter ({triton.__version__}) computes {q.dtype} products wrongly; "
                 f"on the CPU pass float32 or float64 (or use backend='reference')")
     return None
@@ -327,7 +309,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     G = H // Hk
     two = q2 is not None
     if cfg is None:
-        cfg = decode_config(D, q1.dtype, G * M, _interpreting())
+        cfg = decode_config(D, q1.dtype, G * M, interpreting())
     pl = plan(G, M, B, Hk, max_len, cfg, sm_count(q1.device), splits)
     f64 = q1.dtype == torch.float64
     acc_dt = torch.float64 if f64 else torch.float32
