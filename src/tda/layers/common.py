@@ -193,6 +193,25 @@ class AttentionBase(nn.Module):
         self.record_weights = False
         self.last_weights = None
 
+    def dense_scores(self, x, rope, position_offset, docs, cache, fp32: bool = False):
+        """For the layers that materialise their scores (q_proj / kv_proj, RoPE, cache, grouped-query heads
+        expanded): (s = q.k / sqrt(d) of shape (B, H, N, N_k), v, the bool mask of visible keys)."""
+        self.check_docs_cache(docs, cache)
+        H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
+        pos = doc_positions(docs)
+        q = rope(split_heads(self.q_proj(x), H, D), position_offset, pos)
+        k, v = split_heads(self.kv_proj(x), 2 * Hk, D).chunk(2, dim=1)
+        (k, v), mask = self.cached_kv(cache, k=rope(k, position_offset, pos), v=v)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        if H > Hk:
+            k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
+        s = ((q.float() @ k.float().transpose(-1, -2)) if fp32 else (q @ k.transpose(-1, -2))) * D ** -0.5
+        if docs is not None:  # packed documents: block-diagonal causal
+            mask = docs.mask
+        elif mask is None:
+            mask = causal_mask(s.shape[-2], s.shape[-1], s.device)
+        return s, v, mask
+
     @staticmethod
     def causal_softmax_weights(q, k, scale, mask=None):
         """Materialised causal softmax probabilities (bottom-right aligned, or `mask`), for analysis only."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AttentionBase, RMSNorm, causal_mask, doc_positions, merge_heads, split_heads
+from .common import AttentionBase, RMSNorm, merge_heads
 
 
 class ReLAAttention(AttentionBase):
@@ -40,20 +40,7 @@ class ReLAAttention(AttentionBase):
         self.dropout = c.dropout
 
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):
-        self.check_docs_cache(docs, cache)
-        H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
-        pos = doc_positions(docs)
-        q = rope(split_heads(self.q_proj(x), H, D), position_offset, pos)
-        k, v = split_heads(self.kv_proj(x), 2 * Hk, D).chunk(2, dim=1)
-        (k, v), mask = self.cached_kv(cache, k=rope(k, position_offset, pos), v=v)
-        k, v = k.to(q.dtype), v.to(q.dtype)
-        if H > Hk:
-            k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
-        s = (q @ k.transpose(-1, -2)) * D ** -0.5
-        if docs is not None:  # packed documents: block-diagonal causal
-            mask = docs.mask
-        elif mask is None:
-            mask = causal_mask(s.shape[-2], s.shape[-1], s.device)
+        s, v, mask = self.dense_scores(x, rope, position_offset, docs, cache)
         a = F.relu(s).masked_fill(~mask, 0.0)
         if self.record_weights and cache is None:
             self.last_weights = a.detach().float()
