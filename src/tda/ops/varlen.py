@@ -118,7 +118,7 @@ def _documents(bounds: list[int], N: int):
 
 def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, normalize_qk, backend,
             check_finite):
-    B, H, N, D, Hk, Nk = check_inputs(qs, ks, v, kappa=kappa, p=p, position_offset=0)
+    B, H, N, D, Hk, Nk = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=False, position_offset=0)
     if Nk != N:
         raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
     bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
