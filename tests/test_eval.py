@@ -323,3 +323,100 @@ def test_multi_needle_passkey_runs_and_asks_for_one_key():
     assert r["n_needles"] == 3 and len(r["per_trial"][0]) == 2
     for row in r["per_trial"][0]:
         assert len(row["answer"]) == 5 and row["n_tokens"] <= 500
+
+
+# --- a fixed first token (checkpoints trained with data.bos) --------------------------------------------
+
+
+def test_bos_id_comes_from_the_stored_train_config():
+    from tda.eval.bos import bos_id_of
+    tok = ByteTokenizer()
+    assert bos_id_of(None, tok) is None and bos_id_of({}, tok) is None
+    assert bos_id_of({"data": {"bos": False}}, tok) is None
+    assert bos_id_of({"data": {"bos": True}}, tok) == 256
+    with pytest.raises(ValueError, match="bos"):
+        bos_id_of({"data": {"bos": True}}, None)
+
+
+def _old_make_windows(docs, L, n):
+    """The windows of a model trained without a first token: L+1 consecutive document tokens."""
+    out = []
+    for doc in docs:
+        for s in range(0, len(doc) - L, L + 1):
+            if len(out) < n and len(doc[s:s + L + 1]) == L + 1:
+                out.append(list(doc[s:s + L + 1]))
+    return out
+
+
+def test_window_builders_put_bos_first_only_when_asked():
+    from tda.eval.extrapolation import make_windows
+    from tda.eval.report import _windows
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (70, 9, 45)]
+    assert make_windows(docs, 16, 5) == _old_make_windows(docs, 16, 5)
+    wins = make_windows(docs, 16, 5, bos_id=256)
+    assert len(wins) == 5 and all(len(w) == 17 and w[0] == 256 for w in wins)
+    # targets are consecutive, non-overlapping document chunks of L tokens
+    assert [w[1:] for w in wins] == [docs[0][s:s + 16] for s in (0, 16, 32, 48)] + [docs[2][:16]]
+    stream = torch.randint(0, 256, (100,), generator=g).tolist()
+    plain = _windows(stream, 20, 3)
+    assert plain.tolist() == [stream[s:s + 20] for s in np.linspace(0, 80, 3).round().astype(int)]
+    w = _windows(stream, 20, 3, bos_id=256)
+    assert w.shape == (3, 20) and (w[:, 0] == 256).all()
+    assert torch.equal(w[:, 1:], _windows(stream, 19, 3))
+
+
+def _tiny_ckpt(tmp_path, tok, bos):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=len(tok), block_size=32, n_layer=2, n_head=2, n_embd=32, attention="tda"))
+    from tda.train.checkpoint import save_checkpoint
+    ck = {"model": m.state_dict(), "model_config": m.config.to_dict(), "tokenizer": tok.to_dict()}
+    if bos is not None:
+        ck["train_config"] = {"data": {"bos": bos}, "seed": 0}
+    path = tmp_path / f"bos-{bos}.pt"
+    save_checkpoint(ck, path)
+    return path
+
+
+@pytest.mark.parametrize("bos", [True, False, None])
+def test_analyze_and_eval_windows_follow_the_checkpoint(tmp_path, monkeypatch, bos):
+    pytest.importorskip("tokenizers")
+    from tda.data import load_tokenizer
+    from tda.eval import extrapolation, passkey, report, tasks
+    from tda.eval.analyze import AnalyzeSettings, analyze_checkpoints
+
+    tok = load_tokenizer("bundled")
+    eot = tok.eot_id
+    path = _tiny_ckpt(tmp_path, tok, bos)
+    seen = {"stats": [], "maps": [], "nll": [], "passkey": []}
+    real_stats, real_maps, real_nll, real_decode = (report.collect_attention_stats, report.attention_maps,
+                                                     extrapolation.window_nll, passkey.greedy_decode)
+    monkeypatch.setattr(report, "collect_attention_stats",
+                        lambda m, x, **k: seen["stats"].append(x.tolist()) or real_stats(m, x, **k))
+    monkeypatch.setattr(report, "attention_maps", lambda m, x: seen["maps"].append(x.tolist()) or real_maps(m, x))
+    monkeypatch.setattr(extrapolation, "window_nll", lambda m, w: seen["nll"].append(list(w)) or real_nll(m, w))
+    monkeypatch.setattr(passkey, "greedy_decode",
+                        lambda m, ids, n, stop=None: seen["passkey"].append(list(ids)) or real_decode(m, ids, n, stop))
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join([FILLER] * 20))
+    ids = tok.encode(text.read_text())
+    analyze_checkpoints([path], tmp_path / "an", AnalyzeSettings(text=str(text), max_len=32, lengths=(16,),
+                                                                   n_seqs=2, map_len=8))
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, len(tok), (200,), generator=g).tolist()]  # no eot inside
+    monkeypatch.setattr(tasks, "long_document_tokens", lambda t, d=None: (docs, "synthetic"))
+    res = json.loads(tasks.evaluate_checkpoint(path, tmp_path / "ev", tasks.EvalSettings(
+        lengths=(128,), trials=1, rope_scaling="none", max_windows=2)).read_text())
+    assert seen["stats"] and seen["maps"] and seen["nll"] and seen["passkey"]
+    windows = [w for batch in seen["stats"] + seen["maps"] for w in batch] + seen["nll"] + seen["passkey"]
+    if bos:
+        assert res["bos_id"] == eot
+        assert all(w[0] == eot for w in windows)
+        assert seen["stats"][0][0] == [eot] + ids[:31] and seen["maps"][0] == [[eot] + ids[:7]]
+        assert seen["nll"][0] == [eot] + docs[0][:128]
+        assert tok.decode(seen["passkey"][0][1:]).startswith(passkey.PREFIX) and len(seen["passkey"][0]) <= 128
+    else:  # as before: windows are plain text / document tokens
+        assert res["bos_id"] is None
+        assert seen["stats"][0][0] == ids[:32] and seen["maps"][0] == [ids[:8]]
+        assert seen["nll"][0] == docs[0][:129]
+        assert tok.decode(seen["passkey"][0]).startswith(passkey.PREFIX) and len(seen["passkey"][0]) <= 128

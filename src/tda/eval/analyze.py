@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models.checkpoint import load_checkpoint
+from .bos import checkpoint_bos_id
 from .report import DEFAULT_LENGTHS, analyze_models
 from .tasks import long_document_tokens
 
@@ -45,6 +46,7 @@ def analyze_checkpoints(checkpoints, out_dir, s: AnalyzeSettings, names=None, co
         except UnicodeDecodeError:
             raise ValueError(f"--text: {s.text}: not UTF-8 text") from None
     models = {n: load_checkpoint(c, device=s.device) for n, c in zip(names, checkpoints)}
+    bos_ids = {n: checkpoint_bos_id(c, models[n][1]) for n, c in zip(names, checkpoints)}
     tokens, source = None, ""
     if text is not None:
         source = f"{s.text} ({len(text)} characters)"
@@ -61,7 +63,8 @@ def analyze_checkpoints(checkpoints, out_dir, s: AnalyzeSettings, names=None, co
             tokens[n] = stream
     t0 = time.time()
     analyze_models(models, out_dir, text=text, tokens=tokens, max_len=s.max_len, lengths=list(s.lengths),
-                   n_seqs=s.n_seqs, n_seqs_long=s.n_seqs_long, map_len=s.map_len, source=source, command=command)
+                   n_seqs=s.n_seqs, n_seqs_long=s.n_seqs_long, map_len=s.map_len, source=source, command=command,
+                   bos_ids=bos_ids)
     report = Path(out_dir) / "report.md"
     print(f"[analyze] wrote {report} ({time.time() - t0:.0f}s)", flush=True)
     return report

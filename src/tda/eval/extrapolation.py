@@ -16,14 +16,22 @@ of tokens. With `rope_scaling=True` the model's RoPE is NTK-scaled by s = L / tr
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
+from .bos import with_bos
 
-def make_windows(docs, L: int, n: int) -> list:
-    """Up to n token windows of length L+1, non-overlapping, taken document by document in order."""
+
+def make_windows(docs, L: int, n: int, bos_id: int | None = None) -> list:
+    """Up to n token windows of length L+1, non-overlapping, taken document by document in order.
+    With bos_id (a model trained with a fixed first token) a window is [bos_id] + L document tokens, so
+    the inputs start with bos_id and all L targets are document tokens, as in training."""
+    if bos_id is not None:
+        return list(itertools.islice((with_bos(doc[s:s + L], bos_id) for doc in docs
+                                      for s in range(0, len(doc) - L + 1, L)), n))
     out = []
     for doc in docs:
         for s in range(0, len(doc) - L, L + 1):
@@ -47,10 +55,10 @@ def window_nll(model, window) -> torch.Tensor:
 @torch.no_grad()
 def extrapolation_perplexity(model, docs, train_len: int, factors=(1, 2, 4, 8), rope_scaling: bool = False,
                              max_windows: int = 8, token_budget: int = 32768, n_buckets: int = 16,
-                             progress: bool = False) -> dict:
+                             progress: bool = False, bos_id: int | None = None) -> dict:
     """docs: list of token-id lists (held-out). Returns {"train_len", "rope_scaling", "results": [
     {"factor", "length", "n_windows", "ppl", "ppl_tail", "bucket_edges", "nll_by_position"}]};
-    a length with no window long enough gets n_windows 0 and NaN values."""
+    a length with no window long enough gets n_windows 0 and NaN values. bos_id: see make_windows."""
     model.eval()
     original = getattr(model.config, "rope_scaling", 1.0)
     results = []
@@ -62,7 +70,7 @@ def extrapolation_perplexity(model, docs, train_len: int, factors=(1, 2, 4, 8), 
         for f in it:
             L = int(round(f * train_len))
             n = min(max_windows, max(1, token_budget // L))
-            wins = make_windows(docs, L, n)
+            wins = make_windows(docs, L, n, bos_id)
             if rope_scaling:
                 model.set_rope_scaling(max(1.0, L / train_len))
             if not wins:

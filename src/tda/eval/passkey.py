@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .bos import with_bos
+
 PREFIX = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
           "I will quiz you about the important information there.")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -122,11 +124,12 @@ def _stop_when_decided(tokenizer, answer: str):
 
 @torch.no_grad()
 def passkey_accuracy(model, tokenizer, lengths, trials: int = 50, n_needles: int = 1, seed: int = 0,
-                     max_new_tokens: int = 8, progress: bool = False) -> dict:
+                     max_new_tokens: int = 8, progress: bool = False, bos_id: int | None = None) -> dict:
     """Exact-match accuracy of greedy passkey retrieval at each prompt length (tokens).
 
     Returns {"lengths", "accuracy", "n_needles", "trials", "per_trial": [[{depth, answer, output, ok}]]}.
-    Key and depths are drawn from random.Random(seed), identically for every model."""
+    Key and depths are drawn from random.Random(seed), identically for every model. With bos_id (a model
+    trained with a fixed first token) the prompt is [bos_id] + its tokens, still at most L tokens."""
     model.eval()
     rng = random.Random(seed)
     acc, per = [], []
@@ -135,14 +138,14 @@ def passkey_accuracy(model, tokenizer, lengths, trials: int = 50, n_needles: int
         from tqdm import tqdm
         it = tqdm(lengths, desc=f"passkey x{n_needles}")
     for L in it:
-        units = units_for_length(tokenizer, L, n_needles)
+        units = units_for_length(tokenizer, L - (bos_id is not None), n_needles)
         rows = []
         for _ in range(trials):
             keys = [str(rng.randint(10000, 99999)) for _ in range(n_needles)]
             depths = [rng.random() for _ in range(n_needles)]
             query = rng.randrange(n_needles)
             pr = build_prompt(units, keys, depths, query)
-            ids = tokenizer.encode(pr.text)
+            ids = with_bos(tokenizer.encode(pr.text), bos_id)
             out = tokenizer.decode(greedy_decode(model, ids, max_new_tokens, _stop_when_decided(tokenizer, pr.answer)))
             rows.append({"depth": depths[query], "answer": pr.answer, "output": out,
                          "ok": is_correct(out, pr.answer), "n_tokens": len(ids)})

@@ -17,18 +17,30 @@ import torch
 
 from . import plots
 from .attention_stats import DEFAULT_TOPK, SINK_EPS, attention_maps, collect_attention_stats
+from .bos import with_bos
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
 
 
-def _windows(tokens, N: int, n: int) -> torch.Tensor:
-    """n windows of N tokens spread evenly over the stream (non-overlapping when it is long enough)."""
+def _windows(tokens, N: int, n: int, bos_id: int | None = None) -> torch.Tensor:
+    """n windows of N tokens spread evenly over the stream (non-overlapping when it is long enough).
+    With bos_id each window is [bos_id] + N-1 stream tokens (the fixed first token of training)."""
+    if bos_id is not None:
+        if N < 2:
+            raise ValueError(f"window length must be at least 2 with a first token, got {N}")
+        w = _windows(tokens, N - 1, n)
+        return torch.cat([torch.full((w.shape[0], 1), int(bos_id), dtype=torch.long), w], dim=1)
     T = len(tokens)
     if T < N:
         raise ValueError(f"text: need at least {N} tokens, got {T}")
     n = max(1, min(n, T // N)) if T >= N else 1
     starts = np.linspace(0, T - N, n).round().astype(int) if n > 1 else [0]
     return torch.tensor([list(tokens[s:s + N]) for s in starts], dtype=torch.long)
+
+
+def map_ids(tokens, map_len: int, bos_id: int | None = None) -> list:
+    """The tokens of the attention-map plots: the first map_len of the stream, or bos_id + map_len-1."""
+    return with_bos(tokens[:map_len - (bos_id is not None)], bos_id)
 
 
 def _describe(model) -> dict:
@@ -38,17 +50,18 @@ def _describe(model) -> dict:
 
 
 def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS, n_seqs: int = 4,
-                  n_seqs_long: int = 1, map_len: int = 48, topk=DEFAULT_TOPK, log=None) -> dict:
+                  n_seqs_long: int = 1, map_len: int = 48, topk=DEFAULT_TOPK, log=None,
+                  bos_id: int | None = None) -> dict:
     """All statistics of one model on one token stream. Returns a dict with "model", "main" (summary at
     the training length over n_seqs windows, plus per-head and per-position arrays), "lengths" (summary per
     context length, n_seqs_long windows each) and "maps" (per-layer (H, n, n) weights of the first
-    map_len tokens)."""
+    map_len tokens). With bos_id every window (maps included) starts with that token, as in training."""
     log = log or (lambda *a: print(*a, flush=True))
     device = next(model.parameters()).device
     T = len(tokens)
     N0 = min(model.config.block_size, max_len, T)
     t0 = time.time()
-    main = collect_attention_stats(model, _windows(tokens, N0, n_seqs).to(device), topk=topk)
+    main = collect_attention_stats(model, _windows(tokens, N0, n_seqs, bos_id).to(device), topk=topk)
     log(f"  N={N0} x {main.n_seqs} seqs: {time.time() - t0:.1f}s")
     sweep = {}
     for L in sorted(set(int(x) for x in lengths) | {N0}):
@@ -56,10 +69,10 @@ def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS
             continue
         t0 = time.time()
         st = main if L == N0 and n_seqs_long >= n_seqs else collect_attention_stats(
-            model, _windows(tokens, L, n_seqs_long).to(device), topk=topk)
+            model, _windows(tokens, L, n_seqs_long, bos_id).to(device), topk=topk)
         sweep[L] = st.summary()
         log(f"  length {L}: {time.time() - t0:.1f}s")
-    maps = attention_maps(model, torch.tensor([list(tokens[:min(map_len, T)])], device=device))
+    maps = attention_maps(model, torch.tensor([map_ids(tokens, map_len, bos_id)], device=device))
     return {
         "model": _describe(model),
         "main": {**main.summary(),
@@ -76,8 +89,9 @@ def analyze_model(model, tokens, *, max_len: int = 4096, lengths=DEFAULT_LENGTHS
 def analyze_models(models: dict, out_dir, *, text: str | None = None, tokens: dict | None = None,
                    max_len: int = 4096, lengths=DEFAULT_LENGTHS, n_seqs: int = 4, n_seqs_long: int = 1,
                    map_len: int = 48, topk=DEFAULT_TOPK, source: str = "", command: str = "",
-                   log=None) -> dict:
+                   log=None, bos_ids: dict | None = None) -> dict:
     """Analyse models = {name: (model, tokenizer)} on the same text and write the report.
+    bos_ids = {name: id or None}: the fixed first token of each model's windows (see analyze_model).
 
     Give either `text` (encoded with each model's tokenizer) or `tokens` = {name: token ids}.
     Figures: sparsity_heatmap.png, sparsity_vs_position.png, sink_alpha1_heatmap.png,
@@ -94,11 +108,12 @@ def analyze_models(models: dict, out_dir, *, text: str | None = None, tokens: di
             ids = tok.encode(text)
         else:
             raise ValueError("give text or tokens")
-        log(f"[analyze] {name}: {len(ids)} tokens")
+        bos = (bos_ids or {}).get(name)
+        log(f"[analyze] {name}: {len(ids)} tokens" + (f", first token {bos}" if bos is not None else ""))
         r = analyze_model(model, ids, max_len=max_len, lengths=lengths, n_seqs=n_seqs, n_seqs_long=n_seqs_long,
-                          map_len=map_len, topk=topk, log=log)
+                          map_len=map_len, topk=topk, log=log, bos_id=bos)
         if tok is not None:
-            r["map_tokens"] = [tok.decode([t]) for t in ids[:map_len]]
+            r["map_tokens"] = [tok.decode([t]) for t in map_ids(ids, map_len, bos)]
         res[name] = r
     figs = write_figures(res, out)
     summary = {name: {k: v for k, v in r.items() if k != "maps"} for name, r in res.items()}

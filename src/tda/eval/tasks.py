@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..data import ensure_bundled_data, load_long_documents, load_meta
 from ..models.checkpoint import load_checkpoint
+from .bos import checkpoint_bos_id
 
 TASKS = ("passkey", "extrapolation", "survivors", "all")
 print = functools.partial(print, flush=True)  # noqa: A001  (progress lines appear while long jobs run)
@@ -75,22 +76,23 @@ def evaluate_checkpoint(checkpoint, out_dir, s: EvalSettings, command: str = "")
     if s.task == "survivors":
         raise ValueError("--task survivors takes no checkpoint")
     model, tok = load_checkpoint(checkpoint, device=s.device)  # checked before --out is created
+    bos_id = checkpoint_bos_id(checkpoint, tok)  # windows start with the trained first token, if any
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_len = model.config.block_size
     lengths = list(s.lengths) if s.lengths else [int(round(f * train_len)) for f in s.factors]
-    result = {"checkpoint": str(checkpoint), "train_len": train_len, "command": command}
+    result = {"checkpoint": str(checkpoint), "train_len": train_len, "bos_id": bos_id, "command": command}
     if s.task in ("passkey", "all"):
-        result["passkey"] = _eval_passkey(s, model, tok, lengths, out)
+        result["passkey"] = _eval_passkey(s, model, tok, lengths, out, bos_id)
     if s.task in ("extrapolation", "all"):
-        result["extrapolation"] = _eval_extrapolation(s, model, tok, train_len, lengths, out)
+        result["extrapolation"] = _eval_extrapolation(s, model, tok, train_len, lengths, out, bos_id)
     path = out / f"eval_{s.task}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"[eval] wrote {path}")
     return path
 
 
-def _eval_passkey(s: EvalSettings, model, tok, lengths, out):
+def _eval_passkey(s: EvalSettings, model, tok, lengths, out, bos_id=None):
     from . import plots
     from .passkey import passkey_accuracy
 
@@ -106,7 +108,8 @@ def _eval_passkey(s: EvalSettings, model, tok, lengths, out):
                 if ntk:
                     model.set_rope_scaling(max(1.0, L / train_len))
                 try:
-                    r = passkey_accuracy(model, tok, [L], trials=s.trials, n_needles=n, seed=s.seed)
+                    r = passkey_accuracy(model, tok, [L], trials=s.trials, n_needles=n, seed=s.seed,
+                                         bos_id=bos_id)
                 finally:
                     if ntk:
                         model.set_rope_scaling(model.config.rope_scaling)
@@ -120,7 +123,7 @@ def _eval_passkey(s: EvalSettings, model, tok, lengths, out):
     return {"trials": s.trials, "runs": runs}
 
 
-def _eval_extrapolation(s: EvalSettings, model, tok, train_len, lengths, out):
+def _eval_extrapolation(s: EvalSettings, model, tok, train_len, lengths, out, bos_id=None):
     from . import plots
     from .extrapolation import extrapolation_perplexity
 
@@ -131,7 +134,7 @@ def _eval_extrapolation(s: EvalSettings, model, tok, train_len, lengths, out):
     for ntk in s.scalings:
         key = "NTK RoPE" if ntk else "no scaling"
         r = extrapolation_perplexity(model, docs, train_len, factors=factors, rope_scaling=ntk,
-                                     max_windows=s.max_windows, token_budget=s.token_budget)
+                                     max_windows=s.max_windows, token_budget=s.token_budget, bos_id=bos_id)
         res["runs"][key] = r
         for x in r["results"]:
             print(f"[extrapolation] {key} length {x['length']}: ppl {x['ppl']:.2f} (tail {x['ppl_tail']:.2f}, "
