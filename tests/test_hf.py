@@ -7,9 +7,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-import tda.hf  # noqa: E402  (registers the Auto classes)
 from tda.models.config import GPTConfig  # noqa: E402
 from tda.data.tokenizer import load_tokenizer  # noqa: E402
+# importing tda.hf registers the Auto classes
 from tda.hf import TDAConfig, TDAForCausalLM, export_checkpoint, to_hf_tokenizer  # noqa: E402
 from tda.layers import ATTENTION  # noqa: E402
 from tda.models import GPT, KVCache  # noqa: E402

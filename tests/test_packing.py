@@ -9,7 +9,7 @@ from tda.models.config import GPTConfig
 from tda.data.dataset import ShardedBatchSampler, TokenDataset, cu_seqlens_from_starts, document_starts
 from tda.layers import ATTENTION, RotaryEmbedding
 from tda.models.gpt import GPT
-from tda.ops import threshold_differential_attention, threshold_rectified_attention
+from tda.ops import threshold_differential_attention
 from tda.ops.varlen import (PackedDocuments, check_cu_seqlens, positions_from_cu_seqlens,
                             threshold_differential_attention_varlen, threshold_rectified_attention_varlen,
                             varlen_reference)

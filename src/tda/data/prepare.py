@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .sources import PROSE_SOURCES, SOURCES, Document, default_data_root, load_corpus, parse_sources, source_versions
-from .tokenizer import BUNDLED_TOKENIZER, Tokenizer, load_tokenizer, train_bpe
+from .tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
     "prepare", "prepare_documents", "prepare_bundled", "ensure_bundled_data", "default_data_dir",

