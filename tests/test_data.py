@@ -14,7 +14,8 @@ from tda.data import (
     ShardedBatchSampler, TokenDataset, Tokenizer, ensure_bundled_data, get_batch, load_long_documents, load_meta,
     load_tokenizer, open_split, prepare_bundled, prepare_documents, train_bpe,
 )
-from tda.data.sources import Document, strip_brown_tags, strip_gutenberg_boilerplate
+from tda.data.sources import Document
+from tda.data.text import strip_brown_tags, strip_gutenberg_boilerplate
 
 network = pytest.mark.skipif(os.environ.get("TDA_NETWORK_TESTS") != "1", reason="set TDA_NETWORK_TESTS=1")
 
@@ -256,10 +257,9 @@ def test_debian_source_fetch(tmp_path):
 
 # -- more sources: cleaners, readers on local fixtures, deduplication ---------------------------
 
-from tda.data.sources import (  # noqa: E402
-    SOURCES, dedup_documents, email_body, gcide_entries, html_to_text, load_source, parse_sources, pod_to_text,
-    wordnet_glosses,
-)
+from tda.data.dedup import dedup_documents  # noqa: E402
+from tda.data.sources import SOURCES, load_source, parse_sources  # noqa: E402
+from tda.data.text import email_body, gcide_entries, html_to_text, pod_to_text, wordnet_glosses  # noqa: E402
 
 
 def test_parse_sources():

