@@ -235,6 +235,16 @@ def draw_starts(rng: np.random.Generator, size: int, block_size: int, bounds: tu
     return lo + rng.integers(0, hi - lo - block_size)
 
 
+def check_sampler_args(batch_size: int, rank: int, world_size: int) -> None:
+    """The arguments every batch sampler shares, checked with their names."""
+    if world_size < 1:
+        raise ValueError(f"world_size: must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: must be in [0, {world_size}), got {rank}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+
+
 class ShardedBatchSampler:
     """Deterministic random windows for data-parallel training, resumable by step.
 
@@ -253,12 +263,7 @@ class ShardedBatchSampler:
                  rank: int = 0, world_size: int = 1, disjoint: bool = True,
                  ranges: dict[str, tuple[int, int]] | None = None, weights: dict[str, float] | None = None,
                  bos_id: int | None = None):
-        if world_size < 1:
-            raise ValueError(f"world_size: must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank: must be in [0, {world_size}), got {rank}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        check_sampler_args(batch_size, rank, world_size)
         self.ds = dataset
         self.batch_size = batch_size
         self.block_size = block_size or dataset.block_size

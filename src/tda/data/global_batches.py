@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .dataset import TokenDataset, _to_device, draw_starts, weighted_segments
+from .dataset import TokenDataset, _to_device, check_sampler_args, draw_starts, weighted_segments
 
 __all__ = ["GlobalBatchSampler"]
 
@@ -31,12 +31,7 @@ class GlobalBatchSampler:
                  rank: int = 0, world_size: int = 1, grad_accum: int = 1,
                  ranges: dict[str, tuple[int, int]] | None = None, weights: dict[str, float] | None = None,
                  bos_id: int | None = None):
-        if world_size < 1:
-            raise ValueError(f"world_size: must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank: must be in [0, {world_size}), got {rank}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        check_sampler_args(batch_size, rank, world_size)
         if grad_accum < 1:
             raise ValueError(f"grad_accum: must be >= 1, got {grad_accum}")
         self.ds = dataset
