@@ -1,8 +1,47 @@
 import os
 
+import pytest
 import torch
 
 # The fused Triton kernels run on a CPU only under Triton's interpreter, and triton reads this when the
 # kernels are defined: set it before any test module imports them (tests/test_triton_kernels.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# A 1-layer run of 4 steps on the bundled corpus: the training config the CLI tests start from.
+TINY_RUN_YAML = """
+data_dir: {data}
+out_dir: {out}
+model: {{vocab_size: 4096, block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}}
+batch_size: 4
+max_steps: 4
+warmup_steps: 1
+eval_interval: 2
+eval_iters: 1
+log_interval: 2
+ckpt_interval: 2
+device: cpu
+progress: false
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run_yaml():
+    return TINY_RUN_YAML
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the CPU is shared (no OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def bundled_dir(tmp_path_factory):
+    """The bundled corpus slice, prepared once per test session."""
+    from tda.data import ensure_bundled_data
+    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")

@@ -5,50 +5,22 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tda.cli import build_parser, main
 from tda.train.config import load_config
 from tda.train.demo import demo_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
-TINY = """
-data_dir: {data}
-out_dir: {out}
-model: {{vocab_size: 4096, block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}}
-batch_size: 4
-max_steps: 4
-warmup_steps: 1
-eval_interval: 2
-eval_iters: 1
-log_interval: 2
-ckpt_interval: 2
-device: cpu
-progress: false
-"""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster when the CPU is shared (no OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
-def bundled_dir(tmp_path_factory):
-    from tda.data import ensure_bundled_data
-    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
-
-
-@pytest.fixture(scope="module")
-def tiny_config(bundled_dir, tmp_path_factory):
+def tiny_config(bundled_dir, tiny_run_yaml, tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     p = d / "tiny.yaml"
-    p.write_text(TINY.format(data=bundled_dir, out=d / "run"))
+    p.write_text(tiny_run_yaml.format(data=bundled_dir, out=d / "run"))
     return p
 
 

@@ -16,21 +16,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
 
-TINY = """
-data_dir: {data}
-out_dir: {out}
-model: {{vocab_size: 4096, block_size: 32, n_layer: 1, n_head: 2, n_embd: 32}}
-batch_size: 4
-max_steps: 4
-warmup_steps: 1
-eval_interval: 2
-eval_iters: 1
-log_interval: 2
-ckpt_interval: 2
-device: cpu
-progress: false
-"""
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -39,7 +24,7 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_run_yaml):
     """A real run folder (4 steps of a 1-layer model on the bundled corpus): last.pt, best.pt, metrics.jsonl,
     and the config that made it."""
     from tda.data import ensure_bundled_data
@@ -48,7 +33,7 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     data = ensure_bundled_data(d / "bundled")
     cfg_path = d / "tiny.yaml"
-    cfg_path.write_text(TINY.format(data=data, out=d / "run"))
+    cfg_path.write_text(tiny_run_yaml.format(data=data, out=d / "run"))
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

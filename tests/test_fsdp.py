@@ -18,19 +18,7 @@ from tda.models.checkpoint import load_checkpoint, read_checkpoint
 from tda.train.config import TrainConfig
 from tda.train.loop import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def bundled_dir(tmp_path_factory):
-    from tda.data import ensure_bundled_data
-    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODEL = {"vocab_size": 4096, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}

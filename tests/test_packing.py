@@ -14,13 +14,7 @@ from tda.ops.varlen import (PackedDocuments, check_cu_seqlens, positions_from_cu
                             threshold_differential_attention_varlen, threshold_rectified_attention_varlen,
                             varlen_reference)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cu(lengths):

@@ -19,20 +19,7 @@ from tda.train.config import TrainConfig, apply_overrides, load_config, parse_va
 from tda.train.loop import train
 from tda.train.schedule import lr_at
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster when the CPU is shared (no OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def bundled_dir(tmp_path_factory):
-    from tda.data import ensure_bundled_data
-    return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data_dir, out_dir, **kw):
