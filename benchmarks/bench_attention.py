@@ -16,6 +16,7 @@ tda.ops.triton.config).
     PYTHONPATH=src python benchmarks/bench_attention.py --out new.json
     PYTHONPATH=src python benchmarks/bench_attention.py --out exp.json --config num_stages=4,group=2
     python benchmarks/bench_attention.py --compare old.json new.json --table table.md
+    python benchmarks/bench_attention.py --compare old1.json,old2.json new1.json,new2.json   (best of runs)
 """
 from __future__ import annotations
 
@@ -141,12 +142,28 @@ def run(args):
         json.dump(result, f, indent=1)
 
 
+def load_runs(paths):
+    """One or more --out files of the same tree (comma-separated), merged: each row's fastest median. Runs of
+    the old and new trees taken in turn on one machine, each side keeping its best, cancel slow drifts of the
+    GPU (clocks, other tenants) that a single pass would charge to whichever tree ran then."""
+    runs = [json.load(open(p)) for p in paths.split(",")]
+    best = {}
+    for run in runs:
+        for r in run["rows"]:
+            k = (r["op"], r["mode"], r["d"], r["N"])
+            if k not in best or r["ms"] < best[k]["ms"]:
+                best[k] = r
+    return dict(runs[0], rows=list(best.values()), runs=len(runs))
+
+
 def compare(old_path, new_path, table_path=None):
-    """A Markdown table: each row's old and new median, new / old; and the new TDA against softmax."""
-    old, new = (json.load(open(p)) for p in (old_path, new_path))
+    """A Markdown table: each row's old and new median (the fastest over the runs given), new / old; and the
+    new TDA against softmax."""
+    old, new = load_runs(old_path), load_runs(new_path)
     key = lambda r: (r["op"], r["mode"], r["d"], r["N"])  # noqa: E731
     before = {key(r): r["ms"] for r in old["rows"]}
-    lines = [f"device: {new['device']}", f"old: {old['tda']}", f"new: {new['tda']}", "",
+    lines = [f"device: {new['device']}", f"old: {old['tda']} ({old['runs']} runs)",
+             f"new: {new['tda']} ({new['runs']} runs)", "",
              "| op | mode | d | N | B | old ms | new ms | new/old |", "|---|---|---|---|---|---|---|---|"]
     worst, slower = 0.0, 0
     for r in new["rows"]:
@@ -187,7 +204,8 @@ def main():
     ap.add_argument("--tda-only", action="store_true", help="time TDA only (no softmax rows)")
     ap.add_argument("--config", default="", help="KernelConfig fields to override on the table's row, e.g. "
                     "num_stages=4,unit_keys=false,dkdv_block=64x32")
-    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --out files instead")
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare --out files instead (each side "
+                    "one file or a comma-separated list of runs of one tree: the fastest per row)")
     ap.add_argument("--table", help="with --compare: write the Markdown table here")
     args = ap.parse_args()
     if args.compare:

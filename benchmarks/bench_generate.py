@@ -71,11 +71,18 @@ def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: 
 
 
 def compare_configs(path=COMPARE_CONFIG) -> dict:
-    """attention name -> the GPTConfig that variant trains with in the GPU comparison (parameter-matched)."""
+    """attention name -> the GPTConfig that variant trains with in the GPU comparison (parameter-matched).
+    A variant whose optional package is missing (entmax) is left out: matching its parameters builds it."""
     from tda.train.compare import load_compare_config, variant_config
 
     base, cmp, variants = load_compare_config(path)
-    return {v.attention: variant_config(base, cmp, v).model for v in variants}
+    out = {}
+    for v in variants:
+        try:
+            out[v.attention] = variant_config(base, cmp, v).model
+        except ImportError as e:
+            print(f"# {v.attention}: skipped ({e})")
+    return out
 
 
 def cache_bytes_table(configs: dict, dtype) -> dict:
