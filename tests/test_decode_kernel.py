@@ -337,3 +337,31 @@ def test_gpu_check_script_runs_on_the_interpreter():
     summary = check_decode.check_decode(4, seed=1, device="cpu", log=lines.append)
     assert summary["n"] == 4 and len(lines) == 4
     assert not summary["fails"], lines
+
+
+@pytest.mark.parametrize("two", [True, False])
+def test_max_seqlen_k_bound_gives_the_same_output(two):
+    """max_seqlen_k (the caller's host-side bound, no sync): exact or loose up to the cache size, the kernel
+    plans its splits over more keys but masks each sequence at its own length -- the same output."""
+    g = torch.Generator().manual_seed(5)
+    B, H, Hk, M, S, D = 3, 4, 2, 2, 96, 16
+    lens = [M + 3, 41, 70]
+    k1, k2, v = _caches(g, B, Hk, S, D, D, lens, torch.float64, fill=float("nan"))
+    q1, q2 = (torch.randn(B, H, M, D, generator=g, dtype=torch.float64) for _ in range(2))
+    q1, q2 = _plant(q1, k1, lens, g), _plant(q2, k2, lens, g)
+    want = _run(two, q1, q2, k1, k2, v, 0.6, 0.3, lens, "reference")
+    for backend in ("triton", "reference"):
+        for bound in (max(lens), S):
+            got = _run(two, q1, q2, k1, k2, v, 0.6, 0.3, lens, backend, max_seqlen_k=bound)
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    assert want.abs().sum() > 0
+
+
+def test_max_seqlen_k_bad_values_name_the_argument():
+    g = torch.Generator().manual_seed(6)
+    k1, k2, v = _caches(g, 1, 2, 32, 16, 16, [10], torch.float64)
+    q = torch.randn(1, 2, 2, 16, generator=g, dtype=torch.float64)
+    for bad, match in ((1, "max_seqlen_k must be an int >= 2"), (10.0, "max_seqlen_k must be an int"),
+                       (True, "max_seqlen_k must be an int"), (33, "allocate a longer cache")):
+        with pytest.raises(ValueError, match=match):
+            _run(True, q, q, k1, k2, v, 1.0, 0.5, [10], "triton", max_seqlen_k=bad)

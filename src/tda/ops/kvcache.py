@@ -27,9 +27,10 @@ from .validate import _check_scalar_param, _check_tensor
 BACKENDS = ("auto", "triton", "reference")
 
 
-def _check_cache(qs, caches, new, cache_seqlens):
+def _check_cache(qs, caches, new, cache_seqlens, max_seqlen_k=None):
     """Validate the cache call; returns (B, H, M, D, Hk, S, lengths, longest) with lengths an int64 (B,)
-    tensor of the keys visible to each sequence once the new ones are written and longest its maximum."""
+    tensor of the keys visible to each sequence once the new ones are written and longest its maximum (or
+    the caller's bound max_seqlen_k, which spares the host sync that reads it)."""
     for name, t in (*qs, *caches):
         _check_tensor(name, t)
     (qn, q0), (kn, k0) = qs[0], caches[0]
@@ -66,6 +67,13 @@ def _check_cache(qs, caches, new, cache_seqlens):
             or tuple(cache_seqlens.shape) != (B,)):
         raise ValueError(f"cache_seqlens must be an int or an int32/int64 tensor of shape ({B},)")
     lengths = cache_seqlens.to(device=q0.device, dtype=torch.int64) + (M if any(given) else 0)
+    if max_seqlen_k is not None:  # the caller knows the bound on the host (a model's cache does): no sync
+        if not isinstance(max_seqlen_k, int) or isinstance(max_seqlen_k, bool) or max_seqlen_k < M:
+            raise ValueError(f"max_seqlen_k must be an int >= {M} (the query rows), got {max_seqlen_k!r}")
+        if max_seqlen_k > S:
+            raise ValueError(f"the cache holds {S} positions but max_seqlen_k is {max_seqlen_k}: "
+                             f"allocate a longer cache")
+        return B, H, M, D, Hk, S, lengths, max_seqlen_k
     # one host sync per call for the three bounds (the kernel's grid needs the longest length anyway)
     lo, hi = (int(x) for x in torch.stack([lengths.min(), lengths.max()]).tolist())
     if lo - (M if any(given) else 0) < 0:
@@ -155,19 +163,21 @@ def _needs_grad(*ts):
 def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, *,
                                                   cache_seqlens, k1=None, k2=None, v=None, kappa=1.0,
                                                   p=2.0, normalize_q=True, backend="auto",
-                                                  check_finite=True):
+                                                  check_finite=True, max_seqlen_k=None):
     """TDA over a KV cache (see the module docstring).
 
     q1, q2: (B, H, M, D) raw queries (normalised here unless normalize_q=False); k1_cache, k2_cache:
     (B, Hk, S, D) unit keys; v_cache: (B, Hk, S, Dv); cache_seqlens: int or int32 (B,) valid positions
     per sequence before this call; k1, k2, v: optional (B, Hk, M, .) new raw keys and values, written
-    into the caches in place. Returns (B, H, M, Dv).
+    into the caches in place. max_seqlen_k: optional Python int, at least the keys any sequence sees after
+    the write (at most S); with it the call makes no host sync, and cache_seqlens is trusted as given
+    (not checked against M and S). Returns (B, H, M, Dv).
     """
     _check_backend(backend)
     new = [("k1", k1), ("k2", k2), ("v", v)]
     B, H, M, D, Hk, S, lengths, longest = _check_cache(
         [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
-        new, cache_seqlens)
+        new, cache_seqlens, max_seqlen_k)
     check_options(kappa=kappa, p=p)
     beta = _check_scalar_param("beta", beta, H, q1, check_finite)
     lam = _check_scalar_param("lam", lam, H, q1, check_finite)
@@ -183,12 +193,12 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
 
 def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cache_seqlens, k=None, v=None,
                                                kappa=1.0, p=2.0, normalize_q=True, backend="auto",
-                                               check_finite=True):
+                                               check_finite=True, max_seqlen_k=None):
     """TRA (one view) over a KV cache; arguments as threshold_differential_attention_with_kvcache."""
     _check_backend(backend)
     new = [("k", k), ("v", v)]
     B, H, M, D, Hk, S, lengths, longest = _check_cache([("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)],
-                                              new, cache_seqlens)
+                                              new, cache_seqlens, max_seqlen_k)
     check_options(kappa=kappa, p=p)
     beta = _check_scalar_param("beta", beta, H, q, check_finite)
     if k is not None:

@@ -34,6 +34,7 @@ from .. import reference
 from .common import exceed_pow, inv_norm_rows, load_tau
 from .attention import interpreter_dot_ok
 from .config import interpreting
+from .launch_cache import FastKernel
 
 HEAD_DIMS = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -294,6 +295,12 @@ def _p_mode(p: float) -> int:
     return int(p) if p in (1.0, 2.0, 3.0) else 0
 
 
+# decoding launches the same few specialisations once per layer and token: the launch cache skips Triton's
+# per-call argument binding and kernel lookup (tens of microseconds of host time per launch)
+_split = FastKernel(decode_split_kernel)
+_reduce = FastKernel(decode_reduce_kernel)
+
+
 def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, max_len: int, *, kappa: float,
                      p: float, normalize_q: bool = True, cfg: Optional[DecodeConfig] = None,
                      splits: Optional[int] = None) -> torch.Tensor:
@@ -323,7 +330,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     q2_, k2_, lam_ = (q2, k2_cache, lam) if two else (q1, k1_cache, beta)
     grid = (B * Hk * pl.row_tiles, pl.splits)
     with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
-        decode_split_kernel[grid](
+        _split[grid](
             q1, q2_, k1_cache, k2_, v_cache, lengths, beta, lam_, scale, dst,
             *q1.stride(), *q2_.stride(), *k1_cache.stride(), *k2_.stride(), *v_cache.stride(), *dst_strides,
             beta.stride(0), lam_.stride(0), Hk, M, G, pl.row_tiles, pl.chunk, float(p),
@@ -332,7 +339,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
             PREC="ieee" if q1.dtype in (torch.float32, torch.float64) else "tf32",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if pl.splits > 1:
-            decode_reduce_kernel[(B * H * M,)](
+            _reduce[(B * H * M,)](
                 dst, out, lengths, pl.chunk, H * M, dst.stride(0), *out.stride(), H, M,
                 HEAD_DV=Dv, BLOCK_S=min(16, triton.next_power_of_2(pl.splits)), num_warps=1)
     return out
