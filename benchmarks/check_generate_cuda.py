@@ -5,8 +5,13 @@ For each variant and dtype: two sequences with prompts of different lengths pref
 decoded token by token; the worst relative error of the step logits against one full forward over the same
 tokens, and whether greedy generation with the cache gives the tokens of generation without it.
 
-    PYTHONPATH=src python3 benchmarks/check_generate_cuda.py
+    PYTHONPATH=src python3 benchmarks/check_generate_cuda.py [--variants tda,softmax]
+
+Exits non-zero when a variant fails (an error, or greedy tokens that differ from the uncached path's).
 """
+import argparse
+import sys
+
 import torch
 
 from tda.models.config import GPTConfig
@@ -40,15 +45,25 @@ def check(attention, dtype, n_kv_head=2):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default=",".join(sorted(ATTENTION)), help="comma-separated attention variants")
+    variants = [v for v in ap.parse_args().variants.split(",") if v]
+    unknown = set(variants) - set(ATTENTION)
+    if unknown:
+        ap.error(f"--variants: {sorted(unknown)} not among {sorted(ATTENTION)}")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"{'variant':<14}{'dtype':<10}{'max rel err':>12}  greedy == uncached")
-    for att in sorted(ATTENTION):
+    failed = 0
+    for att in variants:
         for dtype in (torch.float32, torch.bfloat16):
             try:
                 err, same = check(att, dtype)
+                failed += not same
                 print(f"{att:<14}{str(dtype)[6:]:<10}{err:>12.2e}  {same}", flush=True)
             except Exception as e:  # report every variant, not just the first failure
+                failed += 1
                 print(f"{att:<14}{str(dtype)[6:]:<10}  FAILED: {type(e).__name__}: {e}", flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
