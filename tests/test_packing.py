@@ -67,9 +67,57 @@ def test_varlen_matches_dense_reference_fwd_bwd(case, views):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+# documents spanning several length buckets (16, 32, 64), in two rows, grouped-query
+BUCKET_ROWS = [[1, 20, 3, 40, 16], [17, 33, 2, 0, 28]]
+
+
+@pytest.mark.parametrize("views", [2, 1], ids=["tda", "tra"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_length_buckets_match_dense_reference_fwd_bwd(views, causal):
+    """Padded buckets (causal) or equal-length groups (non-causal), one op call per bucket, scattered back:
+    forward and every gradient equal the dense oracle, which never pads."""
+    lengths = [n for r in BUCKET_ROWS for n in r]
+    N = sum(BUCKET_ROWS[0])
+    q1, k1, q2, k2, v, beta, lam = inputs(2, 4, 2, N, 8, seed=3)
+    kw = dict(cu_seqlens=cu(lengths), causal=causal)
+    if views == 2:
+        args = (q1, k1, q2, k2, v, beta, lam)
+        out = threshold_differential_attention_varlen(*args, max_seqlen=max(lengths), **kw)
+        ref = varlen_reference(*args, **kw)
+    else:
+        args = (q1, k1, v, beta)
+        out = threshold_rectified_attention_varlen(*args, max_seqlen=max(lengths), **kw)
+        ref = varlen_reference(q1, k1, None, None, v, beta, None, **kw)
+    assert (ref != 0).float().mean() > 0.3 and (ref == 0).any()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads(out, args), grads(ref, args)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_one_op_call_per_bucket(monkeypatch):
+    """The documents of a bucket share one call of the op: 9 documents of 5 distinct bucket sizes -> 3 calls
+    when causal (16, 32, 64), one per distinct length when not."""
+    import tda.ops.varlen as varlen
+    calls = []
+    real = varlen.threshold_rectified_attention
+
+    def counting(q, *a, **kw):
+        calls.append(tuple(q.shape))
+        return real(q, *a, **kw)
+    monkeypatch.setattr(varlen, "threshold_rectified_attention", counting)
+    lengths = [n for r in BUCKET_ROWS for n in r]
+    q, k, _, _, v, beta, _ = inputs(2, 2, 2, sum(BUCKET_ROWS[0]), 8)
+    threshold_rectified_attention_varlen(q, k, v, beta, cu_seqlens=cu(lengths), max_seqlen=40)
+    assert sorted(calls) == [(2, 2, 64, 8), (3, 2, 32, 8), (4, 2, 16, 8)]
+    calls.clear()
+    threshold_rectified_attention_varlen(q, k, v, beta, cu_seqlens=cu(lengths), max_seqlen=40, causal=False)
+    assert len(calls) == len({n for n in lengths if n})
+
+
 def test_each_document_restarts_positions_and_sees_only_itself():
-    """Document k of the packed output = the plain op on that document alone (position 0 at its start);
-    the unpacked op on the same tokens differs (tau and the keys of earlier documents)."""
+    """Document k of the packed output = the plain op on that document alone (position 0 at its start), up
+    to fp64 summation order (the packed path runs it padded, with others of its length bucket); the unpacked
+    op on the same tokens differs (tau and the keys of earlier documents)."""
     lengths = [4, 1, 9, 6]
     q1, k1, q2, k2, v, beta, lam = inputs(1, 2, 2, sum(lengths), 8)
     out = threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, cu_seqlens=cu(lengths),
@@ -78,20 +126,21 @@ def test_each_document_restarts_positions_and_sees_only_itself():
     for n in lengths:
         sl = (slice(None), slice(None), slice(s, s + n))
         alone = threshold_differential_attention(q1[sl], k1[sl], q2[sl], k2[sl], v[sl], beta, lam)
-        torch.testing.assert_close(out[sl], alone, rtol=0, atol=0)
+        torch.testing.assert_close(out[sl], alone, rtol=1e-12, atol=1e-14)
         s += n
     whole = threshold_differential_attention(q1, k1, q2, k2, v, beta, lam)
     assert not torch.allclose(out[:, :, 5:], whole[:, :, 5:])
 
 
 def test_varlen_triton_backend_matches_reference():
-    """backend="triton" runs the fused kernel once per document (under TRITON_INTERPRET=1 on a CPU)."""
+    """backend="triton" runs the fused kernel once per length bucket (under TRITON_INTERPRET=1 on a CPU): here
+    buckets 16 and 32, each padded."""
     pytest.importorskip("triton")
-    lengths = [1, 4, 0, 7]
+    lengths = [1, 20, 0, 7]
     args = inputs(1, 2, 1, sum(lengths), 16, dtype=torch.float32)
     if torch.cuda.is_available():
         args = tuple(t.detach().cuda().requires_grad_() for t in args)
-    out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=7, backend="triton")
+    out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=20, backend="triton")
     ref = varlen_reference(*args, cu_seqlens=cu(lengths))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads(out, args), grads(ref, args)):
@@ -227,7 +276,7 @@ def test_packed_window_logits_equal_each_document_alone(attention):
     torch.testing.assert_close(model(x, cu_seqlens=cu([N, N]), max_seqlen=N), model(x), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel per document)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel per length bucket)")
 @pytest.mark.parametrize("attention", ["tda", "tra", "softmax"])
 def test_packed_model_on_cuda_matches_documents_alone(attention):
     torch.manual_seed(0)

@@ -16,9 +16,14 @@ and sees only the keys of its own document, causally:
 so a packed batch gives, token for token, what each document run alone gives. k and v have as many
 tokens as q (no KV cache here); they may have fewer heads (grouped-query).
 
-Implementation: one call of the public op per document (on CUDA the fused kernel per document), forward
-and backward through autograd. `varlen_reference` is an independent dense oracle: one masked T x T
-computation with per-token positions (O(T^2) memory; tests and small inputs only).
+Implementation: documents are grouped by length into buckets (causal: lengths rounded up to a power of two,
+at least 16; non-causal: equal lengths only), each bucket gathered into one padded (n_docs, H, L_pad, D)
+batch and run through one call of the public op (on CUDA the fused kernel), then scattered back; forward
+and backward through autograd. Causal padding at the end of a document is invisible to its real rows (a key
+after a row is never seen), and padded rows are dropped, so each document gets what it gets run alone (up
+to summation order). Windows of 1024 tokens thus cost at most 7 launches per layer however many documents
+they hold, at the price of at most 2x padded tokens. `varlen_reference` is an independent dense oracle: one
+masked T x T computation with per-token positions (O(T^2) memory; tests and small inputs only).
 """
 from __future__ import annotations
 
@@ -108,12 +113,61 @@ class PackedDocuments:
         return ((j <= i[None, :, None]) & (j >= start))[:, None]
 
 
-def _documents(bounds: list[int], N: int):
-    """(row, start, end) in row-local token indices for each non-empty document."""
-    for s, e in zip(bounds, bounds[1:]):
-        if e > s:
-            b = s // N
-            yield b, s - b * N, e - b * N
+def _documents(bounds: list[int]):
+    """(start, length) in flat token indices (b * N + n) for each non-empty document."""
+    return [(s, e - s) for s, e in zip(bounds, bounds[1:]) if e > s]
+
+
+MIN_BUCKET = 16  # the kernels' smallest query tile: shorter padding would not save work
+
+
+def _bucket(length: int, causal: bool) -> int:
+    """The padded length a document runs at: the next power of two (>= MIN_BUCKET) when causal, else its own
+    (without causality, padded keys would be seen)."""
+    if not causal:
+        return length
+    return max(MIN_BUCKET, 1 << (length - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Gather / scatter indices for one cu_seqlens: per bucket, `gather` (n_docs * L_pad,) flat token indices
+    (padding repeats the document's last token) and `keep` the positions of the real rows among them;
+    `order` (B * N,) maps each token to its row in the buckets' concatenated outputs."""
+    buckets: tuple  # ((L_pad, gather, keep), ...)
+    order: torch.Tensor
+
+
+_PLAN_CACHE: dict = {}
+
+
+def _plan(bounds: list[int], causal: bool, device) -> _Plan:
+    """Built on the host once per batch (every layer and the backward reuse it), moved to `device`."""
+    key = (tuple(bounds), causal, str(device))
+    plan = _PLAN_CACHE.get(key)
+    if plan is not None:
+        return plan
+    groups: dict[int, list] = {}
+    for start, length in _documents(bounds):
+        groups.setdefault(_bucket(length, causal), []).append((start, length))
+    buckets, dests = [], []
+    for L_pad, docs in sorted(groups.items()):
+        starts = torch.tensor([d[0] for d in docs], dtype=torch.int64)
+        lengths = torch.tensor([d[1] for d in docs], dtype=torch.int64)
+        r = torch.arange(L_pad, dtype=torch.int64)
+        real = r[None, :] < lengths[:, None]                                      # (n, L_pad)
+        gather = starts[:, None] + torch.minimum(r[None, :], lengths[:, None] - 1)
+        keep = real.reshape(-1).nonzero().squeeze(1)
+        dests.append(gather.reshape(-1)[keep])
+        buckets.append((L_pad, gather.reshape(-1).to(device), keep.to(device)))
+    dest = torch.cat(dests)
+    order = torch.empty_like(dest)
+    order[dest] = torch.arange(dest.numel())
+    plan = _Plan(tuple(buckets), order.to(device))
+    if len(_PLAN_CACHE) >= 8:
+        _PLAN_CACHE.clear()
+    _PLAN_CACHE[key] = plan
+    return plan
 
 
 def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, normalize_qk, backend,
@@ -122,13 +176,19 @@ def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, 
     if Nk != N:
         raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
     bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
-    rows: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    for b, s, e in _documents(bounds, N):
-        sl = (slice(b, b + 1), slice(None), slice(s, e))
-        rows[b].append(fn(*(t[sl] for _, t in qs), *(t[sl] for _, t in ks), v[sl], *params, kappa=kappa, p=p,
-                          causal=causal, position_offset=0, normalize_qk=normalize_qk, backend=backend,
-                          check_finite=check_finite))
-    return torch.cat([torch.cat(r, dim=2) if len(r) > 1 else r[0] for r in rows], dim=0)
+    plan = _plan(bounds, causal, v.device)
+    # (B, h, N, d) -> (B * N, h, d): tokens first, so a bucket is one index_select
+    flat = [t.transpose(1, 2).reshape(B * N, t.shape[1], t.shape[3]) for t in [x for _, x in qs] +
+            [x for _, x in ks] + [v]]
+    outs = []
+    for L_pad, gather, keep in plan.buckets:
+        n = gather.numel() // L_pad
+        parts = [t.index_select(0, gather).view(n, L_pad, t.shape[1], t.shape[2]).transpose(1, 2) for t in flat]
+        out = fn(*parts, *params, kappa=kappa, p=p, causal=causal, position_offset=0,
+                 normalize_qk=normalize_qk, backend=backend, check_finite=check_finite)   # (n, H, L_pad, Dv)
+        outs.append(out.transpose(1, 2).reshape(n * L_pad, H, -1).index_select(0, keep))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return out.index_select(0, plan.order).view(B, N, H, -1).transpose(1, 2)
 
 
 def threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, max_seqlen, kappa=1.0,
