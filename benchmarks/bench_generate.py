@@ -8,7 +8,7 @@ checkpoint is given per variant (--checkpoint tda=runs/compare-gpu/tda/last.pt .
 time to the first token (prefill) and generated tokens/s over the whole call (B * new / seconds) and over
 decoding alone. Median of --repeats timed calls after one warm-up call.
 
-    PYTHONPATH=src python3 benchmarks/bench_generate.py --device cuda --out docs/results/generate.json
+    PYTHONPATH=src python3 benchmarks/bench_generate.py --device cuda --cuda-graph --out generate.json
     PYTHONPATH=src python3 benchmarks/bench_generate.py --device cpu --smoke        (tiny model, seconds)
 
 `end_to_end(model, batch, prompt_len, new_tokens)` is the measurement, importable by other benchmarks
@@ -28,7 +28,7 @@ import torch
 from tda.models.config import GPTConfig
 from tda.layers import ATTENTION
 from tda.models import GPT, KVCache
-from tda.models.generate import decode_one, prefill, sample
+from tda.models.generate import GraphedDecodeStep, decode_one, prefill, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE_CONFIG = ROOT / "configs" / "compare-gpu.yaml"
@@ -41,13 +41,20 @@ def _sync(device):
 
 
 @torch.no_grad()
-def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: int = 3, seed: int = 0) -> dict:
+def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: int = 3, seed: int = 0,
+               cuda_graph: bool = False) -> dict:
     """Greedy generation of `new_tokens` after random prompts of `prompt_len` tokens, `batch` sequences, over
-    one preallocated KV cache: median prefill seconds, decode seconds and tokens/s (all B rows counted)."""
+    one preallocated KV cache: median prefill seconds, decode seconds and tokens/s (all B rows counted).
+    cuda_graph: decode steps replay a CUDA graph captured once beforehand (as a server captures at start-up;
+    the capture is not timed)."""
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(seed)
     prompts = list(torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device))
     cache = KVCache.for_model(model, batch, prompt_len + new_tokens)
+    step = lambda t: decode_one(model, cache, t)  # noqa: E731
+    if cuda_graph:
+        prefill(model, cache, prompts)
+        step = GraphedDecodeStep(model, cache)
 
     def once():
         _sync(device)
@@ -56,7 +63,7 @@ def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: 
         _sync(device)
         t1 = time.perf_counter()
         for _ in range(new_tokens - 1):
-            tok = sample(decode_one(model, cache, tok), temperature=0)
+            tok = sample(step(tok), temperature=0)
         _sync(device)
         return t1 - t0, time.perf_counter() - t1
 
@@ -67,7 +74,7 @@ def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: 
     return {"batch": batch, "prompt": prompt_len, "new": new_tokens, "prefill_s": pre, "decode_s": dec,
             "tokens_per_s": batch * new_tokens / (pre + dec),
             "decode_tokens_per_s": batch * (new_tokens - 1) / dec if new_tokens > 1 else None,
-            "cache_bytes_per_token": cache.bytes_per_token()}
+            "cache_bytes_per_token": cache.bytes_per_token(), "cuda_graph": cuda_graph}
 
 
 def compare_configs(path=COMPARE_CONFIG) -> dict:
@@ -123,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="VARIANT=PATH",
                     help="trained weights for a variant (repeatable)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time every row with decode steps replayed from a CUDA graph (CUDA only)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -149,10 +158,12 @@ def main(argv=None):
     for att in variants:
         model = load_model(configs[att], ckpts.get(att), args.device, dtype)
         for b in batches:
-            row = {"variant": att, **end_to_end(model, b, prompt, new, repeats=args.repeats)}
-            result["rows"].append(row)
-            print(f"{att:<14}{b:>6}{row['prefill_s'] * 1e3:>12.1f}{row['tokens_per_s']:>10.1f}"
-                  f"{row['decode_tokens_per_s'] or 0:>14.1f}{row['cache_bytes_per_token']:>15,}", flush=True)
+            for graph in (False, True) if args.cuda_graph else (False,):
+                row = {"variant": att, **end_to_end(model, b, prompt, new, repeats=args.repeats, cuda_graph=graph)}
+                result["rows"].append(row)
+                name = att + ("+graph" if graph else "")
+                print(f"{name:<14}{b:>6}{row['prefill_s'] * 1e3:>12.1f}{row['tokens_per_s']:>10.1f}"
+                      f"{row['decode_tokens_per_s'] or 0:>14.1f}{row['cache_bytes_per_token']:>15,}", flush=True)
         del model
     print("\nKV-cache bytes per token (all layers):")
     for att, n in sorted(result["cache_bytes_per_token"].items()):

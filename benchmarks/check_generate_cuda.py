@@ -3,7 +3,8 @@ GPU paths: fused prefill kernels, fused RoPE, SDPA with a key mask, the cached T
 
 For each variant and dtype: two sequences with prompts of different lengths prefilled into one cache, then
 decoded token by token; the worst relative error of the step logits against one full forward over the same
-tokens, and whether greedy generation with the cache gives the tokens of generation without it.
+tokens, whether greedy generation with the cache gives the tokens of generation without it, and whether
+decode steps replayed from a CUDA graph (cuda_graph=True) give the eager path's tokens.
 
     PYTHONPATH=src python3 benchmarks/check_generate_cuda.py [--variants tda,softmax]
 
@@ -40,8 +41,14 @@ def check(attention, dtype, n_kv_head=2):
             ref = full[b][n + t]
             worst = max(worst, ((logits[b] - ref).norm() / ref.norm()).item())
     x = seqs[0][None, :64]
-    same = torch.equal(model.generate(x, 32, temperature=0), model.generate(x, 32, temperature=0, use_cache=False))
-    return worst, same
+    eager = model.generate(x, 32, temperature=0)
+    same = torch.equal(eager, model.generate(x, 32, temperature=0, use_cache=False))
+    # decode steps replayed from one CUDA graph (static decoding): the eager path's tokens, for prompts of
+    # two lengths in one batch
+    prompts = [seqs[0][:37], seqs[1][:64]]
+    graphed = model.generate(prompts, 32, temperature=0, cuda_graph=True)
+    same_graph = all(torch.equal(a, b) for a, b in zip(graphed, model.generate(prompts, 32, temperature=0)))
+    return worst, same, same_graph
 
 
 def main():
@@ -52,14 +59,14 @@ def main():
     if unknown:
         ap.error(f"--variants: {sorted(unknown)} not among {sorted(ATTENTION)}")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'variant':<14}{'dtype':<10}{'max rel err':>12}  greedy == uncached")
+    print(f"{'variant':<14}{'dtype':<10}{'max rel err':>12}  greedy == uncached  CUDA graph == eager")
     failed = 0
     for att in variants:
         for dtype in (torch.float32, torch.bfloat16):
             try:
-                err, same = check(att, dtype)
-                failed += not same
-                print(f"{att:<14}{str(dtype)[6:]:<10}{err:>12.2e}  {same}", flush=True)
+                err, same, same_graph = check(att, dtype)
+                failed += not (same and same_graph)
+                print(f"{att:<14}{str(dtype)[6:]:<10}{err:>12.2e}  {str(same):<18}  {same_graph}", flush=True)
             except Exception as e:  # report every variant, not just the first failure
                 failed += 1
                 print(f"{att:<14}{str(dtype)[6:]:<10}  FAILED: {type(e).__name__}: {e}", flush=True)

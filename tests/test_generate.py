@@ -51,6 +51,37 @@ def test_cached_logits_match_full_forward(attention, n_kv_head):
 
 
 @pytest.mark.parametrize("attention", VARIANTS)
+def test_static_decoding_matches_full_forward_without_host_reads(attention, monkeypatch):
+    """cache.static = True (what a CUDA graph of the decode step runs): every layer attends over the whole
+    cache with device-side lengths; the step logits equal the full forward's, and no call reads the lengths
+    on the host (Tensor.tolist / item would sync a CUDA stream)."""
+    model = tiny(attention, 2)
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(0, 61, (n,), generator=g) for n in (20, 26)]
+    prompt_lens = [6, 13]
+    full = [model(s[None])[0] for s in seqs]
+    cache = model.new_cache(2, 40)
+    for b, (s, n) in enumerate(zip(seqs, prompt_lens)):
+        model(s[None, :n], cache=cache.row(b))
+    cache.static = True
+    seqlens = cache.seqlens
+
+    def no_host_read(self, *a, **kw):
+        if self is seqlens or self.data_ptr() == seqlens.data_ptr():
+            raise AssertionError("static decoding read the cache lengths on the host")
+        return real_tolist(self, *a, **kw)
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
+    for t in range(10):
+        step = torch.stack([s[n + t] for s, n in zip(seqs, prompt_lens)])[:, None]
+        logits = model(step, cache=cache)[:, 0]
+        for b, n in enumerate(prompt_lens):
+            assert rel(logits[b], full[b][n + t]) < 1e-5, (attention, b, t)
+    monkeypatch.undo()
+    assert cache.seqlens.tolist() == [n + 10 for n in prompt_lens]
+
+
+@pytest.mark.parametrize("attention", VARIANTS)
 def test_greedy_tokens_equal_uncached_and_per_prompt(attention):
     model = tiny(attention, 2, seed=3)
     g = torch.Generator().manual_seed(2)
@@ -211,3 +242,25 @@ def test_sample_loop_slides_past_the_context_without_the_cache():
     assert len(texts[0]) == 60 and "without the KV cache" in err.getvalue()
     with pytest.raises(ValueError, match="use_cache=False"):
         model.generate(torch.zeros(1, 1, dtype=torch.long), 60)
+
+
+def test_cuda_graph_needs_cuda_and_the_cache():
+    model = tiny("tda", 2)
+    ids = torch.randint(0, 61, (1, 4))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graph=True needs the model and its KV cache on a CUDA device"):
+            model.generate(ids, 3, temperature=0, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True needs use_cache=True"):
+        model.generate(ids, 3, temperature=0, cuda_graph=True, use_cache=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture)")
+@pytest.mark.parametrize("attention", ["tda", "tra", "softmax"])
+def test_cuda_graph_gives_the_eager_tokens(attention):
+    model = tiny(attention, 2).cuda()
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 61, (n,), generator=g).cuda() for n in (7, 12)]
+    eager = model.generate(prompts, 16, temperature=0)
+    graphed = model.generate(prompts, 16, temperature=0, cuda_graph=True)
+    for a, b in zip(eager, graphed):
+        assert torch.equal(a, b)

@@ -4,6 +4,7 @@
                                      the same length) through the plain causal path -- on CUDA the fused
                                      kernels -- writing every layer's cache; returns each prompt's last logits
     decode_one(model, cache, tok)    one forward of a (B, 1) step over the cache; returns (B, vocab) logits
+    GraphedDecodeStep(model, cache)  decode_one captured once in a CUDA graph and replayed (cuda_graph=True)
     sample(logits, ...)              temperature, top-k, nucleus (top-p); temperature 0 is greedy
 
 Prompts of different lengths share one batch: each is prefilled alone into its row of the cache, and the
@@ -96,6 +97,46 @@ def decode_one(model, cache: KVCache, tokens):
     return model(tokens[:, None], cache=cache)[:, -1]
 
 
+class GraphedDecodeStep:
+    """decode_one(model, cache, tokens) captured in a CUDA graph, for a fixed model, cache and batch size.
+
+    An eager decode step is bound by the host: it launches every layer's kernels one by one from Python, and
+    the GPU waits. Replaying a graph launches the whole step at once. The step runs in static decoding
+    (KVCache.static: every layer attends over the whole cache with device-side lengths, no host sync), so
+    one capture serves every later step; seqlens advance on the device inside the graph. Two warm-up steps
+    (compiling the kernels) run on a side stream before the capture, after which the cache's lengths are
+    restored: what they wrote past the lengths is overwritten before any step reads it.
+    """
+
+    def __init__(self, model, cache: KVCache):
+        if cache.seqlens.device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError("cuda_graph=True needs the model and its KV cache on a CUDA device")
+        self.cache = cache
+        self.tokens = torch.zeros(cache.batch_size, dtype=torch.long, device=cache.seqlens.device)
+        saved = cache.seqlens.clone()
+        cache.static = True
+        try:
+            side = torch.cuda.Stream(device=cache.seqlens.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    decode_one(model, cache, self.tokens)
+            torch.cuda.current_stream().wait_stream(side)
+            cache.seqlens.copy_(saved)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = decode_one(model, cache, self.tokens)
+            cache.seqlens.copy_(saved)
+        finally:
+            cache.static = False
+
+    def __call__(self, tokens):
+        """(B,) tokens appended to the cached sequences -> (B, vocab) logits (a buffer the next call reuses)."""
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
 @torch.no_grad()
 def _uncached_logits(model, seqs):
     """Next-token logits from a full forward over each sequence's last block_size tokens (no cache)."""
@@ -108,13 +149,18 @@ def _uncached_logits(model, seqs):
 @torch.no_grad()
 def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True,
-           generator: torch.Generator | None = None, max_seqlen: int | None = None, cache: KVCache | None = None):
+           generator: torch.Generator | None = None, max_seqlen: int | None = None, cache: KVCache | None = None,
+           cuda_graph: bool = False):
     """Yield (B,) tensors: the token each sequence takes at each step, as soon as it is sampled.
 
     With eos_id, a sequence that produced it yields eos_id from then on, and the stream ends when every
     sequence has. use_cache=False re-runs the last block_size tokens at every step (the reference path).
-    max_seqlen (default: the cache's length, else config.block_size) bounds prompt + new tokens."""
+    max_seqlen (default: the cache's length, else config.block_size) bounds prompt + new tokens.
+    cuda_graph=True (CUDA, with the cache) decodes through a GraphedDecodeStep: the same tokens, without
+    the host's per-layer launch work."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
+    if cuda_graph and not use_cache:
+        raise ValueError("cuda_graph=True needs use_cache=True (the graph replays a cached decode step)")
     device = next(model.parameters()).device
     prompts, _ = as_prompts(input_ids, device)
     B, longest = len(prompts), max(p.numel() for p in prompts)
@@ -135,6 +181,7 @@ def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_
         if cache is None:
             cache = KVCache.for_model(model, B, limit)
         logits = prefill(model, cache, prompts)
+        step_fn = GraphedDecodeStep(model, cache) if cuda_graph else (lambda t: decode_one(model, cache, t))
     else:
         seqs = list(prompts)
         logits = _uncached_logits(model, seqs)
@@ -148,7 +195,7 @@ def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_
         if (eos_id is not None and bool(finished.all())) or step + 1 == max_new_tokens:
             return
         if use_cache:
-            logits = decode_one(model, cache, nxt)
+            logits = step_fn(nxt)
         else:
             seqs = [torch.cat([s, t[None]]) for s, t in zip(seqs, nxt)]
             logits = _uncached_logits(model, seqs)

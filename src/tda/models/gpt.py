@@ -116,8 +116,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def _cache_step(self, input_ids, position_offset, cache):
-        """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ; per-layer
-        views of the cache) for one cached call; one host read of the lengths per call."""
+        """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ or the cache is
+        static; per-layer views of the cache) for one cached call; one host read of the lengths per call,
+        none in static decoding."""
         B, N = input_ids.shape
         if position_offset != 0:
             raise ValueError("position_offset must be 0 with a cache: positions come from cache.seqlens")
@@ -126,6 +127,8 @@ class GPT(nn.Module):
                              f"build a KVCache per batch size (KVCache.for_model(model, {B}, max_seqlen))")
         if len(cache.layers) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
+        if cache.static:  # no host read: positions stay on the device (the caller checked the capacity)
+            return cache.seqlens, [cache.layer(i, None, N) for i in range(len(self.blocks))]
         lengths = tuple(cache.seqlens.tolist())
         if max(lengths) + N > cache.max_seqlen:
             raise ValueError(f"cache holds {cache.max_seqlen} positions per sequence; {max(lengths)} cached + "
@@ -168,14 +171,16 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, max_seqlen: int | None = None, cache=None):
+                 generator: torch.Generator | None = None, max_seqlen: int | None = None, cache=None,
+                 cuda_graph: bool = False):
         """Sample continuations; see tda.models.generate.generate (temperature 0 = greedy).
 
         input_ids: a (B, N) tensor (returns (B, N + T), rows that stopped at eos_id padded with eos_id) or
-        a list of prompts of any lengths (returns a list of 1-D tensors, prompt + new tokens through eos)."""
+        a list of prompts of any lengths (returns a list of 1-D tensors, prompt + new tokens through eos).
+        cuda_graph=True (CUDA): decode steps replay one captured CUDA graph (generate.GraphedDecodeStep)."""
         return _generate.generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p, eos_id=eos_id, use_cache=use_cache, generator=generator,
-                                  max_seqlen=max_seqlen, cache=cache)
+                                  max_seqlen=max_seqlen, cache=cache, cuda_graph=cuda_graph)
 
     @torch.no_grad()
     def generate_stream(self, input_ids, max_new_tokens: int, **kwargs):

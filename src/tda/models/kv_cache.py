@@ -6,6 +6,12 @@ raw k and v. A buffer is (B, Hk, S, D); `seqlens[b]` counts the positions of seq
 written. One model call with cache writes its M new positions at seqlens[b] .. seqlens[b] + M - 1 of
 every layer, then advances seqlens by M; query row r of sequence b sits at absolute position
 seqlens[b] + r (the position RoPE and the TDA threshold tau see).
+
+Static decoding (`cache.static = True`): a model call reads nothing of the lengths on the host. Every write
+scatters at the device-side seqlens, and every layer attends over the whole cache with a per-sequence key
+mask (TDA's decode kernel with the cache size as its bound). Shapes then stay fixed from step to step and
+nothing syncs, which is what capturing the decode step in a CUDA graph needs
+(tda.models.generate.GraphedDecodeStep). The caller guarantees that the new positions fit.
 """
 from __future__ import annotations
 
@@ -20,29 +26,33 @@ class LayerCache:
 
     buffers: name -> (B, Hk, S, D) storage of this layer (views into the KVCache's tensors);
     seqlens: (B,) int32 positions written before this call (on the buffers' device);
-    lengths: the same on the host; n_new: M, the positions this call appends.
+    lengths: the same on the host, or None in static decoding (see the module docstring);
+    n_new: M, the positions this call appends.
     """
     buffers: dict
     seqlens: torch.Tensor
-    lengths: tuple
+    lengths: tuple | None
     n_new: int
 
     @property
     def fresh(self) -> bool:
         """True when every sequence starts from an empty cache: plain causal attention over the new tokens
-        is then the whole computation (the prefill path, fused kernels included)."""
-        return all(n == 0 for n in self.lengths)
+        is then the whole computation (the prefill path, fused kernels included). Never in static decoding."""
+        return self.lengths is not None and all(n == 0 for n in self.lengths)
 
     @property
     def end(self) -> int:
-        """Positions any sequence can see after this call's write (the buffers are read up to here)."""
+        """Positions any sequence can see after this call's write (the buffers are read up to here): the
+        whole cache in static decoding."""
+        if self.lengths is None:
+            return next(iter(self.buffers.values())).shape[2]
         return max(self.lengths) + self.n_new
 
     def write(self, **new):
         """Store new (B, Hk, M, D) tensors in place at each sequence's next M positions."""
         for name, t in new.items():
             buf = self.buffers[name]
-            if len(set(self.lengths)) == 1:
+            if self.lengths is not None and len(set(self.lengths)) == 1:
                 c = self.lengths[0]
                 buf[:, :, c:c + self.n_new] = t.to(buf.dtype)
             else:
@@ -79,6 +89,7 @@ class KVCache:
         self.layers = [{name: torch.zeros(batch_size, h, max_seqlen, d, dtype=dtype, device=device)
                         for name, (h, d) in layer.items()} for layer in shapes]
         self.seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.static = False  # static decoding (module docstring): fixed shapes, no host read of the lengths
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_seqlen: int, *, dtype=None, device=None) -> "KVCache":
@@ -115,6 +126,7 @@ class KVCache:
         view = object.__new__(KVCache)
         view.layers = [{n: t[b:b + 1] for n, t in layer.items()} for layer in self.layers]
         view.seqlens = self.seqlens[b:b + 1]
+        view.static = self.static
         return view
 
     def reorder_cache(self, order):
@@ -126,7 +138,7 @@ class KVCache:
         self.seqlens = self.seqlens.index_select(0, order)
         return self
 
-    def layer(self, i: int, lengths: tuple, n_new: int) -> LayerCache:
+    def layer(self, i: int, lengths: tuple | None, n_new: int) -> LayerCache:
         return LayerCache(self.layers[i], self.seqlens, lengths, n_new)
 
     def advance(self, n: int):
