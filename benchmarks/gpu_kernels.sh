@@ -16,7 +16,6 @@
 # About 8-9 minutes on an H100 (most of it Triton compiling the kernel variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${OLD_SRC:?set OLD_SRC to the src folder of the old tree (see the header)}"
 OUT="${OUT:-gpu-kernels-out}"
 CHECK_N="${CHECK_N:-400}"
 SHARDS="${SHARDS:-16}"
@@ -47,6 +46,7 @@ EOF
 fi
 
 if [ "$ROUNDS" -gt 0 ]; then
+  : "${OLD_SRC:?set OLD_SRC to the src folder of the old tree (see the header), or ROUNDS=0 for the check alone}"
   echo "== 2. bench_attention.py: old tree ($OLD_SRC) and this tree in turn, $ROUNDS rounds"
   olds=() news=()
   for r in $(seq 1 "$ROUNDS"); do
