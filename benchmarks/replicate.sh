@@ -21,9 +21,11 @@
 #       perplexity at 1-8x the training length with and without NTK scaling): eval-<name>/; both packed
 #       into $OUT/replicate-eval.tar.gz (a call returns at most 8 files), plus $OUT/eval.log
 #    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs.
-# 4) Anywhere, on the rows that came back:
+# 4) Anywhere, on the rows that came back (with each session's replicate-eval.tar.gz renamed
+#    replicate-eval-<session>.tar.gz beside them):
 #        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
-#    -> results.md (mean and seed spread per variant) and loss_curves.png (matplotlib)
+#    -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
+#       run) and loss_curves.png (matplotlib); the survivor simulation runs here (CPU, seconds)
 #
 # The short all-variants comparison on the prose corpus (configs/compare-gpu.yaml, one call):
 #        bash benchmarks/replicate.sh prepare-prose        # here: data/gpt2 (GPT-2 prose, ~16 MB) + data/pylib
@@ -151,11 +153,23 @@ eval)
 
 report)
     rows=${1:?usage: replicate.sh report DIR_WITH_ROWS [OUT_DIR]}
-    python3 benchmarks/replicate_report.py "$rows" --out "${2:-$rows}" --config "$CONFIG"
+    res=${2:-$rows}
+    mkdir -p "$res"
+    # every replicate-eval.tar.gz beside the rows (one per session), unpacked, and the survivor simulation
+    evals=()
+    for t in "$rows"/replicate-eval*.tar.gz; do
+        [[ -f "$t" ]] || continue
+        d="$res/eval/$(basename "$t" .tar.gz)"
+        mkdir -p "$d" && tar -xzf "$t" -C "$d"
+        evals+=("$d")
+    done
+    [[ -f "$res/survivors/survivors.json" ]] || python3 -m tda.cli eval --task survivors --out "$res/survivors"
+    python3 benchmarks/replicate_report.py "$rows" --out "$res" --config "$CONFIG" \
+        --survivors "$res/survivors/survivors.json" ${evals[@]+--eval "${evals[@]}"}
     ;;
 
 *)
-    sed -n '2,38p' "$0"
+    sed -n '2,40p' "$0"
     exit 2
     ;;
 esac

@@ -1,12 +1,21 @@
-"""Table and loss curves of the replication runs (benchmarks/replicate.sh report).
+"""Table, loss curves and the paper's claims for the replication runs (benchmarks/replicate.sh report).
 
     python benchmarks/replicate_report.py DIR [--out OUT_DIR] [--config configs/replicate.yaml]
+        [--eval EVAL_DIR ...] [--survivors survivors.json]
 
 DIR holds the rows `s<SEED>-<VARIANT>.json` that `replicate.sh train` copies out of each run (the
-compare.json of tda.train.compare). Writes OUT_DIR/results.md: one row per run, then per variant the mean
-and the seed spread (min..max and the standard deviation over seeds) of validation loss, exact zeros,
-first-token sink ratio and tokens/s, each difference to softmax beside the softmax seeds' spread; and
-OUT_DIR/loss_curves.png (train and validation loss of every run, matplotlib).
+compare.json of tda.train.compare). Each EVAL_DIR is an unpacked replicate-eval.tar.gz of `replicate.sh eval`
+(analysis/summary.json, eval-<run>/eval_all.json); several merge (one per session). survivors.json comes
+from `tda eval --task survivors --out DIR` (a simulation: no checkpoint, runs on a CPU).
+
+Writes OUT_DIR/results.md:
+- the claims, one by one (tda.eval.claims: paper, here, verdict);
+- per variant the mean and the seed spread (min..max and the standard deviation over seeds) of validation
+  loss, exact zeros, first-token sink ratio and tokens/s, each difference to softmax beside the softmax
+  seeds' spread;
+- one row per run.
+
+It also writes OUT_DIR/loss_curves.png, the train and validation loss of every run (matplotlib).
 """
 from __future__ import annotations
 
@@ -16,9 +25,26 @@ import re
 import statistics
 from pathlib import Path
 
+from tda.eval.claims import claims_table, passkey_at
 from tda.train.compare import markdown_table, plot_curves
 
 ROW = re.compile(r"s(\d+)-(.+)\.json$")
+EVAL_RUN = re.compile(r"eval-s(\d+)-(.+)$")
+
+
+def load_eval(dirs: list[Path]) -> tuple[dict, dict]:
+    """(merged analysis summaries {run: ...}, passkey {variant: [(correct, trials) at 4K per run]})."""
+    summary, passkey = {}, {}
+    for d in dirs:
+        f = d / "analysis" / "summary.json"
+        if f.exists():
+            summary.update(json.loads(f.read_text()))
+        for e in sorted(d.glob("eval-*/eval_all.json")):
+            m = EVAL_RUN.match(e.parent.name)
+            hit = passkey_at(json.loads(e.read_text()))
+            if m and hit is not None:
+                passkey.setdefault(m.group(2), []).append(hit)
+    return summary, passkey
 
 
 def load_rows(d: Path) -> list[dict]:
@@ -79,13 +105,21 @@ def main(argv=None) -> int:
     ap.add_argument("rows", type=Path)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--config", default="configs/replicate.yaml")
+    ap.add_argument("--eval", type=Path, nargs="*", default=[], help="unpacked replicate-eval folders")
+    ap.add_argument("--survivors", type=Path, default=None, help="survivors.json of tda eval --task survivors")
     a = ap.parse_args(argv)
     out = a.out or a.rows
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(a.rows)
+    summary, passkey = load_eval(a.eval)
+    survivors = json.loads(a.survivors.read_text()) if a.survivors else None
     text = "\n".join([
         "# Replication: softmax vs TDA and the other attention families", "",
         f"Config: `{a.config}`; one run per variant and seed (`bash benchmarks/replicate.sh train VARIANT SEED`).", "",
+        "## The paper's claims", "",
+        claims_table(rows, summary or None, passkey, survivors), "",
+        "Verdict rules: `tda.eval.claims` (a difference is real beyond 2 standard errors over seeds; "
+        "passkey by 95% Wilson intervals).", "",
         "## Per variant (mean ± standard deviation over seeds [min..max])", "",
         summary_table(rows), "",
         "## Per run", "",

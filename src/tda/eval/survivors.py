@@ -179,9 +179,9 @@ def survivor_experiment(dims=(32, 64, 128), betas=(1.0,), kappas=(1.0, 4.0), max
                     "exact_consensus": expected_consensus(pos, d, beta, kappa).tolist(),
                     "bound_single": survivor_bound(pos, beta, kappa).tolist(),
                     "bound_consensus": consensus_bound(pos, beta, kappa).tolist(),
-                    "direct": {k: np.asarray(v).tolist() for k, v in
-                               simulate_direct(direct_pos, d, beta, kappa, direct_trials, seed).items()},
-                    "binomial": {k: np.asarray(v).tolist() for k, v in
-                                 simulate_binomial(pos, d, beta, kappa, binomial_trials, seed).items()},
+                    "direct": {"trials": direct_trials, **{k: np.asarray(v).tolist() for k, v in
+                               simulate_direct(direct_pos, d, beta, kappa, direct_trials, seed).items()}},
+                    "binomial": {"trials": binomial_trials, **{k: np.asarray(v).tolist() for k, v in
+                                 simulate_binomial(pos, d, beta, kappa, binomial_trials, seed).items()}},
                 })
     return results

@@ -1,0 +1,136 @@
+"""The claim-by-claim verdicts of tda.eval.claims, and the replication report that prints them."""
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tda.eval import claims
+from tda.eval.survivors import survivor_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(**losses):
+    """Train rows {variant: [val loss per seed]} -> the row dicts the report reads."""
+    return [{"variant": v, "seed": s + 1, "val_loss": x} for v, xs in losses.items() for s, x in enumerate(xs)]
+
+
+def test_val_loss_verdict_follows_the_seed_spread():
+    parity = claims.val_loss_claim(rows(tda=[3.50, 3.52], softmax=[3.51, 3.53]))
+    assert parity["verdict"].startswith("agree: no difference")
+    lower = claims.val_loss_claim(rows(tda=[3.40, 3.401], softmax=[3.50, 3.501]))
+    assert lower["verdict"].startswith("agree: TDA lower")
+    higher = claims.val_loss_claim(rows(tda=[3.60, 3.601], softmax=[3.50, 3.501]))
+    assert higher["verdict"].startswith("disagree")
+    one_seed = claims.val_loss_claim(rows(tda=[3.4], softmax=[3.5, 3.6]))
+    assert one_seed["verdict"].startswith("not testable") and "3.4000" in one_seed["ours"]
+
+
+def test_zero_sink_and_passkey_verdicts():
+    assert claims.zeros_claim({"tda": [0.995, 0.993], "rela": [0.9], "entmax": [0.5]})["verdict"] == \
+        "agree: order tda > rela > entmax"
+    assert claims.zeros_claim({"tda": [0.995, 0.98]})["verdict"].startswith("disagree: TDA below 99%")
+    assert claims.zeros_claim({"tda": [0.995], "rela": [0.2], "entmax": [0.6]})["verdict"].startswith("disagree")
+
+    assert claims.sink_claim({"tda": [0.6], "softmax": [5.0, 7.0]})["verdict"] == "agree: softmax sinks, TDA does not"
+    assert claims.sink_claim({"tda": [0.6], "softmax": [0.7]})["verdict"].startswith("not testable")
+    assert claims.sink_claim({"tda": [3.0], "softmax": [5.0]})["verdict"].startswith("disagree")
+
+    assert claims.passkey_claim({"tda": [(0, 50)], "softmax": [(0, 50)]})["verdict"].startswith("not testable")
+    assert claims.passkey_claim({"tda": [(20, 50), (18, 50)], "softmax": [(1, 50), (2, 50)]})["verdict"] \
+        .startswith("agree")
+    assert claims.passkey_claim({"tda": [(8, 50)], "softmax": [(5, 50)]})["verdict"].startswith("no resolvable")
+
+
+def test_wilson_interval():
+    lo, hi = claims.wilson(0, 50)
+    assert lo == 0.0 and 0.06 < hi < 0.08           # the rule of three's neighbourhood: 3 / 50 = 0.06
+    lo, hi = claims.wilson(25, 50)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def survivors():
+    return {"results": survivor_experiment(dims=(32,), kappas=(1.0, 4.0), max_i=1023, direct_max_i=63,
+                                           direct_trials=60, binomial_trials=400)}
+
+
+def test_survivor_theorems_hold_in_the_simulation_and_a_broken_bound_is_caught(survivors):
+    assert claims.survivors_claim(survivors)["verdict"] == "agree"
+    broken = copy.deepcopy(survivors)   # a bound below the exact expectation at one position
+    r = broken["results"][0]
+    r["bound_single"][12] = 0.9 * r["exact_single"][12]
+    assert claims.survivors_claim(broken)["verdict"] == "disagree"
+    off = copy.deepcopy(survivors)   # a Monte-Carlo estimate far from the exact expectation
+    off["results"][1]["binomial"]["single_mean"][5] += 1.0
+    assert claims.survivors_claim(off)["verdict"] == "disagree"
+
+
+def test_passkey_at_reads_eval_all():
+    eval_all = {"passkey": {"trials": 50, "runs": {"needles=1": {"lengths": [1024, 4096], "accuracy": [0.5, 0.12]}}}}
+    assert claims.passkey_at(eval_all) == (6, 50)
+    assert claims.passkey_at(eval_all, 8192) is None
+
+
+MICRO = """\
+data_dir: {data}
+out_dir: {out}
+seed: {seed}
+batch_size: 2
+max_steps: 3
+warmup_steps: 1
+eval_interval: 3
+eval_iters: 1
+log_interval: 1
+ckpt_interval: 0
+progress: false
+device: cpu
+model:
+  vocab_size: 4096
+  block_size: 32
+  n_layer: 1
+  n_head: 2
+  n_embd: 32
+compare:
+  variants: [softmax, tda]
+  stats_seqs: 1
+  multiple_of: 1
+"""
+
+
+def test_replication_report_writes_the_claims(tmp_path, survivors, bundled_dir):
+    """Rows of two real micro comparisons (seeds 1 and 2), a passkey result per variant and the simulation:
+    results.md opens with the claims table, every verdict computed from those numbers."""
+    from tda.train.compare import compare
+    spec = importlib.util.spec_from_file_location("replicate_report", ROOT / "benchmarks" / "replicate_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows_dir = tmp_path / "rows"
+    rows_dir.mkdir()
+    for seed in (1, 2):
+        cfg = tmp_path / f"micro{seed}.yaml"
+        cfg.write_text(MICRO.format(data=bundled_dir, out=tmp_path / f"runs{seed}", seed=seed))
+        compare(cfg, results_dir=tmp_path / f"res{seed}", log=lambda *a: None)
+        for r in json.loads((tmp_path / f"res{seed}" / "results.json").read_text()):
+            (rows_dir / f"s{seed}-{r['name']}.json").write_text(json.dumps(r))
+    ev = tmp_path / "eval"
+    for name, acc in (("s1-tda", 0.3), ("s1-softmax", 0.0)):
+        (ev / f"eval-{name}").mkdir(parents=True)
+        (ev / f"eval-{name}" / "eval_all.json").write_text(json.dumps(
+            {"passkey": {"trials": 50, "runs": {"needles=1": {"lengths": [4096], "accuracy": [acc]}}}}))
+    (tmp_path / "survivors.json").write_text(json.dumps(survivors))
+    assert report.main([str(rows_dir), "--out", str(tmp_path / "out"), "--eval", str(ev),
+                        "--survivors", str(tmp_path / "survivors.json")]) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    table = text[text.index("## The paper's claims"):text.index("## Per variant")]
+    losses = {v: [json.loads((rows_dir / f"s{s}-{v}.json").read_text())["val_loss"] for s in (1, 2)]
+              for v in ("tda", "softmax")}
+    want = claims.val_loss_claim([{"variant": v, "val_loss": x} for v, xs in losses.items() for x in xs])
+    assert f"| {want['ours']} | {want['verdict']} |" in table
+    assert "| more than 99% exact zeros (TDA > ReLA > entmax) |" in table and "softmax 0.00%" in table
+    assert "passkey retrieval at 4K | TDA 15% vs softmax 6% | tda 30% of 50" in table
+    assert "| survivor theorems (expected survivors under the bounds) |" in table and table.rstrip().count(
+        "| agree |") == 1
+    assert (tmp_path / "out" / "loss_curves.png").stat().st_size > 0
