@@ -202,6 +202,19 @@ def _block(acc, start, hi, q1, rq1, q2, rq2, tau, lam, pos, k1_base, k2_base, v_
 
 
 @triton.jit
+def _query_tile(Q, b, h, r, sqb, sqh, sqm, sqd, offs_d, row_ok, NORM_Q: tl.constexpr, EPS2: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One view's query rows of the tile (padding rows 0) and their inverse norms (1 when the caller passes
+    unit queries)."""
+    q = tl.load(Q + (b * sqb + h * sqh + r * sqm)[:, None] + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+    if NORM_Q:
+        rq = inv_norm_rows(q, EPS2, ACC)
+    else:
+        rq = tl.full([BLOCK_R], 1.0, ACC)
+    return q, rq
+
+
+@triton.jit
 def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
                         sq1b, sq1h, sq1m, sq1d, sq2b, sq2h, sq2m, sq2d,
                         sk1b, sk1h, sk1n, sk1d, sk2b, sk2h, sk2n, sk2d,
@@ -231,21 +244,11 @@ def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
         pos = tl.where(row_ok, L - M + r, -1)  # absolute position; -1: a padding row sees no key
         offs_d = tl.arange(0, HEAD_D)
         tau = load_tau(BETA, SCALE, h, s_beta, 0, tl.maximum(pos, 0), row_ok, True, TAU_F64)
-        q1 = tl.load(Q1 + (b * sq1b + h * sq1h + r * sq1m)[:, None] + offs_d[None, :] * sq1d,
-                     mask=row_ok[:, None], other=0.0)
-        if NORM_Q:
-            rq1 = inv_norm_rows(q1, EPS2, ACC)
-        else:
-            rq1 = tl.full([BLOCK_R], 1.0, ACC)
+        q1, rq1 = _query_tile(Q1, b, h, r, sq1b, sq1h, sq1m, sq1d, offs_d, row_ok, NORM_Q, EPS2, ACC, BLOCK_R)
         k1_base = K1 + b * sk1b + hk.to(tl.int64) * sk1h
         v_base = V + b * svb + hk.to(tl.int64) * svh
         if TWO:
-            q2 = tl.load(Q2 + (b * sq2b + h * sq2h + r * sq2m)[:, None] + offs_d[None, :] * sq2d,
-                         mask=row_ok[:, None], other=0.0)
-            if NORM_Q:
-                rq2 = inv_norm_rows(q2, EPS2, ACC)
-            else:
-                rq2 = tl.full([BLOCK_R], 1.0, ACC)
+            q2, rq2 = _query_tile(Q2, b, h, r, sq2b, sq2h, sq2m, sq2d, offs_d, row_ok, NORM_Q, EPS2, ACC, BLOCK_R)
             k2_base = K2 + b * sk2b + hk.to(tl.int64) * sk2h
             lam = tl.load(LAM + h * s_lam, mask=row_ok, other=0.0).to(ACC)
         else:
