@@ -9,7 +9,6 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 rope_k = pytest.importorskip("tda.ops.triton.rope")
 
-from tda.layers import common  # noqa: E402
 from tda.layers.common import RotaryEmbedding, split_heads  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,13 +49,10 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     assert not rope_k.supported(torch.randn(1, 1, 4, 12), cos, sin)  # D not a power of two
     x = torch.randn(1, 2, 4, 16)
     assert not rope_k.supported(x[..., ::2].expand(1, 2, 4, 8), cos[:, :8], sin[:, :8])  # gapped strides
-    # the layer takes the kernel on CUDA only (CPU tensors: the torch expression), unless TDA_FUSED_ROPE=0
+    # the layer takes the kernel on CUDA only (CPU tensors: the torch expression)
     calls = []
     monkeypatch.setattr(rope_k, "rope", lambda *a: calls.append(1) or _torch_rope(*a))
     rope = RotaryEmbedding(16, 10000.0, 1.0, 32).to(DEV)
-    rope(x.to(DEV), 2)
-    assert len(calls) == (1 if DEV == "cuda" else 0)
-    monkeypatch.setattr(common, "FUSED_ROPE", False)
     rope(x.to(DEV), 2)
     assert len(calls) == (1 if DEV == "cuda" else 0)
 

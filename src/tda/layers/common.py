@@ -1,15 +1,9 @@
 """Pieces every attention layer shares: RMSNorm and rotary position embeddings."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-# TDA_FUSED_ROPE=0: eager CUDA models rotate with torch ops instead of tda.ops.triton.rope (A/B runs)
-FUSED_ROPE = os.environ.get("TDA_FUSED_ROPE", "1") != "0"
 
 
 def _fused_rope():
@@ -109,7 +103,7 @@ class RotaryEmbedding(nn.Module):
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
         cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
         cos, sin = cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
-        if x.is_cuda and FUSED_ROPE and not torch.compiler.is_compiling():
+        if x.is_cuda and not torch.compiler.is_compiling():
             # eager CUDA: one Triton kernel each way instead of five-plus elementwise passes (compiled models
             # get inductor's fusion of the expression below)
             fused = _fused_rope()
