@@ -4,7 +4,9 @@
 #      reference;
 #   2. benchmarks/check_generate_cuda.py: cached step logits against full forwards, greedy tokens with and
 #      without the cache, and with decode steps replayed from a CUDA graph (every variant, fp32 and bf16);
-#   3. benchmarks/bench_generate.py --cuda-graph: end-to-end tokens/s of the 51M comparison model, TDA
+#   3. the CUDA-only tests (CUDA-graph generation, packed documents through the fused kernel), which skip
+#      on CPU-only CI;
+#   4. benchmarks/bench_generate.py --cuda-graph: end-to-end tokens/s of the 51M comparison model, TDA
 #      against softmax, eager and CUDA-graph decoding, batch 1 and 32.
 # Results (logs, generate.json) go to $OUT (default: ./gpu-serving-out). About 3-4 minutes on an H100.
 #
@@ -18,6 +20,8 @@ rc=0
 python benchmarks/check_decode.py --n 200 --log "$OUT/decode-check.log" > "$OUT/decode-check.out" 2>&1 || rc=1
 tail -n 1 "$OUT/decode-check.out"
 python benchmarks/check_generate_cuda.py 2>&1 | tee "$OUT/check_generate_cuda.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python -m pytest -q -p no:cacheprovider tests/test_generate.py tests/test_packing.py -k cuda 2>&1 | tee "$OUT/pytest-cuda.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_generate.py --device cuda --cuda-graph --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1

@@ -248,8 +248,9 @@ def test_cuda_graph_needs_cuda_and_the_cache():
     model = tiny("tda", 2)
     ids = torch.randint(0, 61, (1, 4))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="cuda_graph=True needs the model and its KV cache on a CUDA device"):
-            model.generate(ids, 3, temperature=0, cuda_graph=True)
+        for n in (1, 3):
+            with pytest.raises(ValueError, match="cuda_graph=True needs the model and its KV cache on a CUDA device"):
+                model.generate(ids, n, temperature=0, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=True needs use_cache=True"):
         model.generate(ids, 3, temperature=0, cuda_graph=True, use_cache=False)
 
@@ -264,3 +265,13 @@ def test_cuda_graph_gives_the_eager_tokens(attention):
     graphed = model.generate(prompts, 16, temperature=0, cuda_graph=True)
     for a, b in zip(eager, graphed):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture)")
+def test_cuda_graph_refuses_a_cache_without_room_for_its_warm_up():
+    from tda.models.generate import GraphedDecodeStep, prefill
+    model = tiny("tda", 2).cuda()
+    cache = model.new_cache(1, 12)
+    prefill(model, cache, [torch.arange(11, device="cuda")])
+    with pytest.raises(ValueError, match="needs 2 free positions"):
+        GraphedDecodeStep(model, cache)

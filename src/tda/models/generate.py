@@ -105,12 +105,19 @@ class GraphedDecodeStep:
     (KVCache.static: every layer attends over the whole cache with device-side lengths, no host sync), so
     one capture serves every later step; seqlens advance on the device inside the graph. Two warm-up steps
     (compiling the kernels) run on a side stream before the capture, after which the cache's lengths are
-    restored: what they wrote past the lengths is overwritten before any step reads it.
+    restored: what they wrote past the lengths is overwritten before any step reads it. They need two free
+    positions past the longest sequence; every replay needs one (the caller keeps within the cache).
     """
+
+    WARMUP = 2
 
     def __init__(self, model, cache: KVCache):
         if cache.seqlens.device.type != "cuda" or not torch.cuda.is_available():
             raise ValueError("cuda_graph=True needs the model and its KV cache on a CUDA device")
+        longest = int(cache.seqlens.max())
+        if longest + self.WARMUP > cache.max_seqlen:
+            raise ValueError(f"cuda_graph=True: the cache holds {cache.max_seqlen} positions and a sequence already "
+                             f"has {longest}; capturing the decode step needs {self.WARMUP} free positions past it")
         self.cache = cache
         self.tokens = torch.zeros(cache.batch_size, dtype=torch.long, device=cache.seqlens.device)
         saved = cache.seqlens.clone()
@@ -119,7 +126,7 @@ class GraphedDecodeStep:
             side = torch.cuda.Stream(device=cache.seqlens.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):
+                for _ in range(self.WARMUP):
                     decode_one(model, cache, self.tokens)
             torch.cuda.current_stream().wait_stream(side)
             cache.seqlens.copy_(saved)
@@ -162,6 +169,8 @@ def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_
     if cuda_graph and not use_cache:
         raise ValueError("cuda_graph=True needs use_cache=True (the graph replays a cached decode step)")
     device = next(model.parameters()).device
+    if cuda_graph and device.type != "cuda":
+        raise ValueError("cuda_graph=True needs the model and its KV cache on a CUDA device")
     prompts, _ = as_prompts(input_ids, device)
     B, longest = len(prompts), max(p.numel() for p in prompts)
     if use_cache:
@@ -181,7 +190,9 @@ def stream(model, input_ids, max_new_tokens: int, temperature: float = 1.0, top_
         if cache is None:
             cache = KVCache.for_model(model, B, limit)
         logits = prefill(model, cache, prompts)
-        step_fn = GraphedDecodeStep(model, cache) if cuda_graph else (lambda t: decode_one(model, cache, t))
+        # a graph pays off over many steps; one new token needs no decode step at all
+        graphed = cuda_graph and max_new_tokens > 1
+        step_fn = GraphedDecodeStep(model, cache) if graphed else (lambda t: decode_one(model, cache, t))
     else:
         seqs = list(prompts)
         logits = _uncached_logits(model, seqs)
