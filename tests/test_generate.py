@@ -275,3 +275,18 @@ def test_cuda_graph_refuses_a_cache_without_room_for_its_warm_up():
     prefill(model, cache, [torch.arange(11, device="cuda")])
     with pytest.raises(ValueError, match="needs 2 free positions"):
         GraphedDecodeStep(model, cache)
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_gpu_generation_check_runs_on_the_cpu(attention):
+    """benchmarks/check_generate_cuda.py's precision criterion (cached error within twice the full forward's
+    error against float64) and greedy check, on a small CPU configuration in fp32 and bf16."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "check_generate_cuda.py"
+    spec = importlib.util.spec_from_file_location("check_generate_cuda", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for dtype in (torch.float32, torch.bfloat16):
+        diff, ratio, same, graph = mod.check(attention, dtype, device="cpu", steps=6, sizes=(64, 40, 50, 20, 31))
+        assert 0 < ratio <= 1.0 and same and graph is None, (dtype, diff, ratio)
