@@ -21,8 +21,8 @@
 #       perplexity at 1-8x the training length with and without NTK scaling): eval-<name>/; both packed
 #       into $OUT/replicate-eval.tar.gz (a call returns at most 8 files), plus $OUT/eval.log
 #    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs.
-# 4) Anywhere, on the rows that came back (with each session's replicate-eval.tar.gz renamed
-#    replicate-eval-<session>.tar.gz beside them):
+# 4) Anywhere, on the rows that came back (with each machine's replicate-eval.tar.gz renamed
+#    replicate-eval-<NAME>.tar.gz beside them):
 #        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
 #    -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
 #       run) and loss_curves.png (matplotlib); the survivor simulation runs here (CPU, seconds)
@@ -155,7 +155,7 @@ report)
     rows=${1:?usage: replicate.sh report DIR_WITH_ROWS [OUT_DIR]}
     res=${2:-$rows}
     mkdir -p "$res"
-    # every replicate-eval.tar.gz beside the rows (one per session), unpacked, and the survivor simulation
+    # every replicate-eval*.tar.gz beside the rows (one per GPU machine), unpacked, and the survivor simulation
     evals=()
     for t in "$rows"/replicate-eval*.tar.gz; do
         [[ -f "$t" ]] || continue

@@ -5,7 +5,7 @@
 
 DIR holds the rows `s<SEED>-<VARIANT>.json` that `replicate.sh train` copies out of each run (the
 compare.json of tda.train.compare). Each EVAL_DIR is an unpacked replicate-eval.tar.gz of `replicate.sh eval`
-(analysis/summary.json, eval-<run>/eval_all.json); several merge (one per session). survivors.json comes
+(analysis/summary.json, eval-<run>/eval_all.json); several merge (one per GPU machine). survivors.json comes
 from `tda eval --task survivors --out DIR` (a simulation: no checkpoint, runs on a CPU).
 
 Writes OUT_DIR/results.md:

@@ -87,7 +87,7 @@ def read_checkpoint(path, device="cpu") -> dict:
         keys = ", ".join(map(str, list(ck)[:5])) + (", ..." if len(ck) > 5 else "")
         raise CheckpointError(f"{p}: not a tda checkpoint (needs 'model' and 'model_config' entries; "
                               f"has {keys or 'none'})")
-    # written before the key existed: trained with the eps of that time, not today's default
+    # written before the key existed: trained with the eps of that time, not the current default
     ck["model_config"].setdefault("head_norm_eps", LEGACY_HEAD_NORM_EPS)
     return ck
 
