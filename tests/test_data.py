@@ -246,7 +246,8 @@ def test_full_prepare_small(tmp_path):
 @network
 def test_debian_source_fetch(tmp_path):
     """`apt-get download` + `dpkg-deb -x` of a small Debian package (needs `apt-get update` done once)."""
-    from tda.data.sources import load_source, source_versions
+    from tda.data.corpus import load_source
+    from tda.data.fetch import source_versions
 
     docs = load_source("wordnet", tmp_path)
     assert len(docs) > 20 and all(d.source == "wordnet" for d in docs)
@@ -258,7 +259,8 @@ def test_debian_source_fetch(tmp_path):
 # -- more sources: cleaners, readers on local fixtures, deduplication ---------------------------
 
 from tda.data.dedup import dedup_documents  # noqa: E402
-from tda.data.sources import SOURCES, load_source, parse_sources  # noqa: E402
+from tda.data.corpus import load_source  # noqa: E402
+from tda.data.sources import SOURCES, parse_sources  # noqa: E402
 from tda.data.text import email_body, gcide_entries, html_to_text, pod_to_text, wordnet_glosses  # noqa: E402
 
 

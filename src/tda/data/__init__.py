@@ -14,7 +14,8 @@ code, with the GPT-2 tokenizer or a trained BPE; `write_shard` cuts a compressed
 from .dataset import ShardedBatchSampler, TokenDataset, get_batch, load_long_documents, load_meta, open_split
 from .prepare import default_data_dir, ensure_bundled_data, prepare, prepare_bundled, prepare_documents
 from .shard import unpack_shards, write_shard
-from .sources import DEFAULT_SOURCES, PROSE_SOURCES, SOURCES, Document, load_corpus, parse_sources
+from .corpus import load_corpus
+from .sources import DEFAULT_SOURCES, PROSE_SOURCES, SOURCES, Document, parse_sources
 from .tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [

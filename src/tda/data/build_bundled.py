@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .prepare import BUNDLED_CORPUS, BUNDLED_DIR
-from .sources import load_corpus
+from .corpus import load_corpus
 from .tokenizer import BUNDLED_TOKENIZER, train_bpe
 
 BUNDLED_SOURCES = ("shakespeare", "gutenberg", "sotu")

@@ -30,7 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .sources import PROSE_SOURCES, SOURCES, Document, default_data_root, load_corpus, parse_sources, source_versions
+from .corpus import load_corpus
+from .fetch import source_versions
+from .sources import PROSE_SOURCES, SOURCES, Document, default_data_root, parse_sources
 from .tokenizer import Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
