@@ -26,6 +26,40 @@ progress: false
 """
 
 
+# `tda compare` on a micro model: a few steps of two variants on the bundled corpus (tests/test_compare.py,
+# tests/test_claims.py); format with data, out, seed, max_steps, ckpt_interval, eval_interval, variants.
+MICRO_COMPARE_YAML = """\
+data_dir: {data}
+out_dir: {out}
+seed: {seed}
+batch_size: 2
+max_steps: {max_steps}
+warmup_steps: 1
+eval_interval: {eval_interval}
+eval_iters: 1
+log_interval: 1
+ckpt_interval: {ckpt_interval}
+progress: false
+device: cpu
+model:
+  vocab_size: 4096
+  block_size: 32
+  n_layer: 1
+  n_head: 2
+  n_embd: 32
+compare:
+  variants: [{variants}]
+  stats_seqs: 1
+  multiple_of: 1
+"""
+
+
+def micro_compare_yaml(data, out, *, seed=1337, max_steps=4, ckpt_interval=2, eval_interval=2,
+                       variants="softmax, rela") -> str:
+    return MICRO_COMPARE_YAML.format(data=data, out=out, seed=seed, max_steps=max_steps, ckpt_interval=ckpt_interval,
+                                     eval_interval=eval_interval, variants=variants)
+
+
 @pytest.fixture(scope="session")
 def tiny_run_yaml():
     return TINY_RUN_YAML

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import micro_compare_yaml
 
 from tda.eval import claims
 from tda.eval.survivors import survivor_experiment
@@ -74,30 +75,6 @@ def test_passkey_at_reads_eval_all():
     assert claims.passkey_at(eval_all, 8192) is None
 
 
-MICRO = """\
-data_dir: {data}
-out_dir: {out}
-seed: {seed}
-batch_size: 2
-max_steps: 3
-warmup_steps: 1
-eval_interval: 3
-eval_iters: 1
-log_interval: 1
-ckpt_interval: 0
-progress: false
-device: cpu
-model:
-  vocab_size: 4096
-  block_size: 32
-  n_layer: 1
-  n_head: 2
-  n_embd: 32
-compare:
-  variants: [softmax, tda]
-  stats_seqs: 1
-  multiple_of: 1
-"""
 
 
 def test_replication_report_writes_the_claims(tmp_path, survivors, bundled_dir):
@@ -111,7 +88,8 @@ def test_replication_report_writes_the_claims(tmp_path, survivors, bundled_dir):
     rows_dir.mkdir()
     for seed in (1, 2):
         cfg = tmp_path / f"micro{seed}.yaml"
-        cfg.write_text(MICRO.format(data=bundled_dir, out=tmp_path / f"runs{seed}", seed=seed))
+        cfg.write_text(micro_compare_yaml(bundled_dir, tmp_path / f"runs{seed}", seed=seed, max_steps=3,
+                                          ckpt_interval=0, eval_interval=3, variants="softmax, tda"))
         compare(cfg, results_dir=tmp_path / f"res{seed}", log=lambda *a: None)
         for r in json.loads((tmp_path / f"res{seed}" / "results.json").read_text()):
             (rows_dir / f"s{seed}-{r['name']}.json").write_text(json.dumps(r))

@@ -8,31 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import micro_compare_yaml
 from tda.train.compare import compare, load_compare_config, markdown_table, parse_variants, variant_config
-
-MICRO = """\
-data_dir: {data}
-out_dir: {out}
-batch_size: 2
-max_steps: 4
-warmup_steps: 1
-eval_interval: 2
-eval_iters: 1
-log_interval: 1
-ckpt_interval: 2
-progress: false
-device: cpu
-model:
-  vocab_size: 4096
-  block_size: 32
-  n_layer: 1
-  n_head: 2
-  n_embd: 32
-compare:
-  variants: [softmax, rela]
-  stats_seqs: 1
-  multiple_of: 1
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +20,7 @@ def data_dir():
 
 def write_cfg(tmp_path, data_dir):
     p = tmp_path / "micro.yaml"
-    p.write_text(MICRO.format(data=data_dir, out=tmp_path / "runs"))
+    p.write_text(micro_compare_yaml(data_dir, tmp_path / "runs"))
     return p
 
 
