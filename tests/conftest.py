@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,3 +82,25 @@ def bundled_dir(tmp_path_factory):
     """The bundled corpus slice, prepared once per test session."""
     from tda.data import ensure_bundled_data
     return ensure_bundled_data(tmp_path_factory.mktemp("data") / "bundled")
+
+
+def has_ptxas() -> bool:
+    """Whether this Triton ships the NVIDIA backend's ptxas (kernels then compile for sm_90 with no GPU)."""
+    try:
+        import triton
+    except ImportError:
+        return False
+    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
+
+
+def run_compiled(code: str, timeout: int = 600) -> dict:
+    """Run `code` in a subprocess with TRITON_INTERPRET unset (under the interpreter @triton.jit builds no
+    compilable kernels) and this checkout's src first on the path; returns the JSON it prints after
+    "RESULT " on its last such line. A non-zero exit fails the calling test with the subprocess's stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src"))
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])

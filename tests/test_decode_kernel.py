@@ -1,10 +1,8 @@
 """The split-KV decode kernel (tda.ops.triton.decode) against the torch path of tda.ops.kvcache, under the
 Triton interpreter on a CPU (tests/conftest.py sets TRITON_INTERPRET=1): random inputs, grouped-query heads,
 per-sequence lengths, M = 1 and M > 1, several split counts, and the skip of survivor-free V blocks."""
-import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from conftest import has_ptxas, run_compiled  # noqa: E402
 from tda.ops import kvcache, reference  # noqa: E402
 from tda.ops.triton import decode  # noqa: E402
 
@@ -309,20 +308,12 @@ print("RESULT " + json.dumps(res))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__import__("triton").__file__), "backends",
-                                                    "nvidia", "bin", "ptxas")),
-                    reason="this Triton build ships no ptxas (no NVIDIA backend)")
+@pytest.mark.skipif(not has_ptxas(), reason="this Triton build ships no ptxas (no NVIDIA backend)")
 def test_gpu_table_compiles_for_sm90():
     """The GPU block table's split kernel compiles for sm_90 (H100/H200) with Triton's bundled ptxas, without
-    register spills and within shared memory for two programs per SM. Runs with TRITON_INTERPRET unset, in a
-    subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    register spills and within shared memory for two programs per SM (in a subprocess without the
+    interpreter)."""
+    res = run_compiled(COMPILE, timeout=900)
     assert len(res) == 10
     for name, use in res.items():
         assert use["stack_local"] == 0, (name, use)

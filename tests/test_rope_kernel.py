@@ -9,6 +9,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 rope_k = pytest.importorskip("tda.ops.triton.rope")
 
+from conftest import has_ptxas, run_compiled  # noqa: E402
 from tda.layers.common import RotaryEmbedding, split_heads  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,22 +61,16 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
 def test_rope_kernel_compiles_for_sm90():
     """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64
     (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
-    import subprocess
-    import sys
-    triton = pytest.importorskip("triton")
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+    if not has_ptxas():
         pytest.skip("this Triton build ships no ptxas")
-    code = ("from tda.ops.triton.sm90 import compile_kernel\n"
+    code = ("import json\n"
+            "from tda.ops.triton.sm90 import compile_kernel\n"
             "from tda.ops.triton.rope import _rope_kernel\n"
+            "n = 0\n"
             "for sign in (1.0, -1.0):\n"
             "    for f64 in (False, True):\n"
             "        k = compile_kernel(_rope_kernel, dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64), 4, 1,\n"
             "                           dtype='fp64' if f64 else 'bf16')\n"
-            "        assert 'st.global' in k.asm['ptx']\n"
-            "print('compiled')\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src"))
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+            "        n += 'st.global' in k.asm['ptx']\n"
+            "print('RESULT ' + json.dumps(n))\n")
+    assert run_compiled(code, timeout=300) == 4

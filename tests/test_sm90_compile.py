@@ -4,16 +4,12 @@ that Triton can lower them for real (layouts, shared memory) -- which the interp
 
 Runs in a subprocess with TRITON_INTERPRET unset (under the interpreter @triton.jit builds no compilable
 kernels)."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-triton = pytest.importorskip("triton")
+from conftest import has_ptxas, run_compiled
 
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+pytest.importorskip("triton")
+
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 
 CODE = """
@@ -26,16 +22,9 @@ print("RESULT " + json.dumps(res))
 """
 
 
-@pytest.mark.skipif(not os.path.exists(PTXAS), reason="this Triton build ships no ptxas (no NVIDIA backend)")
+@pytest.mark.skipif(not has_ptxas(), reason="this Triton build ships no ptxas (no NVIDIA backend)")
 def test_gpu_table_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = run_compiled(CODE)
     # d 64 / 128 x 1K, 4K, 16K keys x (training forward, inference forward, backward)
     assert len(res) == 18, sorted(res)
     for name, r in res.items():
