@@ -20,7 +20,12 @@
 #       entropy / top-k mass vs length up to 8K): analysis/; tda eval per checkpoint (passkey 1K-8K,
 #       perplexity at 1-8x the training length with and without NTK scaling): eval-<name>/; both packed
 #       into $OUT/replicate-eval.tar.gz (a call returns at most 8 files), plus $OUT/eval.log
-#    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs.
+#    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs. Each eval ends with the length-generalisation
+#    form of the passkey test: PASSKEY_FT_STEPS (default 200) fine-tune steps of PASSKEY_FT_BATCH (32) passkey
+#    prompts at the training length, then passkey again at 1-8x.
+#    Or both steps in one call, when the run fits (train cut at TRAIN_TIMEOUT_S=480, evaluation in what is
+#    left of RUN_BUDGET_S=585; the archive is replicate-eval-s<SEED>-<VARIANT>.tar.gz):
+#        bash benchmarks/replicate.sh run tda 1
 # 4) Anywhere, on the rows that came back (with each machine's replicate-eval.tar.gz renamed
 #    replicate-eval-<NAME>.tar.gz beside them):
 #        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
@@ -33,11 +38,12 @@
 #    -> $OUT/compare-gpu/{results.md, results.json, loss_curves.png}, $OUT/compare-gpu.log; COMPARE_CONFIG
 #    picks another config (configs/compare-gpu-long.yaml with COMPARE_TIMEOUT_S=540), COMPARE_TIMEOUT_S
 #    (default 500) stops it in time (the table is rewritten after every variant); extra arguments go to
-#    tda.train.compare (e.g. --variants softmax,tda).
+#    tda compare (e.g. --variants softmax,tda).
 #
 # Environment: REPLICATE_CONFIG (default configs/replicate.yaml), TRAIN_TIMEOUT_S (default 560),
 # EXTRA_SET ("key=value ..." passed as --set to the trainer, e.g. "max_steps=2000 compile=false"),
-# EVAL_DEVICE (default cuda), PASSKEY_TRIALS (default 50), SHARD_MIB / SHARD_PART (prepare).
+# EVAL_DEVICE (default cuda), PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH, EVAL_TAR
+# (archive name, default replicate-eval), SHARD_MIB / SHARD_PART (prepare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${REPLICATE_CONFIG:-configs/replicate.yaml}
@@ -78,7 +84,7 @@ compare)
     start=$(date +%s)
     set +e
     timeout --signal=INT --kill-after=20 "${COMPARE_TIMEOUT_S:-500}" \
-        python3 -m tda.train.compare "${COMPARE_CONFIG:-configs/compare-gpu.yaml}" --results-dir "$RES" "$@" 2>&1 | tee -a "$LOG"
+        python3 -m tda.cli compare "${COMPARE_CONFIG:-configs/compare-gpu.yaml}" --results-dir "$RES" "$@" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     set -e
     echo "compare exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
@@ -116,7 +122,7 @@ train)
     set +e
     # INT lets the trainer stop cleanly; its periodic checkpoints make the next call resume
     timeout --signal=INT --kill-after=20 "${TRAIN_TIMEOUT_S:-560}" \
-        python3 -m tda.train.compare "$CONFIG" --variants "$variant" "${sets[@]}" \
+        python3 -m tda.cli compare "$CONFIG" --variants "$variant" --no-progress "${sets[@]}" \
         --results-dir "runs/replicate/s$seed/results-$variant" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
     set -e
@@ -143,12 +149,29 @@ eval)
         --max-len 8192 --lengths 512 1024 2048 4096 8192 --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
     for i in "${!ckpts[@]}"; do
         python3 -m tda.cli eval "${ckpts[$i]}" --task all --out "$OUT/eval-${names[$i]}" --data-dir "$DATA" \
-            --factors 1 2 4 8 --rope-scaling both --trials "${PASSKEY_TRIALS:-50}" --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
+            --factors 1 2 4 8 --rope-scaling both --trials "${PASSKEY_TRIALS:-50}" --device "${EVAL_DEVICE:-cuda}" \
+            --passkey-finetune "${PASSKEY_FT_STEPS:-200}" --finetune-batch "${PASSKEY_FT_BATCH:-32}" 2>&1 | tee -a "$OUT/eval.log"
     done
     # at most 8 files come back from a call: one archive holds every table, JSON and plot
-    tar -czf "$OUT/replicate-eval.tar.gz" -C "$OUT" analysis $(cd "$OUT" && ls -d eval-* 2>/dev/null)
+    tar -czf "$OUT/${EVAL_TAR:-replicate-eval}.tar.gz" -C "$OUT" analysis $(cd "$OUT" && ls -d eval-* 2>/dev/null)
     rm -rf "$OUT/analysis" "$OUT"/eval-*
     ls -la "$OUT"
+    ;;
+
+run)
+    # train, then evaluate that run in the same call, inside one call's 10 minutes (RUN_BUDGET_S)
+    variant=${1:?usage: replicate.sh run VARIANT SEED}
+    seed=${2:?usage: replicate.sh run VARIANT SEED}
+    start=$(date +%s)
+    rc=0
+    TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-480} bash "$0" train "$variant" "$seed" || rc=$?
+    left=$(( ${RUN_BUDGET_S:-585} - ($(date +%s) - start) ))
+    if [[ $rc -ne 0 || ! -f "runs/replicate/s$seed/$variant/compare.json" ]]; then
+        echo "run $variant seed $seed: training unfinished (exit $rc); the next call resumes it"; exit 1
+    fi
+    echo "run $variant seed $seed: evaluating with ${left} s left"
+    EVAL_ONLY="s$seed-$variant" EVAL_TAR="replicate-eval-s$seed-$variant" \
+        timeout --signal=INT --kill-after=10 "$left" bash "$0" eval
     ;;
 
 report)
@@ -169,7 +192,7 @@ report)
     ;;
 
 *)
-    sed -n '2,40p' "$0"
+    sed -n '2,48p' "$0"
     exit 2
     ;;
 esac

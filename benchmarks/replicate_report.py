@@ -32,19 +32,22 @@ ROW = re.compile(r"s(\d+)-(.+)\.json$")
 EVAL_RUN = re.compile(r"eval-s(\d+)-(.+)$")
 
 
-def load_eval(dirs: list[Path]) -> tuple[dict, dict]:
-    """(merged analysis summaries {run: ...}, passkey {variant: [(correct, trials) at 4K per run]})."""
-    summary, passkey = {}, {}
+def load_eval(dirs: list[Path]) -> tuple[dict, dict, dict]:
+    """(merged analysis summaries {run: ...}, passkey {variant: [(correct, trials) at 4K per run]}, the same
+    for the test after the passkey fine-tune)."""
+    summary, passkey, finetuned = {}, {}, {}
     for d in dirs:
         f = d / "analysis" / "summary.json"
         if f.exists():
             summary.update(json.loads(f.read_text()))
         for e in sorted(d.glob("eval-*/eval_all.json")):
             m = EVAL_RUN.match(e.parent.name)
-            hit = passkey_at(json.loads(e.read_text()))
-            if m and hit is not None:
-                passkey.setdefault(m.group(2), []).append(hit)
-    return summary, passkey
+            res = json.loads(e.read_text())
+            for section, into in (("passkey", passkey), ("passkey_finetuned", finetuned)):
+                hit = passkey_at(res, section=section)
+                if m and hit is not None:
+                    into.setdefault(m.group(2), []).append(hit)
+    return summary, passkey, finetuned
 
 
 def load_rows(d: Path) -> list[dict]:
@@ -111,13 +114,13 @@ def main(argv=None) -> int:
     out = a.out or a.rows
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(a.rows)
-    summary, passkey = load_eval(a.eval)
+    summary, passkey, passkey_ft = load_eval(a.eval)
     survivors = json.loads(a.survivors.read_text()) if a.survivors else None
     text = "\n".join([
         "# Replication: softmax vs TDA and the other attention families", "",
-        f"Config: `{a.config}`; one run per variant and seed (`bash benchmarks/replicate.sh train VARIANT SEED`).", "",
+        f"Config: `{a.config}`; one run per variant and seed (`bash benchmarks/replicate.sh run VARIANT SEED`).", "",
         "## The paper's claims", "",
-        claims_table(rows, summary or None, passkey, survivors), "",
+        claims_table(rows, summary or None, passkey, survivors, passkey_ft), "",
         "Verdict rules: `tda.eval.claims` (a difference is real beyond 2 standard errors over seeds; "
         "passkey by 95% Wilson intervals).", "",
         "## Per variant (mean ± standard deviation over seeds [min..max])", "",

@@ -73,6 +73,19 @@ def test_passkey_at_reads_eval_all():
     eval_all = {"passkey": {"trials": 50, "runs": {"needles=1": {"lengths": [1024, 4096], "accuracy": [0.5, 0.12]}}}}
     assert claims.passkey_at(eval_all) == (6, 50)
     assert claims.passkey_at(eval_all, 8192) is None
+    assert claims.passkey_at(eval_all, section="passkey_finetuned") is None
+    eval_all["passkey_finetuned"] = {"trials": 20, "runs": {"needles=1": {"lengths": [4096], "accuracy": [0.25]}}}
+    assert claims.passkey_at(eval_all, section="passkey_finetuned") == (5, 20)
+
+
+def test_finetuned_passkey_is_its_own_row():
+    rows = [{"variant": v, "seed": s, "val_loss": 3.0 + 0.01 * s} for v in ("tda", "softmax") for s in (1, 2)]
+    plain = claims.claims_table(rows, passkey={"tda": [(0, 50)], "softmax": [(0, 50)]})
+    assert "fine-tune" not in plain
+    both = claims.claims_table(rows, passkey={"tda": [(0, 50)], "softmax": [(0, 50)]},
+                               passkey_finetuned={"tda": [(40, 50)], "softmax": [(5, 50)]})
+    row = next(line for line in both.splitlines() if "fine-tune" in line)
+    assert "agree: TDA above softmax" in row and "tda 80% of 50" in row
 
 
 

@@ -420,3 +420,68 @@ def test_analyze_and_eval_windows_follow_the_checkpoint(tmp_path, monkeypatch, b
         assert seen["stats"][0][0] == ids[:32] and seen["maps"][0] == [ids[:8]]
         assert seen["nll"][0] == docs[0][:129]
         assert tok.decode(seen["passkey"][0]).startswith(passkey.PREFIX) and len(seen["passkey"][0]) <= 128
+
+
+# --- passkey fine-tune (the length-generalisation form of the test) ------------------------------------
+
+
+@pytest.mark.parametrize("bos_id", [None, 256])
+def test_passkey_batch_targets_only_the_answer(bos_id):
+    import random
+    from tda.eval.passkey_finetune import passkey_batch
+    tok = ByteTokenizer()
+    L = 400
+    units = units_for_length(tok, L - 4 - (bos_id is not None))
+    x, y = passkey_batch(tok, units, L, 3, random.Random(0), bos_id=bos_id, pad_id=256)
+    assert x.shape == y.shape == (3, L)
+    for b in range(3):
+        hit = (y[b] != -1).nonzero().flatten()
+        answer = tok.decode(y[b, hit].tolist())
+        assert len(answer) == 6 and answer[0] == " " and answer[1:].isdigit()
+        assert (hit == torch.arange(int(hit[0]), int(hit[0]) + 6)).all()         # one contiguous answer
+        text = tok.decode(x[b, : int(hit[0]) + 1].tolist())
+        assert text.endswith("The pass key is") and f"The pass key is{answer}." in text  # the needle's key
+        assert (x[b, int(hit[0]) + 1 + 5:] == 256).all()                          # padding after it
+        assert (x[b, 0] == 256) == (bos_id is not None)
+
+
+def test_passkey_finetune_lowers_the_answer_loss_and_leaves_eval_mode():
+    from tda.eval.passkey_finetune import FinetuneSettings, finetune_passkey
+    m, tok = tiny_model("tda", block_size=320), ByteTokenizer()
+    before = [p.detach().clone() for p in m.parameters()]
+    curve = finetune_passkey(m, tok, FinetuneSettings(steps=40, batch_size=4, lr=3e-3, warmup=5), log=lambda s: None)
+    assert [s for s, _ in curve] == list(range(1, 41))
+    first, last = np.mean([v for _, v in curve[:5]]), np.mean([v for _, v in curve[-5:]])
+    assert last < first - 1.0, (first, last)          # at least: answers are digits, not any byte
+    assert not m.training
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    with pytest.raises(ValueError, match="steps"):
+        FinetuneSettings(steps=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        finetune_passkey(m, tok, FinetuneSettings(steps=1, length=640))
+
+
+def test_eval_passkey_finetune_end_to_end(tmp_path):
+    pytest.importorskip("tokenizers")
+    from tda.cli import main
+    from tda.data import load_tokenizer
+    from tda.eval.claims import passkey_at
+
+    tok = load_tokenizer("bundled")
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=32, attention="tda"))
+    _save_ckpt(tmp_path / "m.pt", m, tok)
+    before = (tmp_path / "m.pt").read_bytes()
+    out = tmp_path / "ev"
+    rc = main(["eval", str(tmp_path / "m.pt"), "--task", "passkey", "--out", str(out), "--lengths", "128", "256",
+               "--trials", "2", "--rope-scaling", "none", "--passkey-finetune", "3", "--finetune-batch", "2"])
+    assert rc == 0
+    res = json.loads((out / "eval_passkey.json").read_text())
+    ft = res["passkey_finetuned"]
+    assert ft["finetune"]["steps"] == 3 and len(ft["finetune"]["loss_curve"]) == 3
+    assert ft["runs"]["needles=1"]["lengths"] == [128, 256] == res["passkey"]["runs"]["needles=1"]["lengths"]
+    assert (out / "passkey_accuracy.png").is_file() and (out / "passkey_finetuned_accuracy.png").is_file()
+    assert (tmp_path / "m.pt").read_bytes() == before                  # the checkpoint is never written
+    assert passkey_at(res, 256, section="passkey_finetuned") == (round(ft["runs"]["needles=1"]["accuracy"][1] * 2), 2)
+    with pytest.raises(SystemExit):  # argparse names the flag: "--passkey-finetune: must be >= 0"
+        main(["eval", str(tmp_path / "m.pt"), "--out", str(out), "--passkey-finetune", "-1"])

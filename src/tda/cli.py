@@ -292,6 +292,13 @@ def add_eval(sub):
     e.add_argument("--token-budget", type=positive_int, default=32768, help="extrapolation tokens per length")
     e.add_argument("--seed", type=int, default=0, help="random seed")
     e.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
+    e.add_argument("--passkey-finetune", dest="finetune_steps", type=nonneg_int, default=0, metavar="STEPS",
+                   help="after the other tests, fine-tune on passkey prompts at the training length for STEPS "
+                        "steps and test passkey again at every length (0 = off)")
+    e.add_argument("--finetune-batch", dest="finetune_batch", type=positive_int, default=16,
+                   help="passkey fine-tune prompts per step")
+    e.add_argument("--finetune-lr", dest="finetune_lr", type=positive_float, default=1e-4,
+                   help="passkey fine-tune learning rate (AdamW, linear warm-up over 20 steps)")
     e.add_argument("--max-i", type=positive_int, default=65535, help="survivors: largest position")
     e.add_argument("--dims", type=positive_int, nargs="+", default=[32, 64, 128], help="survivors: head dims")
     e.add_argument("--kappas", type=positive_float, nargs="+", default=[1.0, 4.0], help="survivors: κ values")

@@ -126,12 +126,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def passkey_claim(passkey: dict[str, list[tuple[int, int]]]) -> dict:
+def passkey_claim(passkey: dict[str, list[tuple[int, int]]], finetuned: bool = False) -> dict:
     """Passkey retrieval at 4K. passkey = {variant: [(correct, trials) per seed]}, pooled per variant. Agree:
     TDA's 95% Wilson interval lies above softmax's. Not testable: both retrieve nothing (the models are too
-    small or trained too short for the task). Otherwise: no resolvable difference."""
+    small or trained too short for the task). Otherwise: no resolvable difference. finetuned: the same rule
+    on the test after the passkey fine-tune at the training length (the length-generalisation form)."""
     paper = f"TDA {100 * PAPER_PASSKEY_4K['tda']:.0f}% vs softmax {100 * PAPER_PASSKEY_4K['softmax']:.0f}%"
-    claim = {"claim": f"passkey retrieval at {PASSKEY_LENGTH // 1024}K", "paper": paper}
+    what = f"passkey retrieval at {PASSKEY_LENGTH // 1024}K"
+    if finetuned:
+        what += " after a passkey fine-tune at the training length"
+    claim = {"claim": what, "paper": paper}
     if "tda" not in passkey or "softmax" not in passkey:
         return {**claim, "ours": "-", "verdict": "not testable here: needs TDA and softmax passkey runs"}
     pooled = {k: (sum(c for c, _ in v), sum(n for _, n in v)) for k, v in passkey.items()}
@@ -194,26 +198,29 @@ def analysis_metric(summary: dict, metric: str, name_to_variant=None) -> dict[st
     return out
 
 
-def passkey_at(eval_all: dict, length: int = PASSKEY_LENGTH, run: str = "needles=1") -> tuple[int, int] | None:
+def passkey_at(eval_all: dict, length: int = PASSKEY_LENGTH, run: str = "needles=1",
+               section: str = "passkey") -> tuple[int, int] | None:
     """(correct, trials) at `length` from `tda eval`'s eval_all.json (the run without RoPE scaling), or None
-    when that length was not tested."""
-    r = eval_all.get("passkey", {}).get("runs", {}).get(run)
+    when that length was not tested. section "passkey_finetuned": the test after the passkey fine-tune."""
+    r = eval_all.get(section, {}).get("runs", {}).get(run)
     if not r or length not in r["lengths"]:
         return None
     i = r["lengths"].index(length)
-    trials = eval_all["passkey"]["trials"]
+    trials = eval_all[section]["trials"]
     return round(r["accuracy"][i] * trials), trials
 
 
 def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | None = None,
-                 survivors: dict | None = None) -> str:
-    """Markdown: the five claims with the paper's numbers, ours and a verdict (see each check's rule).
+                 survivors: dict | None = None, passkey_finetuned: dict | None = None) -> str:
+    """Markdown: the five claims (six rows with the fine-tuned passkey test) with the paper's numbers, ours and a verdict (see each check's rule).
     Sparsity and sinks come from the analysis summary when given, else from the train rows."""
     zeros = analysis_metric(summary, "exact_zero_fraction") if summary else _by_variant(rows, "exact_zero_fraction")
     ratios = (analysis_metric(summary, "first_token_sink_ratio") if summary
               else _by_variant(rows, "stats_first_token_sink_ratio"))
-    checks = [val_loss_claim(rows), zeros_claim(zeros), sink_claim(ratios), passkey_claim(passkey or {}),
-              survivors_claim(survivors or {})]
+    checks = [val_loss_claim(rows), zeros_claim(zeros), sink_claim(ratios), passkey_claim(passkey or {})]
+    if passkey_finetuned:
+        checks.append(passkey_claim(passkey_finetuned, finetuned=True))
+    checks.append(survivors_claim(survivors or {}))
     lines = ["| claim | paper | here | verdict |", "|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |" for c in checks]
     return "\n".join(lines)

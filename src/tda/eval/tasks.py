@@ -34,6 +34,9 @@ class EvalSettings:
     token_budget: int = 32768             # extrapolation tokens per length
     seed: int = 0
     device: str = "cpu"
+    finetune_steps: int = 0               # passkey: > 0 adds a test after that many fine-tune steps
+    finetune_batch: int = 16              # ... prompts per step, at the training length
+    finetune_lr: float = 1e-4
     max_i: int = 65535                    # survivors: largest position
     dims: tuple = (32, 64, 128)           # survivors: head dims
     kappas: tuple = (1.0, 4.0)
@@ -44,6 +47,8 @@ class EvalSettings:
             raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.rope_scaling not in ("none", "ntk", "both"):
             raise ValueError(f"--rope-scaling must be none, ntk or both, got {self.rope_scaling!r}")
+        if self.finetune_steps < 0:
+            raise ValueError(f"--passkey-finetune must be >= 0 steps, got {self.finetune_steps}")
 
     @property
     def scalings(self) -> list[bool]:
@@ -86,13 +91,23 @@ def evaluate_checkpoint(checkpoint, out_dir, s: EvalSettings, command: str = "")
         result["passkey"] = _eval_passkey(s, model, tok, lengths, out, bos_id)
     if s.task in ("extrapolation", "all"):
         result["extrapolation"] = _eval_extrapolation(s, model, tok, train_len, lengths, out, bos_id)
+    if s.task in ("passkey", "all") and s.finetune_steps:  # last: the fine-tune changes the model
+        from .passkey_finetune import FinetuneSettings, finetune_passkey
+        ft = FinetuneSettings(steps=s.finetune_steps, batch_size=s.finetune_batch, lr=s.finetune_lr)
+        t0 = time.time()
+        curve = finetune_passkey(model, tok, ft, bos_id=bos_id)
+        res = _eval_passkey(s, model, tok, lengths, out, bos_id, name="passkey_finetuned")
+        res["finetune"] = {"steps": ft.steps, "batch_size": ft.batch_size, "lr": ft.lr, "warmup": ft.warmup,
+                           "length": train_len, "seed": ft.seed, "seconds": round(time.time() - t0, 1),
+                           "loss_curve": curve}
+        result["passkey_finetuned"] = res
     path = out / f"eval_{s.task}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"[eval] wrote {path}")
     return path
 
 
-def _eval_passkey(s: EvalSettings, model, tok, lengths, out, bos_id=None):
+def _eval_passkey(s: EvalSettings, model, tok, lengths, out, bos_id=None, name="passkey"):
     from . import plots
     from .passkey import passkey_accuracy
 
@@ -115,10 +130,13 @@ def _eval_passkey(s: EvalSettings, model, tok, lengths, out, bos_id=None):
                         model.set_rope_scaling(model.config.rope_scaling)
                 accs.append(r["accuracy"][0])
                 per.append(r["per_trial"][0])
-                print(f"[passkey] {key} length {L}: {100 * accs[-1]:.0f}%")
+                print(f"[{name}] {key} length {L}: {100 * accs[-1]:.0f}%")
             runs[key] = {"lengths": lengths, "accuracy": accs, "per_trial": per}
             series[key] = (lengths, [100 * a for a in accs])
-    plots.curves(series, out / "passkey_accuracy.png", f"passkey retrieval ({s.trials} trials / length)",
+    title = f"passkey retrieval ({s.trials} trials / length)"
+    if name != "passkey":
+        title = f"passkey retrieval after a {s.finetune_steps}-step fine-tune at {model.config.block_size} tokens"
+    plots.curves(series, out / f"{name}_accuracy.png", title,
                  "prompt length (tokens)", "exact-match accuracy (%)", logx=2, hline=None)
     return {"trials": s.trials, "runs": runs}
 
