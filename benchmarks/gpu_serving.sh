@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serving on one GPU: correctness first, then speed, in one run.
-#   1. benchmarks/check_decode.py: 200 random configurations of the split-KV decode kernel against the
-#      reference;
+#   1. benchmarks/check_decode.py: DECODE_N (default 200) random configurations of the split-KV decode
+#      kernel against the reference;
 #   2. benchmarks/check_generate_cuda.py: cached step logits against full forwards, greedy tokens with and
 #      without the cache, and with decode steps replayed from a CUDA graph (every variant, fp32 and bf16);
 #   3. the CUDA-only tests (CUDA-graph generation, packed documents through the fused kernel), which skip
@@ -17,7 +17,7 @@ OUT="${OUT:-gpu-serving-out}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 rc=0
-python benchmarks/check_decode.py --n 200 --log "$OUT/decode-check.log" > "$OUT/decode-check.out" 2>&1 || rc=1
+python benchmarks/check_decode.py --n "${DECODE_N:-200}" --log "$OUT/decode-check.log" > "$OUT/decode-check.out" 2>&1 || rc=1
 tail -n 1 "$OUT/decode-check.out"
 python benchmarks/check_generate_cuda.py 2>&1 | tee "$OUT/check_generate_cuda.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1

@@ -76,6 +76,8 @@ def test_sample_streams_with_and_without_the_cache(ckpt, capsys):
     (["info", "/nonexistent/x.pt"], "not found"),
     (["train", "/nonexistent/c.yaml"], "not found"),
     (["demo", "--attention", "nope"], "--attention"),
+    (["sample", "/nonexistent/x.pt", "--cuda-graph"], "--cuda-graph needs --device cuda"),
+    (["sample", "/nonexistent/x.pt", "--cuda-graph", "--no-cache", "--device", "cuda"], "--no-cache"),
 ])
 def test_bad_arguments_exit_nonzero_with_message(args, msg, capsys):
     assert main(args) == 2

@@ -268,6 +268,14 @@ def test_cuda_graph_gives_the_eager_tokens(attention):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture)")
+def test_sample_loop_cuda_graph_streams_the_eager_text():
+    model = tiny("tda", 2).cuda()
+    texts = [sample_loop(model, _CharTokenizer(), "hi", max_new_tokens=9, temperature=0, top_k=None,
+                         cuda_graph=graph, out=io.StringIO(), err=io.StringIO())[0] for graph in (False, True)]
+    assert texts[0] == texts[1] and len(texts[0]) == 2 + 9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture)")
 def test_cuda_graph_refuses_a_cache_without_room_for_its_warm_up():
     from tda.models.generate import GraphedDecodeStep, prefill
     model = tiny("tda", 2).cuda()

@@ -235,11 +235,13 @@ def generate(model, input_ids, max_new_tokens: int, **kwargs):
 
 def sample_loop(model, tokenizer, prompt: str = "", *, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int | None = 200, top_p: float | None = None, seed: int = 1337, num_samples: int = 1,
-                stop_at_eot: bool = False, use_cache: bool | None = None, out=None, err=None) -> list:
+                stop_at_eot: bool = False, use_cache: bool | None = None, cuda_graph: bool = False, out=None,
+                err=None) -> list:
     """Print each sample as it is generated (prompt, then tokens as they come) and a tokens/s line per sample
     on `err`; returns the sample texts. An empty prompt starts from the end-of-text token (not printed).
     use_cache=None: the KV cache when prompt + max_new_tokens fit the context (block_size), else the
-    sliding-window path (each step re-reads the last block_size tokens), with a note on `err`."""
+    sliding-window path (each step re-reads the last block_size tokens), with a note on `err`.
+    cuda_graph: decode steps replayed from a CUDA graph (needs CUDA and the cache)."""
     out, err = out or sys.stdout, err or sys.stderr
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     if use_cache is None:
@@ -263,7 +265,7 @@ def sample_loop(model, tokenizer, prompt: str = "", *, max_new_tokens: int = 200
             first = None
             for tok in stream(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               eos_id=tokenizer.eot_id if stop_at_eot else None, use_cache=use_cache,
-                              generator=gen):
+                              generator=gen, cuda_graph=cuda_graph and use_cache):
                 new.append(int(tok[0]))
                 first = first if first is not None else time.perf_counter() - t0
                 text = tokenizer.decode(new)
