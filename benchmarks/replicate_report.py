@@ -50,6 +50,74 @@ def load_eval(dirs: list[Path]) -> tuple[dict, dict, dict]:
     return summary, passkey, finetuned
 
 
+def eval_tables(dirs: list[Path], out: Path) -> str:
+    """Markdown per run, from every unpacked eval folder: the analysis at the training length and its
+    sweep to the longest length (sinks, zeros, dispersion), passkey per length (zero-shot and after the
+    fine-tune, without and with NTK scaling), perplexity at 1-8x the training length, and links to the plots."""
+    an, ev, plots = {}, {}, []
+    for d in dirs:
+        f = d / "analysis" / "summary.json"
+        if f.exists():
+            an.update(json.loads(f.read_text()))
+            for png in ("first_token_share.png", "sink_alpha1_heatmap.png", "entropy_vs_length.png",
+                        "topk_mass_vs_length.png", "first_token_sink_ratio_vs_length.png", "sparsity_heatmap.png"):
+                if (d / "analysis" / png).exists():
+                    plots.append(f"[{d.name}: {png}]({(d / 'analysis' / png).relative_to(out)})")
+        for e in sorted(d.glob("eval-*/eval_all.json")):
+            ev[e.parent.name[len("eval-"):]] = json.loads(e.read_text())
+            plots += [f"[{e.parent.name}: {png.name}]({png.relative_to(out)})" for png in sorted(e.parent.glob("*.png"))]
+    lines = []
+    if an:
+        lines += ["### Sinks, exact zeros and dispersion (`tda analyze`)", "",
+                  "| run | exact zeros | first-token ratio | Sink₁ share | max α₁ | entropy / uniform (nats) | "
+                  "top-8 mass | entropy at the longest length | top-8 mass there |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in sorted(an):
+            m = an[name]["main"]
+            longest = max((int(k) for k in an[name].get("lengths", {})), default=None)
+            far = an[name]["lengths"][str(longest)] if longest else {}
+            lines.append(f"| {name} | {100 * m['exact_zero_fraction']:.2f}% | {m['first_token_sink_ratio']:.2f} | "
+                         f"{m['sink_1_share_eps0.3']:.2f} | {m['alpha_1_max']:.3f} | {m['entropy_nats']:.2f} / "
+                         f"{m['uniform_entropy']:.2f} | {m['top8_mass']:.3f} | "
+                         + (f"{far['entropy_nats']:.2f} / {far['uniform_entropy']:.2f} at {longest} | "
+                            f"{far['top8_mass']:.3f} |" if far else "- | - |"))
+        lines.append("")
+    for section, title in (("passkey", "Passkey retrieval, zero-shot"),
+                           ("passkey_finetuned", "Passkey retrieval after the passkey fine-tune at the training length")):
+        rows = {n: e[section] for n, e in sorted(ev.items()) if section in e}
+        if not rows:
+            continue
+        lengths = next(iter(rows.values()))["runs"]["needles=1"]["lengths"]
+        extra = ""
+        ft = next(iter(rows.values())).get("finetune")
+        if ft:
+            extra = (f" ({ft['steps']} steps x {ft['batch_size']} prompts of {ft['length']} tokens, lr {ft['lr']}, "
+                     f"loss on the answer only)")
+        lines += [f"### {title}{extra}", "",
+                  "| run | " + " | ".join(f"{L}" for L in lengths) + " | " + " | ".join(f"{L} NTK" for L in lengths) + " |",
+                  "|---|" + "---:|" * (2 * len(lengths))]
+        for n, r in rows.items():
+            cells = []
+            for key in ("needles=1", "needles=1, NTK RoPE"):
+                acc = r["runs"].get(key, {}).get("accuracy", [None] * len(lengths))
+                cells += ["-" if a is None else f"{100 * a:.0f}%" for a in acc]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append(f"\n{next(iter(rows.values()))['trials']} trials per length; exact match of the 5-digit key.\n")
+    ppl = {n: e["extrapolation"] for n, e in sorted(ev.items()) if "extrapolation" in e}
+    if ppl:
+        first = next(iter(ppl.values()))["runs"]
+        lengths = [x["length"] for x in next(iter(first.values()))["results"]]
+        lines += ["### Perplexity on held-out long documents at 1-8x the training length", "",
+                  "| run | scaling | " + " | ".join(str(L) for L in lengths) + " |", "|---|---|" + "---:|" * len(lengths)]
+        for n, r in ppl.items():
+            for key, run in r["runs"].items():
+                lines.append(f"| {n} | {key} | " + " | ".join(
+                    f"{x['ppl']:.2f}" if x["n_windows"] else "-" for x in run["results"]) + " |")
+        lines.append("")
+    if plots:
+        lines += ["Plots: " + ", ".join(plots), ""]
+    return "\n".join(lines)
+
+
 def load_rows(d: Path) -> list[dict]:
     rows = []
     for p in sorted(d.glob("s*-*.json")):
@@ -125,6 +193,8 @@ def main(argv=None) -> int:
         "passkey by 95% Wilson intervals).", "",
         "## Per variant (mean ± standard deviation over seeds [min..max])", "",
         summary_table(rows), "",
+        "## Analysis and evaluation of the checkpoints", "",
+        eval_tables(a.eval, out) if a.eval else "No evaluation archives were given.", "",
         "## Per run", "",
         markdown_table(rows, reference=next((r["name"] for r in rows if r["variant"] == "softmax"), "softmax")), "",
         "![loss curves](loss_curves.png)", "",
