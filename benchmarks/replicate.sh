@@ -169,6 +169,10 @@ run)
     if [[ $rc -ne 0 || ! -f "runs/replicate/s$seed/$variant/compare.json" ]]; then
         echo "run $variant seed $seed: training unfinished (exit $rc); the next call resumes it"; exit 1
     fi
+    if (( left < 60 )); then
+        echo "run $variant seed $seed: ${left} s left, too few to evaluate; run 'EVAL_ONLY=s$seed-$variant bash $0 eval' next"
+        exit 1
+    fi
     echo "run $variant seed $seed: evaluating with ${left} s left"
     EVAL_ONLY="s$seed-$variant" EVAL_TAR="replicate-eval-s$seed-$variant" \
         timeout --signal=INT --kill-after=10 "$left" bash "$0" eval
