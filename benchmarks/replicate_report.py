@@ -26,7 +26,7 @@ import statistics
 from pathlib import Path
 
 from tda.eval.claims import claims_table, passkey_at
-from tda.train.compare import markdown_table, plot_curves
+from tda.train.compare import markdown_table, plot_attention_trend, plot_curves
 
 ROW = re.compile(r"s(\d+)-(.+)\.json$")
 EVAL_RUN = re.compile(r"eval-s(\d+)-(.+)$")
@@ -199,6 +199,10 @@ def main(argv=None) -> int:
         markdown_table(rows, reference=next((r["name"] for r in rows if r["variant"] == "softmax"), "softmax")), "",
         "![loss curves](loss_curves.png)", "",
     ])
+    tokens_per_step = next((r["tokens"] // r["steps"] for r in rows if r.get("steps")), None)
+    if plot_attention_trend(rows, out / "attention_trend.png", tokens_per_step):
+        text += ("\n## Sinks and sparsity during training\n\nLogged at every evaluation on the same validation "
+                 "windows (`attn_stats_seqs`):\n\n![attention statistics against training tokens](attention_trend.png)\n")
     (out / "results.md").write_text(text)
     plot_curves(rows, out / "loss_curves.png")
     print(f"wrote {out / 'results.md'} and {out / 'loss_curves.png'}")

@@ -94,6 +94,10 @@ def test_config_bad_values():
         TrainConfig(lr=1e-3, min_lr=1e-2)
     with pytest.raises(ValueError, match="compile_mode"):
         TrainConfig(compile_mode="fastest")
+    with pytest.raises(ValueError, match="attn_stats_seqs"):
+        TrainConfig(attn_stats_seqs=-1)
+    with pytest.raises(ValueError, match="attn_stats_seqs: not supported with parallel=fsdp"):
+        TrainConfig(attn_stats_seqs=2, parallel="fsdp")
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["lr"])
     with pytest.raises(ValueError, match=r"\.yaml"):
@@ -129,6 +133,31 @@ def test_loss_falls_on_bundled_corpus(bundled_dir, tmp_path):
     assert any("val_loss" in r for r in rows)
     # last.pt is written at the end, best.pt at the best evaluation
     assert os.path.isfile(s["last"]) and os.path.isfile(s["best"])
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_attention_trend_is_logged_at_every_evaluation(bundled_dir, tmp_path, attention):
+    """attn_stats_seqs: sink and sparsity statistics ride along with each validation row, on the same fixed
+    windows every time, and the trained model is left as training left it."""
+    from tda.eval.attention_stats import collect_attention_stats
+    from tda.train.loop import stats_batch
+    cfg = tiny(bundled_dir, tmp_path / "run", max_steps=8, eval_interval=4, ckpt_interval=0, attn_stats_seqs=2,
+               data={"bos": True}, model={"attention": attention})
+    s = train(cfg)
+    vals = [json.loads(line) for line in open(s["metrics"]) if "val_loss" in line]
+    assert [r["step"] for r in vals] == [4, 8]
+    for r in vals:
+        assert 0.0 <= r["attn_sink_1_share"] <= 1.0 and 0.0 <= r["attn_alpha_1_max"] <= 1.0
+        assert r["attn_first_token_sink_ratio"] > 0 and r["attn_entropy_nats"] >= 0
+        assert (r["attn_exact_zero_fraction"] > 0.5) == (attention == "tda")   # TDA's threshold zeros
+    from tda.data.dataset import load_meta
+    ids = stats_batch(cfg, 2, "cpu")
+    assert ids.shape == (2, 32) and (ids[:, 0] == int(load_meta(bundled_dir)["eot_id"])).all()  # bos first
+    again = collect_attention_stats(s["model"], ids).summary()                      # the final model, same windows
+    assert again["first_token_sink_ratio"] == pytest.approx(vals[-1]["attn_first_token_sink_ratio"], rel=1e-4)
+    plain = [json.loads(line) for line in open(train(tiny(bundled_dir, tmp_path / "off", max_steps=4,
+                                                          eval_interval=4, ckpt_interval=0))["metrics"])]
+    assert not any(k.startswith("attn_") for r in plain for k in r)
 
 
 def test_exact_resume(bundled_dir, tmp_path):

@@ -142,15 +142,6 @@ def config_hash(cfg: TrainConfig, cmp: dict) -> str:
 
 
 # --- measurements ---------------------------------------------------------------------------------
-def _stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
-    """The same `n_seqs` validation windows for every variant (a fixed, separate seed)."""
-    from ..data.dataset import ShardedBatchSampler, load_meta, open_split
-    bos_id = int(load_meta(cfg.data_dir)["eot_id"]) if cfg.data.bos else None  # windows as in training
-    sampler = ShardedBatchSampler(open_split(cfg.data_dir, "val", cfg.model.block_size), n_seqs,
-                                  seed=cfg.seed + 7_000_003, rank=0, world_size=1, bos_id=bos_id)
-    return sampler.batch(0, device=device)[0]
-
-
 def attention_measurements(model, ids: torch.Tensor, amp_dtype=None) -> dict:
     """Exact-zero fraction and (optionally) sink / dispersion numbers of a trained model."""
     out = {}
@@ -264,7 +255,7 @@ def throughput(rows: list) -> float | None:
 # --- running --------------------------------------------------------------------------------------
 def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = False, log=print) -> dict:
     """Train (or resume) one variant, measure it, write <out_dir>/compare.json; returns its result."""
-    from .loop import autocast_dtype, train
+    from .loop import ATTN_TREND, autocast_dtype, stats_batch, train
     out = Path(cfg.out_dir)
     h = config_hash(cfg, cmp)
     done = out / RESULT_FILE
@@ -297,13 +288,16 @@ def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = Fal
         "train_elapsed_s": summary.get("elapsed"),
         "device": str(device),
         "curve": {"train": [(r["step"], r["train_loss"]) for r in trains],
-                  "val": [(r["step"], r["val_loss"]) for r in vals]},
+                  "val": [(r["step"], r["val_loss"]) for r in vals],
+                  # the attention statistics at each evaluation (attn_stats_seqs), when logged
+                  "attention": [(r["step"], {k: r[f"attn_{k}"] for k in ATTN_TREND})
+                                for r in vals if "attn_first_token_sink_ratio" in r]},
     }
     t0 = time.time()
     # a failing measurement must not throw away the trained variant: its loss and curve are kept and the
     # error is recorded in the row (and the table), the other measurements still run
     try:
-        ids = _stats_batch(cfg, int(cmp["stats_seqs"]), device)
+        ids = stats_batch(cfg, int(cmp["stats_seqs"]), device)
         res.update(attention_measurements(model, ids, amp))
     except Exception as e:  # noqa: BLE001
         _measure_failed(res, "attention statistics", e, log)
@@ -441,6 +435,38 @@ def plot_curves(results: list, path: Path):
     plt.close(fig)
 
 
+def plot_attention_trend(results: list, path: Path, tokens_per_step: int | None = None) -> bool:
+    """The attention statistics logged at each evaluation (attn_stats_seqs) against training tokens (or
+    steps): first-token sink ratio, Sink_1 share, exact zeros. False (nothing written) when no row has them."""
+    runs = [r for r in results if r.get("curve", {}).get("attention")]
+    if not runs:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("first_token_sink_ratio", "first-token share / uniform share (1 = no sink)"),
+              ("sink_1_share", "Sink₁ share (heads with α₁ > 0.3)"),
+              ("exact_zero_fraction", "exact zeros (causal entries)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    for r in runs:
+        steps, stats = zip(*r["curve"]["attention"])
+        x = [s * tokens_per_step / 1e6 for s in steps] if tokens_per_step else list(steps)
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(x, [st[key] for st in stats], marker="o", ms=3, lw=1.2, label=r["name"])
+    for ax, (_, title) in zip(axes, panels):
+        ax.set(title=title, xlabel="training tokens (M)" if tokens_per_step else "step")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].ticklabel_format(axis="y", useOffset=False)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _smooth(xs, beta=0.8):
     out, m = [], None
     for x in xs:
@@ -483,4 +509,8 @@ def write_results(results: list, base: TrainConfig, cmp: dict, res_dir: Path, co
     (res_dir / "results.json").write_text(json.dumps(slim, indent=1))
     plot = res_dir / "loss_curves.png"
     plot_curves(results, plot)
+    per_step = base.batch_size * base.grad_accum * m.block_size
+    if plot_attention_trend(results, res_dir / "attention_trend.png", per_step):
+        table.write_text(table.read_text() + "Sinks and zeros at each evaluation (`attn_stats_seqs`):\n\n"
+                         "![attention statistics against training tokens](attention_trend.png)\n")
     return {"table": str(table), "plot": str(plot)}

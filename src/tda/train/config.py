@@ -80,6 +80,10 @@ class TrainConfig:
     # and optimizer state (FSDP2), writes sharded checkpoints (last.dcp/) and draws batches that do not
     # depend on the number of ranks (docs/training.md)
     parallel: str = "ddp"
+    # at every evaluation, log sink and sparsity statistics of the attention (first-token ratio, Sink_1 share,
+    # exact zeros, entropy) on this many fixed validation windows: their trend against training tokens
+    # (0 = off; rank 0, the weights materialised one layer at a time)
+    attn_stats_seqs: int = 0
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -108,6 +112,10 @@ class TrainConfig:
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        if int(self.attn_stats_seqs) < 0:
+            raise ValueError(f"attn_stats_seqs must be >= 0, got {self.attn_stats_seqs}")
+        if self.parallel == "fsdp" and self.attn_stats_seqs:  # rank 0 alone cannot run a sharded forward
+            raise ValueError("attn_stats_seqs: not supported with parallel=fsdp (set it to 0)")
         if self.parallel == "fsdp" and self.dtype == "float16":  # fp16 needs a sharded grad scaler
             raise ValueError("dtype float16 is not supported with parallel=fsdp: use bfloat16 (or auto)")
 

@@ -157,6 +157,33 @@ def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext)
     return float(D.all_reduce_mean(total / cfg.eval_iters, ctx))
 
 
+# the attention statistics logged at each evaluation with attn_stats_seqs (metrics key: "attn_" + name)
+ATTN_TREND = {"first_token_sink_ratio": "first_token_sink_ratio", "sink_1_share": "sink_1_share_eps0.3",
+              "alpha_1_max": "alpha_1_max", "exact_zero_fraction": "exact_zero_fraction",
+              "entropy_nats": "entropy_nats", "top8_mass": "top8_mass"}
+
+
+def stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
+    """`n_seqs` fixed validation windows (their own seed), built as training builds them (bos included)."""
+    from ..data.dataset import ShardedBatchSampler, load_meta, open_split
+    bos_id = int(load_meta(cfg.data_dir)["eot_id"]) if cfg.data.bos else None
+    sampler = ShardedBatchSampler(open_split(cfg.data_dir, "val", cfg.model.block_size), n_seqs,
+                                  seed=cfg.seed + 7_000_003, rank=0, world_size=1, bos_id=bos_id)
+    return sampler.batch(0, device=device)[0]
+
+
+def attention_trend(raw, ids: torch.Tensor, ctx: D.DistContext, amp_dtype) -> dict:
+    """{"attn_<name>": value} of ATTN_TREND for the plain (uncompiled, unwrapped) model on ids."""
+    from ..eval.attention_stats import collect_attention_stats
+    was_training = raw.training
+    try:
+        with torch.no_grad(), _autocast(ctx, amp_dtype):
+            s = collect_attention_stats(raw, ids).summary()
+    finally:
+        raw.train(was_training)
+    return {f"attn_{k}": round(float(s[v]), 6) for k, v in ATTN_TREND.items()}
+
+
 def _mark_step(cfg: TrainConfig):
     """Under CUDA-graph modes, a new step begins: the previous replay's outputs (already consumed) may be
     overwritten, so cudagraph trees need not keep them alive or warn."""
@@ -273,7 +300,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     model.train()
     t0 = time.time()
     t_log, tokens_since = time.time(), 0
-    val_loss = None
+    val_loss, stats_ids = None, None
     while step < cfg.max_steps:
         if stop_after is not None and step >= stop_after:
             break
@@ -329,8 +356,12 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
                 bar.close()
                 raise FloatingPointError(f"training diverged: validation loss is {val_loss} at step {step}; "
                                          f"the checkpoints in {out} are from earlier steps and were kept")
-            metrics.write({"step": step, "val_loss": round(val_loss, 6),
-                           "elapsed": round(elapsed0 + time.time() - t0, 3)})
+            row = {"step": step, "val_loss": round(val_loss, 6), "elapsed": round(elapsed0 + time.time() - t0, 3)}
+            if cfg.attn_stats_seqs and ctx.is_main:
+                if stats_ids is None:
+                    stats_ids = stats_batch(cfg, cfg.attn_stats_seqs, ctx.device)
+                row.update(attention_trend(raw, stats_ids, ctx, amp_dtype))
+            metrics.write(row)
             if ctx.is_main:
                 bar.write(f"step {step}: val loss {val_loss:.4f}")
             if val_loss < best_val:
