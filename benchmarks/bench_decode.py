@@ -1,16 +1,19 @@
 """Decode-step time of the split-KV TDA/TRA kernel against softmax over the same cache (GPU, bf16).
 
 One query row per sequence (a decode step) over a cache of S positions, S = 1K..64K, batch 1..64, head dims 64
-and 128, 16 query heads (16 kv heads; GQA rows with 4 kv heads). Timed per step (timing.gpu_time: CUDA events,
-L2 flushed between calls, median), each over the same cache tensors:
+and 128, 16 query heads (16 kv heads; GQA rows with 4 kv heads). Each over the same cache tensors, median of
+CUDA-event timings with L2 flushed between calls. The kernel columns replay the call from a CUDA graph
+(timing.graph_time: GPU time alone, what a decode loop under a CUDA graph pays); where capture fails they fall
+back to eager timing (timing.gpu_time) and the row says so ("timing": "eager"). Eager timing lets the host's
+launch work show wherever it outlasts the flush before the call, so small calls read as a flat host cost:
 
-- tda_decode: tda.ops.triton.decode.decode_attention, the kernel launches alone (two unit-key views; a V block
-  is read only where some row survives) -- what a decode loop under a CUDA graph pays;
+- tda_decode: tda.ops.triton.decode.decode_attention, the split and reduce kernels (two unit-key views; a V
+  block is read only where some row survives);
 - tra_decode: the same kernel with one view;
-- tda_op: tda.ops.kvcache.threshold_differential_attention_with_kvcache (backend auto) eager, argument checks
-  and their one host sync included;
 - sdpa: torch.nn.functional.scaled_dot_product_attention over (k1, v) with one query row, default backend
   (softmax reads all of K and V);
+- tda_op: tda.ops.kvcache.threshold_differential_attention_with_kvcache (backend auto) timed eagerly, argument
+  checks and their one host sync included; sdpa_eager: SDPA timed the same way;
 - tda_fwd: tda.threshold_differential_attention (the training/prefill forward kernel) with one query row and
   position_offset = S - 1: no split over the keys, key norms recomputed every call.
 
@@ -41,7 +44,7 @@ from tda.ops import kvcache
 from tda.ops.triton import decode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import gpu_time  # noqa: E402
+from timing import gpu_time, graph_time  # noqa: E402
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 BATCHES = [1, 8, 32, 64]
@@ -51,7 +54,18 @@ GQA = [(4, 1, 4096), (4, 1, 16384), (4, 1, 65536), (4, 32, 16384)]  # (kv heads,
 
 
 def bench(fn, rep=40):
-    return gpu_time(fn, reps=rep, warmup=5) * 1e3  # microseconds
+    return gpu_time(fn, reps=rep, warmup=5) * 1e3  # microseconds, host launch work included where it shows
+
+
+def bench_kernel(fn, rep=40):
+    """(microseconds of GPU time alone from a CUDA-graph replay, "graph"), or eager timing and "eager" where
+    the call cannot be captured."""
+    try:
+        return graph_time(fn, reps=rep, warmup=5) * 1e3, "graph"
+    except RuntimeError as e:  # capture refused: keep the row, say how it was timed
+        print(f"  graph capture failed ({str(e).splitlines()[0][:120]}); timing eagerly", flush=True)
+        torch.cuda.synchronize()
+        return bench(fn, rep), "eager"
 
 
 def make_inputs(B, Hq, Hk, S, D, kind, seed=0):
@@ -125,8 +139,13 @@ def run_one(B, Hq, Hk, S, D, kind, skip_fwd=False):
         err = (got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)
         row["rel_err_vs_reference"] = err.item()
         row["vblk"] = v_block_share(qs, caches, 1.0, 0.5, cfg.block_n)
-        for name, fn in (("tda_decode", tda_dec), ("tra_decode", tra_dec), ("tda_op", op), ("sdpa", sdpa)):
-            row[name + "_us"] = bench(fn)
+        modes = set()
+        for name, fn in (("tda_decode", tda_dec), ("tra_decode", tra_dec), ("sdpa", sdpa)):
+            row[name + "_us"], mode = bench_kernel(fn)
+            modes.add(mode)
+        row["timing"] = "graph" if modes == {"graph"} else "eager"
+        row["tda_op_us"] = bench(op)
+        row["sdpa_eager_us"] = bench(sdpa)
         row["tda_fwd_us"] = None if skip_fwd else bench(fwd, rep=20)
     row["tda_vs_sdpa"] = row["tda_decode_us"] / row["sdpa_us"]
     row["fwd_vs_sdpa"] = None if row["tda_fwd_us"] is None else row["tda_fwd_us"] / row["sdpa_us"]
@@ -139,7 +158,7 @@ SWEEP_SHAPES = [(64, 1, 16, 16, 4096), (128, 1, 16, 16, 16384), (64, 32, 16, 16,
 
 
 def sweep():
-    """Kernel-only time (planted inputs) of the decode kernel over block configs, then over the split policy
+    """GPU time (planted inputs, CUDA-graph replays) of the decode kernel over block configs, then over the split policy
     at the best block config per head dim: what decode.decode_config's table is chosen from."""
     import dataclasses
     import itertools
@@ -149,20 +168,21 @@ def sweep():
         beta = torch.ones(Hq, device="cuda")
         lam = torch.full((Hq,), 0.5, device="cuda")
         lengths = torch.full((B,), S, dtype=torch.int64, device="cuda")
-        sd = bench(lambda: F.scaled_dot_product_attention(qs[0], caches[0], caches[2], enable_gqa=Hk != Hq))
+        sd = bench_kernel(lambda: F.scaled_dot_product_attention(qs[0], caches[0], caches[2],
+                                                                 enable_gqa=Hk != Hq))[0]
         base = decode.decode_config(D, torch.bfloat16, Hq // Hk)
         times = {}
         for bn, nw, ns in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)):
             cfg = dataclasses.replace(base, block_n=bn, num_warps=nw, num_stages=ns)
             with torch.no_grad():
-                times[cfg] = bench(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths, S,
-                                                                   kappa=1.0, p=2.0, cfg=cfg))
+                times[cfg] = bench_kernel(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths,
+                                                                          S, kappa=1.0, p=2.0, cfg=cfg))[0]
         best = min(times, key=times.get)
         for pps, msb in itertools.product((1, 2, 4, 8, 16), (2, 4, 8)):
             cfg = dataclasses.replace(best, programs_per_sm=pps, min_split_blocks=msb)
             with torch.no_grad():
-                times[cfg] = bench(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths, S,
-                                                                   kappa=1.0, p=2.0, cfg=cfg))
+                times[cfg] = bench_kernel(lambda: decode.decode_attention(qs[0], qs[1], *caches, beta, lam, lengths,
+                                                                          S, kappa=1.0, p=2.0, cfg=cfg))[0]
         ranked = sorted(times.items(), key=lambda kv: kv[1])
         print(f"d {D} B {B} H/Hk {Hq}/{Hk} S {S}: sdpa {sd:.1f} us; table {times.get(base, float('nan')):.1f} us; "
               f"best:", flush=True)
@@ -190,15 +210,18 @@ def fmt(x, nd=1):
 
 def table(rows, gpu, argv):
     lines = [f"Decode step, bf16, one query row; {gpu}; `{' '.join(argv)}`", "",
-             "| d | B | H/Hk | S | input | splits | vblk % | TDA decode µs | TRA decode µs | TDA op µs | SDPA µs "
-             "| fwd kernel µs | TDA/SDPA | fwd/SDPA | KV B/token TDA : softmax |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Kernel columns (TDA decode, TRA decode, SDPA, TDA/SDPA): GPU time alone, replayed from a CUDA graph "
+             "(a row marked * was timed eagerly). TDA op and SDPA eager: timed eagerly, host work included where it "
+             "outlasts the GPU's.", "",
+             "| d | B | H/Hk | S | input | splits | vblk % | TDA decode µs | TRA decode µs | SDPA µs | TDA/SDPA "
+             "| TDA op µs | SDPA eager µs | fwd kernel µs | fwd/SDPA | KV B/token TDA : softmax |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['D']} | {r['B']} | {r['H']}/{r['Hk']} | {r['S'] // 1024}K | {r['kind']} | {r['splits']} "
-            f"| {100 * r['vblk']:.2f} | {fmt(r['tda_decode_us'])} | {fmt(r['tra_decode_us'])} | {fmt(r['tda_op_us'])} "
-            f"| {fmt(r['sdpa_us'])} | {fmt(r['tda_fwd_us'])} | {fmt(r['tda_vs_sdpa'], 2)}x "
-            f"| {fmt(r['fwd_vs_sdpa'], 2)}x "
+            f"| {100 * r['vblk']:.2f} | {fmt(r['tda_decode_us'])} | {fmt(r['tra_decode_us'])} | {fmt(r['sdpa_us'])} "
+            f"| {fmt(r['tda_vs_sdpa'], 2)}x{'' if r.get('timing') == 'graph' else '*'} | {fmt(r['tda_op_us'])} "
+            f"| {fmt(r.get('sdpa_eager_us'))} | {fmt(r['tda_fwd_us'])} | {fmt(r['fwd_vs_sdpa'], 2)}x "
             f"| {r['kv_bytes_per_token_tda']} : {r['kv_bytes_per_token_softmax']} |")
     return "\n".join(lines) + "\n"
 
@@ -237,6 +260,7 @@ def main():
     props = torch.cuda.get_device_properties(0)
     gpu = f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}"
     rows, t0 = [], time.time()
+    run_one(1, H, H, 1024, 64, "random", skip_fwd=False)  # warm-up: the first timed shape pays no first-use costs
     ints = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
     for D, B, Hq, Hk, S in shapes(args.quick, ints(args.lengths), ints(args.batches)):
         cache_bytes = B * Hk * S * 3 * D * 2
