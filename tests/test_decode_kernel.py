@@ -219,8 +219,8 @@ def test_auto_split_count_and_append():
             q1, q2, *c, beta, lam, cache_seqlens=seqlens, k1=new[0], k2=new[1], v=new[2], backend=backend))
         written.append(c)
     torch.testing.assert_close(outs[1], outs[0], **TOL[dt])
-    for a, b in zip(*written):
-        assert torch.equal(a, b)
+    for a, b in zip(*written):  # the append kernel's writes: the torch path's, to rounding
+        torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-15)
     cfg = decode.decode_config(D, dt, H // Hk * M, True)
     pl = decode.plan(H // Hk, M, B, Hk, max(lens) + M, cfg, decode.sm_count(q1.device))
     assert pl.splits > 1 and pl.chunk % 16 == 0
@@ -297,12 +297,21 @@ for D in (64, 128):
 for Dv in (64, 128):  # the split reduction, into bf16
     fn = decode.decode_reduce_kernel
     names = list(fn.arg_names)
-    consts = dict(HEAD_DV=Dv, BLOCK_S=16, so_d=1)
-    sig = {n: "constexpr" if n in consts else "*fp32" if n == "PART" else "*bf16" if n == "OUT"
-           else "*i64" if n == "LENS" else "i32" for n in names}
+    consts = dict(HEAD_DV=Dv, BLOCK_S=16, so_d=1, NORM=True)
+    sig = {n: "constexpr" if n in consts else "*fp32" if n == "PART" else "*bf16" if n in ("OUT", "GAIN")
+           else "*i64" if n == "LENS" else "fp32" if n == "norm_eps" else "i32" for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, num_stages=2))
     res[f"reduce-d{Dv}"] = dict(shared=c.metadata.shared, stack_local=0)
+for D in (64, 128):  # the fused append of new keys (normalised) and values
+    fn = decode.decode_append_kernel
+    names = list(fn.arg_names)
+    consts = dict(TWO=True, HEAD_D=D, HEAD_DV=D, EPS2=1e-12, ACC=tl.float32)
+    sig = {n: "constexpr" if n in consts else "*i32" if n == "SEQ" else "*bf16" if n[:1].isupper() and n not in ("Hk", "M")
+           else "i32" for n in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, num_stages=1))
+    res[f"append-d{D}"] = dict(shared=c.metadata.shared, stack_local=0)
 print("RESULT " + json.dumps(res))
 """
 
@@ -314,7 +323,7 @@ def test_gpu_table_compiles_for_sm90():
     register spills and within shared memory for two programs per SM (in a subprocess without the
     interpreter)."""
     res = run_compiled(COMPILE, timeout=900)
-    assert len(res) == 10
+    assert len(res) == 12
     for name, use in res.items():
         assert use["stack_local"] == 0, (name, use)
         assert use["shared"] <= 232448 // 2, (name, use)
@@ -356,3 +365,75 @@ def test_max_seqlen_k_bad_values_name_the_argument():
                        (True, "max_seqlen_k must be an int"), (33, "allocate a longer cache")):
         with pytest.raises(ValueError, match=match):
             _run(True, q, q, k1, k2, v, 1.0, 0.5, [10], "triton", max_seqlen_k=bad)
+
+
+@pytest.mark.parametrize("dt", [torch.float64, torch.float32])
+@pytest.mark.parametrize("two", [True, False])
+def test_append_kernel_writes_unit_keys_and_values_at_each_length(dt, two):
+    """decode.append_kv against reference.l2_normalize + a scatter: per-sequence positions (including rows
+    that differ in length), M > 1, grouped kv heads, non-contiguous new tensors; nothing else is touched."""
+    g = torch.Generator().manual_seed(21)
+    B, Hk, M, S, D, Dv = 3, 2, 3, 40, 16, 32
+    lens = torch.tensor([0, 7, 33], dtype=torch.int64)
+    caches = [torch.randn(B, Hk, S, d, generator=g, dtype=dt) for d in (D, D, Dv)]
+    new = [torch.randn(B, M, Hk, d, generator=g, dtype=dt).transpose(1, 2) for d in (D, D, Dv)]  # strided
+    want = [c.clone() for c in caches]
+    for b in range(B):
+        L = int(lens[b])
+        want[0][b, :, L:L + M] = reference.l2_normalize(new[0][b])
+        want[1][b, :, L:L + M] = reference.l2_normalize(new[1][b])
+        want[2][b, :, L:L + M] = new[2][b]
+    keys = new[:2] if two else new[:1]
+    kc = caches[:2] if two else caches[:1]
+    decode.append_kv(keys, new[2], kc, caches[2], lens)
+    tol = dict(rtol=1e-14, atol=1e-15) if dt == torch.float64 else dict(rtol=2e-7, atol=1e-7)
+    for i, (got, exp) in enumerate(zip(caches, want)):
+        if i == 1 and not two:
+            exp = want[1].clone()
+            for b in range(B):  # one view: the second cache keeps its old contents
+                L = int(lens[b])
+                exp[b, :, L:L + M] = caches[1][b, :, L:L + M]
+        torch.testing.assert_close(got, exp, **tol)
+    assert (caches[0][2, :, 33:36].norm(dim=-1) - 1).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("two", [True, False])
+def test_head_norm_is_fused_into_the_kernel_that_writes_the_output(two, splits):
+    """norm_weight: the reduction kernel applies the per-head RMSNorm (after one split or several); equal to the
+    torch path's output normalised by the layers' RMSNorm, and an all-zero row stays zero."""
+    g = torch.Generator().manual_seed(22)
+    B, H, Hk, M, S, D = 2, 4, 2, 1, 80, 16
+    lens = [37, 80]
+    dt = torch.float64
+    k1, k2, v = _caches(g, B, Hk, S, D, D, lens, dt)
+    q1, q2 = (_plant(torch.randn(B, H, M, D, generator=g, dtype=dt), k, lens, g) for k in (k1, k2))
+    beta, lam = 1.0, 0.4
+    w = torch.rand(H, D, generator=g, dtype=dt) + 0.5
+    plain = _run(two, q1, q2, k1, k2, v, beta, lam, lens, "reference")
+    want = torch.nn.functional.rms_norm(plain, (D,), None, 1e-6) * w[None, :, None, :]
+    H_ = q1.shape[1]
+    beta_h = torch.full((H_,), beta, dtype=torch.float32)  # as the op makes of a Python float
+    lam_h = torch.full((H_,), lam, dtype=torch.float32) if two else None
+    got = decode.decode_attention(q1, q2 if two else None, k1, k2 if two else None, v, beta_h, lam_h,
+                                  torch.tensor(lens), max(lens), kappa=1.0, p=2.0, splits=splits,
+                                  norm_weight=w, norm_eps=1e-6)
+    torch.testing.assert_close(got, want, **TOL[dt])
+    via_op = _run(two, q1, q2, k1, k2, v, beta, lam, lens, "triton", head_norm=(w, 1e-6))
+    torch.testing.assert_close(via_op, want, **TOL[dt])
+    torch.testing.assert_close(_run(two, q1, q2, k1, k2, v, beta, lam, lens, "reference", head_norm=(w, 1e-6)),
+                               want, **TOL[dt])
+    # nothing survives at beta = 100: exact zeros, normalised or not
+    zero = _run(two, q1, q2, k1, k2, v, 100.0, lam, lens, "triton", head_norm=(w, 1e-6))
+    assert torch.equal(zero, torch.zeros_like(zero))
+
+
+def test_head_norm_bad_values_name_the_argument():
+    g = torch.Generator().manual_seed(23)
+    k1, k2, v = _caches(g, 1, 2, 8, 16, 16, [4], torch.float32)
+    q = torch.randn(1, 2, 1, 16, generator=g)
+    for bad, msg in (((torch.ones(3, 16), 1e-6), "head_norm weight must be"), ((torch.ones(2, 16), 0.0), "eps"),
+                     (torch.ones(2, 16), "tuple")):
+        with pytest.raises(ValueError, match=msg):
+            kvcache.threshold_differential_attention_with_kvcache(q, q, k1, k2, v, 1.0, 0.5, cache_seqlens=4,
+                                                                  head_norm=bad)

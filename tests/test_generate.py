@@ -50,6 +50,47 @@ def test_cached_logits_match_full_forward(attention, n_kv_head):
     assert rel(alone[1], full[1][prompt_lens[1] + 11]) > 1e-3
 
 
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("attention", ["tda", "tra"])
+def test_decode_kernels_in_the_model_match_full_forward(attention, static, monkeypatch):
+    """The CUDA path of a TDA/TRA decode step, under the interpreter: new keys and values through the append
+    kernel, the split-KV kernel, the per-head RMSNorm in its reduction kernel (the layer skips its own), with
+    per-sequence lengths and grouped kv heads; every step's logits equal a full forward's."""
+    pytest.importorskip("triton")
+    from tda.ops.triton import decode
+    calls = {"append": 0, "attend": 0}
+    real_append, real_attend = decode.append_kv, decode.decode_attention
+
+    def append(*a, **kw):
+        calls["append"] += 1
+        return real_append(*a, **kw)
+
+    def attend(*a, **kw):
+        calls["attend"] += 1
+        assert kw.get("norm_weight") is not None  # the head norm goes into the kernel
+        return real_attend(*a, **kw)
+    monkeypatch.setattr(decode, "append_kv", append)
+    monkeypatch.setattr(decode, "decode_attention", attend)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
+                          attention=attention, beta_init=0.3, attn_backend="triton")).eval()  # head dim 16
+    g = torch.Generator().manual_seed(6)
+    seqs = [torch.randint(0, 61, (n,), generator=g) for n in (15, 21)]
+    prompt_lens = [4, 10]
+    with torch.no_grad():
+        full = [model(s[None])[0] for s in seqs]
+        cache = model.new_cache(2, 40)
+        for b, (s, n) in enumerate(zip(seqs, prompt_lens)):
+            model(s[None, :n], cache=cache.row(b))
+        cache.static = static
+        for t in range(6):
+            step = torch.stack([s[n + t] for s, n in zip(seqs, prompt_lens)])[:, None]
+            logits = model(step, cache=cache)[:, 0]
+            for b, n in enumerate(prompt_lens):
+                assert rel(logits[b], full[b][n + t]) < 1e-5, (attention, b, t)
+    assert calls == {"append": 6 * 2, "attend": 6 * 2}  # every layer of every step
+
+
 @pytest.mark.parametrize("attention", VARIANTS)
 def test_static_decoding_matches_full_forward_without_host_reads(attention, monkeypatch):
     """cache.static = True (what a CUDA graph of the decode step runs): every layer attends over the whole

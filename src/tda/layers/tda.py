@@ -78,12 +78,14 @@ class TDAAttention(AttentionBase):
         return {**keys, "v": (Hk, D)}
 
     def _cached_op(self, qs, ks, v, cache):
+        """The decode step over the cache, the per-head RMSNorm included (fused into the decode kernel)."""
         b = cache.buffers
         dt = b["v"].dtype
         return threshold_differential_attention_with_kvcache(
             qs[0].to(dt), qs[1].to(dt), b["k1"], b["k2"], b["v"], self.beta, self.lam,
             cache_seqlens=cache.seqlens, k1=ks[0].to(dt), k2=ks[1].to(dt), v=v.to(dt), kappa=self.kappa,
-            p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end)  # known: no host sync
+            p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,  # known: no host sync
+            head_norm=(self.head_norm.weight, self.head_norm.eps))
 
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):
         self.check_docs_cache(docs, cache)
@@ -99,9 +101,9 @@ class TDAAttention(AttentionBase):
             if cache is not None:  # prefill: the op above saw the whole prompt; keep unit keys for decoding
                 names = [n for n in self.cache_shapes() if n != "v"]
                 cache.write(v=v, **{n: l2_normalize(k) for n, k in zip(names, ks)})
+            y = self.head_norm(y.transpose(1, 2))  # (B, N, H, D): RMSNorm per head; an all-zero row stays 0
         else:
-            y = self._cached_op(qs, ks, v, cache).to(v.dtype)
-        y = self.head_norm(y.transpose(1, 2))  # (B, N, H, D): RMSNorm per head; an all-zero row stays 0
+            y = self._cached_op(qs, ks, v, cache).to(v.dtype).transpose(1, 2)  # normalised in the op
         B, N = y.shape[:2]
         return self.dropout(self.c_proj(y.reshape(B, N, -1)))
 
@@ -126,4 +128,5 @@ class TRAAttention(TDAAttention):
         dt = b["v"].dtype
         return threshold_rectified_attention_with_kvcache(
             qs[0].to(dt), b["k"], b["v"], self.beta, cache_seqlens=cache.seqlens, k=ks[0].to(dt), v=v.to(dt),
-            kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end)
+            kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,
+            head_norm=(self.head_norm.weight, self.head_norm.eps))

@@ -8,11 +8,14 @@ With L_b keys visible after that write, query row r of sequence b sits at absolu
 i = L_b - M + r (bottom-right alignment), sees keys j <= i, and is judged by the threshold
 tau_i = beta * sqrt(2 * max(log((i + 1) / kappa), 0) / d). The caller advances cache_seqlens.
 
-Returns the pre-RMSNorm aggregation sum_j (a1_ij - lam * a2_ij) v_j, shape (B, H, M, Dv).
+Returns the pre-RMSNorm aggregation sum_j (a1_ij - lam * a2_ij) v_j, shape (B, H, M, Dv); with
+`head_norm=(weight, eps)` ((H, Dv) gains), TDA's last step too: each row's per-head RMSNorm, in the kernel
+that writes it.
 
 backend="auto": the split-KV Triton decode kernel (tda.ops.triton.decode) for CUDA tensors it supports
 (fp16/bf16/fp32, head dims 16/32/64/128) when no gradient is needed, else the torch path; "triton": the
 kernel (on a CPU under TRITON_INTERPRET=1), a ValueError where it cannot run; "reference": the torch path.
+With the kernel, the new keys and values go into the caches through one append kernel too.
 """
 from __future__ import annotations
 
@@ -87,9 +90,13 @@ def _check_cache(qs, caches, new, cache_seqlens, max_seqlen_k=None):
     return B, H, M, D, Hk, S, lengths, hi
 
 
-def _append(caches, new, cache_seqlens_long, M):
-    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens: one scatter
-    per cache, no host sync."""
+def _append(caches, new, cache_seqlens_long, M, dk=None):
+    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens, no host sync:
+    the decode module's append kernel (dk), else one scatter per cache."""
+    if dk is not None:
+        ts = [t for _, t in new]
+        dk.append_kv(ts[:-1], ts[-1], caches[:-1], caches[-1], cache_seqlens_long)
+        return
     pos = cache_seqlens_long[:, None] + torch.arange(M, device=cache_seqlens_long.device)  # (B, M)
     for i, (cache, (_, t)) in enumerate(zip(caches, new)):
         is_value = i == len(caches) - 1
@@ -160,10 +167,37 @@ def _needs_grad(*ts):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
+def _check_head_norm(head_norm, H, Dv, ref):
+    """(weight (H, Dv), eps) or None; ValueError naming head_norm otherwise."""
+    if head_norm is None:
+        return None
+    if not isinstance(head_norm, tuple) or len(head_norm) != 2:
+        raise ValueError("head_norm must be a (weight, eps) tuple")
+    w, eps = head_norm
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point() or tuple(w.shape) != (H, Dv):
+        raise ValueError(f"head_norm weight must be a floating tensor of shape ({H}, {Dv}), got "
+                         f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if w.device != ref.device:
+        raise ValueError(f"head_norm weight must be on {ref.device}, got {w.device}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"head_norm eps must be a finite number > 0, got {eps!r}")
+    return w, float(eps)
+
+
+def _reference_head_norm(out, head_norm):
+    """The layers' RMSNorm per head, in at least fp32 (as the decode kernel), then the output's dtype."""
+    if head_norm is None:
+        return out
+    w, eps = head_norm
+    x = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+    y = torch.nn.functional.rms_norm(x, (out.shape[-1],), None, eps) * w.to(x.dtype)[None, :, None, :]
+    return y.to(out.dtype)
+
+
 def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, *,
                                                   cache_seqlens, k1=None, k2=None, v=None, kappa=1.0,
                                                   p=2.0, normalize_q=True, backend="auto",
-                                                  check_finite=True, max_seqlen_k=None):
+                                                  check_finite=True, max_seqlen_k=None, head_norm=None):
     """TDA over a KV cache (see the module docstring).
 
     q1, q2: (B, H, M, D) raw queries (normalised here unless normalize_q=False); k1_cache, k2_cache:
@@ -171,7 +205,8 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
     per sequence before this call; k1, k2, v: optional (B, Hk, M, .) new raw keys and values, written
     into the caches in place. max_seqlen_k: optional Python int, at least the keys any sequence sees after
     the write (at most S); with it the call makes no host sync, and cache_seqlens is trusted as given
-    (not checked against M and S). Returns (B, H, M, Dv).
+    (not checked against M and S). head_norm: optional (weight (H, Dv), eps), the per-head RMSNorm of
+    the output. Returns (B, H, M, Dv).
     """
     _check_backend(backend)
     new = [("k1", k1), ("k2", k2), ("v", v)]
@@ -181,19 +216,24 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
     check_options(kappa=kappa, p=p)
     beta = _check_scalar_param("beta", beta, H, q1, check_finite)
     lam = _check_scalar_param("lam", lam, H, q1, check_finite)
-    if k1 is not None:
-        _append([k1_cache, k2_cache, v_cache], new, lengths - M, M)
+    head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q1)
     dk = _decode_kernel(backend, q1, k1_cache, v_cache,
-                        _needs_grad(q1, q2, k1_cache, k2_cache, v_cache, beta, lam))
+                        _needs_grad(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, k1, k2, v,
+                                    head_norm[0] if head_norm else None))
+    if k1 is not None:
+        _append([k1_cache, k2_cache, v_cache], new, lengths - M, M, dk)
     if dk is not None:
         return dk.decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, longest,
-                                   kappa=kappa, p=p, normalize_q=normalize_q)
-    return _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q)
+                                   kappa=kappa, p=p, normalize_q=normalize_q,
+                                   norm_weight=head_norm[0] if head_norm else None,
+                                   norm_eps=head_norm[1] if head_norm else 1e-6)
+    out = _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q)
+    return _reference_head_norm(out, head_norm)
 
 
 def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cache_seqlens, k=None, v=None,
                                                kappa=1.0, p=2.0, normalize_q=True, backend="auto",
-                                               check_finite=True, max_seqlen_k=None):
+                                               check_finite=True, max_seqlen_k=None, head_norm=None):
     """TRA (one view) over a KV cache; arguments as threshold_differential_attention_with_kvcache."""
     _check_backend(backend)
     new = [("k", k), ("v", v)]
@@ -201,10 +241,15 @@ def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cac
                                               new, cache_seqlens, max_seqlen_k)
     check_options(kappa=kappa, p=p)
     beta = _check_scalar_param("beta", beta, H, q, check_finite)
+    head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q)
+    dk = _decode_kernel(backend, q, k_cache, v_cache,
+                        _needs_grad(q, k_cache, v_cache, beta, k, v, head_norm[0] if head_norm else None))
     if k is not None:
-        _append([k_cache, v_cache], new, lengths - M, M)
-    dk = _decode_kernel(backend, q, k_cache, v_cache, _needs_grad(q, k_cache, v_cache, beta))
+        _append([k_cache, v_cache], new, lengths - M, M, dk)
     if dk is not None:
         return dk.decode_attention(q, None, k_cache, None, v_cache, beta, None, lengths, longest,
-                                   kappa=kappa, p=p, normalize_q=normalize_q)
-    return _reference(q, None, k_cache, None, v_cache, beta, None, lengths, kappa, p, normalize_q)
+                                   kappa=kappa, p=p, normalize_q=normalize_q,
+                                   norm_weight=head_norm[0] if head_norm else None,
+                                   norm_eps=head_norm[1] if head_norm else 1e-6)
+    out = _reference(q, None, k_cache, None, v_cache, beta, None, lengths, kappa, p, normalize_q)
+    return _reference_head_norm(out, head_norm)

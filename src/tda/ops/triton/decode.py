@@ -273,10 +273,11 @@ def decode_split_kernel(Q1, Q2, K1, K2, V, LENS, BETA, LAM, SCALE, OUT,
 
 
 @triton.jit
-def decode_reduce_kernel(PART, OUT, LENS, chunk, HM, s_ps, so_b, so_h, so_m, so_d, H, M,
-                         HEAD_DV: tl.constexpr, BLOCK_S: tl.constexpr):
+def decode_reduce_kernel(PART, OUT, LENS, chunk, HM, s_ps, so_b, so_h, so_m, so_d, H, M, GAIN, s_gh, s_gd,
+                         norm_eps, HEAD_DV: tl.constexpr, BLOCK_S: tl.constexpr, NORM: tl.constexpr):
     """OUT[b, h, m, :] = sum over the splits that hold keys of sequence b of PART[split, b, h, m, :]
-    (PART contiguous (splits, B * H * M, HEAD_DV)), in a fixed order."""
+    (PART contiguous (splits, B * H * M, HEAD_DV)), in a fixed order; NORM: then the per-head RMSNorm,
+    x * rsqrt(mean(x^2) + eps) * GAIN[h, :] (an all-zero row stays 0)."""
     row = tl.program_id(0).to(tl.int64)
     b = row // HM
     h = (row // M) % H
@@ -291,7 +292,37 @@ def decode_reduce_kernel(PART, OUT, LENS, chunk, HM, s_ps, so_b, so_h, so_m, so_
         x = tl.load(PART + ss.to(tl.int64)[:, None] * s_ps + row * HEAD_DV + offs_d[None, :],
                     mask=(ss < n_valid)[:, None], other=0.0)
         acc += tl.sum(x, 0)
+    if NORM:
+        gain = tl.load(GAIN + h * s_gh + offs_d * s_gd).to(acc.dtype)
+        acc = acc / tl.sqrt(tl.sum(acc * acc, 0) / HEAD_DV + norm_eps) * gain
     tl.store(OUT + b * so_b + h * so_h + m * so_m + offs_d * so_d, acc.to(OUT.dtype.element_ty))
+
+
+@triton.jit
+def decode_append_kernel(K1N, K2N, VN, K1C, K2C, VC, SEQ,
+                         sk1nb, sk1nh, sk1nm, sk1nd, sk2nb, sk2nh, sk2nm, sk2nd, svnb, svnh, svnm, svnd,
+                         sk1cb, sk1ch, sk1cn, sk1cd, sk2cb, sk2ch, sk2cn, sk2cd, svcb, svch, svcn, svcd, Hk, M,
+                         TWO: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, EPS2: tl.constexpr,
+                         ACC: tl.constexpr):
+    """One program per (sequence b, kv head, new row m): the new keys L2-normalised (reference.l2_normalize:
+    x * rsqrt(|x|^2 + eps^2) in at least fp32) and the raw value written at position SEQ[b] + m of the caches."""
+    pid = tl.program_id(0)
+    m = pid % M
+    bh = pid // M
+    b = (bh // Hk).to(tl.int64)
+    hk = (bh % Hk).to(tl.int64)
+    pos = tl.load(SEQ + b).to(tl.int64) + m
+    offs_d = tl.arange(0, HEAD_D)
+    offs_dv = tl.arange(0, HEAD_DV)
+    k = tl.load(K1N + b * sk1nb + hk * sk1nh + m * sk1nm + offs_d * sk1nd).to(ACC)
+    k = k / tl.sqrt(tl.sum(k * k, 0) + EPS2)
+    tl.store(K1C + b * sk1cb + hk * sk1ch + pos * sk1cn + offs_d * sk1cd, k.to(K1C.dtype.element_ty))
+    if TWO:
+        k2 = tl.load(K2N + b * sk2nb + hk * sk2nh + m * sk2nm + offs_d * sk2nd).to(ACC)
+        k2 = k2 / tl.sqrt(tl.sum(k2 * k2, 0) + EPS2)
+        tl.store(K2C + b * sk2cb + hk * sk2ch + pos * sk2cn + offs_d * sk2cd, k2.to(K2C.dtype.element_ty))
+    v = tl.load(VN + b * svnb + hk * svnh + m * svnm + offs_dv * svnd)
+    tl.store(VC + b * svcb + hk * svch + pos * svcn + offs_dv * svcd, v.to(VC.dtype.element_ty))
 
 
 def _p_mode(p: float) -> int:
@@ -302,16 +333,19 @@ def _p_mode(p: float) -> int:
 # per-call argument binding and kernel lookup (tens of microseconds of host time per launch)
 _split = FastKernel(decode_split_kernel)
 _reduce = FastKernel(decode_reduce_kernel)
+_append_kernel = FastKernel(decode_append_kernel)
 
 
 def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, max_len: int, *, kappa: float,
                      p: float, normalize_q: bool = True, cfg: Optional[DecodeConfig] = None,
-                     splits: Optional[int] = None) -> torch.Tensor:
+                     splits: Optional[int] = None, norm_weight: Optional[torch.Tensor] = None,
+                     norm_eps: float = 1e-6) -> torch.Tensor:
     """sum_j (a1_ij - lam_h a2_ij) v_j over each sequence's first lengths[b] cached keys (TRA: q2, k2_cache,
     lam None), shape (B, H, M, Dv) in q1's dtype. Arguments already validated (tda.ops.kvcache): q (B, H, M, D)
     raw queries; caches (B, Hk, S, .) of unit keys; lengths int (B,) on the device, each in [M, S];
     max_len = max(lengths) as a Python int (no host sync here, so a CUDA graph can hold the call);
-    beta, lam (H,). `splits` forces a split count (tests)."""
+    beta, lam (H,). norm_weight (H, Dv): each output row then gets the per-head RMSNorm with that gain and
+    norm_eps, in the kernel that writes it (fp32). `splits` forces a split count (tests)."""
     B, H, M, D = q1.shape
     Hk, S, Dv = k1_cache.shape[1], k1_cache.shape[2], v_cache.shape[3]
     beta = beta.to(q1.device)  # no-ops where already there; a host-side beta would be read as a device pointer
@@ -325,12 +359,18 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     acc_dt = torch.float64 if f64 else torch.float32
     scale = tau_scale(S, float(kappa), D, q1.device, torch.float64 if beta.dtype == torch.float64 else torch.float32)
     out = torch.empty(B, H, M, Dv, device=q1.device, dtype=q1.dtype)
-    if pl.splits == 1:
+    norm = norm_weight is not None
+    # the head norm runs in the reduction kernel, after one split too: in the split kernel's epilogue it spills
+    # registers on sm_90 (d = 128, one row; d = 64, 32 rows)
+    reduce = pl.splits > 1 or norm
+    if not reduce:
         dst, dst_strides = out, (0, *out.stride())
     else:
         dst = torch.empty(pl.splits, B, H, M, Dv, device=q1.device, dtype=acc_dt)
         dst_strides = dst.stride()
     q2_, k2_, lam_ = (q2, k2_cache, lam) if two else (q1, k1_cache, beta)
+    gain = norm_weight.to(q1.device) if norm else beta  # a placeholder pointer when not normalising
+    g_strides = (gain.stride(0), gain.stride(1)) if norm else (0, 0)
     grid = (B * Hk * pl.row_tiles, pl.splits)
     with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
         _split[grid](
@@ -341,9 +381,28 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
             BLOCK_N=cfg.block_n, EPS2=_EPS2, TAU_F64=f64, ACC=tl.float64 if f64 else tl.float32,
             PREC="ieee" if q1.dtype in (torch.float32, torch.float64) else "tf32",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if pl.splits > 1:
+        if reduce:
             _reduce[(B * H * M,)](
-                dst, out, lengths, pl.chunk, H * M, dst.stride(0), *out.stride(), H, M,
-                HEAD_DV=Dv, BLOCK_S=min(16, triton.next_power_of_2(pl.splits)), num_warps=1)
+                dst, out, lengths, pl.chunk, H * M, dst.stride(0), *out.stride(), H, M, gain, *g_strides,
+                float(norm_eps), HEAD_DV=Dv, BLOCK_S=min(16, triton.next_power_of_2(pl.splits)), NORM=norm,
+                num_warps=1)
     return out
+
+
+def append_kv(new_keys, new_v, key_caches, v_cache, cache_seqlens):
+    """Write new rows into the caches at each sequence's cache_seqlens[b] + m, keys L2-normalised, in one
+    launch (tda.ops.kvcache's torch path: an l2_normalize and a scatter per cache). new_keys: one or two
+    (B, Hk, M, D) tensors, key_caches the matching (B, Hk, S, D) caches; new_v (B, Hk, M, Dv) into v_cache.
+    Arguments already validated; cache_seqlens (B,) int on the device (no host sync: a graph can hold it)."""
+    k1n = new_keys[0]
+    B, Hk, M, D = k1n.shape
+    Dv = new_v.shape[3]
+    two = len(new_keys) == 2
+    k2n, k2c = (new_keys[1], key_caches[1]) if two else (k1n, key_caches[0])
+    acc = tl.float64 if k1n.dtype == torch.float64 else tl.float32
+    with torch.cuda.device(k1n.device) if k1n.is_cuda else contextlib.nullcontext():
+        _append_kernel[(B * Hk * M,)](
+            k1n, k2n, new_v, key_caches[0], k2c, v_cache, cache_seqlens,
+            *k1n.stride(), *k2n.stride(), *new_v.stride(), *key_caches[0].stride(), *k2c.stride(), *v_cache.stride(),
+            Hk, M, TWO=two, HEAD_D=D, HEAD_DV=Dv, EPS2=_EPS2, ACC=acc, num_warps=1)
 
