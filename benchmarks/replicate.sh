@@ -23,8 +23,8 @@
 #    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs. Each eval ends with the length-generalisation
 #    form of the passkey test: PASSKEY_FT_STEPS (default 200) fine-tune steps of PASSKEY_FT_BATCH (32) passkey
 #    prompts at the training length, then passkey again at 1-8x.
-#    Or both steps in one call, when the run fits (train cut at TRAIN_TIMEOUT_S=480, evaluation in what is
-#    left of RUN_BUDGET_S=585; the archive is replicate-eval-s<SEED>-<VARIANT>.tar.gz):
+#    Or both steps in one call, when the run fits (train cut at TRAIN_TIMEOUT_S=490, evaluation in what is
+#    left of RUN_BUDGET_S=590; the archive is replicate-eval-s<SEED>-<VARIANT>.tar.gz):
 #        bash benchmarks/replicate.sh run tda 1
 # 4) Anywhere, on the rows that came back (with each machine's replicate-eval.tar.gz renamed
 #    replicate-eval-<NAME>.tar.gz beside them):
@@ -164,8 +164,8 @@ run)
     seed=${2:?usage: replicate.sh run VARIANT SEED}
     start=$(date +%s)
     rc=0
-    TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-480} bash "$0" train "$variant" "$seed" || rc=$?
-    left=$(( ${RUN_BUDGET_S:-585} - ($(date +%s) - start) ))
+    TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-490} bash "$0" train "$variant" "$seed" || rc=$?
+    left=$(( ${RUN_BUDGET_S:-590} - ($(date +%s) - start) ))
     if [[ $rc -ne 0 || ! -f "runs/replicate/s$seed/$variant/compare.json" ]]; then
         echo "run $variant seed $seed: training unfinished (exit $rc); the next call resumes it"; exit 1
     fi
