@@ -121,7 +121,7 @@ train)
     start=$(date +%s)
     set +e
     # INT lets the trainer stop cleanly; its periodic checkpoints make the next call resume
-    timeout --signal=INT --kill-after=20 "${TRAIN_TIMEOUT_S:-560}" \
+    timeout --signal=INT --kill-after=60 "${TRAIN_TIMEOUT_S:-560}" \
         python3 -m tda.cli compare "$CONFIG" --variants "$variant" --no-progress "${sets[@]}" \
         --results-dir "runs/replicate/s$seed/results-$variant" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}

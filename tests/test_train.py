@@ -300,6 +300,33 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]   # no temp file left behind
 
 
+def test_first_interrupt_saves_the_step_and_resumes_exactly(bundled_dir, tmp_path, monkeypatch):
+    """A SIGINT during step 4 (Ctrl-C, `timeout --signal=INT`): the step finishes, last.pt is written at
+    step 5 (ckpt_interval would not have saved there), KeyboardInterrupt follows; resuming to the end gives
+    the uninterrupted run's parameters bit for bit. The previous SIGINT handler is back afterwards."""
+    import signal
+    import tda.train.loop as L
+    kw = dict(ckpt_interval=0, eval_interval=0)
+    a = train(tiny(bundled_dir, tmp_path / "a", **kw))
+    real = L.lr_at
+
+    def lr_at(step, **k):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(step, **k)
+    monkeypatch.setattr(L, "lr_at", lr_at)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 5"):
+        train(tiny(bundled_dir, tmp_path / "b", **kw))
+    assert signal.getsignal(signal.SIGINT) is before
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["step"] == 5
+    monkeypatch.setattr(L, "lr_at", real)
+    b = train(tiny(bundled_dir, tmp_path / "b", **kw), resume=True)
+    assert b["step"] == a["step"] == 12
+    for k, t in a["model"].state_dict().items():
+        assert torch.equal(t, b["model"].state_dict()[k]), k
+
+
 def test_crash_mid_save_in_trainer(bundled_dir, tmp_path, monkeypatch):
     """The trainer's second checkpoint crashes: last.pt still holds the first, and resume works from it."""
     out = tmp_path / "t"

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,6 +200,31 @@ def _autocast(ctx, amp_dtype):
     return torch.autocast(device_type=ctx.device_type, dtype=amp_dtype)
 
 
+class _StopRequest:
+    """A first SIGINT (Ctrl-C, or `timeout --signal=INT`) in a single-process run asks the loop to stop at the
+    next step boundary: it writes last.pt there and raises KeyboardInterrupt, so the run resumes exactly and
+    loses no step. A second SIGINT interrupts at once. Off under torchrun (ranks would stop at different steps)
+    and outside the main thread (signals are delivered there only)."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self._old = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("interrupt: stopping after this step and saving last.pt (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 # --- the loop -------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train per `cfg`; with resume=True continue from out_dir/last.pt when it exists.
@@ -206,16 +234,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
 
     stop_after: leave the loop after this many completed steps without the final checkpoint, as if
     the job were killed there (tests; time-boxed jobs). Returns a summary dict (rank 0 meaningful).
+    A first Ctrl-C in a single process saves last.pt at the step boundary, then raises KeyboardInterrupt.
     """
     check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     ctx = D.setup(cfg.device, cfg.parallel)
+    stop = _StopRequest(enabled=ctx.world_size == 1)
     try:
-        return _train(cfg, ctx, resume, stop_after, overwrite)
+        return _train(cfg, ctx, resume, stop_after, overwrite, stop)
     finally:
+        stop.restore()
         D.cleanup(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None, overwrite: bool) -> dict:
+def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int | None, overwrite: bool,
+           stop: _StopRequest) -> dict:
     out = Path(cfg.out_dir)  # created by the first metrics row or checkpoint
     fsdp = cfg.parallel == "fsdp"
     eval_pack = cfg.pack_documents if cfg.eval_pack_documents is None else cfg.eval_pack_documents
@@ -302,7 +334,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
     t_log, tokens_since = time.time(), 0
     val_loss, stats_ids = None, None
     while step < cfg.max_steps:
-        if stop_after is not None and step >= stop_after:
+        if (stop_after is not None and step >= stop_after) or stop.requested:
             break
         lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
         for group in optimizer.param_groups:
@@ -370,6 +402,9 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         if ckpt_now:
             checkpoint(last_path)
     bar.close()
+    if stop.requested:
+        checkpoint(last_path)  # at a step boundary: a resume continues exactly here
+        raise KeyboardInterrupt(f"stopped at step {step}; {last_path} holds it (resume to continue)")
     D.barrier(ctx)
     best_path = out / ("best.dcp" if fsdp else "best.pt")
     if fsdp:  # the sharded model cannot outlive the process group: hand back a plain copy (rank 0)
