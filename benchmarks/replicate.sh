@@ -43,7 +43,8 @@
 # Environment: REPLICATE_CONFIG (default configs/replicate.yaml), TRAIN_TIMEOUT_S (default 560),
 # EXTRA_SET ("key=value ..." passed as --set to the trainer, e.g. "max_steps=2000 compile=false"),
 # EVAL_DEVICE (default cuda), PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH, EVAL_TAR
-# (archive name, default replicate-eval), SHARD_MIB / SHARD_PART (prepare).
+# (archive name, default replicate-eval), SHARD_MIB / SHARD_PART (prepare), ZEROS_FROM (report: a compare
+# results.json for the variants the runs lack in the sparsity claim; default docs/results/compare-gpu's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${REPLICATE_CONFIG:-configs/replicate.yaml}
@@ -191,8 +192,10 @@ report)
         evals+=("$d")
     done
     [[ -f "$res/survivors/survivors.json" ]] || python3 -m tda.cli eval --task survivors --out "$res/survivors"
+    # ReLA and entmax (too slow for this budget) join the sparsity claim from the short all-variants comparison
     python3 benchmarks/replicate_report.py "$rows" --out "$res" --config "$CONFIG" \
-        --survivors "$res/survivors/survivors.json" ${evals[@]+--eval "${evals[@]}"}
+        --survivors "$res/survivors/survivors.json" ${evals[@]+--eval "${evals[@]}"} \
+        --zeros-from "${ZEROS_FROM:-docs/results/compare-gpu/results.json}"
     ;;
 
 *)

@@ -178,17 +178,26 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/replicate.yaml")
     ap.add_argument("--eval", type=Path, nargs="*", default=[], help="unpacked replicate-eval folders")
     ap.add_argument("--survivors", type=Path, default=None, help="survivors.json of tda eval --task survivors")
+    ap.add_argument("--zeros-from", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="a tda compare results.json whose variants these runs lack (e.g. ReLA, entmax) join the "
+                         "sparsity claim, marked with their source")
     a = ap.parse_args(argv)
     out = a.out or a.rows
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(a.rows)
     summary, passkey, passkey_ft = load_eval(a.eval)
     survivors = json.loads(a.survivors.read_text()) if a.survivors else None
+    extra_zeros = {}
+    if a.zeros_from:
+        for r in json.loads(a.zeros_from.read_text()):
+            if r.get("exact_zero_fraction") is not None:
+                extra_zeros[r["attention"]] = ([float(r["exact_zero_fraction"])],
+                                               f"{a.zeros_from.parent.name}, {r.get('tokens', 0) / 1e6:.1f}M tokens")
     text = "\n".join([
         "# Replication: softmax vs TDA and the other attention families", "",
         f"Config: `{a.config}`; one run per variant and seed (`bash benchmarks/replicate.sh run VARIANT SEED`).", "",
         "## The paper's claims", "",
-        claims_table(rows, summary or None, passkey, survivors, passkey_ft), "",
+        claims_table(rows, summary or None, passkey, survivors, passkey_ft, extra_zeros), "",
         "Verdict rules: `tda.eval.claims` (a difference is real beyond 2 standard errors over seeds; "
         "passkey by 95% Wilson intervals).", "",
         "## Per variant (mean ± standard deviation over seeds [min..max])", "",

@@ -78,6 +78,16 @@ def test_passkey_at_reads_eval_all():
     assert claims.passkey_at(eval_all, section="passkey_finetuned") == (5, 20)
 
 
+def test_supplementary_zeros_join_the_order_and_are_marked():
+    rows = [{"variant": "tda", "seed": 1, "val_loss": 3.0, "exact_zero_fraction": 0.995}]
+    table = claims.claims_table(rows, extra_zeros={"rela": ([0.71], "compare-gpu, 3.3M tokens"),
+                                                   "entmax": ([0.993], "compare-gpu, 3.3M tokens"),
+                                                   "tda": ([0.5], "ignored: the runs measured TDA")})
+    row = next(line for line in table.splitlines() if "exact zeros" in line)
+    assert "tda 99.50%" in row and "rela 71.00% (1 seed) *" in row and "entmax: compare-gpu, 3.3M tokens" in row
+    assert "disagree: order tda , rela , entmax not decreasing" in row   # entmax above ReLA here
+
+
 def test_finetuned_passkey_is_its_own_row():
     rows = [{"variant": v, "seed": s, "val_loss": 3.0 + 0.01 * s} for v in ("tda", "softmax") for s in (1, 2)]
     plain = claims.claims_table(rows, passkey={"tda": [(0, 50)], "softmax": [(0, 50)]})

@@ -74,15 +74,19 @@ def val_loss_claim(rows: list[dict]) -> dict:
     return {**claim, "ours": ours, "verdict": verdict}
 
 
-def zeros_claim(zeros: dict[str, list[float]]) -> dict:
+def zeros_claim(zeros: dict[str, list[float]], supplementary: dict[str, str] | None = None) -> dict:
     """Ultra-sparsity: TDA's exact-zero fraction of the causal weights at least 99% (every seed), and the
-    order TDA > ReLA > entmax among the variants measured. zeros = {variant: [fraction per seed]}."""
+    order TDA > ReLA > entmax among the variants measured. zeros = {variant: [fraction per seed]};
+    supplementary = {variant: where its numbers come from} for variants measured outside these runs (marked)."""
     paper = ", ".join(f"{k} {100 * x:.0f}%" for k, x in PAPER_ZEROS.items())
     claim = {"claim": "more than 99% exact zeros (TDA > ReLA > entmax)", "paper": paper}
     if "tda" not in zeros:
         return {**claim, "ours": "-", "verdict": "not testable here: no TDA sparsity measured"}
-    ours = ", ".join(f"{k} {_fmt(zeros[k], '.2f', 100, '%')}" for k in ("tda", "rela", "entmax", "softmax")
-                     if k in zeros)
+    supplementary = supplementary or {}
+    ours = ", ".join(f"{k} {_fmt(zeros[k], '.2f', 100, '%')}" + (" *" if k in supplementary else "")
+                     for k in ("tda", "rela", "entmax", "softmax") if k in zeros)
+    if supplementary:
+        ours += "; * " + "; ".join(f"{k}: {src}" for k, src in sorted(supplementary.items()))
     means = {k: statistics.fmean(x) for k, x in zeros.items()}
     order = [k for k in ("tda", "rela", "entmax") if k in means]
     ordered = all(means[a] > means[b] for a, b in zip(order, order[1:]))
@@ -211,13 +215,21 @@ def passkey_at(eval_all: dict, length: int = PASSKEY_LENGTH, run: str = "needles
 
 
 def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | None = None,
-                 survivors: dict | None = None, passkey_finetuned: dict | None = None) -> str:
-    """Markdown: the five claims (six rows with the fine-tuned passkey test) with the paper's numbers, ours and a verdict (see each check's rule).
-    Sparsity and sinks come from the analysis summary when given, else from the train rows."""
+                 survivors: dict | None = None, passkey_finetuned: dict | None = None,
+                 extra_zeros: dict[str, tuple[list[float], str]] | None = None) -> str:
+    """Markdown: the five claims (six rows with the fine-tuned passkey test) with the paper's numbers, ours and
+    a verdict (see each check's rule). Sparsity and sinks come from the analysis summary when given, else from
+    the train rows; extra_zeros = {variant: (exact-zero fractions, where they come from)} adds variants these
+    runs did not train to the sparsity row, marked."""
     zeros = analysis_metric(summary, "exact_zero_fraction") if summary else _by_variant(rows, "exact_zero_fraction")
     ratios = (analysis_metric(summary, "first_token_sink_ratio") if summary
               else _by_variant(rows, "stats_first_token_sink_ratio"))
-    checks = [val_loss_claim(rows), zeros_claim(zeros), sink_claim(ratios), passkey_claim(passkey or {})]
+    supplementary = {}
+    for k, (values, source) in (extra_zeros or {}).items():  # variants these runs did not train
+        if k not in zeros:
+            zeros[k], supplementary[k] = list(values), source
+    checks = [val_loss_claim(rows), zeros_claim(zeros, supplementary), sink_claim(ratios),
+              passkey_claim(passkey or {})]
     if passkey_finetuned:
         checks.append(passkey_claim(passkey_finetuned, finetuned=True))
     checks.append(survivors_claim(survivors or {}))
