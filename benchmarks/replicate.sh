@@ -42,14 +42,17 @@
 #
 # Environment: REPLICATE_CONFIG (default configs/replicate.yaml), TRAIN_TIMEOUT_S (default 560),
 # EXTRA_SET ("key=value ..." passed as --set to the trainer, e.g. "max_steps=2000 compile=false"),
-# EVAL_DEVICE (default cuda), PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH, EVAL_TAR
-# (archive name, default replicate-eval), SHARD_MIB / SHARD_PART (prepare), ZEROS_FROM (report: a compare
-# results.json for the variants the runs lack in the sparsity claim; default docs/results/compare-gpu's).
+# REPLICATE_SHARD / REPLICATE_DATA / REPLICATE_RUNS (default data/replicate-shard, data/replicate,
+# runs/replicate), EVAL_DEVICE (default cuda), ANALYZE_MAX_LEN / ANALYZE_LENGTHS (8192; 512 ... 8192),
+# PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH, EVAL_TAR (archive name, default
+# replicate-eval), SHARD_MIB / SHARD_PART (prepare), ZEROS_FROM (report: a compare results.json for the
+# variants the runs lack in the sparsity claim; default docs/results/compare-gpu's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${REPLICATE_CONFIG:-configs/replicate.yaml}
-DATA=data/replicate
-SHARD=data/replicate-shard
+DATA=${REPLICATE_DATA:-data/replicate}
+SHARD=${REPLICATE_SHARD:-data/replicate-shard}
+RUNS=${REPLICATE_RUNS:-runs/replicate}
 export PYTHONPATH="$PWD/src:$PWD/data/pylib${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 mode=${1:-}
@@ -117,18 +120,18 @@ train)
         test -f "$SHARD/meta.json" || { echo "$SHARD missing: run 'bash benchmarks/replicate.sh prepare' here and carry it"; exit 2; }
         python3 -m tda.cli data unpack "$SHARD" --out "$DATA"
     } 2>&1 | tee "$log"
-    sets=(--set "seed=$seed" --set "out_dir=runs/replicate/s$seed")
+    sets=(--set "seed=$seed" --set "out_dir=$RUNS/s$seed" --set "data_dir=$DATA")
     for kv in ${EXTRA_SET:-}; do sets+=(--set "$kv"); done
     start=$(date +%s)
     set +e
     # INT lets the trainer stop cleanly; its periodic checkpoints make the next call resume
     timeout --signal=INT --kill-after=60 "${TRAIN_TIMEOUT_S:-560}" \
         python3 -m tda.cli compare "$CONFIG" --variants "$variant" --no-progress "${sets[@]}" \
-        --results-dir "runs/replicate/s$seed/results-$variant" 2>&1 | tee -a "$log"
+        --results-dir "$RUNS/s$seed/results-$variant" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
     set -e
     echo "train $variant seed $seed: exit code $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
-    row="runs/replicate/s$seed/$variant/compare.json"
+    row="$RUNS/s$seed/$variant/compare.json"
     if [[ -f "$row" ]]; then cp "$row" "$OUT/replicate/s$seed-$variant.json"; fi
     exit "$rc"
     ;;
@@ -138,16 +141,17 @@ eval)
     mkdir -p "$OUT"
     test -f "$DATA/meta.json" || python3 -m tda.cli data unpack "$SHARD" --out "$DATA" >/dev/null
     ckpts=() names=()
-    for d in runs/replicate/s*/*/; do
+    for d in "$RUNS"/s*/*/; do
         name="$(basename "$(dirname "$d")")-$(basename "$d")"
         [[ -f "$d/compare.json" && -f "$d/last.pt" ]] || continue
         if [[ -n "${EVAL_ONLY:-}" && " $EVAL_ONLY " != *" $name "* ]]; then continue; fi
         ckpts+=("$d/last.pt"); names+=("$name")
     done
-    if [[ ${#ckpts[@]} -eq 0 ]]; then echo "no finished runs under runs/replicate/"; exit 2; fi
+    if [[ ${#ckpts[@]} -eq 0 ]]; then echo "no finished runs under $RUNS/"; exit 2; fi
     echo "checkpoints: ${names[*]}" | tee "$OUT/eval.log"
     python3 -m tda.cli analyze "${ckpts[@]}" --names "${names[@]}" --out "$OUT/analysis" --data-dir "$DATA" \
-        --max-len 8192 --lengths 512 1024 2048 4096 8192 --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
+        --max-len "${ANALYZE_MAX_LEN:-8192}" --lengths ${ANALYZE_LENGTHS:-512 1024 2048 4096 8192} \
+        --device "${EVAL_DEVICE:-cuda}" 2>&1 | tee -a "$OUT/eval.log"
     for i in "${!ckpts[@]}"; do
         python3 -m tda.cli eval "${ckpts[$i]}" --task all --out "$OUT/eval-${names[$i]}" --data-dir "$DATA" \
             --factors 1 2 4 8 --rope-scaling both --trials "${PASSKEY_TRIALS:-50}" --device "${EVAL_DEVICE:-cuda}" \
@@ -167,7 +171,7 @@ run)
     rc=0
     TRAIN_TIMEOUT_S=${TRAIN_TIMEOUT_S:-490} bash "$0" train "$variant" "$seed" || rc=$?
     left=$(( ${RUN_BUDGET_S:-590} - ($(date +%s) - start) ))
-    if [[ $rc -ne 0 || ! -f "runs/replicate/s$seed/$variant/compare.json" ]]; then
+    if [[ $rc -ne 0 || ! -f "$RUNS/s$seed/$variant/compare.json" ]]; then
         echo "run $variant seed $seed: training unfinished (exit $rc); the next call resumes it"; exit 1
     fi
     if (( left < 60 )); then

@@ -459,6 +459,9 @@ def test_passkey_finetune_lowers_the_answer_loss_and_leaves_eval_mode():
         FinetuneSettings(steps=0)
     with pytest.raises(ValueError, match="exceeds"):
         finetune_passkey(m, tok, FinetuneSettings(steps=1, length=640))
+    short = tiny_model("tda", block_size=64)       # the byte prompt without filler is ~250 tokens
+    with pytest.raises(ValueError, match="--passkey-finetune: a passkey prompt needs at least"):
+        finetune_passkey(short, tok, FinetuneSettings(steps=1))
 
 
 def test_eval_passkey_finetune_end_to_end(tmp_path):

@@ -147,11 +147,13 @@ def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_b
         long_index.append(e)
     (out / "long" / "index.json").write_text(json.dumps(long_index, indent=1))
     shutil.copy2(src / "tokenizer.json", out / "tokenizer.json")
-    fixed += (out / "tokenizer.json").stat().st_size + 64 * 1024  # + room for meta.json
+    # + room for meta.json: the source's own (it is copied with small changes) and a margin
+    fixed += (out / "tokenizer.json").stat().st_size + len(json.dumps(meta, indent=1)) + 16 * 1024
     budget = max_bytes - fixed
     if budget <= 0:
-        raise ValueError(f"max_bytes: {max_bytes} bytes do not even hold val + long ({fixed}); "
-                         "lower val_tokens / long_docs")
+        raise ValueError(f"--max-mib: {max_bytes / 2**20:.2f} MiB do not even hold the validation tokens, long "
+                         f"documents, tokenizer and meta.json ({fixed / 2**20:.2f} MiB); raise it or lower "
+                         f"--val-tokens / --long-docs")
 
     # training slice: size from a compressed sample, then shrink until it fits
     train = np.memmap(src / "train.bin", dtype=dtype, mode="r")
@@ -178,7 +180,7 @@ def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_b
         else:
             n = int(n * budget / len(blob) * 0.98)
     if best is None:
-        raise RuntimeError(f"could not fit the training slice into {budget} bytes")
+        raise ValueError(f"--max-mib: no training slice fits the {budget / 2**20:.2f} MiB left for it")
     blob, arr, tr_sl = best
     _atomic_bytes(out / "train.bin.xz", blob)
     train_ranges, pos = {}, 0
@@ -199,7 +201,8 @@ def write_shard(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_b
     _atomic_bytes(out / "meta.json", json.dumps(new, indent=1).encode())
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if total > max_bytes:
-        raise RuntimeError(f"shard {out} is {total} bytes, over max_bytes={max_bytes}")
+        raise ValueError(f"--max-mib: shard {out} came to {total / 2**20:.2f} MiB, over the "
+                         f"{max_bytes / 2**20:.2f} MiB budget (its meta.json outgrew the room kept for it)")
     log(f"shard: {out} {total / 2**20:.1f} MiB: train {arr.size:,} tokens, val {val_arr.size:,}, "
         f"long {len(long_index)} docs", flush=True)
     return new

@@ -59,14 +59,25 @@ def passkey_batch(tokenizer, units: int, length: int, batch_size: int, rng: rand
     return torch.tensor(xs), torch.tensor(ys)
 
 
+def check_length(tokenizer, length: int, block_size: int, bos_id: int | None = None) -> int:
+    """The filler units of a fine-tune prompt of `length` tokens; ValueError when the model's context cannot
+    hold it or the prompt without any filler does not fit (checked before any other work)."""
+    if length > block_size:
+        raise ValueError(f"passkey fine-tune length {length} exceeds the model's context {block_size}")
+    room = length - ANSWER_ROOM - (bos_id is not None)
+    shortest = len(tokenizer.encode(build_prompt(0, ["12345"], [0.5]).text))
+    if shortest > room:
+        raise ValueError(f"--passkey-finetune: a passkey prompt needs at least {shortest + length - room} tokens "
+                         f"(no filler, answer included), the training context is {length}")
+    return units_for_length(tokenizer, room)
+
+
 def finetune_passkey(model, tokenizer, s: FinetuneSettings, bos_id: int | None = None,
                      log=print) -> list[tuple[int, float]]:
     """Fine-tune `model` in place (see the module docstring); returns the loss curve [(step, loss)]."""
     device = next(model.parameters()).device
     length = s.length or model.config.block_size
-    if length > model.config.block_size:
-        raise ValueError(f"passkey fine-tune length {length} exceeds the model's context {model.config.block_size}")
-    units = units_for_length(tokenizer, length - ANSWER_ROOM - (bos_id is not None))
+    units = check_length(tokenizer, length, model.config.block_size, bos_id)
     rng = random.Random(s.seed)
     pad_id = int(getattr(tokenizer, "eot_id", 0) or 0)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)

@@ -82,6 +82,11 @@ def evaluate_checkpoint(checkpoint, out_dir, s: EvalSettings, command: str = "")
         raise ValueError("--task survivors takes no checkpoint")
     model, tok = load_checkpoint(checkpoint, device=s.device)  # checked before --out is created
     bos_id = checkpoint_bos_id(checkpoint, tok)  # windows start with the trained first token, if any
+    if s.finetune_steps and s.task in ("passkey", "all"):  # fail before the other tests, not after them
+        from .passkey_finetune import check_length
+        if tok is None:
+            raise ValueError("--passkey-finetune needs a tokenizer in the checkpoint")
+        check_length(tok, model.config.block_size, model.config.block_size, bos_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_len = model.config.block_size
