@@ -91,6 +91,24 @@ def test_decode_kernels_in_the_model_match_full_forward(attention, static, monke
     assert calls == {"append": 6 * 2, "attend": 6 * 2}  # every layer of every step
 
 
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_ragged_decode_step_computes_rope_angles_once(attention, monkeypatch):
+    """Sequences of different lengths: the (B,) offsets' RoPE angles are computed once per model call and
+    shared by every layer's q and k (the logits are checked against full forwards above)."""
+    model = tiny(attention, 2)
+    cache = model.new_cache(2, 40)
+    for b, n in enumerate((5, 9)):
+        model(torch.randint(0, 61, (1, n)), cache=cache.row(b))
+    calls = []
+    real = torch.Tensor.cos
+    monkeypatch.setattr(torch.Tensor, "cos", lambda self: calls.append(1) or real(self))
+    model(torch.randint(0, 61, (2, 1)), cache=cache)
+    assert len(calls) == 1                      # 2 layers x (q, k) without sharing
+    model(torch.randint(0, 61, (2, 1)), cache=cache)
+    assert len(calls) == 2                      # a new call computes its own (the offsets moved)
+    assert model.rope._shared is None
+
+
 @pytest.mark.parametrize("attention", VARIANTS)
 def test_static_decoding_matches_full_forward_without_host_reads(attention, monkeypatch):
     """cache.static = True (what a CUDA graph of the decode step runs): every layer attends over the whole

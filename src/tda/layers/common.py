@@ -1,6 +1,8 @@
 """Pieces every attention layer shares: RMSNorm and rotary position embeddings."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
         self.head_dim = head_dim
         self.max_positions = max_positions
+        self._shared = None  # see shared_angles
         self.set_scaling(base, scaling)
 
     def set_scaling(self, base: float, scaling: float = 1.0):
@@ -79,6 +82,31 @@ class RotaryEmbedding(nn.Module):
             c = self._cache = self._table(max(n, 256), device, dtype)
         return c
 
+    @contextlib.contextmanager
+    def shared_angles(self):
+        """Within one model call, the per-sequence angles of a (B,) offsets tensor are computed once and reused
+        by every layer's q and k (a decode step over sequences of different lengths); forgotten on exit."""
+        self._shared = {}
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def _offset_angles(self, position_offset, n, x):
+        """(cos, sin) (B, 1, n, D) for rows at position_offset[b] + r, with the table's arithmetic (fp32
+        position * inv_freq), so each row rotates exactly as the table would rotate it."""
+        shared = self._shared
+        key = (id(position_offset), n, x.dtype, x.device)
+        if shared is not None and not torch.compiler.is_compiling() and key in shared:
+            return shared[key]
+        pos = position_offset.to(torch.float32)[:, None] + torch.arange(n, device=x.device, dtype=torch.float32)
+        freqs = pos[..., None] * self.inv_freq.to(x.device)                         # (B, N, D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]                            # (B, 1, N, D)
+        out = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        if shared is not None and not torch.compiler.is_compiling():
+            shared[key] = out
+        return out
+
     def forward(self, x, position_offset=0, positions: torch.Tensor | None = None):
         """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1; position_offset
         is an int, or a (B,) tensor of per-sequence offsets (batched decoding over a KV cache). Given
@@ -93,12 +121,7 @@ class RotaryEmbedding(nn.Module):
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
         if isinstance(position_offset, torch.Tensor):
-            # per-sequence positions: angles computed for just these rows, with the table's arithmetic
-            # (fp32 position * inv_freq), so each row rotates exactly as the table would rotate it
-            pos = position_offset.to(torch.float32)[:, None] + torch.arange(n, device=x.device, dtype=torch.float32)
-            freqs = pos[..., None] * self.inv_freq.to(x.device)                     # (B, N, D/2)
-            emb = torch.cat([freqs, freqs], dim=-1)[:, None]                        # (B, 1, N, D)
-            cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            cos, sin = self._offset_angles(position_offset, n, x)
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
         cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)

@@ -6,6 +6,7 @@ prefill and decode, sampling) lives in kv_cache.py and generate.py; `GPT.generat
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -105,8 +106,11 @@ class GPT(nn.Module):
         if cache is not None:
             position_offset, layer_caches = self._cache_step(input_ids, position_offset, cache)
         x = self.drop(self.wte(input_ids))
-        for block, layer_cache in zip(self.blocks, layer_caches):
-            x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
+        # a (B,) offsets tensor (sequences of different lengths in a cache): RoPE angles once for all layers
+        shared = self.rope.shared_angles() if isinstance(position_offset, torch.Tensor) else contextlib.nullcontext()
+        with shared:
+            for block, layer_cache in zip(self.blocks, layer_caches):
+                x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         logits = self.lm_head(self.ln_f(x))
