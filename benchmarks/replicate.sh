@@ -21,8 +21,8 @@
 #       perplexity at 1-8x the training length with and without NTK scaling): eval-<name>/; both packed
 #       into $OUT/replicate-eval.tar.gz (a call returns at most 8 files), plus $OUT/eval.log
 #    EVAL_ONLY="s1-softmax s1-tda" limits it to those runs. Each eval ends with the length-generalisation
-#    form of the passkey test: PASSKEY_FT_STEPS (default 200) fine-tune steps of PASSKEY_FT_BATCH (32) passkey
-#    prompts at the training length, then passkey again at 1-8x.
+#    form of the passkey test: PASSKEY_FT_STEPS (default 300) fine-tune steps of PASSKEY_FT_BATCH (32) passkey
+#    prompts at the training length, learning rate PASSKEY_FT_LR (3e-4), then passkey again at 1-8x.
 #    Or both steps in one call, when the run fits (train cut at TRAIN_TIMEOUT_S=490, evaluation in what is
 #    left of RUN_BUDGET_S=590; the archive is replicate-eval-s<SEED>-<VARIANT>.tar.gz):
 #        bash benchmarks/replicate.sh run tda 1
@@ -44,9 +44,9 @@
 # EXTRA_SET ("key=value ..." passed as --set to the trainer, e.g. "max_steps=2000 compile=false"),
 # REPLICATE_SHARD / REPLICATE_DATA / REPLICATE_RUNS (default data/replicate-shard, data/replicate,
 # runs/replicate), EVAL_DEVICE (default cuda), ANALYZE_MAX_LEN / ANALYZE_LENGTHS (8192; 512 ... 8192),
-# PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH, EVAL_TAR (archive name, default
-# replicate-eval), SHARD_MIB / SHARD_PART (prepare), ZEROS_FROM (report: a compare results.json for the
-# variants the runs lack in the sparsity claim; default docs/results/compare-gpu's).
+# PASSKEY_TRIALS (default 50), PASSKEY_FT_STEPS / PASSKEY_FT_BATCH / PASSKEY_FT_LR, EVAL_TAR (archive name,
+# default replicate-eval), SHARD_MIB / SHARD_PART (prepare), ZEROS_FROM (report: a compare results.json for
+# the variants the runs lack in the sparsity claim; default docs/results/compare-gpu's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${REPLICATE_CONFIG:-configs/replicate.yaml}
@@ -155,7 +155,8 @@ eval)
     for i in "${!ckpts[@]}"; do
         python3 -m tda.cli eval "${ckpts[$i]}" --task all --out "$OUT/eval-${names[$i]}" --data-dir "$DATA" \
             --factors 1 2 4 8 --rope-scaling both --trials "${PASSKEY_TRIALS:-50}" --device "${EVAL_DEVICE:-cuda}" \
-            --passkey-finetune "${PASSKEY_FT_STEPS:-200}" --finetune-batch "${PASSKEY_FT_BATCH:-32}" 2>&1 | tee -a "$OUT/eval.log"
+            --passkey-finetune "${PASSKEY_FT_STEPS:-300}" --finetune-batch "${PASSKEY_FT_BATCH:-32}" \
+            --finetune-lr "${PASSKEY_FT_LR:-3e-4}" 2>&1 | tee -a "$OUT/eval.log"
     done
     # at most 8 files come back from a call: one archive holds every table, JSON and plot
     tar -czf "$OUT/${EVAL_TAR:-replicate-eval}.tar.gz" -C "$OUT" analysis $(cd "$OUT" && ls -d eval-* 2>/dev/null)
@@ -179,8 +180,16 @@ run)
         exit 1
     fi
     echo "run $variant seed $seed: evaluating with ${left} s left"
+    OUT=${OUT:-runs/replicate-out}
+    tarball="$OUT/replicate-eval-s$seed-$variant.tar.gz"
+    erc=0
     EVAL_ONLY="s$seed-$variant" EVAL_TAR="replicate-eval-s$seed-$variant" \
-        timeout --signal=INT --kill-after=10 "$left" bash "$0" eval
+        timeout --signal=INT --kill-after=10 "$left" bash "$0" eval || erc=$?
+    if [[ ! -f "$tarball" ]]; then  # cut short: pack what the evaluation finished (its JSON is written per test)
+        parts=$(cd "$OUT" && ls -d analysis eval-* 2>/dev/null || true)
+        if [[ -n "$parts" ]]; then tar -czf "$tarball" -C "$OUT" $parts && echo "packed a partial evaluation"; fi
+    fi
+    exit "$erc"
     ;;
 
 report)

@@ -92,10 +92,18 @@ def evaluate_checkpoint(checkpoint, out_dir, s: EvalSettings, command: str = "")
     train_len = model.config.block_size
     lengths = list(s.lengths) if s.lengths else [int(round(f * train_len)) for f in s.factors]
     result = {"checkpoint": str(checkpoint), "train_len": train_len, "bos_id": bos_id, "command": command}
+    path = out / f"eval_{s.task}.json"
+
+    def save():  # after every test: a run cut short keeps what it finished
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
     if s.task in ("passkey", "all"):
         result["passkey"] = _eval_passkey(s, model, tok, lengths, out, bos_id)
+        save()
     if s.task in ("extrapolation", "all"):
         result["extrapolation"] = _eval_extrapolation(s, model, tok, train_len, lengths, out, bos_id)
+        save()
     if s.task in ("passkey", "all") and s.finetune_steps:  # last: the fine-tune changes the model
         from .passkey_finetune import FinetuneSettings, finetune_passkey
         ft = FinetuneSettings(steps=s.finetune_steps, batch_size=s.finetune_batch, lr=s.finetune_lr)
@@ -106,8 +114,7 @@ def evaluate_checkpoint(checkpoint, out_dir, s: EvalSettings, command: str = "")
                            "length": train_len, "seed": ft.seed, "seconds": round(time.time() - t0, 1),
                            "loss_curve": curve}
         result["passkey_finetuned"] = res
-    path = out / f"eval_{s.task}.json"
-    path.write_text(json.dumps(result, indent=1))
+    save()
     print(f"[eval] wrote {path}")
     return path
 
