@@ -91,6 +91,39 @@ def test_decode_kernels_in_the_model_match_full_forward(attention, static, monke
     assert calls == {"append": 6 * 2, "attend": 6 * 2}  # every layer of every step
 
 
+@pytest.mark.parametrize("attention", ["softmax", "gated_softmax", "ssmax"])
+def test_equal_length_softmax_decode_runs_sdpa_unmasked(attention, monkeypatch):
+    """Equal lengths, one new row each: every row sees the whole cache, so the softmax layers call SDPA with
+    no mask and not causal (its unmasked decode kernels, what a user's softmax would run); the logits still
+    equal the full forward's. Ragged lengths keep the per-sequence mask."""
+    import torch.nn.functional as F
+    model = tiny(attention, 2)
+    g = torch.Generator().manual_seed(8)
+    seqs = torch.randint(0, 61, (2, 14), generator=g)
+    full = model(seqs)
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, is_causal=False, **kw):
+        seen.append((attn_mask is None, is_causal, q.shape[-2], k.shape[-2]))
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    cache = model.new_cache(2, 20)
+    model(seqs[:, :8], cache=cache)
+    for t in range(8, 14):
+        logits = model(seqs[:, t:t + 1], cache=cache)[:, 0]
+        assert rel(logits, full[:, t]) < 1e-5, t
+    decode = [x for x in seen if x[2] == 1]
+    assert decode and all(no_mask and not causal for no_mask, causal, _, _ in decode)
+    seen.clear()
+    ragged = model.new_cache(2, 20)
+    for b, n in enumerate((5, 8)):
+        model(seqs[b:b + 1, :n], cache=ragged.row(b))
+    seen.clear()
+    model(seqs[:, 8:9], cache=ragged)
+    assert seen and all(not no_mask for no_mask, _, _, _ in seen)
+
+
 @pytest.mark.parametrize("attention", ["tda", "softmax"])
 def test_ragged_decode_step_computes_rope_angles_once(attention, monkeypatch):
     """Sequences of different lengths: the (B,) offsets' RoPE angles are computed once per model call and

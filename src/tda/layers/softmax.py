@@ -32,12 +32,15 @@ class SoftmaxAttention(AttentionBase):
         if docs is not None:
             return q, k, v, docs.mask, True
         (k, v), mask = self.cached_kv(cache, k=k, v=v)
+        if cache is not None and not cache.fresh and cache.sees_whole_cache:
+            return q, k.to(q.dtype), v, None, False  # one row sees every key: unmasked SDPA, not causal
         return q, k.to(q.dtype), v, mask, mask is None
 
     def attend(self, q, k, v, mask=None, record=True):
         """(B, H, N, D) -> (B, H, N, D); subclasses (gated softmax, SSMax, ...) override pieces. mask: None
-        for causal attention over equal-length q and k, else a bool mask (B, 1, N, Nk): packed documents'
-        block-diagonal causal mask, or a KV cache's per-sequence key mask (SDPA then runs its masked kernels).
+        for causal attention over equal-length q and k, or for one query row that sees every key (a decode step
+        over equal-length sequences); else a bool mask (B, 1, N, Nk): packed documents' block-diagonal causal
+        mask, or a KV cache's per-sequence key mask (SDPA then runs its masked kernels).
         record: whether `record_weights` applies to this call."""
         g = self.n_head // self.n_kv_head
         if g > 1:
@@ -46,7 +49,11 @@ class SoftmaxAttention(AttentionBase):
             self.last_weights = self.causal_softmax_weights(q, k, self.head_dim ** -0.5, mask).detach()
         dropout_p = self.dropout if self.training else 0.0
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+            # equal lengths: causal; one query row over a longer cache (a decode step): it sees every key
+            if q.shape[-2] != k.shape[-2] and q.shape[-2] != 1:
+                raise ValueError(f"attend: {q.shape[-2]} query rows over {k.shape[-2]} keys need a mask")
+            return F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=q.shape[-2] == k.shape[-2],
+                                                  dropout_p=dropout_p)
         return F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask, dropout_p=dropout_p)
 
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):

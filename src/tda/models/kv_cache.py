@@ -48,6 +48,12 @@ class LayerCache:
             return next(iter(self.buffers.values())).shape[2]
         return max(self.lengths) + self.n_new
 
+    @property
+    def sees_whole_cache(self) -> bool:
+        """True when one new row per sequence and equal lengths: every row then sees every cached key up to
+        `end`, so a softmax layer needs no mask (SDPA's unmasked decode kernels). Never in static decoding."""
+        return self.n_new == 1 and self.lengths is not None and len(set(self.lengths)) == 1
+
     def write(self, **new):
         """Store new (B, Hk, M, D) tensors in place at each sequence's next M positions."""
         for name, t in new.items():
