@@ -282,18 +282,20 @@ def compile_split(cfg, D, two, rows, out_dtype):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
+def usage(c):
+    try:
+        from tda.ops.triton.sm90 import resource_usage
+        return resource_usage(c)
+    except ImportError:
+        return dict(shared=c.metadata.shared, stack_local=0)
+
 res = {}
 for D in (64, 128):
     for rows in (1, 32):
         cfg = decode.decode_config(D, torch.bfloat16, rows)
         for two in (True, False):
             c = compile_split(cfg, D, two, rows, "fp32" if two else "bf16")
-            try:
-                from tda.ops.triton.sm90 import resource_usage
-                use = resource_usage(c)
-            except ImportError:
-                use = dict(shared=c.metadata.shared, stack_local=0)
-            res[f"d{D}-rows{rows}-{'tda' if two else 'tra'}"] = use
+            res[f"d{D}-rows{rows}-{'tda' if two else 'tra'}"] = usage(c)
 for Dv in (64, 128):  # the split reduction, into bf16
     fn = decode.decode_reduce_kernel
     names = list(fn.arg_names)
@@ -302,7 +304,7 @@ for Dv in (64, 128):  # the split reduction, into bf16
            else "*i64" if n == "LENS" else "fp32" if n == "norm_eps" else "i32" for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, num_stages=2))
-    res[f"reduce-d{Dv}"] = dict(shared=c.metadata.shared, stack_local=0)
+    res[f"reduce-d{Dv}"] = usage(c)
 for D in (64, 128):  # the fused append of new keys (normalised) and values
     fn = decode.decode_append_kernel
     names = list(fn.arg_names)
@@ -311,7 +313,7 @@ for D in (64, 128):  # the fused append of new keys (normalised) and values
            else "i32" for n in names}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, num_stages=1))
-    res[f"append-d{D}"] = dict(shared=c.metadata.shared, stack_local=0)
+    res[f"append-d{D}"] = usage(c)
 print("RESULT " + json.dumps(res))
 """
 
