@@ -123,6 +123,17 @@ def _docs_cppreference(root: Path) -> list[Document]:
             for p in _files(base, ("*.html",))]
 
 
+def _archive_docs(source: str, by_dir: dict[str, list[tuple[str, str]]]) -> list[Document]:
+    """One document per archive directory from (member name, text) pairs, as _group_by_dir does for files on
+    disk: members in name order, each after a `// file: <name>` line, cut into parts at member boundaries."""
+    docs = []
+    for d in sorted(by_dir):
+        texts = [f"// file: {name}\n{text}" for name, text in sorted(by_dir[d])]
+        for k, chunk in enumerate(chunk_texts(texts, 400_000)):
+            docs.append(Document(source, d + (f"#{k}" if k else ""), chunk))
+    return docs
+
+
 def _group_by_dir(source: str, base: Path, files: list[Path], max_chars: int = 400_000,
                   comment: str = "//") -> list[Document]:
     """One document per directory: its files in name order, each after a `<comment> file: <path>` line;
@@ -224,12 +235,7 @@ def _docs_javacode(root: Path) -> list[Document]:
                 continue
             text = z.read(info).decode("utf-8", errors="replace")
             by_dir.setdefault(name.rsplit("/", 1)[0], []).append((name, text))
-    docs = []
-    for d in sorted(by_dir):
-        texts = [f"// file: {name}\n{text}" for name, text in sorted(by_dir[d])]
-        for k, chunk in enumerate(chunk_texts(texts, 400_000)):
-            docs.append(Document("javacode", d + (f"#{k}" if k else ""), chunk))
-    return docs
+    return _archive_docs("javacode", by_dir)
 
 
 def _docs_glibc(root: Path) -> list[Document]:
@@ -245,12 +251,7 @@ def _docs_glibc(root: Path) -> list[Document]:
             raw = tf.extractfile(m).read()
             by_dir.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else ".", []).append(
                 (rel, raw.decode("utf-8", errors="replace")))
-    docs = []
-    for d in sorted(by_dir):
-        texts = [f"// file: {rel}\n{text}" for rel, text in sorted(by_dir[d])]
-        for k, chunk in enumerate(chunk_texts(texts, 400_000)):
-            docs.append(Document("glibc", d + (f"#{k}" if k else ""), chunk))
-    return docs
+    return _archive_docs("glibc", by_dir)
 
 
 READERS: dict[str, Callable[[Path], list[Document]]] = {
