@@ -194,15 +194,19 @@ class AttentionBase(nn.Module):
         return {"k": (self.n_kv_head, self.head_dim), "v": (self.n_kv_head, self.head_dim)}
 
     @staticmethod
-    def cached_kv(cache, **new):
+    def cached_kv(cache, allow_unmasked: bool = False, **new):
         """With a cache: write the new tensors and return (what to attend over, per-sequence key mask);
         the mask is None where plain causal attention over the new tokens is exact (no cache, or every
-        sequence starting empty). Without one: (the new tensors, None)."""
+        sequence starting empty), and, with allow_unmasked, where one new row per sequence sees the whole
+        cache (equal lengths; the caller then attends without a mask and not causally). Without one:
+        (the new tensors, None)."""
         if cache is None:
             return tuple(new.values()), None
         cache.write(**new)
         if cache.fresh:
             return tuple(new.values()), None
+        if allow_unmasked and cache.sees_whole_cache:
+            return cache.read(*new), None
         return cache.read(*new), cache.mask()
 
     def __init__(self):

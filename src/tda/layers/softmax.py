@@ -31,10 +31,9 @@ class SoftmaxAttention(AttentionBase):
         q, k, v = self.qkv(x, rope, position_offset, docs)
         if docs is not None:
             return q, k, v, docs.mask, True
-        (k, v), mask = self.cached_kv(cache, k=k, v=v)
-        if cache is not None and not cache.fresh and cache.sees_whole_cache:
-            return q, k.to(q.dtype), v, None, False  # one row sees every key: unmasked SDPA, not causal
-        return q, k.to(q.dtype), v, mask, mask is None
+        # a decode step over equal lengths comes back unmasked: one row sees every key (SDPA, not causal)
+        (k, v), mask = self.cached_kv(cache, allow_unmasked=True, k=k, v=v)
+        return q, k.to(q.dtype), v, mask, cache is None or cache.fresh
 
     def attend(self, q, k, v, mask=None, record=True):
         """(B, H, N, D) -> (B, H, N, D); subclasses (gated softmax, SSMax, ...) override pieces. mask: None
