@@ -32,40 +32,45 @@ ROW = re.compile(r"s(\d+)-(.+)\.json$")
 EVAL_RUN = re.compile(r"eval-s(\d+)-(.+)$")
 
 
-def load_eval(dirs: list[Path]) -> tuple[dict, dict, dict]:
-    """(merged analysis summaries {run: ...}, passkey {variant: [(correct, trials) at 4K per run]}, the same
-    for the test after the passkey fine-tune)."""
-    summary, passkey, finetuned = {}, {}, {}
+def read_eval(dirs: list[Path]) -> tuple[dict, dict]:
+    """Every unpacked eval folder, read once: (merged analysis summaries {run: ...}, {run: (eval_all.json,
+    its folder)})."""
+    summary, evals = {}, {}
     for d in dirs:
         f = d / "analysis" / "summary.json"
         if f.exists():
             summary.update(json.loads(f.read_text()))
         for e in sorted(d.glob("eval-*/eval_all.json")):
-            m = EVAL_RUN.match(e.parent.name)
-            res = json.loads(e.read_text())
-            for section, into in (("passkey", passkey), ("passkey_finetuned", finetuned)):
-                hit = passkey_at(res, section=section)
-                if m and hit is not None:
-                    into.setdefault(m.group(2), []).append(hit)
-    return summary, passkey, finetuned
+            evals[e.parent.name[len("eval-"):]] = (json.loads(e.read_text()), e.parent)
+    return summary, evals
 
 
-def eval_tables(dirs: list[Path], out: Path) -> str:
-    """Markdown per run, from every unpacked eval folder: the analysis at the training length and its
+def passkey_hits(evals: dict) -> tuple[dict, dict]:
+    """(passkey {variant: [(correct, trials) at 4K per run]}, the same after the passkey fine-tune)."""
+    passkey, finetuned = {}, {}
+    for name, (res, folder) in evals.items():
+        m = EVAL_RUN.match(folder.name)
+        for section, into in (("passkey", passkey), ("passkey_finetuned", finetuned)):
+            hit = passkey_at(res, section=section)
+            if m and hit is not None:
+                into.setdefault(m.group(2), []).append(hit)
+    return passkey, finetuned
+
+
+def eval_tables(dirs: list[Path], an: dict, evals: dict, out: Path) -> str:
+    """Markdown per run (read_eval's summaries and evals): the analysis at the training length and its
     sweep to the longest length (sinks, zeros, dispersion), passkey per length (zero-shot and after the
     fine-tune, without and with NTK scaling), perplexity at 1-8x the training length, and links to the plots."""
-    an, ev, plots = {}, {}, []
+    plots = []
     for d in dirs:
-        f = d / "analysis" / "summary.json"
-        if f.exists():
-            an.update(json.loads(f.read_text()))
-            for png in ("first_token_share.png", "sink_alpha1_heatmap.png", "entropy_vs_length.png",
-                        "topk_mass_vs_length.png", "first_token_sink_ratio_vs_length.png", "sparsity_heatmap.png"):
-                if (d / "analysis" / png).exists():
-                    plots.append(f"[{d.name}: {png}]({(d / 'analysis' / png).relative_to(out)})")
-        for e in sorted(d.glob("eval-*/eval_all.json")):
-            ev[e.parent.name[len("eval-"):]] = json.loads(e.read_text())
-            plots += [f"[{e.parent.name}: {png.name}]({png.relative_to(out)})" for png in sorted(e.parent.glob("*.png"))]
+        for png in ("first_token_share.png", "sink_alpha1_heatmap.png", "entropy_vs_length.png",
+                    "topk_mass_vs_length.png", "first_token_sink_ratio_vs_length.png", "sparsity_heatmap.png"):
+            if (d / "analysis" / png).exists():
+                plots.append(f"[{d.name}: {png}]({(d / 'analysis' / png).relative_to(out)})")
+    ev = {}
+    for name, (res, folder) in evals.items():
+        ev[name] = res
+        plots += [f"[{folder.name}: {png.name}]({png.relative_to(out)})" for png in sorted(folder.glob("*.png"))]
     lines = []
     if an:
         lines += ["### Sinks, exact zeros and dispersion (`tda analyze`)", "",
@@ -185,7 +190,8 @@ def main(argv=None) -> int:
     out = a.out or a.rows
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(a.rows)
-    summary, passkey, passkey_ft = load_eval(a.eval)
+    summary, evals = read_eval(a.eval)
+    passkey, passkey_ft = passkey_hits(evals)
     survivors = json.loads(a.survivors.read_text()) if a.survivors else None
     extra_zeros = {}
     if a.zeros_from:
@@ -203,7 +209,7 @@ def main(argv=None) -> int:
         "## Per variant (mean ± standard deviation over seeds [min..max])", "",
         summary_table(rows), "",
         "## Analysis and evaluation of the checkpoints", "",
-        eval_tables(a.eval, out) if a.eval else "No evaluation archives were given.", "",
+        eval_tables(a.eval, summary, evals, out) if a.eval else "No evaluation archives were given.", "",
         "## Per run", "",
         markdown_table(rows, reference=next((r["name"] for r in rows if r["variant"] == "softmax"), "softmax")), "",
         "![loss curves](loss_curves.png)", "",

@@ -219,14 +219,14 @@ def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | 
                  extra_zeros: dict[str, tuple[list[float], str]] | None = None) -> str:
     """Markdown: the five claims (six rows with the fine-tuned passkey test) with the paper's numbers, ours and
     a verdict (see each check's rule). Sparsity and sinks come from the analysis summary when given, else from
-    the train rows; extra_zeros = {variant: (exact-zero fractions, where they come from)} adds variants these
-    runs did not train to the sparsity row, marked."""
+    the train rows; extra_zeros = {variant: (exact-zero fractions, where they come from)} adds the claim's
+    variants these runs did not train (ReLA, entmax) to the sparsity row, marked."""
     zeros = analysis_metric(summary, "exact_zero_fraction") if summary else _by_variant(rows, "exact_zero_fraction")
     ratios = (analysis_metric(summary, "first_token_sink_ratio") if summary
               else _by_variant(rows, "stats_first_token_sink_ratio"))
     supplementary = {}
-    for k, (values, source) in (extra_zeros or {}).items():  # variants these runs did not train
-        if k not in zeros:
+    for k, (values, source) in (extra_zeros or {}).items():  # the claim's variants these runs did not train
+        if k in PAPER_ZEROS and k != "tda" and k not in zeros:
             zeros[k], supplementary[k] = list(values), source
     checks = [val_loss_claim(rows), zeros_claim(zeros, supplementary), sink_claim(ratios),
               passkey_claim(passkey or {})]
