@@ -12,6 +12,7 @@ never trained on.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def finetune_passkey(model, tokenizer, s: FinetuneSettings, bos_id: int | None =
     rng = random.Random(s.seed)
     pad_id = int(getattr(tokenizer, "eot_id", 0) or 0)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     model.train()
     curve = []
     try:
