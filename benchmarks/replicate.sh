@@ -29,7 +29,8 @@
 # 4) Anywhere, on the rows that came back (with each machine's replicate-eval.tar.gz renamed
 #    replicate-eval-<NAME>.tar.gz beside them):
 #        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
-#    -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
+#    (archives already unpacked under OUT_DIR/eval/ are reused, so docs/results/replicate regenerates from
+#    its rows/ alone) -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
 #       run) and loss_curves.png (matplotlib); the survivor simulation runs here (CPU, seconds)
 #
 # The short all-variants comparison on the prose corpus (configs/compare-gpu.yaml, one call):
@@ -202,7 +203,10 @@ report)
         [[ -f "$t" ]] || continue
         d="$res/eval/$(basename "$t" .tar.gz)"
         mkdir -p "$d" && tar -xzf "$t" -C "$d"
-        evals+=("$d")
+    done
+    # archives unpacked by an earlier report count too, so rows kept without their archives still report
+    for d in "$res"/eval/replicate-eval*/; do
+        [[ -d "$d" ]] && evals+=("${d%/}")
     done
     [[ -f "$res/survivors/survivors.json" ]] || python3 -m tda.cli eval --task survivors --out "$res/survivors"
     # ReLA and entmax (too slow for this budget) join the sparsity claim from the short all-variants comparison

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import statistics
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def eval_tables(dirs: list[Path], an: dict, evals: dict, out: Path) -> str:
     fine-tune, without and with NTK scaling), perplexity at 1-8x the training length, and links to the plots."""
     plots = []
     for d in dirs:
+        f = d / "analysis" / "summary.json"
+        if not f.exists() or not set(json.loads(f.read_text())) & set(an):
+            continue
         for png in ("first_token_share.png", "sink_alpha1_heatmap.png", "entropy_vs_length.png",
                     "topk_mass_vs_length.png", "first_token_sink_ratio_vs_length.png", "sparsity_heatmap.png"):
             if (d / "analysis" / png).exists():
@@ -191,6 +195,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(a.rows)
     summary, evals = read_eval(a.eval)
+    # a checkpoint evaluated without its training row (an old archive left beside the rows) stays out
+    runs = {f"s{r['seed']}-{r['variant']}" for r in rows}
+    dropped = sorted((set(summary) | set(evals)) - runs)
+    if dropped:
+        print(f"[report] no row for {', '.join(dropped)}: left out", file=sys.stderr)
+    summary = {k: v for k, v in summary.items() if k in runs}
+    evals = {k: v for k, v in evals.items() if k in runs}
     passkey, passkey_ft = passkey_hits(evals)
     survivors = json.loads(a.survivors.read_text()) if a.survivors else None
     extra_zeros = {}

@@ -88,6 +88,30 @@ def test_supplementary_zeros_join_the_order_and_are_marked():
     assert "disagree: order tda , rela , entmax not decreasing" in row   # entmax above ReLA here
 
 
+def _swept(attention, top8_by_length, block_size=1024):
+    """An analysis summary entry with a length sweep of top-8 masses."""
+    return {"model": {"attention": attention, "block_size": block_size},
+            "lengths": {str(n): {"top8_mass": m} for n, m in top8_by_length.items()}}
+
+
+def test_dispersion_claim_compares_top8_mass_at_the_longest_length_with_the_training_length():
+    summary = {"s1-tda": _swept("tda", {1024: 0.90, 8192: 0.92}), "s2-tda": _swept("tda", {1024: 0.88, 8192: 0.86}),
+               "s1-softmax": _swept("softmax", {512: 0.6, 1024: 0.57, 8192: 0.24})}
+    d = claims.dispersion_from(summary)
+    assert sorted(d["tda"]) == [(1024, 0.88, 8192, 0.86), (1024, 0.90, 8192, 0.92)]
+    c = claims.dispersion_claim(d)
+    assert c["verdict"] == "agree: softmax disperses, TDA does not"
+    assert "softmax 0.570 (1 seed) at 1024 -> 0.240 (1 seed) at 8192 (kept 0.42 (1 seed))" in c["ours"]
+    summary["s1-softmax"] = _swept("softmax", {1024: 0.57, 8192: 0.50})
+    assert claims.dispersion_claim(claims.dispersion_from(summary))["verdict"].startswith("not testable")
+    summary["s1-tda"] = _swept("tda", {1024: 0.90, 8192: 0.30})
+    assert claims.dispersion_claim(claims.dispersion_from(summary))["verdict"].startswith("disagree")
+    # a sweep that stops at the training length cannot show dispersion
+    only_short = {"s1-tda": _swept("tda", {512: 0.9, 1024: 0.9}), "s1-softmax": _swept("softmax", {1024: 0.5})}
+    assert claims.dispersion_from(only_short) == {}
+    assert claims.dispersion_claim({})["verdict"].startswith("not testable")
+
+
 def test_finetuned_passkey_is_its_own_row():
     rows = [{"variant": v, "seed": s, "val_loss": 3.0 + 0.01 * s} for v in ("tda", "softmax") for s in (1, 2)]
     plain = claims.claims_table(rows, passkey={"tda": [(0, 50)], "softmax": [(0, 50)]})

@@ -48,3 +48,15 @@ def test_run_then_report(bundled_dir, tmp_path):
                  "attention_trend.png", "rela", "entmax"):
         assert text in md, text
     assert (tmp_path / "report" / "attention_trend.png").stat().st_size > 1000
+    # the rows alone regenerate the same report from the archives unpacked under it (docs/results/replicate)
+    (rows / "replicate-eval-s9-tda.tar.gz").unlink()
+    again = subprocess.run(["bash", str(ROOT / "benchmarks" / "replicate.sh"), "report", str(rows),
+                            str(tmp_path / "report")], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "report" / "results.md").read_text() == md
+    # an evaluated checkpoint without a training row stays out of the tables and claims
+    (rows / "s9-tda.json").rename(rows / "s7-tda.json")
+    stray = subprocess.run(["bash", str(ROOT / "benchmarks" / "replicate.sh"), "report", str(rows),
+                            str(tmp_path / "report")], env=env, capture_output=True, text=True, timeout=600)
+    assert stray.returncode == 0, stray.stderr[-3000:]
+    assert "no row for s9-tda" in stray.stderr and "s9-tda" not in (tmp_path / "report" / "results.md").read_text()

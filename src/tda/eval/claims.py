@@ -23,6 +23,9 @@ PAPER_ZEROS = {"tda": 0.99, "rela": 0.94, "entmax": 0.43}
 PAPER_PASSKEY_4K = {"tda": 0.15, "softmax": 0.06}
 # a first token "sinks" when it takes more than this many times its uniform share of the attention mass
 SINK_RATIO = 2.0
+# a model disperses when its top-8 mass at the longest analysed length falls below this share of its value at
+# the training length (attention spread thinner as the context grows)
+DISPERSION_KEEP = 0.75
 PASSKEY_LENGTH = 4096
 
 
@@ -116,6 +119,48 @@ def sink_claim(ratios: dict[str, list[float]]) -> dict:
         verdict = "agree: softmax sinks, TDA does not"
     else:
         verdict = f"not testable here: softmax forms no sink either (ratio <= {SINK_RATIO:g})"
+    return {**claim, "ours": ours, "verdict": verdict}
+
+
+def dispersion_from(summary: dict) -> dict[str, list[tuple[int, float, int, float]]]:
+    """{variant: [(training length, top-8 mass there, longest length, top-8 mass there) per run]} from the
+    length sweep of `tda analyze`'s summary.json; runs whose sweep does not reach past the training length
+    are left out."""
+    out: dict[str, list[tuple[int, float, int, float]]] = {}
+    for r in summary.values():
+        lengths = {int(k): v for k, v in r.get("lengths", {}).items() if v.get("top8_mass") is not None}
+        n = r.get("model", {}).get("block_size")
+        if n not in lengths or max(lengths) <= n:
+            continue
+        far = max(lengths)
+        out.setdefault(r["model"]["attention"], []).append(
+            (n, lengths[n]["top8_mass"], far, lengths[far]["top8_mass"]))
+    return out
+
+
+def dispersion_claim(top8: dict[str, list[tuple[int, float, int, float]]]) -> dict:
+    """No dispersion at long context. top8 = dispersion_from(summary). Per run, kept = top-8 mass at the
+    longest length / top-8 mass at the training length (same documents, RoPE unscaled). A variant disperses
+    when its mean kept share is below DISPERSION_KEEP. Agree: softmax disperses and TDA does not. Not testable:
+    softmax does not disperse either. Disagree: TDA disperses."""
+    claim = {"claim": "no dispersion at long context (top-8 mass kept from 1x to 8x the training length)",
+             "paper": "softmax attention flattens with length; TDA stays focused"}
+    if "tda" not in top8 or "softmax" not in top8:
+        return {**claim, "ours": "-", "verdict": "not testable here: needs TDA and softmax analysed past the "
+                                                 "training length"}
+    kept = {k: [far / max(near, 1e-12) for _, near, _, far in v] for k, v in top8.items()}
+    ours = "; ".join(
+        f"{k} {_fmt([near for _, near, _, _ in top8[k]], '.3f')} at {top8[k][0][0]} -> "
+        f"{_fmt([far for _, _, _, far in top8[k]], '.3f')} at {top8[k][0][2]} (kept {_fmt(kept[k], '.2f')})"
+        for k in ("tda", "softmax"))
+    tda_disperses = statistics.fmean(kept["tda"]) < DISPERSION_KEEP
+    soft_disperses = statistics.fmean(kept["softmax"]) < DISPERSION_KEEP
+    if tda_disperses:
+        verdict = f"disagree: TDA keeps less than {DISPERSION_KEEP:g} of its top-8 mass"
+    elif soft_disperses:
+        verdict = "agree: softmax disperses, TDA does not"
+    else:
+        verdict = f"not testable here: softmax keeps {DISPERSION_KEEP:g} or more of its top-8 mass too"
     return {**claim, "ours": ours, "verdict": verdict}
 
 
@@ -217,7 +262,7 @@ def passkey_at(eval_all: dict, length: int = PASSKEY_LENGTH, run: str = "needles
 def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | None = None,
                  survivors: dict | None = None, passkey_finetuned: dict | None = None,
                  extra_zeros: dict[str, tuple[list[float], str]] | None = None) -> str:
-    """Markdown: the five claims (six rows with the fine-tuned passkey test) with the paper's numbers, ours and
+    """Markdown: the six claims (seven rows with the fine-tuned passkey test) with the paper's numbers, ours and
     a verdict (see each check's rule). Sparsity and sinks come from the analysis summary when given, else from
     the train rows; extra_zeros = {variant: (exact-zero fractions, where they come from)} adds the claim's
     variants these runs did not train (ReLA, entmax) to the sparsity row, marked."""
@@ -229,7 +274,7 @@ def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | 
         if k in PAPER_ZEROS and k != "tda" and k not in zeros:
             zeros[k], supplementary[k] = list(values), source
     checks = [val_loss_claim(rows), zeros_claim(zeros, supplementary), sink_claim(ratios),
-              passkey_claim(passkey or {})]
+              dispersion_claim(dispersion_from(summary) if summary else {}), passkey_claim(passkey or {})]
     if passkey_finetuned:
         checks.append(passkey_claim(passkey_finetuned, finetuned=True))
     checks.append(survivors_claim(survivors or {}))
