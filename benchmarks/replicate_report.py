@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import statistics
 from pathlib import Path
 
+from tda.eval.attention_stats import SINK_EPS
 from tda.eval.claims import claims_table, passkey_at
 from tda.train.compare import markdown_table, plot_attention_trend, plot_curves
 
@@ -90,6 +92,7 @@ def eval_tables(dirs: list[Path], an: dict, evals: dict, out: Path) -> str:
                          + (f"{far['entropy_nats']:.2f} / {far['uniform_entropy']:.2f} at {longest} | "
                             f"{far['top8_mass']:.3f} |" if far else "- | - |"))
         lines.append("")
+        lines += per_layer_lines(an)
     for section, title in (("passkey", "Passkey retrieval, zero-shot"),
                            ("passkey_finetuned", "Passkey retrieval after the passkey fine-tune at the training length")):
         rows = {n: e[section] for n, e in sorted(ev.items()) if section in e}
@@ -125,6 +128,37 @@ def eval_tables(dirs: list[Path], an: dict, evals: dict, out: Path) -> str:
     if plots:
         lines += ["Plots: " + ", ".join(plots), ""]
     return "\n".join(lines)
+
+
+def per_layer_lines(an: dict) -> list[str]:
+    """Markdown: per run and layer, the heads with a first-token sink (α₁ > 0.3), the layer's mean α₁ over its
+    heads as a multiple of a uniform row's (mean of 1/(i+1) over the analysed rows), its all-zero rows and its
+    silent heads (abstaining in 99% of rows or more: an exact zero passes no gradient back to q, k or beta)."""
+    lines = []
+    for name in sorted(an):
+        m = an[name]["main"]
+        if not m.get("alpha_1"):
+            continue
+        n = int(m["n_tokens"])
+        uniform = sum(1.0 / (i + 1) for i in range(n)) / n
+        alpha = [[0.0 if a is None or math.isnan(a) else a for a in layer] for layer in m["alpha_1"]]
+        if not lines:
+            lines += ["### Sinks per layer", "",
+                      f"Per layer: heads whose α₁ > {SINK_EPS} (Sink₁), the mean α₁ of its heads over a uniform row's "
+                      "(1 = no preference for the first token; a head that never attends counts 0), and the rows "
+                      "where TDA's heads abstain (all weights zero).", "",
+                      "| run | per layer | " + " | ".join(f"L{i}" for i in range(len(alpha))) + " |",
+                      "|---|---|" + "---:|" * len(alpha)]
+        lines.append(f"| {name} | Sink₁ heads | " + " | ".join(
+            f"{sum(a > SINK_EPS for a in layer)}/{len(layer)}" for layer in alpha) + " |")
+        lines.append(f"| {name} | mean α₁ / uniform | " + " | ".join(
+            f"{sum(layer) / len(layer) / uniform:.1f}" for layer in alpha) + " |")
+        if m.get("zero_row_frac") and max(max(r) for r in m["zero_row_frac"]) > 0:
+            lines.append(f"| {name} | all-zero rows | " + " | ".join(
+                f"{100 * sum(r) / len(r):.1f}%" for r in m["zero_row_frac"]) + " |")
+            lines.append(f"| {name} | silent heads (>= 99% of rows zero) | " + " | ".join(
+                f"{sum(z >= 0.99 for z in r)}/{len(r)}" for r in m["zero_row_frac"]) + " |")
+    return lines + [""] if lines else []
 
 
 def load_rows(d: Path) -> list[dict]:

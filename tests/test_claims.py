@@ -159,3 +159,21 @@ def test_replication_report_writes_the_claims(tmp_path, survivors, bundled_dir):
     assert "| survivor theorems (expected survivors under the bounds) |" in table and table.rstrip().count(
         "| agree |") == 1
     assert (tmp_path / "out" / "loss_curves.png").stat().st_size > 0
+
+
+def test_per_layer_sink_table():
+    """Per layer: Sink₁ heads, mean α₁ over a uniform row's, all-zero rows and silent heads, from the numbers
+    tda analyze writes (a NaN α₁, a head that never attends, counts 0)."""
+    spec = importlib.util.spec_from_file_location("replicate_report", ROOT / "benchmarks" / "replicate_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    an = {"s1-tda": {"main": {"n_tokens": 4, "alpha_1": [[0.5, float("nan")], [0.1, 0.2]],
+                              "zero_row_frac": [[1.0, 0.5], [0.0, 0.995]]}},
+          "s1-softmax": {"main": {"n_tokens": 4, "alpha_1": [[0.9, 0.8], [0.0, 0.0]], "zero_row_frac": [[0, 0], [0, 0]]}}}
+    text = "\n".join(report.per_layer_lines(an))
+    uniform = (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4
+    assert f"| s1-tda | mean α₁ / uniform | {0.25 / uniform:.1f} | {0.15 / uniform:.1f} |" in text
+    assert "| s1-tda | Sink₁ heads | 1/2 | 0/2 |" in text and "| s1-softmax | Sink₁ heads | 2/2 | 0/2 |" in text
+    assert "| s1-tda | all-zero rows | 75.0% | 49.8% |" in text
+    assert "| s1-tda | silent heads (>= 99% of rows zero) | 1/2 | 1/2 |" in text
+    assert "s1-softmax | all-zero rows" not in text      # softmax never abstains: no such row

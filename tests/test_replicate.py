@@ -45,7 +45,7 @@ def test_run_then_report(bundled_dir, tmp_path):
     md = (tmp_path / "report" / "results.md").read_text()
     for text in ("## The paper's claims", "more than 99% exact zeros", "survivor theorems",
                  "Passkey retrieval after the passkey fine-tune", "Perplexity on held-out long documents",
-                 "attention_trend.png", "rela", "entmax"):
+                 "attention_trend.png", "rela", "entmax", "### Sinks per layer", "no dispersion at long context"):
         assert text in md, text
     assert (tmp_path / "report" / "attention_trend.png").stat().st_size > 1000
     # the rows alone regenerate the same report from the archives unpacked under it (docs/results/replicate)
