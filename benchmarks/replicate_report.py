@@ -27,7 +27,7 @@ import sys
 import statistics
 from pathlib import Path
 
-from tda.eval.attention_stats import SINK_EPS
+from tda.eval.attention_stats import SILENT_ROWS, SINK_EPS
 from tda.eval.claims import claims_table, passkey_at
 from tda.train.compare import markdown_table, plot_attention_trend, plot_curves
 
@@ -156,8 +156,8 @@ def per_layer_lines(an: dict) -> list[str]:
         if m.get("zero_row_frac") and max(max(r) for r in m["zero_row_frac"]) > 0:
             lines.append(f"| {name} | all-zero rows | " + " | ".join(
                 f"{100 * sum(r) / len(r):.1f}%" for r in m["zero_row_frac"]) + " |")
-            lines.append(f"| {name} | silent heads (>= 99% of rows zero) | " + " | ".join(
-                f"{sum(z >= 0.99 for z in r)}/{len(r)}" for r in m["zero_row_frac"]) + " |")
+            lines.append(f"| {name} | silent heads (>= {100 * SILENT_ROWS:.0f}% of rows zero) | " + " | ".join(
+                f"{sum(z >= SILENT_ROWS for z in r)}/{len(r)}" for r in m["zero_row_frac"]) + " |")
     return lines + [""] if lines else []
 
 

@@ -127,3 +127,22 @@ def test_shipped_configs_parse_and_match():
 def test_cli_help():
     r = subprocess.run([sys.executable, "-m", "tda.cli", "compare", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--variants" in r.stdout
+
+
+def test_attention_trend_plot_draws_only_what_was_logged(tmp_path, monkeypatch):
+    """Rows from before a statistic was logged (no silent_head_fraction) plot beside newer ones; a panel
+    appears only for statistics some row has, and no rows with curves means no figure."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    from tda.train.compare import plot_attention_trend
+    old = {"first_token_sink_ratio": 2.0, "sink_1_share": 0.1, "exact_zero_fraction": 0.99}
+    rows = [{"name": "old", "curve": {"attention": [(10, old), (20, old)]}},
+            {"name": "new", "curve": {"attention": [(10, {**old, "silent_head_fraction": 0.25})]}}]
+    panels, real = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **kw: (panels.append(len(fig.axes)), real(fig, *a, **kw))[1])
+    assert plot_attention_trend(rows, tmp_path / "a.png", tokens_per_step=1000)
+    assert plot_attention_trend(rows[:1], tmp_path / "b.png")
+    assert panels == [4, 3]
+    assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").stat().st_size > 1000
+    assert not plot_attention_trend([{"name": "x", "curve": {"attention": []}}], tmp_path / "c.png")

@@ -74,6 +74,19 @@ def test_hand_built_sink_gives_full_sink_share():
     assert st.summary()["first_token_sink_ratio"] > 3
 
 
+def test_silent_heads_abstain_in_at_least_99_percent_of_rows():
+    """A head silent in every row counts, one with a live row in 1 of 200 counts (99.5% zero rows), one with
+    3 live rows of 200 (98.5%) does not, and a dense head does not."""
+    N = 200
+    w = torch.zeros(1, 4, N, N)
+    w[0, 1, 50, 3] = 0.7
+    w[0, 2, [10, 60, 120], 0] = 1.0
+    w[0, 3] = uniform_causal(1, 1, N)[0, 0]
+    st = S.stats_from_weights([w])
+    torch.testing.assert_close(st.zero_row_frac[0], torch.tensor([1.0, 199 / 200, 197 / 200, 0.0], dtype=torch.float64))
+    assert st.summary()["silent_head_fraction"] == pytest.approx(2 / 4)
+
+
 def test_uniform_weights_first_token_share_is_one_over_i_plus_one():
     B, H, N = 1, 2, 64
     w = uniform_causal(B, H, N)

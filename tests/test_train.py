@@ -150,11 +150,16 @@ def test_attention_trend_is_logged_at_every_evaluation(bundled_dir, tmp_path, at
         assert 0.0 <= r["attn_sink_1_share"] <= 1.0 and 0.0 <= r["attn_alpha_1_max"] <= 1.0
         assert r["attn_first_token_sink_ratio"] > 0 and r["attn_entropy_nats"] >= 0
         assert (r["attn_exact_zero_fraction"] > 0.5) == (attention == "tda")   # TDA's threshold zeros
+        # a silent head has >= 99% all-zero rows, so the silent share is at most all-zero rows / 0.99
+        assert 0.0 <= 0.99 * r["attn_silent_head_fraction"] <= r["attn_all_zero_row_fraction"] + 1e-6
+        if attention == "softmax":                                            # softmax never abstains
+            assert r["attn_silent_head_fraction"] == r["attn_all_zero_row_fraction"] == 0.0
     from tda.data.dataset import load_meta
     ids = stats_batch(cfg, 2, "cpu")
     assert ids.shape == (2, 32) and (ids[:, 0] == int(load_meta(bundled_dir)["eot_id"])).all()  # bos first
     again = collect_attention_stats(s["model"], ids).summary()                      # the final model, same windows
     assert again["first_token_sink_ratio"] == pytest.approx(vals[-1]["attn_first_token_sink_ratio"], rel=1e-4)
+    assert again["silent_head_fraction"] == pytest.approx(vals[-1]["attn_silent_head_fraction"], abs=1e-6)
     plain = [json.loads(line) for line in open(train(tiny(bundled_dir, tmp_path / "off", max_steps=4,
                                                           eval_interval=4, ckpt_interval=0))["metrics"])]
     assert not any(k.startswith("attn_") for r in plain for k in r)

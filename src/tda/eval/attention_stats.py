@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 SINK_EPS = 0.3
+# a head is silent when it abstains (an all-zero row) in at least this share of rows: an exact zero passes no
+# gradient back to its q, k or beta, so such a head has little signal left to recover
+SILENT_ROWS = 0.99
 DEFAULT_TOPK = (1, 8)
 
 
@@ -156,6 +159,7 @@ class AttentionStats:
             "n_tokens": self.n_tokens, "n_seqs": self.n_seqs,
             "exact_zero_fraction": self.exact_zero_fraction,
             "all_zero_row_fraction": self.zero_row_frac.mean().item(),
+            "silent_head_fraction": (self.zero_row_frac >= SILENT_ROWS).float().mean().item(),
             "alpha_1_mean": torch.nan_to_num(self.alpha_1, nan=0.0).mean().item(),
             "alpha_1_max": torch.nan_to_num(self.alpha_1, nan=0.0).max().item(),
             f"sink_1_share_eps{SINK_EPS}": self.sink_share(),

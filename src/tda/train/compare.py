@@ -290,7 +290,7 @@ def run_variant(cfg: TrainConfig, cmp: dict, variant: Variant, force: bool = Fal
         "curve": {"train": [(r["step"], r["train_loss"]) for r in trains],
                   "val": [(r["step"], r["val_loss"]) for r in vals],
                   # the attention statistics at each evaluation (attn_stats_seqs), when logged
-                  "attention": [(r["step"], {k: r[f"attn_{k}"] for k in ATTN_TREND})
+                  "attention": [(r["step"], {k: r[f"attn_{k}"] for k in ATTN_TREND if f"attn_{k}" in r})
                                 for r in vals if "attn_first_token_sink_ratio" in r]},
     }
     t0 = time.time()
@@ -437,7 +437,8 @@ def plot_curves(results: list, path: Path):
 
 def plot_attention_trend(results: list, path: Path, tokens_per_step: int | None = None) -> bool:
     """The attention statistics logged at each evaluation (attn_stats_seqs) against training tokens (or
-    steps): first-token sink ratio, Sink_1 share, exact zeros. False (nothing written) when no row has them."""
+    steps): first-token sink ratio, Sink_1 share, exact zeros, silent heads. False (nothing written) when no
+    row has them."""
     runs = [r for r in results if r.get("curve", {}).get("attention")]
     if not runs:
         return False
@@ -447,19 +448,28 @@ def plot_attention_trend(results: list, path: Path, tokens_per_step: int | None 
 
     panels = (("first_token_sink_ratio", "first-token share / uniform share (1 = no sink)"),
               ("sink_1_share", "Sink₁ share (heads with α₁ > 0.3)"),
-              ("exact_zero_fraction", "exact zeros (causal entries)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+              ("exact_zero_fraction", "exact zeros (causal entries)"),
+              ("silent_head_fraction", "silent heads (all-zero in >= 99% of rows)"))
+    # only what was logged: rows written before a statistic existed lack it
+    panels = [p for p in panels if any(p[0] in st for r in runs for _, st in r["curve"]["attention"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 0.6, 4.2), squeeze=False)
+    axes = axes[0]
     for r in runs:
         steps, stats = zip(*r["curve"]["attention"])
         x = [s * tokens_per_step / 1e6 for s in steps] if tokens_per_step else list(steps)
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(x, [st[key] for st in stats], marker="o", ms=3, lw=1.2, label=r["name"])
-    for ax, (_, title) in zip(axes, panels):
+            pts = [(xi, st[key]) for xi, st in zip(x, stats) if key in st]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=r["name"])
+    for ax, (key, title) in zip(axes, panels):
         ax.set(title=title, xlabel="training tokens (M)" if tokens_per_step else "step")
         ax.grid(alpha=0.3)
-    axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")
-    axes[1].set_ylim(-0.02, 1.02)
-    axes[2].ticklabel_format(axis="y", useOffset=False)
+        if key == "first_token_sink_ratio":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        elif key in ("sink_1_share", "silent_head_fraction"):
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

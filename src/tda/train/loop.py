@@ -163,7 +163,8 @@ def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext)
 # the attention statistics logged at each evaluation with attn_stats_seqs (metrics key: "attn_" + name)
 ATTN_TREND = {"first_token_sink_ratio": "first_token_sink_ratio", "sink_1_share": "sink_1_share_eps0.3",
               "alpha_1_max": "alpha_1_max", "exact_zero_fraction": "exact_zero_fraction",
-              "entropy_nats": "entropy_nats", "top8_mass": "top8_mass"}
+              "entropy_nats": "entropy_nats", "top8_mass": "top8_mass",
+              "all_zero_row_fraction": "all_zero_row_fraction", "silent_head_fraction": "silent_head_fraction"}
 
 
 def stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
