@@ -132,8 +132,9 @@ def eval_tables(dirs: list[Path], an: dict, evals: dict, out: Path) -> str:
 
 def per_layer_lines(an: dict) -> list[str]:
     """Markdown: per run and layer, the heads with a first-token sink (α₁ > 0.3), the layer's mean α₁ over its
-    heads as a multiple of a uniform row's (mean of 1/(i+1) over the analysed rows), its all-zero rows and its
-    silent heads (abstaining in 99% of rows or more: an exact zero passes no gradient back to q, k or beta)."""
+    heads as a multiple of a uniform row's (mean of 1/(i+1) over the analysed rows); for variants that abstain,
+    also the Sink₁ heads when abstaining rows count as no attention, the all-zero rows, and the silent heads
+    (abstaining in 99% of rows or more: an exact zero passes no gradient back to q, k or beta)."""
     lines = []
     for name in sorted(an):
         m = an[name]["main"]
@@ -145,8 +146,9 @@ def per_layer_lines(an: dict) -> list[str]:
         if not lines:
             lines += ["### Sinks per layer", "",
                       f"Per layer: heads whose α₁ > {SINK_EPS} (Sink₁), the mean α₁ of its heads over a uniform row's "
-                      "(1 = no preference for the first token; a head that never attends counts 0), and the rows "
-                      "where TDA's heads abstain (all weights zero).", "",
+                      "(1 = no preference for the first token; a head that never attends counts 0), and where heads "
+                      "abstain (all weights of a row zero): Sink₁ with abstaining rows counted as no attention to "
+                      "the first token, the all-zero rows, and the silent heads.", "",
                       "| run | per layer | " + " | ".join(f"L{i}" for i in range(len(alpha))) + " |",
                       "|---|---|" + "---:|" * len(alpha)]
         lines.append(f"| {name} | Sink₁ heads | " + " | ".join(
@@ -154,6 +156,11 @@ def per_layer_lines(an: dict) -> list[str]:
         lines.append(f"| {name} | mean α₁ / uniform | " + " | ".join(
             f"{sum(layer) / len(layer) / uniform:.1f}" for layer in alpha) + " |")
         if m.get("zero_row_frac") and max(max(r) for r in m["zero_row_frac"]) > 0:
+            # α₁ over every row, an abstaining row counting as no attention to the first token: a head that
+            # attends in a handful of rows cannot make a sink
+            live = [[a * (1.0 - z) for a, z in zip(ar, zr)] for ar, zr in zip(alpha, m["zero_row_frac"])]
+            lines.append(f"| {name} | Sink₁ heads, abstaining rows as 0 | " + " | ".join(
+                f"{sum(a > SINK_EPS for a in layer)}/{len(layer)}" for layer in live) + " |")
             lines.append(f"| {name} | all-zero rows | " + " | ".join(
                 f"{100 * sum(r) / len(r):.1f}%" for r in m["zero_row_frac"]) + " |")
             lines.append(f"| {name} | silent heads (>= {100 * SILENT_ROWS:.0f}% of rows zero) | " + " | ".join(

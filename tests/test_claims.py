@@ -175,5 +175,7 @@ def test_per_layer_sink_table():
     assert f"| s1-tda | mean α₁ / uniform | {0.25 / uniform:.1f} | {0.15 / uniform:.1f} |" in text
     assert "| s1-tda | Sink₁ heads | 1/2 | 0/2 |" in text and "| s1-softmax | Sink₁ heads | 2/2 | 0/2 |" in text
     assert "| s1-tda | all-zero rows | 75.0% | 49.8% |" in text
+    # L0's sink head abstains in every row: no sink once abstaining rows count
+    assert "| s1-tda | Sink₁ heads, abstaining rows as 0 | 0/2 | 0/2 |" in text
     assert "| s1-tda | silent heads (>= 99% of rows zero) | 1/2 | 1/2 |" in text
     assert "s1-softmax | all-zero rows" not in text      # softmax never abstains: no such row
