@@ -112,6 +112,21 @@ def test_dispersion_claim_compares_top8_mass_at_the_longest_length_with_the_trai
     assert claims.dispersion_claim({})["verdict"].startswith("not testable")
 
 
+def test_sink_row_counts_sink_heads_both_ways():
+    """Sink₁ heads per variant, summed over seeds; a TDA head whose rows mostly abstain stops counting once
+    abstaining rows count as no attention. The verdict stays the ratio rule's."""
+    nan = float("nan")
+    summary = {"s1-tda": {"model": {"attention": "tda"},
+                          "main": {"alpha_1": [[0.9, 0.5], [nan, 0.1]], "zero_row_frac": [[0.0, 0.9], [1.0, 0.0]]}},
+               "s1-softmax": {"model": {"attention": "softmax"},
+                              "main": {"alpha_1": [[0.6, 0.4], [0.2, 0.1]], "zero_row_frac": [[0, 0], [0, 0]]}}}
+    heads = claims.sink_heads_from(summary)
+    assert heads == {"tda": [(2, 1, 4)], "softmax": [(2, 2, 4)]}
+    c = claims.sink_claim({"tda": [3.0], "softmax": [5.0]}, heads)
+    assert "heads with α₁ > 0.3: TDA 2/4 (1/4 counting abstaining rows as no attention), softmax 2/4" in c["ours"]
+    assert c["verdict"] == claims.sink_claim({"tda": [3.0], "softmax": [5.0]})["verdict"]
+
+
 def test_finetuned_passkey_is_its_own_row():
     rows = [{"variant": v, "seed": s, "val_loss": 3.0 + 0.01 * s} for v in ("tda", "softmax") for s in (1, 2)]
     plain = claims.claims_table(rows, passkey={"tda": [(0, 50)], "softmax": [(0, 50)]})

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from .attention_stats import SINK_EPS
+
 # The paper's numbers (arXiv 2601.12145), as the comparison targets.
 PAPER_VAL_LOSS = {"tda": 3.1190, "softmax": 3.1196}
 PAPER_ZEROS = {"tda": 0.99, "rela": 0.94, "entmax": 0.43}
@@ -102,15 +104,37 @@ def zeros_claim(zeros: dict[str, list[float]], supplementary: dict[str, str] | N
     return {**claim, "ours": ours, "verdict": verdict}
 
 
-def sink_claim(ratios: dict[str, list[float]]) -> dict:
+def sink_heads_from(summary: dict) -> dict[str, list[tuple[int, int, int]]]:
+    """{variant: [(heads with α₁ > SINK_EPS, the same with abstaining rows counted as no attention to the first
+    token, heads) per run]} from `tda analyze`'s summary.json (per-head alpha_1 and zero_row_frac)."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for r in summary.values():
+        m = r.get("main", {})
+        if not m.get("alpha_1"):
+            continue
+        alpha = [0.0 if a is None or math.isnan(a) else a for layer in m["alpha_1"] for a in layer]
+        zero = [z for layer in m.get("zero_row_frac") or [[0.0] * len(x) for x in m["alpha_1"]] for z in layer]
+        out.setdefault(r.get("model", {}).get("attention"), []).append(
+            (sum(a > SINK_EPS for a in alpha), sum(a * (1 - z) > SINK_EPS for a, z in zip(alpha, zero)), len(alpha)))
+    return out
+
+
+def sink_claim(ratios: dict[str, list[float]], heads: dict | None = None) -> dict:
     """No attention sink. ratios = {variant: [first-token sink ratio per seed]}: the first token's share of the
     attention mass over its uniform share (1 = no preference). A model sinks when its mean ratio exceeds
     SINK_RATIO. Agree: softmax sinks and TDA does not. Not testable: softmax forms no sink either, so there is
-    no contrast. Disagree: TDA sinks."""
+    no contrast. Disagree: TDA sinks. heads (sink_heads_from) adds the Sink₁ head counts to the numbers shown,
+    with abstaining rows counted as no attention in parentheses where that changes them; the verdict does not
+    use them."""
     claim = {"claim": "no attention sink", "paper": "softmax sinks on the first token; TDA does not"}
     if "tda" not in ratios or "softmax" not in ratios:
         return {**claim, "ours": "-", "verdict": "not testable here: needs TDA and softmax analysed"}
     ours = f"first-token ratio: TDA {_fmt(ratios['tda'], '.2f')}, softmax {_fmt(ratios['softmax'], '.2f')}"
+    if heads and "tda" in heads and "softmax" in heads:
+        def count(v):
+            n, live, total = (sum(x[i] for x in heads[v]) for i in range(3))
+            return f"{n}/{total}" + (f" ({live}/{total} counting abstaining rows as no attention)" if live != n else "")
+        ours += f"; heads with α₁ > {SINK_EPS:g}: TDA {count('tda')}, softmax {count('softmax')}"
     tda_sinks = statistics.fmean(ratios["tda"]) > SINK_RATIO
     soft_sinks = statistics.fmean(ratios["softmax"]) > SINK_RATIO
     if tda_sinks:
@@ -273,7 +297,8 @@ def claims_table(rows: list[dict], summary: dict | None = None, passkey: dict | 
     for k, (values, source) in (extra_zeros or {}).items():  # the claim's variants these runs did not train
         if k in PAPER_ZEROS and k != "tda" and k not in zeros:
             zeros[k], supplementary[k] = list(values), source
-    checks = [val_loss_claim(rows), zeros_claim(zeros, supplementary), sink_claim(ratios),
+    checks = [val_loss_claim(rows), zeros_claim(zeros, supplementary),
+              sink_claim(ratios, sink_heads_from(summary) if summary else None),
               dispersion_claim(dispersion_from(summary) if summary else {}), passkey_claim(passkey or {})]
     if passkey_finetuned:
         checks.append(passkey_claim(passkey_finetuned, finetuned=True))
