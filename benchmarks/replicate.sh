@@ -29,9 +29,10 @@
 # 4) Anywhere, on the rows that came back (with each machine's replicate-eval.tar.gz renamed
 #    replicate-eval-<NAME>.tar.gz beside them):
 #        bash benchmarks/replicate.sh report DIR_WITH_ROWS [OUT_DIR]
-#    (archives already unpacked under OUT_DIR/eval/ are reused, so docs/results/replicate regenerates from
-#    its rows/ alone) -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
-#       run) and loss_curves.png (matplotlib); the survivor simulation runs here (CPU, seconds)
+#    -> results.md (the paper's claims one by one with verdicts, mean and seed spread per variant, every
+#       run) and loss_curves.png (matplotlib); the survivor simulation runs here (CPU, seconds). Archives
+#       unpacked under OUT_DIR/eval/ by an earlier report are reused, so docs/results/replicate regenerates
+#       from its rows/ alone.
 #
 # The short all-variants comparison on the prose corpus (configs/compare-gpu.yaml, one call):
 #        bash benchmarks/replicate.sh prepare-prose        # here: data/gpt2 (GPT-2 prose, ~16 MB) + data/pylib
