@@ -165,6 +165,14 @@ def test_attention_trend_is_logged_at_every_evaluation(bundled_dir, tmp_path, at
     assert not any(k.startswith("attn_") for r in plain for k in r)
 
 
+def test_attention_trend_reads_the_bundled_corpus_by_name(bundled_dir, tmp_path, monkeypatch):
+    """data_dir "bundled" (tda demo's config) resolves to the prepared cache for the statistics' windows too."""
+    monkeypatch.setenv("TDA_DATA_DIR", str(bundled_dir.parent))
+    s = train(tiny("bundled", tmp_path / "run", max_steps=2, eval_interval=2, ckpt_interval=0, attn_stats_seqs=2))
+    vals = [json.loads(line) for line in open(s["metrics"]) if "val_loss" in line]
+    assert vals and "attn_first_token_sink_ratio" in vals[-1]
+
+
 def test_exact_resume(bundled_dir, tmp_path):
     """N steps straight == N/2, 'kill', resume to N: bit-identical parameters, optimizer state and losses
     (with dropout on and gradient accumulation, so RNG and micro-batch indexing are exercised)."""

@@ -168,10 +168,13 @@ ATTN_TREND = {"first_token_sink_ratio": "first_token_sink_ratio", "sink_1_share"
 
 
 def stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
-    """`n_seqs` fixed validation windows (their own seed), built as training builds them (bos included)."""
+    """`n_seqs` fixed validation windows (their own seed), built as training builds them (bos included), from
+    the directory training reads ("bundled" resolved to its cache)."""
     from ..data.dataset import ShardedBatchSampler, load_meta, open_split
-    bos_id = int(load_meta(cfg.data_dir)["eot_id"]) if cfg.data.bos else None
-    sampler = ShardedBatchSampler(open_split(cfg.data_dir, "val", cfg.model.block_size), n_seqs,
+    from ..data.prepare import default_data_dir
+    d = default_data_dir("bundled") if str(cfg.data_dir) == "bundled" else Path(cfg.data_dir)
+    bos_id = int(load_meta(d)["eot_id"]) if cfg.data.bos else None
+    sampler = ShardedBatchSampler(open_split(d, "val", cfg.model.block_size), n_seqs,
                                   seed=cfg.seed + 7_000_003, rank=0, world_size=1, bos_id=bos_id)
     return sampler.batch(0, device=device)[0]
 
