@@ -316,6 +316,8 @@ def test_analyze_end_to_end(tmp_path):
     assert summary["softmax"]["main"]["exact_zero_fraction"] == 0.0
     assert summary["TDA"]["main"]["exact_zero_fraction"] > 0.5
     assert set(summary["TDA"]["lengths"]) == {"32", "64", "128"}
+    assert summary["softmax"]["main"]["silent_head_fraction"] == 0.0
+    assert "| silent heads (all-zero in >= 99% of rows) | " in md
 
 
 def test_passkey_early_stop_never_changes_the_verdict():

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .attention_stats import DEFAULT_TOPK, SINK_EPS, attention_maps, collect_attention_stats
+from .attention_stats import DEFAULT_TOPK, SILENT_ROWS, SINK_EPS, attention_maps, collect_attention_stats
 from .bos import with_bos
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
@@ -206,6 +206,8 @@ def markdown_report(summary: dict, figs: dict, source: str = "", command: str = 
     row("analysed at N (sequences)", lambda n: f"{summary[n]['main']['n_tokens']} ({summary[n]['main']['n_seqs']})")
     row("exact zeros (causal entries)", lambda n: _pct(summary[n]["main"]["exact_zero_fraction"]))
     row("all-zero rows", lambda n: _pct(summary[n]["main"]["all_zero_row_fraction"]))
+    row(f"silent heads (all-zero in >= {100 * SILENT_ROWS:.0f}% of rows)",
+        lambda n: _pct(summary[n]["main"]["silent_head_fraction"]))
     row(f"Sink_1 share (α_1 > {SINK_EPS})", lambda n: _pct(summary[n]["main"][f"sink_1_share_eps{SINK_EPS}"]))
     row("α_1 mean / max over heads", lambda n: f"{_f(summary[n]['main']['alpha_1_mean'])} / "
         f"{_f(summary[n]['main']['alpha_1_max'])}")
