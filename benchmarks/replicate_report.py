@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import statistics
 from pathlib import Path
 
 from tda.eval.attention_stats import SILENT_ROWS, SINK_EPS
-from tda.eval.claims import claims_table, passkey_at
+from tda.eval.claims import claims_table, head_alpha, passkey_at
 from tda.train.compare import markdown_table, plot_attention_trend, plot_curves
 
 ROW = re.compile(r"s(\d+)-(.+)\.json$")
@@ -142,7 +141,7 @@ def per_layer_lines(an: dict) -> list[str]:
             continue
         n = int(m["n_tokens"])
         uniform = sum(1.0 / (i + 1) for i in range(n)) / n
-        alpha = [[0.0 if a is None or math.isnan(a) else a for a in layer] for layer in m["alpha_1"]]
+        alpha, live = head_alpha(m)
         if not lines:
             lines += ["### Sinks per layer", "",
                       f"Per layer: heads whose α₁ > {SINK_EPS} (Sink₁), the mean α₁ of its heads over a uniform row's "
@@ -156,9 +155,8 @@ def per_layer_lines(an: dict) -> list[str]:
         lines.append(f"| {name} | mean α₁ / uniform | " + " | ".join(
             f"{sum(layer) / len(layer) / uniform:.1f}" for layer in alpha) + " |")
         if m.get("zero_row_frac") and max(max(r) for r in m["zero_row_frac"]) > 0:
-            # α₁ over every row, an abstaining row counting as no attention to the first token: a head that
-            # attends in a handful of rows cannot make a sink
-            live = [[a * (1.0 - z) for a, z in zip(ar, zr)] for ar, zr in zip(alpha, m["zero_row_frac"])]
+            # an abstaining row counts as no attention to the first token: a head that attends in a handful of
+            # rows cannot make a sink
             lines.append(f"| {name} | Sink₁ heads, abstaining rows as 0 | " + " | ".join(
                 f"{sum(a > SINK_EPS for a in layer)}/{len(layer)}" for layer in live) + " |")
             lines.append(f"| {name} | all-zero rows | " + " | ".join(

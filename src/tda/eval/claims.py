@@ -104,6 +104,15 @@ def zeros_claim(zeros: dict[str, list[float]], supplementary: dict[str, str] | N
     return {**claim, "ours": ours, "verdict": verdict}
 
 
+def head_alpha(main: dict) -> tuple[list[list[float]], list[list[float]]]:
+    """(α₁, α₁ with abstaining rows counted as no attention to the first token), each per layer and head,
+    from a `tda analyze` summary's "main" entry: α₁ is a mean over the rows with mass, so the second is
+    α₁ x (1 - all-zero row share). A head that never attends (NaN) counts 0."""
+    alpha = [[0.0 if a is None or math.isnan(a) else a for a in layer] for layer in main["alpha_1"]]
+    zero = main.get("zero_row_frac") or [[0.0] * len(layer) for layer in alpha]
+    return alpha, [[a * (1.0 - z) for a, z in zip(al, zl)] for al, zl in zip(alpha, zero)]
+
+
 def sink_heads_from(summary: dict) -> dict[str, list[tuple[int, int, int]]]:
     """{variant: [(heads with α₁ > SINK_EPS, the same with abstaining rows counted as no attention to the first
     token, heads) per run]} from `tda analyze`'s summary.json (per-head alpha_1 and zero_row_frac)."""
@@ -112,11 +121,19 @@ def sink_heads_from(summary: dict) -> dict[str, list[tuple[int, int, int]]]:
         m = r.get("main", {})
         if not m.get("alpha_1"):
             continue
-        alpha = [0.0 if a is None or math.isnan(a) else a for layer in m["alpha_1"] for a in layer]
-        zero = [z for layer in m.get("zero_row_frac") or [[0.0] * len(x) for x in m["alpha_1"]] for z in layer]
+        alpha, live = head_alpha(m)
         out.setdefault(r.get("model", {}).get("attention"), []).append(
-            (sum(a > SINK_EPS for a in alpha), sum(a * (1 - z) > SINK_EPS for a, z in zip(alpha, zero)), len(alpha)))
+            (sum(a > SINK_EPS for layer in alpha for a in layer), sum(a > SINK_EPS for layer in live for a in layer),
+             sum(len(layer) for layer in alpha)))
     return out
+
+
+def _contrast(tda_has: bool, softmax_has: bool, disagree: str, agree: str, neither: str) -> str:
+    """The verdict of a claim that softmax shows a defect and TDA does not: disagree when TDA shows it, agree
+    when only softmax does, not testable when neither does (no contrast to see)."""
+    if tda_has:
+        return f"disagree: {disagree}"
+    return f"agree: {agree}" if softmax_has else f"not testable here: {neither}"
 
 
 def sink_claim(ratios: dict[str, list[float]], heads: dict | None = None) -> dict:
@@ -135,14 +152,9 @@ def sink_claim(ratios: dict[str, list[float]], heads: dict | None = None) -> dic
             n, live, total = (sum(x[i] for x in heads[v]) for i in range(3))
             return f"{n}/{total}" + (f" ({live}/{total} counting abstaining rows as no attention)" if live != n else "")
         ours += f"; heads with α₁ > {SINK_EPS:g}: TDA {count('tda')}, softmax {count('softmax')}"
-    tda_sinks = statistics.fmean(ratios["tda"]) > SINK_RATIO
-    soft_sinks = statistics.fmean(ratios["softmax"]) > SINK_RATIO
-    if tda_sinks:
-        verdict = f"disagree: TDA's first token takes more than {SINK_RATIO:g}x its uniform share"
-    elif soft_sinks:
-        verdict = "agree: softmax sinks, TDA does not"
-    else:
-        verdict = f"not testable here: softmax forms no sink either (ratio <= {SINK_RATIO:g})"
+    verdict = _contrast(statistics.fmean(ratios["tda"]) > SINK_RATIO, statistics.fmean(ratios["softmax"]) > SINK_RATIO,
+                        f"TDA's first token takes more than {SINK_RATIO:g}x its uniform share",
+                        "softmax sinks, TDA does not", f"softmax forms no sink either (ratio <= {SINK_RATIO:g})")
     return {**claim, "ours": ours, "verdict": verdict}
 
 
@@ -177,14 +189,11 @@ def dispersion_claim(top8: dict[str, list[tuple[int, float, int, float]]]) -> di
         f"{k} {_fmt([near for _, near, _, _ in top8[k]], '.3f')} at {top8[k][0][0]} -> "
         f"{_fmt([far for _, _, _, far in top8[k]], '.3f')} at {top8[k][0][2]} (kept {_fmt(kept[k], '.2f')})"
         for k in ("tda", "softmax"))
-    tda_disperses = statistics.fmean(kept["tda"]) < DISPERSION_KEEP
-    soft_disperses = statistics.fmean(kept["softmax"]) < DISPERSION_KEEP
-    if tda_disperses:
-        verdict = f"disagree: TDA keeps less than {DISPERSION_KEEP:g} of its top-8 mass"
-    elif soft_disperses:
-        verdict = "agree: softmax disperses, TDA does not"
-    else:
-        verdict = f"not testable here: softmax keeps {DISPERSION_KEEP:g} or more of its top-8 mass too"
+    verdict = _contrast(statistics.fmean(kept["tda"]) < DISPERSION_KEEP,
+                        statistics.fmean(kept["softmax"]) < DISPERSION_KEEP,
+                        f"TDA keeps less than {DISPERSION_KEEP:g} of its top-8 mass",
+                        "softmax disperses, TDA does not",
+                        f"softmax keeps {DISPERSION_KEEP:g} or more of its top-8 mass too")
     return {**claim, "ours": ours, "verdict": verdict}
 
 
