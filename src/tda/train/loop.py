@@ -95,12 +95,18 @@ class Data:
         return x.to(self.ctx.device), y.to(self.ctx.device), {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
 
 
+def data_path(data_dir) -> Path:
+    """The directory `data_dir` names: "bundled" is the bundled slice's cache directory."""
+    from ..data.prepare import default_data_dir
+    return default_data_dir("bundled") if str(data_dir) == "bundled" else Path(data_dir)
+
+
 def resolve_data_dir(data_dir, ctx: D.DistContext) -> Path:
     """The prepared directory for `data_dir`. "bundled" means the bundled corpus slice in tda.data's cache
     directory; any directory named `bundled` without a meta.json is prepared there from the bundled slice.
     Preparation runs on rank 0 alone (seconds, offline); the other ranks wait for it."""
-    from ..data.prepare import default_data_dir, ensure_bundled_data
-    d = default_data_dir("bundled") if str(data_dir) == "bundled" else Path(data_dir)
+    from ..data.prepare import ensure_bundled_data
+    d = data_path(data_dir)
     if d.name == "bundled" and not (d / "meta.json").is_file():
         if ctx.is_main:
             ensure_bundled_data(d)
@@ -171,8 +177,7 @@ def stats_batch(cfg: TrainConfig, n_seqs: int, device) -> torch.Tensor:
     """`n_seqs` fixed validation windows (their own seed), built as training builds them (bos included), from
     the directory training reads ("bundled" resolved to its cache)."""
     from ..data.dataset import ShardedBatchSampler, load_meta, open_split
-    from ..data.prepare import default_data_dir
-    d = default_data_dir("bundled") if str(cfg.data_dir) == "bundled" else Path(cfg.data_dir)
+    d = data_path(cfg.data_dir)
     bos_id = int(load_meta(d)["eot_id"]) if cfg.data.bos else None
     sampler = ShardedBatchSampler(open_split(d, "val", cfg.model.block_size), n_seqs,
                                   seed=cfg.seed + 7_000_003, rank=0, world_size=1, bos_id=bos_id)
