@@ -8,7 +8,11 @@ decoded token by token. Per step, the logits are compared three ways:
 - the precision criterion: |cached - ref64| <= 2 |full - ref64| + 1e-6 |ref64| (relative norms), i.e. the
   cached path's error stays within twice the plain forward's own error at that precision.
 It also checks whether greedy generation with the cache gives the tokens of generation without it, and
-whether decode steps replayed from a CUDA graph (cuda_graph=True) give the eager path's tokens.
+whether decode steps replayed from a CUDA graph (cuda_graph=True) give the eager path's tokens. In fp32 the
+greedy tokens must be identical. In bf16 the cached and uncached paths round differently, so where the two
+best tokens lie within that rounding they may part: reported "tie at N" (the decode step, and the float64
+model's logit gap between the two tokens relative to its largest logit), and a pass only if the cached
+logits at that step are still within the precision criterion.
 
     PYTHONPATH=src python3 benchmarks/check_generate_cuda.py [--variants tda,softmax]
 
@@ -28,6 +32,24 @@ from tda.models import GPT
 
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
+
+
+@torch.no_grad()
+def _near_tie(model, model64, x, eager, plain):
+    """Greedy tokens with and without the cache part at some step t: a near-tie, i.e. "tie at t", when the
+    cached logits there are still within the precision bound (the two paths round differently and the two
+    top tokens lie within that rounding), else False (a real fault)."""
+    t = int((eager[0] != plain[0]).nonzero()[0])
+    cache = model.new_cache(1, t)
+    logits = model(x, cache=cache)[0, -1]
+    for tok in eager[0, x.shape[1]:t]:   # the decode steps eager generation took, one token at a time
+        logits = model(tok.view(1, 1), cache=cache)[0, -1]
+    prefix = eager[:, :t]
+    full, ref = model(prefix)[0, -1].double(), model64(prefix)[0, -1]
+    a, b = int(eager[0, t]), int(plain[0, t])
+    ratio = _rel(logits.double(), ref) / (2 * _rel(full, ref) + 1e-6)
+    gap = abs(float(ref[a] - ref[b])) / float(ref.abs().max())
+    return f"tie at {t - x.shape[1]} (gap {gap:.0e})" if ratio <= 1.0 else False
 
 
 @torch.no_grad()
@@ -58,7 +80,10 @@ def check(attention, dtype, n_kv_head=2, device="cuda", steps=48, sizes=(256, 15
             worst_ratio = max(worst_ratio, _rel(logits[b], ref) / (2 * _rel(full_lo, ref) + 1e-6))
     x = seqs[0][None, :64]
     eager = model.generate(x, 32, temperature=0)
-    same = torch.equal(eager, model.generate(x, 32, temperature=0, use_cache=False))
+    plain = model.generate(x, 32, temperature=0, use_cache=False)
+    same = torch.equal(eager, plain)
+    if not same and dtype != torch.float32:
+        same = _near_tie(model, model64, x, eager, plain)
     same_graph = None
     if device == "cuda":
         # decode steps replayed from one CUDA graph (static decoding): the eager path's tokens, for prompts of
@@ -87,7 +112,7 @@ def main():
         for dtype in (torch.float32, torch.bfloat16):
             try:
                 err, ratio, same, same_graph = check(att, dtype, device=args.device)
-                failed += not (same and same_graph is not False and ratio <= 1.0)
+                failed += not (same is not False and same_graph is not False and ratio <= 1.0)
                 print(f"{att:<14}{str(dtype)[6:]:<10}{err:>15.2e}{ratio:>13.3f}  {str(same):<18}  {same_graph}",
                       flush=True)
             except Exception as e:  # report every variant, not just the first failure

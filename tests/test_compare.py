@@ -138,11 +138,20 @@ def test_attention_trend_plot_draws_only_what_was_logged(tmp_path, monkeypatch):
     old = {"first_token_sink_ratio": 2.0, "sink_1_share": 0.1, "exact_zero_fraction": 0.99}
     rows = [{"name": "old", "curve": {"attention": [(10, old), (20, old)]}},
             {"name": "new", "curve": {"attention": [(10, {**old, "silent_head_fraction": 0.25})]}}]
-    panels, real = [], matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, *a, **kw: (panels.append(len(fig.axes)), real(fig, *a, **kw))[1])
+    panels, colours, real = [], [], matplotlib.figure.Figure.savefig
+
+    def save(fig, *a, **kw):
+        panels.append(len(fig.axes))
+        colours.append([{ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_label() in ("old", "new")}
+                        for ax in fig.axes])
+        return real(fig, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", save)
     assert plot_attention_trend(rows, tmp_path / "a.png", tokens_per_step=1000)
     assert plot_attention_trend(rows[:1], tmp_path / "b.png")
     assert panels == [4, 3]
+    # a run keeps its legend colour in a panel that lacks the runs before it
+    first, *rest = colours[0]
+    assert first["old"] != first["new"] and rest[-1] == {"new": first["new"]}
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").stat().st_size > 1000
     assert not plot_attention_trend([{"name": "x", "curve": {"attention": []}}], tmp_path / "c.png")

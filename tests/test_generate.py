@@ -381,12 +381,46 @@ def test_cuda_graph_refuses_a_cache_without_room_for_its_warm_up():
 def test_gpu_generation_check_runs_on_the_cpu(attention):
     """benchmarks/check_generate_cuda.py's precision criterion (cached error within twice the full forward's
     error against float64) and greedy check, on a small CPU configuration in fp32 and bf16."""
+    mod = _check_generate_module()
+    for dtype in (torch.float32, torch.bfloat16):
+        diff, ratio, same, graph = mod.check(attention, dtype, device="cpu", steps=6, sizes=(64, 40, 50, 20, 31))
+        assert 0 < ratio <= 1.0 and same and graph is None, (dtype, diff, ratio)
+
+
+def _check_generate_module():
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "check_generate_cuda.py"
     spec = importlib.util.spec_from_file_location("check_generate_cuda", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for dtype in (torch.float32, torch.bfloat16):
-        diff, ratio, same, graph = mod.check(attention, dtype, device="cpu", steps=6, sizes=(64, 40, 50, 20, 31))
-        assert 0 < ratio <= 1.0 and same and graph is None, (dtype, diff, ratio)
+    return mod
+
+
+def test_gpu_generation_check_tells_a_near_tie_from_a_fault():
+    """Where greedy tokens with and without the cache part, the check passes the step only if the cached
+    logits there are within the precision bound: a faithful cache gives "tie at N", a cache path whose
+    logits are off gives False."""
+    import copy
+    mod = _check_generate_module()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=4, n_embd=64, attention="tda")).eval()
+    model = model.to(torch.bfloat16)
+    x = torch.randint(0, 61, (1, 10))
+    eager = model.generate(x, 8, temperature=0)
+    plain = eager.clone()
+    plain[0, 14] = (plain[0, 14] + 1) % 61          # the paths "part" at decode step 4
+    assert mod._near_tie(model, copy.deepcopy(model).double(), x, eager, plain).startswith("tie at 4")
+
+    class FaultyCache(torch.nn.Module):  # the same model, with noise on every cached call's logits
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.new_cache = inner.new_cache
+
+        def forward(self, ids, cache=None):
+            out = self.inner(ids, cache=cache)
+            return out if cache is None else out + 0.5 * out.abs().max() * torch.randn_like(out)
+
+    faulty = FaultyCache(model)
+    assert mod._near_tie(faulty, copy.deepcopy(model).double(), x, eager, plain) is False

@@ -92,3 +92,46 @@ def test_append_writes_only_each_sequence_slots():
             want = t[b] if is_v else reference.l2_normalize(t[b])
             torch.testing.assert_close(c[b, :, L:L + M], want)
             assert torch.equal(c[b, :, :L], c0[b, :, :L]) and torch.equal(c[b, :, L + M:], c0[b, :, L + M:])
+
+
+@pytest.mark.parametrize("two_views", [True, False])
+def test_torch_path_ignores_what_lies_past_each_length(two_views):
+    """Cache positions past a sequence's length (stale steps, or an empty-allocated cache) never reach the
+    output, even when they hold NaN or inf: the full-cache path masks weights and values there."""
+    g = torch.Generator().manual_seed(11)
+    B, H, Hk, S, D, M = 2, 4, 2, 24, 16, 2
+    caches = [torch.randn(B, Hk, S, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    lens = torch.tensor([6, 15])
+    q1, q2 = (torch.randn(B, H, M, D, generator=g, dtype=torch.float64) for _ in range(2))
+    kw = dict(cache_seqlens=lens, backend="reference")
+
+    def call(cs, **extra):
+        if two_views:
+            return threshold_differential_attention_with_kvcache(q1, q2, *cs, 0.2, 0.4, **kw, **extra)
+        return threshold_rectified_attention_with_kvcache(q1, cs[0], cs[2], 0.2, **kw, **extra)
+
+    clean = call(caches)
+    dirty = [c.clone() for c in caches]
+    for b, L in enumerate(lens.tolist()):
+        dirty[0][b, :, L:] = float("nan")
+        dirty[1][b, :, L:] = float("inf")
+        dirty[2][b, :, L:] = float("nan")
+    got = call(dirty, max_seqlen_k=S)  # over the whole cache, as static decoding runs it
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, clean, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_path_reads_nothing_on_the_host():
+    """With max_seqlen_k given and check_finite=False, the torch path needs no value of any tensor on the
+    host, so a CUDA graph can capture it (CUDA-graph decoding of models whose head dim the kernel lacks).
+    Fake tensors carry no data: any host read (int(), .item(), .tolist()) raises."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    B, H, S, D, M = 2, 4, 20, 8, 1
+    with FakeTensorMode():
+        q1, q2 = torch.randn(B, H, M, D), torch.randn(B, H, M, D)
+        caches = [torch.randn(B, H, S, D) for _ in range(3)]
+        new = [torch.randn(B, H, M, D) for _ in range(3)]
+        out = threshold_differential_attention_with_kvcache(
+            q1, q2, *caches, torch.full((H,), 0.3), torch.full((H,), 0.2), cache_seqlens=torch.tensor([3, 9]),
+            k1=new[0], k2=new[1], v=new[2], max_seqlen_k=S, backend="reference", check_finite=False)
+        assert out.shape == (B, H, M, D)

@@ -105,29 +105,35 @@ def _append(caches, new, cache_seqlens_long, M, dk=None):
         cache.scatter_(2, idx, src)
 
 
-def _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q):
-    """Sequence by sequence through the reference op over each sequence's visible keys."""
-    M = q1.shape[2]
+def _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, longest, kappa, p, normalize_q,
+               chunk_size=256):
+    """The torch path: every sequence at once over the first `longest` cache positions, with per-sequence
+    positions and masks built on the device from `lengths`. It reads nothing on the host, so a decode step
+    on this path can be captured in a CUDA graph too. Positions past a sequence's length never reach the
+    output, whatever they hold (weights and values are zeroed there)."""
+    B, H, M, D = q1.shape
+    Hk = k1_cache.shape[1]
+    ks = [c[:, :, :longest] for c in (k1_cache, k2_cache) if c is not None]
+    j = torch.arange(longest, device=q1.device)
+    v = v_cache[:, :, :longest].masked_fill(~(j[None, :] < lengths[:, None])[:, None, :, None], 0)
+    if Hk != H:  # grouped-query: query head h reads kv head h // (H / Hk)
+        ks = [k.repeat_interleave(H // Hk, 1) for k in ks]
+        v = v.repeat_interleave(H // Hk, 1)
+    qs = [q for q in (q1, q2) if q is not None]
+    if normalize_q:
+        qs = [reference.l2_normalize(q) for q in qs]
+    rows = lengths[:, None] - M + torch.arange(M, device=q1.device)             # (B, M) absolute positions
+    tau_rows = reference.tau(rows.reshape(-1), beta, kappa, D).reshape(H, B, M).transpose(0, 1)[..., None]
+    allowed = (j[None, None, :] <= rows[:, :, None])[:, None]                   # (B, 1, M, longest)
     outs = []
-    for b in range(q1.shape[0]):
-        L = int(lengths[b])
-        qa = q1[b:b + 1]
-        qb = q2[b:b + 1] if q2 is not None else None
-        if normalize_q:
-            qa = reference.l2_normalize(qa)
-            qb = reference.l2_normalize(qb) if qb is not None else None
-        k1 = k1_cache[b:b + 1, :, :L]
-        v = v_cache[b:b + 1, :, :L]
+    for c0 in range(0, M, chunk_size):
+        c = slice(c0, min(M, c0 + chunk_size))
+        w = reference._weights(qs[0][:, :, c], ks[0], tau_rows[:, :, c], allowed[:, :, c], p)
         if q2 is not None:
-            out = reference.threshold_differential_attention(
-                qa, k1, qb, k2_cache[b:b + 1, :, :L], v, beta, lam, kappa=kappa, p=p, causal=True,
-                position_offset=L - M, normalize_qk=False, check_finite=False)
-        else:
-            out = reference.threshold_rectified_attention(
-                qa, k1, v, beta, kappa=kappa, p=p, causal=True, position_offset=L - M, normalize_qk=False,
-                check_finite=False)
-        outs.append(out)
-    return torch.cat(outs, 0)
+            w = w - lam.to(w.dtype)[None, :, None, None] * reference._weights(
+                qs[1][:, :, c], ks[1], tau_rows[:, :, c], allowed[:, :, c], p)
+        outs.append(w @ v)
+    return torch.cat(outs, 2) if len(outs) > 1 else outs[0]
 
 
 def check_options(*, kappa, p):
@@ -227,7 +233,7 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
                                    kappa=kappa, p=p, normalize_q=normalize_q,
                                    norm_weight=head_norm[0] if head_norm else None,
                                    norm_eps=head_norm[1] if head_norm else 1e-6)
-    out = _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, kappa, p, normalize_q)
+    out = _reference(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, longest, kappa, p, normalize_q)
     return _reference_head_norm(out, head_norm)
 
 
@@ -251,5 +257,5 @@ def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cac
                                    kappa=kappa, p=p, normalize_q=normalize_q,
                                    norm_weight=head_norm[0] if head_norm else None,
                                    norm_eps=head_norm[1] if head_norm else 1e-6)
-    out = _reference(q, None, k_cache, None, v_cache, beta, None, lengths, kappa, p, normalize_q)
+    out = _reference(q, None, k_cache, None, v_cache, beta, None, lengths, longest, kappa, p, normalize_q)
     return _reference_head_norm(out, head_norm)

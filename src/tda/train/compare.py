@@ -454,13 +454,14 @@ def plot_attention_trend(results: list, path: Path, tokens_per_step: int | None 
     panels = [p for p in panels if any(p[0] in st for r in runs for _, st in r["curve"]["attention"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 0.6, 4.2), squeeze=False)
     axes = axes[0]
-    for r in runs:
+    for i, r in enumerate(runs):
         steps, stats = zip(*r["curve"]["attention"])
         x = [s * tokens_per_step / 1e6 for s in steps] if tokens_per_step else list(steps)
         for ax, (key, _) in zip(axes, panels):
             pts = [(xi, st[key]) for xi, st in zip(x, stats) if key in st]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=r["name"])
+                # one colour per run in every panel (a panel may lack some runs; the legend is axes[0]'s)
+                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=r["name"], color=f"C{i % 10}")
     for ax, (key, title) in zip(axes, panels):
         ax.set(title=title, xlabel="training tokens (M)" if tokens_per_step else "step")
         ax.grid(alpha=0.3)
