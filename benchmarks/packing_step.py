@@ -4,6 +4,7 @@ exponentially distributed length (mean L tokens; the TDA layers call the fused k
 
     python benchmarks/packing_step.py                       # softmax and tda, L = 4096, 1024, 256
     python benchmarks/packing_step.py --attentions tda --mean-lengths 1024 --iters 20
+    python benchmarks/packing_step.py --profile 1024      # + top kernels of one packed step (mean doc 1024)
 
 Prints one JSON line per case: tokens/s, documents per batch. Needs a CUDA device.
 """
@@ -38,6 +39,9 @@ def main():
     ap.add_argument("--mean-lengths", nargs="+", type=float, default=[4096, 1024, 256])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--profile", type=float, default=0, metavar="MEAN",
+                    help="also print the top CUDA kernels of one step packed at this mean document length, "
+                         "per attention (where the packed step's extra time goes)")
     args = ap.parse_args()
     dev = "cuda"
     rng = np.random.default_rng(0)
@@ -67,6 +71,19 @@ def main():
             print(json.dumps(dict(attention=att, mean_doc_len=mean, docs_per_batch=docs,
                                   tokens_per_s=round(B * N / dt), step_ms=round(1e3 * dt, 2),
                                   device=torch.cuda.get_device_name())), flush=True)
+            if args.profile and mean == args.profile:
+                profile_step(step, f"{att}, packed, mean document {mean:g}")
+
+
+def profile_step(step, title: str, rows: int = 25):
+    """Top CUDA kernels (and their CPU-side callers) of one warmed-up step."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(f"\n== one step: {title}", flush=True)
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70),
+          flush=True)
 
 
 if __name__ == "__main__":

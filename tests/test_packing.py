@@ -114,6 +114,30 @@ def test_one_op_call_per_bucket(monkeypatch):
     assert len(calls) == len({n for n in lengths if n})
 
 
+def test_bucket_gathers_run_backward_without_scatter_add():
+    """Into and out of the buckets is one gather per tensor each way, forward and backward: no index_add /
+    scatter-add (atomics on a GPU), and the gradients still equal the dense oracle's (test above)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    lengths = [n for r in BUCKET_ROWS for n in r]
+    args = inputs(2, 2, 2, sum(BUCKET_ROWS[0]), 8)
+    out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=40,
+                                                  backend="reference")
+    with Ops() as ops:
+        grads(out, args)
+    assert not [n for n in ops.names if "index_add" in n or "scatter_add" in n or "index_put" in n], ops.names
+    assert any("index_select" in n for n in ops.names) and any("index_copy" in n for n in ops.names)
+
+
 def test_each_document_restarts_positions_and_sees_only_itself():
     """Document k of the packed output = the plain op on that document alone (position 0 at its start), up
     to fp64 summation order (the packed path runs it padded, with others of its length bucket); the unpacked

@@ -17,11 +17,12 @@ so a packed batch gives, token for token, what each document run alone gives. k 
 tokens as q (no KV cache here); they may have fewer heads (grouped-query).
 
 Implementation: documents are grouped by length into buckets (causal: lengths rounded up to a power of two,
-at least 16; non-causal: equal lengths only), each bucket gathered into one padded (n_docs, H, L_pad, D)
-batch and run through one call of the public op (on CUDA the fused kernel), then scattered back; forward
-and backward through autograd. Causal padding at the end of a document is invisible to its real rows (a key
-after a row is never seen), and padded rows are dropped, so each document gets what it gets run alone (up
-to summation order). Windows of 1024 tokens thus cost at most 7 launches per layer however many documents
+at least 16; non-causal: equal lengths only), each bucket a padded (n_docs, H, L_pad, D) batch run through
+one call of the public op (on CUDA the fused kernel). One gather per input lays every bucket's rows end to
+end, and one gather brings each token's output back; the backward is the same two gathers the other way,
+with no scatter-add. Causal padding at the end of a document is invisible to its real rows (a key after a
+row is never seen), and padded rows are dropped, so each document gets what it gets run alone (up to
+summation order). Windows of 1024 tokens thus cost at most 7 launches per layer however many documents
 they hold, at the price of at most 2x padded tokens. `varlen_reference` is an independent dense oracle: one
 masked T x T computation with per-token positions (O(T^2) memory; tests and small inputs only).
 """
@@ -131,11 +132,13 @@ def _bucket(length: int, causal: bool) -> int:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Gather / scatter indices for one cu_seqlens: per bucket, `gather` (n_docs * L_pad,) flat token indices
-    (padding repeats the document's last token) and `keep` the positions of the real rows among them;
-    `order` (B * N,) maps each token to its row in the buckets' concatenated outputs."""
-    buckets: tuple  # ((L_pad, gather, keep), ...)
-    order: torch.Tensor
+    """Gather indices for one cu_seqlens. The buckets' padded rows are laid end to end (P rows in all):
+    `gather` (P,) holds the flat token index of each (padding repeats the document's last token), and
+    `buckets` ((L_pad, n_docs), ...) how they split. `real` (B * N,) gives each token the row of its one
+    unpadded copy among the P."""
+    buckets: tuple
+    gather: torch.Tensor
+    real: torch.Tensor
 
 
 _PLAN_CACHE: dict = {}
@@ -150,24 +153,59 @@ def _plan(bounds: list[int], causal: bool, device) -> _Plan:
     groups: dict[int, list] = {}
     for start, length in _documents(bounds):
         groups.setdefault(_bucket(length, causal), []).append((start, length))
-    buckets, dests = [], []
+    buckets, gathers, reals = [], [], []
+    row0 = 0
     for L_pad, docs in sorted(groups.items()):
         starts = torch.tensor([d[0] for d in docs], dtype=torch.int64)
         lengths = torch.tensor([d[1] for d in docs], dtype=torch.int64)
         r = torch.arange(L_pad, dtype=torch.int64)
-        real = r[None, :] < lengths[:, None]                                      # (n, L_pad)
-        gather = starts[:, None] + torch.minimum(r[None, :], lengths[:, None] - 1)
-        keep = real.reshape(-1).nonzero().squeeze(1)
-        dests.append(gather.reshape(-1)[keep])
-        buckets.append((L_pad, gather.reshape(-1).to(device), keep.to(device)))
-    dest = torch.cat(dests)
-    order = torch.empty_like(dest)
-    order[dest] = torch.arange(dest.numel())
-    plan = _Plan(tuple(buckets), order.to(device))
+        gather = (starts[:, None] + torch.minimum(r[None, :], lengths[:, None] - 1)).reshape(-1)
+        keep = (r[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
+        buckets.append((L_pad, len(docs)))
+        gathers.append(gather)
+        reals.append((row0 + keep, gather[keep]))
+        row0 += gather.numel()
+    real = torch.empty(bounds[-1], dtype=torch.int64)
+    for rows, tokens in reals:
+        real[tokens] = rows
+    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device))
     if len(_PLAN_CACHE) >= 8:
         _PLAN_CACHE.clear()
     _PLAN_CACHE[key] = plan
     return plan
+
+
+class _ToBuckets(torch.autograd.Function):
+    """(T, h, d) tokens -> (P, h, d) bucket rows (x[gather]). Backward: each token's gradient is that of its
+    real row (g[real]), one gather with no scatter-add. Exact because the padded rows get no gradient: a
+    causal bucket pads a document after its last token, where no real row sees them and their own outputs
+    are dropped; a non-causal bucket has no padding (gather is then a permutation)."""
+
+    @staticmethod
+    def forward(ctx, x, gather, real):
+        ctx.save_for_backward(real)
+        return x.index_select(0, gather)
+
+    @staticmethod
+    def backward(ctx, g):
+        (real,) = ctx.saved_tensors
+        return g.index_select(0, real), None, None
+
+
+class _FromBuckets(torch.autograd.Function):
+    """(P, h, d) bucket rows -> (T, h, d) tokens (y[real]). Backward: the gradient lands on the real rows,
+    zero on the padded ones (index_copy: every token has one real row, so no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, y, real):
+        ctx.save_for_backward(real)
+        ctx.rows = y.shape[0]
+        return y.index_select(0, real)
+
+    @staticmethod
+    def backward(ctx, g):
+        (real,) = ctx.saved_tensors
+        return g.new_zeros((ctx.rows, *g.shape[1:])).index_copy_(0, real, g), None
 
 
 def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, normalize_qk, backend,
@@ -177,18 +215,18 @@ def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, 
         raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
     bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
     plan = _plan(bounds, causal, v.device)
-    # (B, h, N, d) -> (B * N, h, d): tokens first, so a bucket is one index_select
-    flat = [t.transpose(1, 2).reshape(B * N, t.shape[1], t.shape[3]) for t in [x for _, x in qs] +
-            [x for _, x in ks] + [v]]
-    outs = []
-    for L_pad, gather, keep in plan.buckets:
-        n = gather.numel() // L_pad
-        parts = [t.index_select(0, gather).view(n, L_pad, t.shape[1], t.shape[2]).transpose(1, 2) for t in flat]
+    # (B, h, N, d) -> (B * N, h, d) -> every bucket's rows end to end, one gather per tensor
+    rows = [_ToBuckets.apply(t.transpose(1, 2).reshape(B * N, t.shape[1], t.shape[3]), plan.gather, plan.real)
+            for t in [x for _, x in qs] + [x for _, x in ks] + [v]]
+    outs, r0 = [], 0
+    for L_pad, n in plan.buckets:
+        parts = [t[r0:r0 + n * L_pad].view(n, L_pad, t.shape[1], t.shape[2]).transpose(1, 2) for t in rows]
         out = fn(*parts, *params, kappa=kappa, p=p, causal=causal, position_offset=0,
                  normalize_qk=normalize_qk, backend=backend, check_finite=check_finite)   # (n, H, L_pad, Dv)
-        outs.append(out.transpose(1, 2).reshape(n * L_pad, H, -1).index_select(0, keep))
+        outs.append(out.transpose(1, 2).reshape(n * L_pad, H, -1))
+        r0 += n * L_pad
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
-    return out.index_select(0, plan.order).view(B, N, H, -1).transpose(1, 2)
+    return _FromBuckets.apply(out, plan.real).view(B, N, H, -1).transpose(1, 2)
 
 
 def threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, max_seqlen, kappa=1.0,
