@@ -135,3 +135,33 @@ def test_torch_path_reads_nothing_on_the_host():
             q1, q2, *caches, torch.full((H,), 0.3), torch.full((H,), 0.2), cache_seqlens=torch.tensor([3, 9]),
             k1=new[0], k2=new[1], v=new[2], max_seqlen_k=S, backend="reference", check_finite=False)
         assert out.shape == (B, H, M, D)
+
+
+@pytest.mark.parametrize("two_views", [True, False])
+def test_unchecked_call_gives_the_checked_result(two_views):
+    """check_inputs=False (the layers' decode step) skips the argument checks and nothing else: same output,
+    same cache writes; without max_seqlen_k it refuses."""
+    g = torch.Generator().manual_seed(5)
+    B, H, Hk, S, D, M = 2, 4, 2, 16, 8, 1
+    lens = torch.tensor([3, 9], dtype=torch.int32)
+    q1, q2 = (torch.randn(B, H, M, D, generator=g, dtype=torch.float64) for _ in range(2))
+    new = [torch.randn(B, Hk, M, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    base = [torch.randn(B, Hk, S, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    beta, lam = torch.full((H,), 0.3, dtype=torch.float64), torch.full((H,), 0.4, dtype=torch.float64)
+    norm = (torch.rand(H, D, generator=g, dtype=torch.float64) + 0.5, 1e-6)
+    results = []
+    for check in (True, False):
+        caches = [c.clone() for c in base]
+        kw = dict(cache_seqlens=lens, max_seqlen_k=10, head_norm=norm, check_inputs=check)
+        if two_views:
+            out = threshold_differential_attention_with_kvcache(q1, q2, *caches, beta, lam, k1=new[0], k2=new[1],
+                                                                v=new[2], **kw)
+        else:
+            out = threshold_rectified_attention_with_kvcache(q1, caches[0], caches[2], beta, k=new[0], v=new[2],
+                                                             **kw)
+        results.append((out, caches))
+    (a, ca), (b, cb) = results
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ca, cb))
+    with pytest.raises(ValueError, match="check_inputs=False needs max_seqlen_k"):
+        threshold_rectified_attention_with_kvcache(q1, base[0], base[2], beta, cache_seqlens=lens,
+                                                   check_inputs=False)

@@ -85,7 +85,7 @@ class TDAAttention(AttentionBase):
             qs[0].to(dt), qs[1].to(dt), b["k1"], b["k2"], b["v"], self.beta, self.lam,
             cache_seqlens=cache.seqlens, k1=ks[0].to(dt), k2=ks[1].to(dt), v=v.to(dt), kappa=self.kappa,
             p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,  # known: no host sync
-            head_norm=(self.head_norm.weight, self.head_norm.eps))
+            head_norm=(self.head_norm.weight, self.head_norm.eps), check_inputs=False)  # the cache is ours
 
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):
         self.check_docs_cache(docs, cache)
@@ -129,4 +129,4 @@ class TRAAttention(TDAAttention):
         return threshold_rectified_attention_with_kvcache(
             qs[0].to(dt), b["k"], b["v"], self.beta, cache_seqlens=cache.seqlens, k=ks[0].to(dt), v=v.to(dt),
             kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,
-            head_norm=(self.head_norm.weight, self.head_norm.eps))
+            head_norm=(self.head_norm.weight, self.head_norm.eps), check_inputs=False)

@@ -90,6 +90,19 @@ def _check_cache(qs, caches, new, cache_seqlens, max_seqlen_k=None):
     return B, H, M, D, Hk, S, lengths, hi
 
 
+def _trusted_cache(q0, k0, new, cache_seqlens, max_seqlen_k):
+    """check_inputs=False: _check_cache's results with none of its checks, for a caller that built the
+    cache and the queries itself (tda's layers: about 50 us of Python per call and layer saved, which an
+    eager decode step, bound by the host, feels). max_seqlen_k is required: it is what spares the sync."""
+    if max_seqlen_k is None:
+        raise ValueError("check_inputs=False needs max_seqlen_k (the caller's bound on the keys any sequence sees)")
+    B, H, M, D = q0.shape
+    lengths = cache_seqlens.to(torch.int64)
+    if new[0][1] is not None:
+        lengths = lengths + M
+    return B, H, M, D, k0.shape[1], k0.shape[2], lengths, max_seqlen_k
+
+
 def _append(caches, new, cache_seqlens_long, M, dk=None):
     """Write the new keys (normalised) and values in place at each sequence's cache_seqlens, no host sync:
     the decode module's append kernel (dk), else one scatter per cache."""
@@ -203,7 +216,8 @@ def _reference_head_norm(out, head_norm):
 def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, *,
                                                   cache_seqlens, k1=None, k2=None, v=None, kappa=1.0,
                                                   p=2.0, normalize_q=True, backend="auto",
-                                                  check_finite=True, max_seqlen_k=None, head_norm=None):
+                                                  check_finite=True, max_seqlen_k=None, head_norm=None,
+                                                  check_inputs=True):
     """TDA over a KV cache (see the module docstring).
 
     q1, q2: (B, H, M, D) raw queries (normalised here unless normalize_q=False); k1_cache, k2_cache:
@@ -212,17 +226,22 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
     into the caches in place. max_seqlen_k: optional Python int, at least the keys any sequence sees after
     the write (at most S); with it the call makes no host sync, and cache_seqlens is trusted as given
     (not checked against M and S). head_norm: optional (weight (H, Dv), eps), the per-head RMSNorm of
-    the output. Returns (B, H, M, Dv).
+    the output. check_inputs=False (with max_seqlen_k; beta and lam (H,) tensors, cache_seqlens a tensor)
+    skips every argument check: for callers that built the cache and the queries themselves, as tda's
+    layers do; wrong arguments then give wrong results or an error from deeper down. Returns (B, H, M, Dv).
     """
-    _check_backend(backend)
     new = [("k1", k1), ("k2", k2), ("v", v)]
-    B, H, M, D, Hk, S, lengths, longest = _check_cache(
-        [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
-        new, cache_seqlens, max_seqlen_k)
-    check_options(kappa=kappa, p=p)
-    beta = _check_scalar_param("beta", beta, H, q1, check_finite)
-    lam = _check_scalar_param("lam", lam, H, q1, check_finite)
-    head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q1)
+    if check_inputs:
+        _check_backend(backend)
+        B, H, M, D, Hk, S, lengths, longest = _check_cache(
+            [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
+            new, cache_seqlens, max_seqlen_k)
+        check_options(kappa=kappa, p=p)
+        beta = _check_scalar_param("beta", beta, H, q1, check_finite)
+        lam = _check_scalar_param("lam", lam, H, q1, check_finite)
+        head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q1)
+    else:
+        B, H, M, D, Hk, S, lengths, longest = _trusted_cache(q1, k1_cache, new, cache_seqlens, max_seqlen_k)
     dk = _decode_kernel(backend, q1, k1_cache, v_cache,
                         _needs_grad(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, k1, k2, v,
                                     head_norm[0] if head_norm else None))
@@ -239,15 +258,19 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
 
 def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cache_seqlens, k=None, v=None,
                                                kappa=1.0, p=2.0, normalize_q=True, backend="auto",
-                                               check_finite=True, max_seqlen_k=None, head_norm=None):
+                                               check_finite=True, max_seqlen_k=None, head_norm=None,
+                                               check_inputs=True):
     """TRA (one view) over a KV cache; arguments as threshold_differential_attention_with_kvcache."""
-    _check_backend(backend)
     new = [("k", k), ("v", v)]
-    B, H, M, D, Hk, S, lengths, longest = _check_cache([("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)],
-                                              new, cache_seqlens, max_seqlen_k)
-    check_options(kappa=kappa, p=p)
-    beta = _check_scalar_param("beta", beta, H, q, check_finite)
-    head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q)
+    if check_inputs:
+        _check_backend(backend)
+        B, H, M, D, Hk, S, lengths, longest = _check_cache(
+            [("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)], new, cache_seqlens, max_seqlen_k)
+        check_options(kappa=kappa, p=p)
+        beta = _check_scalar_param("beta", beta, H, q, check_finite)
+        head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q)
+    else:
+        B, H, M, D, Hk, S, lengths, longest = _trusted_cache(q, k_cache, new, cache_seqlens, max_seqlen_k)
     dk = _decode_kernel(backend, q, k_cache, v_cache,
                         _needs_grad(q, k_cache, v_cache, beta, k, v, head_norm[0] if head_norm else None))
     if k is not None:
