@@ -45,6 +45,32 @@ def test_rope_kernel_matches_torch(dtype, B, H, N, D, offset):
     assert dy.is_contiguous() and torch.autograd.grad(rope_k.rope(x, cos, sin), x, dy)[0].stride() == x.stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rope_kernel_with_positions_matches_gathered_tables(dtype):
+    """Per-token positions (packed documents restarting at 0): each row rotated by its own table row, forward
+    and gradient, against the torch expression over gathered tables; tables longer than N are fine."""
+    g = torch.Generator().manual_seed(3)
+    B, H, N, D = 2, 3, 40, 16
+    rope = RotaryEmbedding(D, 500.0, 1.0, 128).to(DEV)
+    cos, sin = rope._cos_sin(64, DEV, dtype)
+    positions = torch.cat([torch.cat([torch.arange(n) for n in lens]) for lens in ([7, 1, 32], [40])])
+    positions = positions.view(B, N).to(DEV)
+    proj = torch.randn(B, N, H * D, generator=g, dtype=torch.float64).to(DEV, dtype)
+    x = split_heads(proj, H, D).detach().requires_grad_(True)
+    assert rope_k.supported(x, cos, sin, positions) and not rope_k.supported(x, cos, sin)
+    y = rope_k.rope(x, cos, sin, positions)
+    xd = x.detach().double().requires_grad_(True)
+    ref = _torch_rope(xd, cos.double()[positions][:, None], sin.double()[positions][:, None])
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(DEV, dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=tol, atol=tol)
+    assert not torch.allclose(y.double(), _torch_rope(xd, cos.double()[:N], sin.double()[:N]))  # positions matter
+    assert not rope_k.supported(x, cos, sin, positions[:, :5])
+
+
 def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     cos, sin = torch.ones(4, 12), torch.zeros(4, 12)
     assert not rope_k.supported(torch.randn(1, 1, 4, 12), cos, sin)  # D not a power of two
@@ -52,15 +78,17 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     assert not rope_k.supported(x[..., ::2].expand(1, 2, 4, 8), cos[:, :8], sin[:, :8])  # gapped strides
     # the layer takes the kernel on CUDA only (CPU tensors: the torch expression)
     calls = []
-    monkeypatch.setattr(rope_k, "rope", lambda *a: calls.append(1) or _torch_rope(*a))
+    monkeypatch.setattr(rope_k, "rope", lambda x, c, s, pos=None: calls.append(1) or _torch_rope(
+        x, *((c, s) if pos is None else (c[pos][:, None], s[pos][:, None]))))
     rope = RotaryEmbedding(16, 10000.0, 1.0, 32).to(DEV)
     rope(x.to(DEV), 2)
-    assert len(calls) == (1 if DEV == "cuda" else 0)
+    rope(x.to(DEV), positions=torch.tensor([[0, 1, 0, 1]], device=DEV))  # packed documents too
+    assert len(calls) == (2 if DEV == "cuda" else 0)
 
 
 def test_rope_kernel_compiles_for_sm90():
-    """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64
-    (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
+    """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64,
+    with and without per-token positions (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
     if not has_ptxas():
         pytest.skip("this Triton build ships no ptxas")
     code = ("import json\n"
@@ -69,8 +97,9 @@ def test_rope_kernel_compiles_for_sm90():
             "n = 0\n"
             "for sign in (1.0, -1.0):\n"
             "    for f64 in (False, True):\n"
-            "        k = compile_kernel(_rope_kernel, dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64), 4, 1,\n"
-            "                           dtype='fp64' if f64 else 'bf16')\n"
-            "        n += 'st.global' in k.asm['ptx']\n"
+            "        for pos in (False, True):\n"
+            "            k = compile_kernel(_rope_kernel, dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64, HAS_POS=pos),\n"
+            "                               4, 1, dtype='fp64' if f64 else 'bf16')\n"
+            "            n += 'st.global' in k.asm['ptx']\n"
             "print('RESULT ' + json.dumps(n))\n")
-    assert run_compiled(code, timeout=300) == 4
+    assert run_compiled(code, timeout=300) == 8

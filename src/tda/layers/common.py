@@ -115,8 +115,12 @@ class RotaryEmbedding(nn.Module):
         if positions is not None:
             if isinstance(position_offset, torch.Tensor) or position_offset:
                 raise ValueError("positions: per-token positions take no position_offset")
-            # per-token positions: the fused kernel takes one contiguous (N, D) table, so gather and use torch ops
+            # per-token positions (each < n): eager CUDA reads each row's table row in the fused kernel
             cos, sin = self._cos_sin(n, x.device, x.dtype)
+            if x.is_cuda and not torch.compiler.is_compiling():
+                fused = _fused_rope()
+                if fused is not None and fused.supported(x, cos, sin, positions):
+                    return fused.rope(x, cos, sin, positions)
             cos, sin = cos[positions][:, None], sin[positions][:, None]          # (B, 1, N, D)
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin

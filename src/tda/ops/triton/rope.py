@@ -10,6 +10,10 @@ is the inverse rotation, dx = dy * cos - rotate_half(dy * sin): the same kernel 
 
 Any strides in; the output has x's strides, and so does the gradient dx whatever dy's: a transposed head
 view stays a transposed view, so the gradient flows back through split_heads' view without a copy.
+
+Rows sit at positions 0 .. N - 1 of the tables, or, given `positions` (B, N) (packed documents: every
+document restarts at 0), at those rows of the tables, read per batch row in the kernel (no gathered copy
+of the tables).
 """
 import torch
 import triton
@@ -19,10 +23,11 @@ from .launch_cache import FastKernel
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
-def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd, s_cn, s_sn, H, N,
-                 SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr):
+def _rope_kernel(X, COS, SIN, Y, POS, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd, s_cn, s_sn, s_pb, s_pn,
+                 H, N, SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr,
+                 HAS_POS: tl.constexpr):
     """One (block of BLOCK_N rows, batch * head) program: y = rotate(x), SIGN = -1 rotates backwards; in fp32
-    (fp64 for fp64 inputs)."""
+    (fp64 for fp64 inputs). HAS_POS: row n of batch b takes table row POS[b, n], else row n."""
     acc = tl.float64 if F64 else tl.float32
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -34,9 +39,13 @@ def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd,
     xp = X + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd
     x1 = tl.load(xp, mask=ok, other=0.0).to(acc)
     x2 = tl.load(xp + HALF * s_xd, mask=ok, other=0.0).to(acc)
+    if HAS_POS:
+        rows = tl.load(POS + b * s_pb + offs_n * s_pn, mask=offs_n < N, other=0).to(tl.int64)
+    else:
+        rows = offs_n
     # the tables' halves are equal: the first half serves both
-    c = tl.load(COS + offs_n[:, None] * s_cn + offs_d[None, :], mask=ok, other=0.0).to(acc)
-    s = tl.load(SIN + offs_n[:, None] * s_sn + offs_d[None, :], mask=ok, other=0.0).to(acc) * SIGN
+    c = tl.load(COS + rows[:, None] * s_cn + offs_d[None, :], mask=ok, other=0.0).to(acc)
+    s = tl.load(SIN + rows[:, None] * s_sn + offs_d[None, :], mask=ok, other=0.0).to(acc) * SIGN
     yp = Y + b * s_yb + h * s_yh + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd
     tl.store(yp, (x1 * c - x2 * s).to(Y.dtype.element_ty), mask=ok)
     tl.store(yp + HALF * s_yd, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
@@ -45,32 +54,34 @@ def _rope_kernel(X, COS, SIN, Y, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd,
 _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
 
 
-def _rotate(x, cos, sin, sign, stride=None):
+def _rotate(x, cos, sin, sign, stride=None, pos=None):
     """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported())."""
     B, H, N, D = x.shape
     y = torch.empty_like(x) if stride is None else torch.empty_strided(x.shape, stride, dtype=x.dtype,
                                                                          device=x.device)
     if y.numel():
         BLOCK_N = 16 if x.device.type == "cpu" else 32
+        s_pb, s_pn = pos.stride() if pos is not None else (0, 0)
         _rope[(-(-N // BLOCK_N), B * H)](
-            x, cos, sin, y, *x.stride(), *y.stride(), cos.stride(0), sin.stride(0), H, N,
-            SIGN=sign, HALF=D // 2, BLOCK_N=BLOCK_N, F64=x.dtype == torch.float64, num_warps=4)
+            x, cos, sin, y, pos if pos is not None else cos, *x.stride(), *y.stride(), cos.stride(0),
+            sin.stride(0), s_pb, s_pn, H, N, SIGN=sign, HALF=D // 2, BLOCK_N=BLOCK_N,
+            F64=x.dtype == torch.float64, HAS_POS=pos is not None, num_warps=4)
     return y
 
 
 class _Rope(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
+    def forward(ctx, x, cos, sin, pos=None):
+        ctx.save_for_backward(cos, sin, pos)
         ctx.x_stride = x.stride()
-        return _rotate(x, cos, sin, 1.0)
+        return _rotate(x, cos, sin, 1.0, pos=pos)
 
     @staticmethod
     def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
+        cos, sin, pos = ctx.saved_tensors
         # dx in x's layout, whatever dy's: a head view's gradient then flows back through the view (and the
         # projection's matmul) without a copy
-        return _rotate(dy, cos, sin, -1.0, ctx.x_stride), None, None
+        return _rotate(dy, cos, sin, -1.0, ctx.x_stride, pos), None, None, None
 
 
 def _dense(x: torch.Tensor) -> bool:
@@ -84,15 +95,24 @@ def _dense(x: torch.Tensor) -> bool:
     return True
 
 
-def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None = None) -> bool:
     """Whether rope() takes these: x (B, H, N, D) with D a power of two >= 4 (Triton blocks), dense (no
-    overlapping or gapped strides, so empty_like keeps them), tables (N, D) with unit stride along D."""
+    overlapping or gapped strides, so empty_like keeps them), tables (N, D) with unit stride along D; with
+    positions, an integer (B, N) tensor on x's device and tables of any number of rows (every position must
+    be a row of them: the caller's promise, not checked here)."""
     D = x.shape[-1] if x.dim() == 4 else 0
-    return (D >= 4 and D & (D - 1) == 0 and _dense(x)
-            and cos.shape == sin.shape == (x.shape[2], D) and cos.stride(1) == 1 and sin.stride(1) == 1)
+    if not (D >= 4 and D & (D - 1) == 0 and _dense(x) and cos.shape == sin.shape and cos.dim() == 2
+            and cos.shape[1] == D and cos.stride(1) == 1 and sin.stride(1) == 1):
+        return False
+    if positions is None:
+        return cos.shape[0] == x.shape[2]
+    return (positions.dtype in (torch.int32, torch.int64) and positions.device == x.device
+            and tuple(positions.shape) == (x.shape[0], x.shape[2]))
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+         positions: torch.Tensor | None = None) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin for x (B, H, N, D) and tables (N, D), with autograd through x (the
-    tables are constants). Check supported() first."""
-    return _Rope.apply(x, cos, sin)
+    tables are constants); with positions (B, N), row n of batch b rotated by table row positions[b, n].
+    Check supported() first."""
+    return _Rope.apply(x, cos, sin, positions)

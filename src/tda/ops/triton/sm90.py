@@ -40,7 +40,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
         if n in consts:
             sig[n] = "constexpr"
         elif n[:1].isupper() and n not in _INTS:
-            sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n == "SCR"
+            sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n == "SCR" else "*i64" if n == "POS"
                       else "*fp32" if n in _FP32_PTRS else "*" + dtype)
         elif n == "p":
             sig[n] = "fp32"
