@@ -171,6 +171,88 @@ def test_varlen_triton_backend_matches_reference():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("views", [2, 1], ids=["tda", "tra"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_kernel_one_launch_matches_dense_reference(views, dtype, monkeypatch):
+    """The fused kernels over the document table (no buckets, no gathers): one forward launch and one
+    backward launch, forward and every gradient against the dense oracle. Rows of 48 tokens with documents of
+    several blocks, length-1 and empty ones, grouped-query heads (test_packed_kernel_block_configs: the
+    kernels' switches)."""
+    pytest.importorskip("triton")
+    import tda.ops.triton.attention as fused
+    from tda.ops.triton import launch
+    calls = {"packed": 0, "fwd": 0, "bwd": 0}
+    real = {n: getattr(launch, n) for n in ("forward", "backward")}
+    monkeypatch.setattr(launch, "forward", lambda *a, **k: calls.__setitem__("fwd", calls["fwd"] + 1)
+                        or real["forward"](*a, **k))
+    monkeypatch.setattr(launch, "backward", lambda *a, **k: calls.__setitem__("bwd", calls["bwd"] + 1)
+                        or real["backward"](*a, **k))
+    real_packed = fused.packed_attention
+    monkeypatch.setattr(fused, "packed_attention", lambda *a, **k: calls.__setitem__("packed", 1)
+                        or real_packed(*a, **k))
+    rows = [[17, 1, 0, 30], [48], [5, 38, 5]]
+    lengths = [n for r in rows for n in r]
+    args = inputs(3, 4, 2, 48, 16, dtype=dtype, seed=4)
+    if torch.cuda.is_available():
+        args = tuple(t.detach().cuda().requires_grad_() for t in args)
+    if views == 1:
+        q, k, _, _, v, beta, _ = args
+        args = (q, k, v, beta)
+        out = threshold_rectified_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=48, backend="triton")
+        ref = varlen_reference(q, k, None, None, v, beta, None, cu_seqlens=cu(lengths))
+    else:
+        out = threshold_differential_attention_varlen(*args, cu_seqlens=cu(lengths), max_seqlen=48,
+                                                      backend="triton")
+        ref = varlen_reference(*args, cu_seqlens=cu(lengths))
+    assert calls["packed"] == 1 and calls["fwd"] == 1
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(out, ref, **tol)
+    for a, b in zip(grads(out, args), grads(ref, args)):
+        torch.testing.assert_close(a, b, **tol)
+    assert calls["bwd"] == 1  # the packed output's gradients: one backward launch
+    assert out.abs().sum() > 0 and (out[0, :, 17] - ref[0, :, 17]).abs().max() < 1e-4  # a 1-token document
+
+
+def _packed_cfg(**kw):
+    from tda.ops.triton.config import KernelConfig
+    base = dict(flag_m=0, flag_n=0, dkdv_block=(16, 16), dq_block=(16, 16), bwd_stages=1)
+    bm, bn = kw.pop("blocks", (16, 16))
+    return KernelConfig(bm, bn, 4, 1, **{**base, **kw})
+
+
+@pytest.mark.parametrize("config", [
+    dict(),                                                            # the small default tiles
+    dict(blocks=(32, 32), flag_m=16, flag_n=16),                       # flags finer than the forward blocks
+    dict(blocks=(32, 16), dkdv_block=(16, 32), dq_block=(32, 16)),     # backward blocks spanning flag tiles
+    dict(dkdv_lists=False, dq_lists=False),                            # flag tests in the loops, no lists
+    dict(unit_keys=True, tma=True),                                    # unit keys through tensor descriptors
+    dict(survivor_test=False),                                         # inference: every pair accumulated
+], ids=["small", "finer-flags", "mixed", "no-lists", "unit-keys-tma", "no-screen"])
+def test_packed_kernel_block_configs(config):
+    """The document table through the kernels' switches (the block table's), forward and every gradient
+    against the dense oracle, and the inference forward equal to the training one."""
+    pytest.importorskip("triton")
+    from tda.ops.triton.attention import packed_attention
+    from tda.ops.varlen import _plan
+    rows = [[20, 1, 0, 27], [48], [5, 38, 5]]
+    lengths = [n for r in rows for n in r]
+    args = inputs(3, 4, 2, 48, 16, seed=7)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        args = tuple(t.detach().cuda().float().requires_grad_() for t in args)
+    plan = _plan(check_cu_seqlens(cu(lengths), 48, 3 * 48, 48), True, args[0].device, 48)
+    cfgk = _packed_cfg(**config)
+    out = packed_attention(*args, docs=plan.docs, longest=plan.longest, config=cfgk)
+    ref = varlen_reference(*args, cu_seqlens=cu(lengths))
+    tol = dict(rtol=1e-9, atol=1e-11) if dev == "cpu" else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, ref, **tol)
+    for a, b in zip(grads(out, args), grads(ref, args)):
+        torch.testing.assert_close(a, b, **tol)
+    with torch.no_grad():
+        infer = packed_attention(*args, docs=plan.docs, longest=plan.longest, config=cfgk)
+    torch.testing.assert_close(infer, out, **tol)
+
+
 @pytest.mark.parametrize("bad, max_seqlen, match", [
     (torch.tensor([0, 3, 8], dtype=torch.int64), 5, "cu_seqlens must have dtype int32"),
     (torch.tensor([[0, 8]], dtype=torch.int32), 8, "cu_seqlens must be 1-D"),

@@ -139,14 +139,16 @@ class _Plan:
     buckets: tuple
     gather: torch.Tensor
     real: torch.Tensor
+    docs: torch.Tensor   # int32 (n_docs, 3): batch row, first token in it, length (the fused kernels' table)
+    longest: int
 
 
 _PLAN_CACHE: dict = {}
 
 
-def _plan(bounds: list[int], causal: bool, device) -> _Plan:
+def _plan(bounds: list[int], causal: bool, device, row_len: int) -> _Plan:
     """Built on the host once per batch (every layer and the backward reuse it), moved to `device`."""
-    key = (tuple(bounds), causal, str(device))
+    key = (tuple(bounds), causal, str(device), row_len)
     plan = _PLAN_CACHE.get(key)
     if plan is not None:
         return plan
@@ -168,7 +170,9 @@ def _plan(bounds: list[int], causal: bool, device) -> _Plan:
     real = torch.empty(bounds[-1], dtype=torch.int64)
     for rows, tokens in reals:
         real[tokens] = rows
-    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device))
+    docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
+    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device),
+                 torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device), max(d[2] for d in docs))
     if len(_PLAN_CACHE) >= 8:
         _PLAN_CACHE.clear()
     _PLAN_CACHE[key] = plan
@@ -208,13 +212,25 @@ class _FromBuckets(torch.autograd.Function):
         return g.new_zeros((ctx.rows, *g.shape[1:])).index_copy_(0, real, g), None
 
 
+def _fused_kernel(backend, q, k, v, p) -> bool:
+    from . import _use_fused_kernel
+    return _use_fused_kernel(backend, q, k, v, p, False, None)
+
+
 def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, normalize_qk, backend,
             check_finite):
     B, H, N, D, Hk, Nk = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=False, position_offset=0)
     if Nk != N:
         raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
     bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
-    plan = _plan(bounds, causal, v.device)
+    plan = _plan(bounds, causal, v.device, N)
+    if causal and not torch.compiler.is_compiling() and _fused_kernel(backend, qs[0][1], ks[0][1], v, p):
+        # the fused kernels take the document table: one launch each way, no gathers, no padding
+        from .triton.attention import packed_attention
+        two = len(qs) == 2
+        return packed_attention(qs[0][1], ks[0][1], qs[1][1] if two else None, ks[1][1] if two else None, v,
+                                params[0], params[1] if two else None, docs=plan.docs, longest=plan.longest,
+                                kappa=kappa, p=p, normalize_qk=normalize_qk, check_finite=check_finite)
     # (B, h, N, d) -> (B * N, h, d) -> every bucket's rows end to end, one gather per tensor
     rows = [_ToBuckets.apply(t.transpose(1, 2).reshape(B * N, t.shape[1], t.shape[3]), plan.gather, plan.real)
             for t in [x for _, x in qs] + [x for _, x in ks] + [v]]

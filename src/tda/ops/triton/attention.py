@@ -239,16 +239,17 @@ class _EagerAttention(torch.autograd.Function):
     """launch.forward, then launch.backward, with one config for both."""
 
     @staticmethod
-    def forward(ctx, q1, k1, q2, k2, v, beta, lam, scale, p, causal, normalize, cfg):
+    def forward(ctx, q1, k1, q2, k2, v, beta, lam, scale, p, causal, normalize, cfg, docs=None):
         with _on_device(q1):
-            out, flags, rq, rk = launch.forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize)
+            out, flags, rq, rk = launch.forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg, normalize,
+                                                docs=docs)
         ctx.save_for_backward(q1, k1, q2, k2, v, beta, lam)
         # the op's own tensors (no autograd history, so no reference cycle) ride on ctx as they are, with the
         # backward's norm pointer arguments prepared here: the backward runs on autograd's device thread,
         # where the same Python runs markedly slower (docs/kernels.md)
         norm = launch.norm_args(rq, rk, scale) if rq is not None else None
         ctx.own = (scale, flags, rq, rk, norm)
-        ctx.p, ctx.causal, ctx.cfg = p, causal, cfg
+        ctx.p, ctx.causal, ctx.cfg, ctx.docs = p, causal, cfg, docs
         return out
 
     @staticmethod
@@ -257,7 +258,7 @@ class _EagerAttention(torch.autograd.Function):
         scale, flags, rq, rk, norm = ctx.own
         with _on_device(q1):
             dq1, dk1, dq2, dk2, dv, g = launch.backward(dout, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk,
-                                                        ctx.p, ctx.causal, ctx.cfg, norm)
+                                                        ctx.p, ctx.causal, ctx.cfg, norm, ctx.docs)
         # one contiguous reduction for both: (dbeta (H,), dlam (H,))
         dbeta, dlam = g.view(2, g.shape[1], g.shape[2] * g.shape[3]).sum(2).unbind(0)
         if q2 is None:
@@ -266,7 +267,7 @@ class _EagerAttention(torch.autograd.Function):
             dlam = dlam.to(lam.dtype)
         if dbeta.dtype != beta.dtype:
             dbeta = dbeta.to(beta.dtype)
-        return dq1, dk1, dq2, dk2, dv, dbeta, dlam, None, None, None, None, None
+        return dq1, dk1, dq2, dk2, dv, dbeta, dlam, None, None, None, None, None, None
 
 
 def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk, check_finite,
@@ -322,3 +323,34 @@ def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=Tru
     return _attention(q, k, None, None, v, beta, None, kappa=kappa, p=p, causal=causal,
                       position_offset=position_offset, normalize_qk=normalize_qk, check_finite=check_finite,
                       config=config)
+
+
+def packed_attention(q1, k1, q2, k2, v, beta, lam, *, docs, longest, kappa=1.0, p=2.0, normalize_qk=True,
+                     check_finite=True, config: Optional[KernelConfig] = None):
+    """TDA (q2/k2 given) or TRA over packed documents in one launch each way, eager only (tda.ops.varlen
+    calls it; under torch.compile it takes its length buckets instead). q*, k*, v: (B, H, N, D) with
+    k/v of N tokens too; docs: int32 (n_docs, 3) on the device, (batch row, first token, length) of every
+    non-empty document, which together cover every token once; longest: the longest length. Each document
+    is causal from position 0 (tau and the mask restart); returns the pre-RMSNorm aggregation (B, H, N, Dv).
+    config: as for threshold_differential_attention."""
+    qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
+    ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
+    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=True, position_offset=0)
+    beta = _scalar_param("beta", beta, H, q1, check_finite)
+    lam = _scalar_param("lam", lam, H, q1, check_finite) if q2 is not None else None
+    why = unsupported_reason(q1, k1, v, p)
+    if why is not None:
+        raise ValueError(f"the Triton kernel cannot run this call: {why}")
+    sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
+    scale = tau_scale(longest, 0, float(kappa), D, q1.device, sdt)
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q1, k1, q2, k2, v, beta, lam))
+    if config is not None and not isinstance(config, KernelConfig):
+        raise ValueError(f"config must be a KernelConfig or None, got {type(config).__name__}")
+    cfg = config if config is not None else block_config(D, q1.dtype, longest, training)
+    if not training:
+        with _on_device(q1):
+            return launch.forward(q1, k1, q2, k2, v, beta, scale, lam, float(p), True, cfg, bool(normalize_qk),
+                                  for_bwd=False, docs=(docs, longest))[0]
+    return _EagerAttention.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), True, bool(normalize_qk), cfg,
+                                 (docs, longest))

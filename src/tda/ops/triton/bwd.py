@@ -171,7 +171,7 @@ def _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_ba
 
 @triton.jit
 def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV,
-                  SCR,
+                  SCR, DOCS, n_row,
                   s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                   s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                   s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -181,7 +181,7 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                   HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                   C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                   HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, LISTS: tl.constexpr, CHUNK: tl.constexpr,
-                  LIST_ROW: tl.constexpr):
+                  LIST_ROW: tl.constexpr, VARLEN: tl.constexpr):
     """The dK/dV work of key block pid_n of (batch, kv head) bhk: loops over the G query heads sharing the
     kv head (grouped-query), so dk/dv are summed over the group without atomics. DK*/DV are contiguous.
     LISTS: the unmasked query blocks go through _dkdv_listed, with this program's scratch row in SCR
@@ -190,21 +190,38 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
     hk = (bhk % Hk).to(tl.int64)
     H = Hk * G
     start_n = pid_n * BLOCK_N
+    m_all = M  # the grid's (and the scratch's) extent; with VARLEN, M and N become the document's length
+    n_all = N
+    if VARLEN:  # b is a document (fwd.py): its tokens t0 .. t0 + length - 1 of batch row brow
+        brow = tl.load(DOCS + b * 3).to(tl.int64)
+        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
+        M = tl.load(DOCS + b * 3 + 2)
+        N = M
+        m_lay = n_row
+        n_lay = n_row
+        if start_n >= N:
+            return
+    else:
+        brow = b
+        t0 = 0
+        m_lay = M
+        n_lay = N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     key_ok = offs_n < N
     diag = N - M
-    k1 = load_block(K1 + b * s_k1b + hk * s_k1h, offs_n, offs_d, s_k1n, s_k1d, key_ok)
+    k1 = load_block(K1 + brow * s_k1b + hk * s_k1h + t0 * s_k1n, offs_n, offs_d, s_k1n, s_k1d, key_ok)
     if TWO_VIEWS:
-        k2 = load_block(K2 + b * s_k2b + hk * s_k2h, offs_n, offs_d, s_k2n, s_k2d, key_ok)
+        k2 = load_block(K2 + brow * s_k2b + hk * s_k2h + t0 * s_k2n, offs_n, offs_d, s_k2n, s_k2d, key_ok)
     else:
         k2 = k1
-    v = load_block(V + b * s_vb + hk * s_vh, offs_n, offs_dv, s_vn, s_vd, key_ok)
+    v = load_block(V + brow * s_vb + hk * s_vh + t0 * s_vn, offs_n, offs_dv, s_vn, s_vd, key_ok)
+    rk_row = (brow * Hk + hk) * n_lay + t0
     if NORMALIZE:  # RK* contiguous (B, Hk, N), RQ* contiguous (B, H, M)
-        rk1 = load_vec(RK1 + bhk.to(tl.int64) * N, offs_n, N, True)
+        rk1 = load_vec(RK1 + rk_row, offs_n, N, True)
         if TWO_VIEWS:
-            rk2 = load_vec(RK2 + bhk.to(tl.int64) * N, offs_n, N, True)
+            rk2 = load_vec(RK2 + rk_row, offs_n, N, True)
         else:
             rk2 = rk1
     else:
@@ -230,12 +247,12 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
             lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
         else:
             lam = 0.0
-        q1_base = Q1 + b * s_q1b + h * s_q1h
-        q2_base = Q2 + b * s_q2b + h * s_q2h
-        do_base = DO + b * s_dob + h * s_doh
+        q1_base = Q1 + brow * s_q1b + h * s_q1h + t0 * s_q1m
+        q2_base = Q2 + brow * s_q2b + h * s_q2h + t0 * s_q2m
+        do_base = DO + brow * s_dob + h * s_doh + t0 * s_dom
         flag_base = FLAGS + bh * n_mt * n_nt
-        rq1_base = RQ1 + bh * M
-        rq2_base = RQ2 + bh * M
+        rq1_base = RQ1 + (brow * H + h) * m_lay + t0
+        rq2_base = RQ2 + (brow * H + h) * m_lay + t0
         dk1, dk2, dv = _dkdv_inner(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                    BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                    s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
@@ -243,8 +260,8 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                    True, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_M, BLOCK_N, HEAD_D, HEAD_DV,
                                    MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64)
         if LISTS:
-            row = tl.minimum(tl.cdiv(M, BLOCK_M), LIST_ROW)
-            scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * row
+            row = tl.minimum(tl.cdiv(m_all, BLOCK_M), LIST_ROW)
+            scratch = SCR + (bhk.to(tl.int64) * tl.cdiv(n_all, BLOCK_N) + pid_n) * row
             dk1, dk2, dv = _dkdv_listed(dk1, dk2, dv, k1, k2, v, rk1, rk2, lam, q1_base, q2_base, do_base,
                                         BETA, SCALE, h, s_beta, s_scale, flag_base, rq1_base, rq2_base,
                                         s_q1m, s_q1d, s_q2m, s_q2d, s_dom, s_dod,
@@ -260,7 +277,7 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
                                        MT, NT, R, C, PREC, NORMALIZE, HAS_BETA, TAU_F64)
     # outputs are contiguous (B, Hk, N, D); NORMALIZE: from the unit vectors' gradient to the raw keys',
     # dk = r dk^ - k r^3 (k . dk^), one view at a time (each stored before the next)
-    o = (b * Hk + hk) * N
+    o = rk_row
     _store_grad(DK1, o, offs_n, key_ok, dk1, k1, rk1, NORMALIZE, HEAD_D, RK1.dtype.element_ty)
     if TWO_VIEWS:
         _store_grad(DK2, o, offs_n, key_ok, dk2, k2, rk2, NORMALIZE, HEAD_D, RK1.dtype.element_ty)
@@ -353,7 +370,7 @@ def _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam, k1_base, k2
 
 @triton.jit
 def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
-                DQ1, DQ2, DTAU, DLAM, SCR, scr_q,
+                DQ1, DQ2, DTAU, DLAM, SCR, scr_q, DOCS, n_row,
                 s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                 s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                 s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
@@ -363,7 +380,7 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                 HEAD_DV: tl.constexpr, MT: tl.constexpr, NT: tl.constexpr, R: tl.constexpr,
                 C: tl.constexpr, PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                 HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr, LISTS: tl.constexpr,
-                CHUNK: tl.constexpr, LIST_ROW: tl.constexpr):
+                CHUNK: tl.constexpr, LIST_ROW: tl.constexpr, VARLEN: tl.constexpr):
     """The dQ work of query block pid_m of batch * head bh (n_bh = B * H of them): dq1, dq2 (contiguous),
     and per row dtau_i and -sum_j a2_ij dDa_ij ((H, B, M), fp32, or fp64 where DTAU is: fp32 inputs),
     reduced over rows/batch in torch.
@@ -376,31 +393,48 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     h = (bh % H).to(tl.int64)
     hk = h // G
     start_m = pid_m * BLOCK_M
+    m_all = M  # the grid's (and the buffers') extent; with VARLEN, M and N become the document's length
+    n_all = N
+    if VARLEN:  # b is a document (fwd.py): its tokens t0 .. t0 + length - 1 of batch row brow
+        brow = tl.load(DOCS + b * 3).to(tl.int64)
+        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
+        M = tl.load(DOCS + b * 3 + 2)
+        N = M
+        m_lay = n_row
+        n_lay = n_row
+        if start_m >= M:  # the launcher zero-fills this program's dtau / dlam shares
+            return
+    else:
+        brow = b
+        t0 = 0
+        m_lay = M
+        n_lay = N
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
     diag = N - M
-    q1 = load_block(Q1 + b * s_q1b + h * s_q1h, offs_m, offs_d, s_q1m, s_q1d, row_ok)
+    q1 = load_block(Q1 + brow * s_q1b + h * s_q1h + t0 * s_q1m, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = load_block(Q2 + b * s_q2b + h * s_q2h, offs_m, offs_d, s_q2m, s_q2d, row_ok)
+        q2 = load_block(Q2 + brow * s_q2b + h * s_q2h + t0 * s_q2m, offs_m, offs_d, s_q2m, s_q2d, row_ok)
         lam = tl.load(LAM + h * s_lam).to(tl.float64 if TAU_F64 else tl.float32)
     else:
         q2 = q1
         lam = 0.0
-    do = load_block(DO + b * s_dob + h * s_doh, offs_m, offs_dv, s_dom, s_dod, row_ok)
+    do = load_block(DO + brow * s_dob + h * s_doh + t0 * s_dom, offs_m, offs_dv, s_dom, s_dod, row_ok)
     tau = load_tau(BETA, SCALE, h, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
-    k1_base = K1 + b * s_k1b + hk * s_k1h
-    k2_base = K2 + b * s_k2b + hk * s_k2h
-    v_base = V + b * s_vb + hk * s_vh
+    k1_base = K1 + brow * s_k1b + hk * s_k1h + t0 * s_k1n
+    k2_base = K2 + brow * s_k2b + hk * s_k2h + t0 * s_k2n
+    v_base = V + brow * s_vb + hk * s_vh + t0 * s_vn
     flag_base = FLAGS + bh.to(tl.int64) * n_mt * n_nt
     # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), RK* contiguous (B, Hk, N)
-    rk1_base = RK1 + (b * (H // G) + hk) * N
-    rk2_base = RK2 + (b * (H // G) + hk) * N
+    rk1_base = RK1 + (brow * (H // G) + hk) * n_lay + t0
+    rk2_base = RK2 + (brow * (H // G) + hk) * n_lay + t0
+    rq_row = (brow * H + h) * m_lay + t0
     if NORMALIZE:
-        rq1 = load_vec(RQ1 + bh.to(tl.int64) * M, offs_m, M, True)
+        rq1 = load_vec(RQ1 + rq_row, offs_m, M, True)
         if TWO_VIEWS:
-            rq2 = load_vec(RQ2 + bh.to(tl.int64) * M, offs_m, M, True)
+            rq2 = load_vec(RQ2 + rq_row, offs_m, M, True)
         else:
             rq2 = rq1
     else:
@@ -414,8 +448,8 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     dtau = tl.zeros([BLOCK_M], dtype=DTAU.dtype.element_ty)
     dlam = tl.zeros([BLOCK_M], dtype=DTAU.dtype.element_ty)
     if LISTS:
-        row = tl.minimum(tl.cdiv(N, BLOCK_N), LIST_ROW)
-        scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(M, BLOCK_M) + pid_m) * row
+        row = tl.minimum(tl.cdiv(n_all, BLOCK_N), LIST_ROW)
+        scratch = SCR + scr_q + (bh.to(tl.int64) * tl.cdiv(m_all, BLOCK_M) + pid_m) * row
         dq1, dq2, dtau, dlam = _dq_listed(dq1, dq2, dtau, dlam, q1, q2, rq1, rq2, do, tau, lam,
                                           k1_base, k2_base, v_base, flag_base, rk1_base, rk2_base,
                                           s_k1n, s_k1d, s_k2n, s_k2d, s_vn, s_vd,
@@ -435,13 +469,13 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
                                      start_m, offs_m, lo, hi, diag, N, n_mt, n_nt, p,
                                      True, TWO_VIEWS, CAUSAL, P_MODE, BLOCK_N, HEAD_D, HEAD_DV,
                                      MT, NT, R, C, PREC, NORMALIZE)
-    o = bh.to(tl.int64) * M
+    o = rq_row
     # per-row dtau / dlam go to (H, B, M) buffers: their reduction to per-head values is then over one
     # contiguous run per head (fast), not over the batch and row dims of a (B, H, M) layout
     if SCALE_DTAU:
-        og = (h * (n_bh // H) + b) * tl.cdiv(M, BLOCK_M) + pid_m
+        og = (h * (n_bh // H) + b) * tl.cdiv(m_all, BLOCK_M) + pid_m
     else:
-        og = (h * (n_bh // H) + b) * M
+        og = (h * (n_bh // H) + b) * m_all
     _store_grad(DQ1, o, offs_m, row_ok, dq1, q1, rq1, NORMALIZE, HEAD_D, RQ1.dtype.element_ty)
     if TWO_VIEWS:
         _store_grad(DQ2, o, offs_m, row_ok, dq2, q2, rq2, NORMALIZE, HEAD_D, RQ1.dtype.element_ty)
@@ -458,13 +492,13 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
 
 # sizes that vary per call are not specialised on (see fwd.py)
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p",
-                               "n_kb", "n_kv", "n_qb", "scr_q", "group"])
+                               "n_kb", "n_kv", "n_qb", "scr_q", "group", "n_row"])
 def attention_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2,
-                   DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM, SCR,
+                   DK1, DK2, DV, DQ1, DQ2, DTAU, DLAM, SCR, DOCS,
                    s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                    s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                    s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
-                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p, n_kb, n_kv, n_qb, scr_q, group,
+                   s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p, n_kb, n_kv, n_qb, scr_q, group, n_row,
                    TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                    KV_BLOCK_M: tl.constexpr, KV_BLOCK_N: tl.constexpr, KV_R: tl.constexpr, KV_C: tl.constexpr,
                    Q_BLOCK_M: tl.constexpr, Q_BLOCK_N: tl.constexpr, Q_R: tl.constexpr, Q_C: tl.constexpr,
@@ -472,7 +506,7 @@ def attention_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ
                    PREC: tl.constexpr, NORMALIZE: tl.constexpr,
                    HAS_BETA: tl.constexpr, TAU_F64: tl.constexpr, SCALE_DTAU: tl.constexpr,
                    KV_LISTS: tl.constexpr, Q_LISTS: tl.constexpr, CHUNK: tl.constexpr,
-                   LIST_ROW: tl.constexpr):
+                   LIST_ROW: tl.constexpr, VARLEN: tl.constexpr):
     """The whole backward in one launch (one launch less of host work than the two kernels above, and no
     idle tail between them): a flat grid whose first n_kv = n_kb * B * Hk programs run _dkdv_program (n_kb
     key blocks per kv head) and whose remaining n_qb * B * H run _dq_program (n_qb query blocks per head).
@@ -487,21 +521,21 @@ def attention_bwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ
         pid_n, bhk = grouped_order(pid, n_kb, n_kv // n_kb, group)
         _dkdv_program(pid_n, bhk,
                       Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DK1, DK2, DV, SCR,
-                      s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                      DOCS, n_row, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                       s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                       s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                       s_beta, s_scale, s_lam, Hk, G, M, N, n_mt, n_nt, p,
                       TWO_VIEWS, CAUSAL, P_MODE, KV_BLOCK_M, KV_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, KV_R, KV_C,
-                      PREC, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW)
+                      PREC, NORMALIZE, HAS_BETA, TAU_F64, KV_LISTS, CHUNK, LIST_ROW, VARLEN)
     else:
         n_bh = (n_kv // n_kb) * G
         pid_m, bh = grouped_order(pid - n_kv, n_qb, n_bh, group)
         pid_m = n_qb - 1 - pid_m  # heaviest first
         _dq_program(pid_m, bh, n_bh,
                     Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ1, RQ2, RK1, RK2, DQ1, DQ2, DTAU, DLAM,
-                    SCR, scr_q, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
+                    SCR, scr_q, DOCS, n_row, s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                     s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                     s_vb, s_vh, s_vn, s_vd, s_dob, s_doh, s_dom, s_dod,
                     s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p,
                     TWO_VIEWS, CAUSAL, P_MODE, Q_BLOCK_M, Q_BLOCK_N, HEAD_D, HEAD_DV, MT, NT, Q_R, Q_C,
-                    PREC, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW)
+                    PREC, NORMALIZE, HAS_BETA, TAU_F64, SCALE_DTAU, Q_LISTS, CHUNK, LIST_ROW, VARLEN)

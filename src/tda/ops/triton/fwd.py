@@ -253,21 +253,25 @@ def _fwd_inner(acc, q1, q2, rq1, rq2, thr1, thr2, tau, lam, k1_base, k2_base, v_
 # sizes that vary per call are not specialised on (Triton would compile a variant per value class, i.e.
 # per ==1 / %16 pattern of M, N, heads...): one compiled kernel serves every sequence length
 @triton.jit(do_not_specialize=["s_beta", "s_scale", "s_lam", "H", "G", "M", "N", "n_mt", "n_nt", "p", "n_bh",
-                               "group"])
-def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2,
+                               "group", "n_row"])
+def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, RQ2, RK1, RK2, KH1, KH2, DOCS,
                          s_q1b, s_q1h, s_q1m, s_q1d, s_q2b, s_q2h, s_q2m, s_q2d,
                          s_k1b, s_k1h, s_k1n, s_k1d, s_k2b, s_k2h, s_k2n, s_k2d,
                          s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_om, s_od,
-                         s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p, n_bh, group,
+                         s_beta, s_scale, s_lam, H, G, M, N, n_mt, n_nt, p, n_bh, group, n_row,
                          TWO_VIEWS: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                          PREC: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BETA: tl.constexpr,
                          TAU_F64: tl.constexpr, EPS2: tl.constexpr, FLAG_M: tl.constexpr, FLAG_N: tl.constexpr,
                          SCREEN: tl.constexpr, FOR_BWD: tl.constexpr, UNIT_KEYS: tl.constexpr,
                          HAT_DELTA: tl.constexpr, ROW_SCREEN: tl.constexpr, TMA: tl.constexpr,
-                         MASK_SCREEN: tl.constexpr):
+                         MASK_SCREEN: tl.constexpr, VARLEN: tl.constexpr):
     """A flat grid of cdiv(M, BLOCK_M) * n_bh programs (n_bh = batch * heads), started in sections of `group`
-    heads, the last query blocks (causal: the most keys) first."""
+    heads, the last query blocks (causal: the most keys) first.
+    VARLEN (packed documents): the "batch" is the document table DOCS (int32 (n_docs, 3): batch row, first
+    token, length), M = N the longest document; each document runs as its own causal sequence over its
+    tokens t0 .. t0 + length - 1 of its row (positions from 0), and programs past its length return at once.
+    The per-token buffers (inverse norms, unit keys) keep the rows' layout, n_row tokens per row."""
     n_m = tl.num_programs(0) // n_bh
     pid_m, bh = grouped_order(tl.program_id(0), n_m, n_bh, group)
     pid_m = n_m - 1 - pid_m
@@ -276,15 +280,29 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
     hk = (h // G).to(tl.int64)
     h64 = h.to(tl.int64)
     start_m = pid_m * BLOCK_M
+    if VARLEN:
+        brow = tl.load(DOCS + b * 3).to(tl.int64)
+        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
+        M = tl.load(DOCS + b * 3 + 2)
+        N = M
+        m_lay = n_row
+        n_lay = n_row
+        if start_m >= M:
+            return
+    else:
+        brow = b
+        t0 = 0
+        m_lay = M
+        n_lay = N
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
     row_ok = offs_m < M
     diag = N - M  # bottom-right causal alignment: row r sees keys j <= r + diag
 
-    q1 = load_block(Q1 + b * s_q1b + h64 * s_q1h, offs_m, offs_d, s_q1m, s_q1d, row_ok)
+    q1 = load_block(Q1 + brow * s_q1b + h64 * s_q1h + t0 * s_q1m, offs_m, offs_d, s_q1m, s_q1d, row_ok)
     if TWO_VIEWS:
-        q2 = load_block(Q2 + b * s_q2b + h64 * s_q2h, offs_m, offs_d, s_q2m, s_q2d, row_ok)
+        q2 = load_block(Q2 + brow * s_q2b + h64 * s_q2h + t0 * s_q2m, offs_m, offs_d, s_q2m, s_q2d, row_ok)
     else:
         q2 = q1
     tau = load_tau(BETA, SCALE, h64, s_beta, s_scale, offs_m, row_ok, HAS_BETA, TAU_F64)
@@ -294,16 +312,17 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
         lam = 0.0
     # inverse norms (NORMALIZE): RQ* contiguous (B, H, M), written here for the backward (every query row
     # belongs to exactly one program); RK* contiguous (B, Hk, N), from the pre-pass kernel
-    rk1_base = RK1 + (b * (H // G) + hk) * N
-    rk2_base = RK2 + (b * (H // G) + hk) * N
+    rk1_base = RK1 + (brow * (H // G) + hk) * n_lay + t0
+    rk2_base = RK2 + (brow * (H // G) + hk) * n_lay + t0
+    rq_row = (brow * H + h64) * m_lay + t0
     if NORMALIZE:
         rq1 = inv_norm_rows(q1, EPS2, RK1.dtype.element_ty)
         if FOR_BWD:
-            tl.store(RQ1 + bh.to(tl.int64) * M + offs_m, rq1, mask=row_ok)
+            tl.store(RQ1 + rq_row + offs_m, rq1, mask=row_ok)
         if TWO_VIEWS:
             rq2 = inv_norm_rows(q2, EPS2, RK1.dtype.element_ty)
             if FOR_BWD:
-                tl.store(RQ2 + bh.to(tl.int64) * M + offs_m, rq2, mask=row_ok)
+                tl.store(RQ2 + rq_row + offs_m, rq2, mask=row_ok)
         else:
             rq2 = rq1
     else:
@@ -325,12 +344,12 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
     else:
         thr1 = tau
         thr2 = tau
-    k1_base = K1 + b * s_k1b + hk * s_k1h
-    k2_base = K2 + b * s_k2b + hk * s_k2h
-    v_base = V + b * s_vb + hk * s_vh
+    k1_base = K1 + brow * s_k1b + hk * s_k1h + t0 * s_k1n
+    k2_base = K2 + brow * s_k2b + hk * s_k2h + t0 * s_k2n
+    v_base = V + brow * s_vb + hk * s_vh + t0 * s_vn
     # unit keys (UNIT_KEYS): KH* contiguous (B, Hk, N, HEAD_D), from the pre-pass kernel
-    kh1_base = KH1 + ((b * (H // G) + hk) * N) * HEAD_D
-    kh2_base = KH2 + ((b * (H // G) + hk) * N) * HEAD_D
+    kh1_base = KH1 + ((brow * (H // G) + hk) * n_lay + t0) * HEAD_D
+    kh2_base = KH2 + ((brow * (H // G) + hk) * n_lay + t0) * HEAD_D
     # flags: one per FLAG_M x FLAG_N sub-tile (n_mt x n_nt of them per head); this program owns flag rows
     # frow0 .. frow0 + BLOCK_M // FLAG_M - 1
     frow0 = pid_m * (BLOCK_M // FLAG_M)
@@ -374,5 +393,5 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
             for t in range(tl.cdiv(hi, BLOCK_N) * (BLOCK_N // FLAG_N), n_nt):
                 tl.store(flag_row + rr * n_nt + t, tl.zeros([BLOCK_M // FLAG_M], dtype=tl.int8),
                          mask=(frow0 + rr) < n_mt)
-    o_ptrs = OUT + b * s_ob + h64 * s_oh + offs_m[:, None] * s_om + offs_dv[None, :] * s_od
+    o_ptrs = OUT + brow * s_ob + h64 * s_oh + (t0 + offs_m[:, None]) * s_om + offs_dv[None, :] * s_od
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None])

@@ -136,7 +136,8 @@ def _tau_args(beta, scale):
     return beta, scale, beta.stride(0), 0, True
 
 
-def forward_meta(cfg: KernelConfig, D, Dv, dtype, two, causal, p, normalize, has_beta, for_bwd, tma) -> dict:
+def forward_meta(cfg: KernelConfig, D, Dv, dtype, two, causal, p, normalize, has_beta, for_bwd, tma,
+                 varlen=False) -> dict:
     """The forward kernel's constexprs and launch options for a call (sm90.py compiles the same ones)."""
     screen = cfg.survivor_test or for_bwd  # training always tests: the backward needs the flags
     unit = cfg.unit_keys and normalize and screen
@@ -146,39 +147,49 @@ def forward_meta(cfg: KernelConfig, D, Dv, dtype, two, causal, p, normalize, has
                 TAU_F64=dtype == torch.float64, EPS2=EPS2, FLAG_M=FM, FLAG_N=FN, SCREEN=screen, FOR_BWD=for_bwd,
                 UNIT_KEYS=unit, HAT_DELTA=hat_delta(dtype, D) if unit and for_bwd else 0.0,
                 ROW_SCREEN=cfg.row_screen and not for_bwd, TMA=tma if unit else 0,
-                MASK_SCREEN=cfg.mask_screen and screen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                MASK_SCREEN=cfg.mask_screen and screen, VARLEN=varlen, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
     if cfg.maxnreg:
         meta["maxnreg"] = cfg.maxnreg
     return meta
 
 
-def backward_meta(cfg: KernelConfig, D, Dv, dtype, two, causal, p, normalize, has_beta) -> dict:
+def backward_meta(cfg: KernelConfig, D, Dv, dtype, two, causal, p, normalize, has_beta, varlen=False) -> dict:
     """The backward kernel's constexprs and launch options for a call (sm90.py compiles the same ones)."""
     (KBM, KBN), (QBM, QBN), (MT, NT) = cfg.dkdv_block, cfg.dq_block, cfg.flags
     meta = dict(TWO_VIEWS=two, CAUSAL=causal, P_MODE=_p_mode(p), KV_BLOCK_M=KBM, KV_BLOCK_N=KBN,
                 KV_R=max(KBM // MT, 1), KV_C=max(KBN // NT, 1), Q_BLOCK_M=QBM, Q_BLOCK_N=QBN, Q_R=max(QBM // MT, 1),
                 Q_C=max(QBN // NT, 1), HEAD_D=D, HEAD_DV=Dv, MT=MT, NT=NT, PREC=_prec(dtype), NORMALIZE=normalize,
                 HAS_BETA=has_beta, TAU_F64=dtype == torch.float64, SCALE_DTAU=has_beta, KV_LISTS=cfg.dkdv_lists,
-                Q_LISTS=cfg.dq_lists, CHUNK=cfg.list_chunk, LIST_ROW=cfg.list_row, num_warps=cfg.bwd_warps,
-                num_stages=cfg.bwd_stages)
+                Q_LISTS=cfg.dq_lists, CHUNK=cfg.list_chunk, LIST_ROW=cfg.list_row, VARLEN=varlen,
+                num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     if cfg.bwd_maxnreg:
         meta["maxnreg"] = cfg.bwd_maxnreg
     return meta
 
 
-def forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg: KernelConfig, normalize=False, for_bwd=True):
+def forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg: KernelConfig, normalize=False, for_bwd=True,
+            docs=None):
     """(out, flags, rq, rk): out (B, H, M, Dv); flags (B * H, cdiv(M, flag_m), cdiv(N, flag_n)) int8, the
     survivor flags; rq (T, B, H, M) / rk (T, B, Hk, N) the inverse norms (None unless normalize).
     tau from (beta, scale) as in _tau_args; lam (H,) any stride (TDA) or None (TRA). for_bwd=False (no
-    backward will run: inference): the kernel neither computes nor stores the flags and rq, returned as None."""
+    backward will run: inference): the kernel neither computes nor stores the flags and rq, returned as None.
+    docs: packed documents, (table, longest) with table int32 (n_docs, 3) = (batch row, first token,
+    length) on the device (causal, M = N): each document attends within itself from position 0; the flags
+    are then (n_docs * H, cdiv(longest, flag_m), cdiv(longest, flag_n)) and scale covers `longest` rows."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    n_row = M
+    out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
+    table = out
+    if docs is not None:  # the kernels' "batch" is the document table, their M = N the longest document
+        table, longest = docs
+        B, M, N = table.shape[0], longest, longest
     two = q2 is not None
     BM, BN = cfg.block_m, cfg.block_n
     screen = cfg.survivor_test or for_bwd  # training always tests: the backward needs the flags
     FM, FN = cfg.flags if for_bwd else (BM, BN)
     n_mt, n_nt = _cdiv(M, FM), _cdiv(N, FN)
-    out = torch.empty((B, H, M, Dv), device=q1.device, dtype=q1.dtype)
     empty = out.numel() == 0
     flags = rq = rk = None
     unit = cfg.unit_keys and normalize and screen
@@ -186,12 +197,14 @@ def forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg: KernelConfig, n
     if tma:
         _ensure_allocator()
     if for_bwd:
-        # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch
-        flags = (torch.zeros if empty else torch.empty)((B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
+        # the kernel writes every flag (visited pairs: survivor or not; the rest: 0): no zero-fill launch;
+        # with documents, the rows past a document's length are never written, so they start at zero
+        flags = (torch.zeros if empty or docs is not None else torch.empty)(
+            (B * H, n_mt, n_nt), device=q1.device, dtype=torch.int8)
     kh = None
     if normalize:  # rq is written by the forward kernel itself, rk (and the unit keys kh) by the pre-pass
-        if for_bwd:
-            rq = torch.empty((2 if two else 1, B, H, M), device=q1.device, dtype=norm_dtype(q1))
+        if for_bwd:  # per token, in the rows' layout
+            rq = torch.empty((2 if two else 1, q1.shape[0], H, n_row), device=q1.device, dtype=norm_dtype(q1))
         rk = inv_norms(k1, k2, hat=unit)
         if unit:
             rk, kh = rk
@@ -203,22 +216,25 @@ def forward(q1, k1, q2, k2, v, beta, scale, lam, p, causal, cfg: KernelConfig, n
     n_bh = B * H
     _fwd[(_cdiv(M, BM) * n_bh,)](
         q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, out,
-        flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2,
+        flags if flags is not None else out, RQ1, RQ2, RK1, RK2, KH1, KH2, table,
         *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *out.stride(),
         s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p), n_bh,
         min(cfg.group, n_bh),  # (no larger: the kernel's group * blocks stays within int32, like the grid)
-        **forward_meta(cfg, D, Dv, q1.dtype, two, causal, p, rk is not None, has_beta, for_bwd, tma))
+        n_row, **forward_meta(cfg, D, Dv, q1.dtype, two, causal, p, rk is not None, has_beta, for_bwd, tma,
+                              docs is not None))
     return out, flags, rq, rk
 
 
-def backward(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, cfg: KernelConfig, norm=None):
+def backward(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, cfg: KernelConfig, norm=None,
+             docs=None):
     """(dq1, dk1, dq2, dk2, dv, g): gradients with respect to the kernel's q/k inputs -- raw q/k when
     rq/rk (the forward's inverse norms) are given, i.e. the normalisation's backward included; else q/k are
     taken as the unit vectors -- and g (2, H, B, M) fp32: per row, dtau_i and -sum_j a2_ij dDa_ij (TDA; zero
     for TRA); when beta is given, (2, H, B, cdiv(M, dQ block)): per dQ program, the sums of dtau_i * scale_i
     (the rows' dbeta shares) and of the dlam shares. `flags` come from `forward` with the same cfg.
     norm: norm_args(rq, rk, scale) if the caller prepared it already (the eager op does so in its forward,
-    off the backward's thread)."""
+    off the backward's thread). docs: as for `forward` (every token belongs to a document, so every gradient
+    row is written)."""
     B, H, M, D = q1.shape
     Hk, N, Dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -229,13 +245,18 @@ def backward(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, 
     dq2 = torch.empty_like(dq1) if two else dq1
     dk2 = torch.empty_like(dk1) if two else dk1
     dv = torch.empty((B, Hk, N, Dv), device=q1.device, dtype=v.dtype)
+    n_row, table = M, flags
+    if docs is not None:  # as in forward: the document table is the kernels' batch
+        table, longest = docs
+        B, M, N = table.shape[0], longest, longest
     # the rows' dtau / dlam shares: fp64 for fp32 inputs, so that the heavily cancelling sums behind the scalar
     # dbeta / dlam keep fp32's accuracy (fp32 partials alone failed the GPU check's criterion there)
     tdt = torch.float64 if q1.dtype in (torch.float32, torch.float64) else torch.float32
     KBN, QBM = cfg.dkdv_block[1], cfg.dq_block[0]
     # the eager path (beta given) gets one sum per dQ program, (2, H, B, cdiv(M, dQ block)): see bwd._dq_program
     g_rows = _cdiv(M, QBM) if beta is not None else M
-    g = (torch.empty if two else torch.zeros)((2, H, B, g_rows), device=q1.device, dtype=tdt)
+    # (documents: the programs past a document's length write no share, so those start at zero)
+    g = (torch.empty if two and docs is None else torch.zeros)((2, H, B, g_rows), device=q1.device, dtype=tdt)
     if dq1.numel() == 0 or dk1.numel() == 0:
         for t in (dq1, dk1, dq2, dk2, dv, g):
             t.zero_()
@@ -251,9 +272,9 @@ def backward(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, p, causal, 
     _bwd[(n_kb * B * Hk + n_qb * B * H,)](  # one flat grid: no cap on batch * heads
         q1, k1, q2 if two else q1, k2 if two else k1, v, BETA, SCALE, lam if two else SCALE, do, flags,
         *(norm if norm is not None else norm_args(rq, rk, SCALE)),
-        dk1, dk2, dv, dq1, dq2, g[0], g[1], scr,
+        dk1, dk2, dv, dq1, dq2, g[0], g[1], scr, table,
         *q1.stride(), *_strides(q2, q1), *k1.stride(), *_strides(k2, k1), *v.stride(), *do.stride(),
         s_beta, s_scale, lam.stride(0) if two else 0, H, H // Hk, M, N, n_mt, n_nt, float(p),
-        n_kb, n_kb * B * Hk, n_qb, scr_q, min(cfg.bwd_group, B * H),
-        **backward_meta(cfg, D, Dv, q1.dtype, two, causal, p, rq is not None, has_beta))
+        n_kb, n_kb * B * Hk, n_qb, scr_q, min(cfg.bwd_group, B * H), n_row,
+        **backward_meta(cfg, D, Dv, q1.dtype, two, causal, p, rq is not None, has_beta, docs is not None))
     return dq1, dk1, (dq2 if two else None), (dk2 if two else None), dv, g

@@ -40,7 +40,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
         if n in consts:
             sig[n] = "constexpr"
         elif n[:1].isupper() and n not in _INTS:
-            sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n == "SCR" else "*i64" if n == "POS"
+            sig[n] = ("*i8" if n == "FLAGS" else "*i32" if n in ("SCR", "DOCS") else "*i64" if n == "POS"
                       else "*fp32" if n in _FP32_PTRS else "*" + dtype)
         elif n == "p":
             sig[n] = "fp32"
@@ -75,6 +75,16 @@ def resource_usage(compiled) -> dict:
                 convert_layout=compiled.asm["ttgir"].count("ttg.convert_layout"),
                 ws_regions=compiled.asm["ttgir"].count("ttg.warp_specialize"),
                 bar_sync=len(re.findall(r"bar\.sync|barrier\.sync", compiled.asm["ptx"])))
+
+
+def varlen_variants():
+    """table_variants' kernels for packed documents (VARLEN: the document table as the batch), at d 64 with
+    4K keys and d 128 with 1K: training forward, inference forward and backward."""
+    out = []
+    for name, fn, consts, w, st in table_variants(full=True):
+        if name.endswith(("d64-4k", "d128-1k")):
+            out.append((name + "-varlen", fn, {**consts, "VARLEN": True}, w, st))
+    return out
 
 
 def table_variants(full: bool = True):
