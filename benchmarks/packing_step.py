@@ -1,6 +1,6 @@
 """Training-step throughput with packed documents: forward + backward of the A/B model
 (configs/packing-ab-*.yaml, bf16 autocast) on 16 x 1024 windows, plain vs packed with documents of
-exponentially distributed length (mean L tokens; the TDA layers call the fused kernel once per length bucket of documents).
+exponentially distributed length (mean L tokens; eager TDA layers run the fused kernels over the document table).
 
     python benchmarks/packing_step.py                       # softmax and tda, L = 4096, 1024, 256
     python benchmarks/packing_step.py --attentions tda --mean-lengths 1024 --iters 20

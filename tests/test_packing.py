@@ -382,7 +382,7 @@ def test_packed_window_logits_equal_each_document_alone(attention):
     torch.testing.assert_close(model(x, cu_seqlens=cu([N, N]), max_seqlen=N), model(x), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernel per length bucket)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernels over the document table)")
 @pytest.mark.parametrize("attention", ["tda", "tra", "softmax"])
 def test_packed_model_on_cuda_matches_documents_alone(attention):
     torch.manual_seed(0)

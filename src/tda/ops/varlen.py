@@ -16,8 +16,12 @@ and sees only the keys of its own document, causally:
 so a packed batch gives, token for token, what each document run alone gives. k and v have as many
 tokens as q (no KV cache here); they may have fewer heads (grouped-query).
 
-Implementation: documents are grouped by length into buckets (causal: lengths rounded up to a power of two,
-at least 16; non-causal: equal lengths only), each bucket a padded (n_docs, H, L_pad, D) batch run through
+Implementation. A causal call the fused kernel can run (CUDA, or backend="triton" under the interpreter),
+outside torch.compile, goes to the fused kernels with the document table as their batch
+(tda.ops.triton.attention.packed_attention): each program reads its document's row, first token and length,
+so one launch each way covers every document, with no copies and no padding. Otherwise (the reference
+backend, non-causal calls, torch.compile) documents are grouped by length into buckets (causal: lengths
+rounded up to a power of two, at least 16; non-causal: equal lengths only), each bucket a padded (n_docs, H, L_pad, D) batch run through
 one call of the public op (on CUDA the fused kernel). One gather per input lays every bucket's rows end to
 end, and one gather brings each token's output back; the backward is the same two gathers the other way,
 with no scatter-add. Causal padding at the end of a document is invisible to its real rows (a key after a
