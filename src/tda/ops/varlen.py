@@ -176,7 +176,7 @@ def _plan(bounds: list[int], causal: bool, device, row_len: int) -> _Plan:
         real[tokens] = rows
     docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
     plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device),
-                 torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device), max(d[2] for d in docs))
+                 torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device), max((d[2] for d in docs), default=0))
     if len(_PLAN_CACHE) >= 8:
         _PLAN_CACHE.clear()
     _PLAN_CACHE[key] = plan
