@@ -88,7 +88,8 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
 
 def test_rope_kernel_compiles_for_sm90():
     """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64,
-    with and without per-token positions (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
+    with and without per-token positions (a subprocess with TRITON_INTERPRET unset: the interpreter compiles
+    nothing)."""
     if not has_ptxas():
         pytest.skip("this Triton build ships no ptxas")
     code = ("import json\n"

@@ -21,9 +21,10 @@ outside torch.compile, goes to the fused kernels with the document table as thei
 (tda.ops.triton.attention.packed_attention): each program reads its document's row, first token and length,
 so one launch each way covers every document, with no copies and no padding. Otherwise (the reference
 backend, non-causal calls, torch.compile) documents are grouped by length into buckets (causal: lengths
-rounded up to a power of two, at least 16; non-causal: equal lengths only), each bucket a padded (n_docs, H, L_pad, D) batch run through
-one call of the public op (on CUDA the fused kernel). One gather per input lays every bucket's rows end to
-end, and one gather brings each token's output back; the backward is the same two gathers the other way,
+rounded up to a power of two, at least 16; non-causal: equal lengths only), each bucket a padded
+(n_docs, H, L_pad, D) batch run through one call of the public op (on CUDA the fused kernel). One gather per
+input lays every bucket's rows end to end, and one gather brings each token's output back; the backward is
+the same two gathers the other way,
 with no scatter-add. Causal padding at the end of a document is invisible to its real rows (a key after a
 row is never seen), and padded rows are dropped, so each document gets what it gets run alone (up to
 summation order). Windows of 1024 tokens thus cost at most 7 launches per layer however many documents
@@ -175,8 +176,9 @@ def _plan(bounds: list[int], causal: bool, device, row_len: int) -> _Plan:
     for rows, tokens in reals:
         real[tokens] = rows
     docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
-    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device),
-                 torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device), max((d[2] for d in docs), default=0))
+    table = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
+    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device), table,
+                 max((d[2] for d in docs), default=0))
     if len(_PLAN_CACHE) >= 8:
         _PLAN_CACHE.clear()
     _PLAN_CACHE[key] = plan
