@@ -27,8 +27,9 @@ input lays every bucket's rows end to end, and one gather brings each token's ou
 the same two gathers the other way, with no scatter-add. Causal padding at the end of a document is
 invisible to its real rows (a key after a row is never seen), and padded rows are dropped, so each document
 gets what it gets run alone (up to summation order). Windows of 1024 tokens thus cost at most 7 launches
-per layer however many documents they hold, at the price of at most 2x padded tokens. `varlen_reference` is an independent dense oracle: one
-masked T x T computation with per-token positions (O(T^2) memory; tests and small inputs only).
+per layer however many documents they hold, at the price of at most 2x padded tokens. `varlen_reference`
+is an independent dense oracle: one masked T x T computation with per-token positions (O(T^2) memory;
+tests and small inputs only).
 """
 from __future__ import annotations
 
