@@ -15,6 +15,10 @@ of the raw tiles): unlike ref_lowp they never round the unit vectors to the low 
 dbeta and dlam included, is measured against ref64 on the same raw inputs.
 Freed allocator memory is poisoned with NaN before each kernel call, so an unwritten element shows.
 
+Packed documents: a fifth of the configurations (causal, M = N) cut each row into documents of random
+lengths (1-token ones included) and run the varlen ops (tda.ops.varlen) on them: the kernels over the
+document table against the reference's length buckets, in float64 and in the kernel's dtype.
+
 Table rows: the check's sequences are short (M <= 700), so most configurations take the block table's
 rows of another key length (1K, 4K or 16K: config.block_config for training and for inference), passed
 through the kernel entry's `config=`; the rest run the public op as is (their own length's rows).
@@ -84,11 +88,22 @@ def random_config(rng):
     causal = rng.random() < 0.85
     # causal: position_offset >= N - M (a KV cache, or a window of the latest keys); non-causal: any
     offset = extra + (0 if rng.random() < 0.8 else rng.choice([5, 3000]))
-    return dict(dtype=dt, D=d, p=p, two=two, B=rng.choice([1, 2]), H=hk * g, Hk=hk, M=M, N=M + extra,
-                causal=causal, offset=offset, kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]),
-                beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]), noncontig=rng.random() < 0.25,
-                scalar_params=rng.random() < 0.2, normalize=rng.random() < 0.6,
-                table_length=rng.choice(TABLE_LENGTHS), list_row=rng.choice([None, None, None, 2, 5]))
+    c = dict(dtype=dt, D=d, p=p, two=two, B=rng.choice([1, 2]), H=hk * g, Hk=hk, M=M, N=M + extra,
+             causal=causal, offset=offset, kappa=rng.choice([1.0, 1.0, 0.5, 2.0, 4.0]),
+             beta_scale=rng.choice([0.5, 1.0, 1.0, 1.5]), noncontig=rng.random() < 0.25,
+             scalar_params=rng.random() < 0.2, normalize=rng.random() < 0.6,
+             table_length=rng.choice(TABLE_LENGTHS), list_row=rng.choice([None, None, None, 2, 5]), docs=None)
+    if rng.random() < 0.2:  # packed documents (the module's docstring)
+        c.update(causal=True, offset=0, N=M, docs=[split_row(rng, M) for _ in range(c["B"])])
+    return c
+
+
+def split_row(rng, n):
+    """Document lengths (>= 1) that fill a row of n tokens: exponential around n / 4, some of length 1."""
+    out = []
+    while sum(out) < n:
+        out.append(min(n - sum(out), 1 if rng.random() < 0.15 else max(1, int(rng.expovariate(4.0 / n)))))
+    return out
 
 
 def many_heads_config():
@@ -97,7 +112,7 @@ def many_heads_config():
     big = DEV == "cuda"
     return dict(dtype="bf16" if big else "fp32", D=64, p=2.0, two=True, B=2100 if big else 3, H=32 if big else 4,
                 Hk=32 if big else 2, M=8, N=8, causal=True, offset=0, kappa=1.0, beta_scale=1.0, noncontig=False,
-                scalar_params=False, normalize=True, table_length=None, list_row=None)
+                scalar_params=False, normalize=True, table_length=None, list_row=None, docs=None)
 
 
 def configs_for(c):
@@ -140,8 +155,30 @@ def make_inputs(c, gen):
     return t, dout, dt
 
 
+def _packed_op(c, inp, backend, config):
+    """The varlen ops over c["docs"] (backend), or with a config the kernels over the document table."""
+    from tda.ops import varlen
+    lengths = [n for row in c["docs"] for n in row]
+    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32)
+    kw = dict(kappa=c["kappa"], p=c["p"], normalize_qk=c["normalize"])
+    q2, k2, lam = (inp["q2"], inp["k2"], inp["lam"]) if c["two"] else (None, None, None)
+    if config is not None:
+        bounds = varlen.check_cu_seqlens(cu, max(lengths), c["B"] * c["M"], c["M"] if c["B"] > 1 else None)
+        plan = varlen._plan(bounds, True, inp["v"].device, c["M"])
+        return tk.packed_attention(inp["q1"], inp["k1"], q2, k2, inp["v"], inp["beta"], lam, docs=plan.docs,
+                                   longest=plan.longest, config=config, **kw)
+    if c["two"]:
+        return varlen.threshold_differential_attention_varlen(
+            inp["q1"], inp["k1"], q2, k2, inp["v"], inp["beta"], lam, cu_seqlens=cu, max_seqlen=max(lengths),
+            backend=backend, **kw)
+    return varlen.threshold_rectified_attention_varlen(inp["q1"], inp["k1"], inp["v"], inp["beta"], cu_seqlens=cu,
+                                                       max_seqlen=max(lengths), backend=backend, **kw)
+
+
 def _op(c, inp, backend, config):
     """The public op (backend), or with a config the kernel entry that takes one."""
+    if c.get("docs"):
+        return _packed_op(c, inp, backend, config)
     kw = dict(kappa=c["kappa"], p=c["p"], causal=c["causal"], position_offset=c["offset"],
               normalize_qk=c["normalize"])
     if config is not None:
@@ -238,7 +275,7 @@ def main():
     fails, worst, one_draw = [], {}, []
     t0 = time.time()
     shard, n_shards = (int(x) for x in args.shard.split("/"))
-    n_run = 0
+    n_run = n_packed = 0
 
     def draws():
         if shard == 1 % n_shards:  # first, on one shard: more than 65535 batch * heads (configuration -1)
@@ -254,6 +291,7 @@ def main():
         if i >= 0 and (2 * vi + c["causal"]) % n_shards != shard:
             continue
         n_run += 1
+        n_packed += bool(c.get("docs"))
         t, dout, dt = make_inputs(c, gen)
         ref64 = run(c, t, dout, "ref64", "reference")
         low = run(c, t, dout, dt, "reference")
@@ -296,7 +334,7 @@ def main():
         if log:
             log.write(msg + "\n")
             log.flush()
-        if any(f[0] == i for f in fails):
+        if any(f[0] == i for f in fails) and not c.get("docs"):
             msg += f"\n    near-tie pairs per view (|s64 - tau| <= 1e-6 tau): {near_ties(c, t)}"
             if log:
                 log.write(msg.splitlines()[-1] + "\n")
@@ -314,7 +352,8 @@ def main():
                 log.write(f"compile check FAILED: {type(e).__name__}: {str(e)[:300]}\n")
     dt_s = time.time() - t0
     direct = sum(k.direct_launches for k in (launch._inv_norm, launch._fwd, launch._bwd))
-    summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs, {len(fails)} failures "
+    summary = (f"check_kernels shard {args.shard}: {n_run} of {args.n} configs ({n_packed} packed), "
+               f"{len(fails)} failures "
                f"({len(one_draw)} more against a single ref_lowp draw of dbeta/dlam), {dt_s:.0f}s, "
                f"{direct} direct (cached) kernel launches; "
                f"worst |ker-ref64|/|lowp-ref64| per tensor: "

@@ -88,7 +88,9 @@ def test_table_training_launches_at_2k_keys(monkeypatch):
     assert grid == (2048, 2) and kw["BLOCK_R"] == 64 and not kw["WRITE_HAT"] and kw["num_warps"] == 4
     grid, args, kw = seen["_fwd"]
     assert flags.shape == (B * H, 32, 64)
-    assert grid == (2048,) and args[-9:] == (16, 1, N, N, 32, 64, 2.0, B * H, 8)  # H, G, M, N, flags, p, heads, group
+    # H, G, M, N, flags, p, heads, group, row length
+    assert grid == (2048,) and args[-10:] == (16, 1, N, N, 32, 64, 2.0, B * H, 8, N)
+    assert not kw["VARLEN"]
     assert {k: kw[k] for k in ("BLOCK_M", "BLOCK_N", "FLAG_M", "FLAG_N", "num_warps", "num_stages", "maxnreg")} == dict(
         BLOCK_M=64, BLOCK_N=64, FLAG_M=64, FLAG_N=32, num_warps=4, num_stages=3, maxnreg=168)
     assert (kw["SCREEN"], kw["FOR_BWD"], kw["UNIT_KEYS"], kw["MASK_SCREEN"], kw["ROW_SCREEN"], kw["TMA"]) == (
@@ -96,9 +98,40 @@ def test_table_training_launches_at_2k_keys(monkeypatch):
     grid, args, kw = seen["_bwd"]
     # 64 dK/dV programs per head (64 x 32 blocks) and 32 dQ programs; one list scratch row of 64 entries each
     assert grid == (64 * B * H + 32 * B * H,)
-    assert args[-12:] == (16, 1, N, N, 32, 64, 2.0, 64, 64 * B * H, 32, 64 * B * H * 32, 1)
+    assert args[-13:] == (16, 1, N, N, 32, 64, 2.0, 64, 64 * B * H, 32, 64 * B * H * 32, 1, N)
+    assert not kw["VARLEN"]
     assert args[21].dtype == torch.int32 and args[21].numel() == 64 * B * H * 32 + 32 * B * H * 64  # SCR
     assert {k: kw[k] for k in ("KV_BLOCK_M", "KV_BLOCK_N", "Q_BLOCK_M", "Q_BLOCK_N", "MT", "NT", "KV_LISTS",
                                "Q_LISTS", "CHUNK", "LIST_ROW", "num_warps", "num_stages", "maxnreg")} == dict(
         KV_BLOCK_M=64, KV_BLOCK_N=32, Q_BLOCK_M=64, Q_BLOCK_N=32, MT=64, NT=32, KV_LISTS=True, Q_LISTS=True,
         CHUNK=64, LIST_ROW=256, num_warps=4, num_stages=2, maxnreg=168)
+
+
+def test_packed_launches_size_by_the_documents(monkeypatch):
+    """With the document table (VARLEN), a call's grids, flags and scratch are sized by the number of
+    documents and the longest one, while outputs and per-token buffers keep the rows' layout."""
+    from tda.ops.triton import config as kc
+    from tda.ops.triton import launch
+
+    monkeypatch.setattr(kc, "interpreting", lambda: False)
+    cfg = kc.block_config(64, torch.bfloat16, 300, True)
+    seen = {}
+    for name in ("_inv_norm", "_fwd", "_bwd"):
+        monkeypatch.setattr(getattr(launch, name), "_launch",
+                            lambda grid, args, kw, name=name: seen.setdefault(name, (tuple(grid), args, kw)))
+    B, H, N, D, n_docs, longest = 2, 4, 1024, 64, 7, 300
+    q1, k1, q2, k2, v, do = (torch.empty(B, H, N, D, device="meta", dtype=torch.bfloat16) for _ in range(6))
+    beta, lam, scale = torch.empty(H, device="meta"), torch.empty(H, device="meta"), torch.empty(N, device="meta")
+    docs = (torch.empty(n_docs, 3, device="meta", dtype=torch.int32), longest)
+    out, flags, rq, rk = launch.forward(q1, k1, q2, k2, v, beta, scale, lam, 2.0, True, cfg, True, docs=docs)
+    launch.backward(do, q1, k1, q2, k2, v, beta, scale, lam, flags, rq, rk, 2.0, True, cfg, docs=docs)
+    assert out.shape == (B, H, N, D) and rq.shape == (2, B, H, N) and rk.shape == (2, B, H, N)
+    FM, FN = cfg.flags
+    assert flags.shape == (n_docs * H, -(-longest // FM), -(-longest // FN))
+    grid, args, kw = seen["_fwd"]
+    assert kw["VARLEN"] and args[16] is docs[0] and args[-1] == N
+    assert grid == (-(-longest // cfg.block_m) * n_docs * H,)
+    grid, args, kw = seen["_bwd"]
+    (KBM, KBN), (QBM, QBN) = cfg.dkdv_block, cfg.dq_block
+    assert kw["VARLEN"] and args[22] is docs[0] and args[-1] == N
+    assert grid == (-(-longest // KBN) * n_docs * H + -(-longest // QBM) * n_docs * H,)
