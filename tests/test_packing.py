@@ -205,6 +205,9 @@ def test_packed_kernel_one_launch_matches_dense_reference(views, dtype, monkeypa
                                                       backend="triton")
         ref = varlen_reference(*args, cu_seqlens=cu(lengths))
     assert calls["packed"] == 1 and calls["fwd"] == 1
+    from tda.ops.varlen import _plan
+    plan = _plan(check_cu_seqlens(cu(lengths), 48, 3 * 48, 48), True, out.device, 48)
+    assert "_bucket_indices" not in plan.__dict__  # the kernels' path builds no bucket indices
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(out, ref, **tol)
     for a, b in zip(grads(out, args), grads(ref, args)):

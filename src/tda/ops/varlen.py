@@ -135,53 +135,67 @@ def _bucket(length: int, causal: bool) -> int:
     return max(MIN_BUCKET, 1 << (length - 1).bit_length())
 
 
-@dataclass(frozen=True)
 class _Plan:
-    """Gather indices for one cu_seqlens. The buckets' padded rows are laid end to end (P rows in all):
-    `gather` (P,) holds the flat token index of each (padding repeats the document's last token), and
-    `buckets` ((L_pad, n_docs), ...) how they split. `real` (B * N,) gives each token the row of its one
-    unpadded copy among the P."""
-    buckets: tuple
-    gather: torch.Tensor
-    real: torch.Tensor
-    docs: torch.Tensor   # int32 (n_docs, 3): batch row, first token in it, length (the fused kernels' table)
-    longest: int
+    """What one cu_seqlens needs, built on the host once per batch (every layer and the backward reuse it).
+
+    `docs` int32 (n_docs, 3) (batch row, first token, length) and `longest`: the fused kernels' table, on the
+    device. The length buckets' indices, built on first use only (the fused path never needs them): the
+    buckets' padded rows laid end to end (P rows in all), `gather` (P,) the flat token index of each (padding
+    repeats the document's last token), `buckets` ((L_pad, n_docs), ...) how they split, and `real` (B * N,)
+    each token's row of its one unpadded copy among the P."""
+
+    def __init__(self, bounds: list[int], causal: bool, device, row_len: int):
+        self.bounds, self.causal, self.device = bounds, causal, device
+        docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
+        self.docs = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
+        self.longest = max((d[2] for d in docs), default=0)
+
+    @cached_property
+    def _bucket_indices(self):
+        groups: dict[int, list] = {}
+        for start, length in _documents(self.bounds):
+            groups.setdefault(_bucket(length, self.causal), []).append((start, length))
+        buckets, gathers, reals = [], [], []
+        row0 = 0
+        for L_pad, docs in sorted(groups.items()):
+            starts = torch.tensor([d[0] for d in docs], dtype=torch.int64)
+            lengths = torch.tensor([d[1] for d in docs], dtype=torch.int64)
+            r = torch.arange(L_pad, dtype=torch.int64)
+            gather = (starts[:, None] + torch.minimum(r[None, :], lengths[:, None] - 1)).reshape(-1)
+            keep = (r[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
+            buckets.append((L_pad, len(docs)))
+            gathers.append(gather)
+            reals.append((row0 + keep, gather[keep]))
+            row0 += gather.numel()
+        real = torch.empty(self.bounds[-1], dtype=torch.int64)
+        for rows, tokens in reals:
+            real[tokens] = rows
+        return tuple(buckets), torch.cat(gathers).to(self.device), real.to(self.device)
+
+    @property
+    def buckets(self) -> tuple:
+        return self._bucket_indices[0]
+
+    @property
+    def gather(self) -> torch.Tensor:
+        return self._bucket_indices[1]
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self._bucket_indices[2]
 
 
 _PLAN_CACHE: dict = {}
 
 
 def _plan(bounds: list[int], causal: bool, device, row_len: int) -> _Plan:
-    """Built on the host once per batch (every layer and the backward reuse it), moved to `device`."""
+    """The cached _Plan of this batch's boundaries."""
     key = (tuple(bounds), causal, str(device), row_len)
     plan = _PLAN_CACHE.get(key)
-    if plan is not None:
-        return plan
-    groups: dict[int, list] = {}
-    for start, length in _documents(bounds):
-        groups.setdefault(_bucket(length, causal), []).append((start, length))
-    buckets, gathers, reals = [], [], []
-    row0 = 0
-    for L_pad, docs in sorted(groups.items()):
-        starts = torch.tensor([d[0] for d in docs], dtype=torch.int64)
-        lengths = torch.tensor([d[1] for d in docs], dtype=torch.int64)
-        r = torch.arange(L_pad, dtype=torch.int64)
-        gather = (starts[:, None] + torch.minimum(r[None, :], lengths[:, None] - 1)).reshape(-1)
-        keep = (r[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
-        buckets.append((L_pad, len(docs)))
-        gathers.append(gather)
-        reals.append((row0 + keep, gather[keep]))
-        row0 += gather.numel()
-    real = torch.empty(bounds[-1], dtype=torch.int64)
-    for rows, tokens in reals:
-        real[tokens] = rows
-    docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
-    table = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
-    plan = _Plan(tuple(buckets), torch.cat(gathers).to(device), real.to(device), table,
-                 max((d[2] for d in docs), default=0))
-    if len(_PLAN_CACHE) >= 8:
-        _PLAN_CACHE.clear()
-    _PLAN_CACHE[key] = plan
+    if plan is None:
+        if len(_PLAN_CACHE) >= 8:
+            _PLAN_CACHE.clear()
+        plan = _PLAN_CACHE[key] = _Plan(bounds, causal, device, row_len)
     return plan
 
 
