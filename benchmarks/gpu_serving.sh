@@ -8,6 +8,8 @@
 #      on CPU-only CI;
 #   4. benchmarks/bench_generate.py --cuda-graph: end-to-end tokens/s of the 51M comparison model, TDA
 #      against softmax, eager and CUDA-graph decoding, batch 1 and 32.
+#   5. with DECODE_BENCH=1, benchmarks/bench_decode.py: the decode-step table of docs/decode.md (under 4 more
+#      minutes).
 # Results (logs, generate.json) go to $OUT (default: ./gpu-serving-out). About 3-4 minutes on an H100.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_serving.sh
@@ -25,4 +27,7 @@ python -m pytest -q -p no:cacheprovider tests/test_generate.py tests/test_packin
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_generate.py --device cuda --cuda-graph --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+if [ "${DECODE_BENCH:-0}" = 1 ]; then
+  python benchmarks/bench_decode.py --out "$OUT/decode.md" --json "$OUT/decode.json" > "$OUT/bench_decode.log" 2>&1 || rc=1
+fi
 exit $rc
