@@ -509,13 +509,12 @@ def test_train_config_switch(tmp_path):
     assert TrainConfig().pack_documents is False and TrainConfig().eval_pack_documents is None
     cfg = load_config(None, ["pack_documents=true"])
     assert cfg.pack_documents is True
-    with pytest.raises(ValueError, match="pack_documents"):
-        TrainConfig(pack_documents=True, compile=True)
+    assert TrainConfig(pack_documents=True, compile=True).compile  # compiles too (test below)
 
 
 def test_packed_training_runs_and_feeds_boundaries(tmp_path, monkeypatch):
-    """A few packed steps on the bundled corpus; every forward gets cu_seqlens whose boundaries sit at the
-    end-of-text token; validation follows pack_documents unless eval_pack_documents says otherwise."""
+    """A few packed steps on the bundled corpus; every forward gets documents (cu_seqlens) whose boundaries
+    sit at the end-of-text token; validation follows pack_documents unless eval_pack_documents says otherwise."""
     import gzip
     import json
 
@@ -536,7 +535,8 @@ def test_packed_training_runs_and_feeds_boundaries(tmp_path, monkeypatch):
     forward = GPT.forward
 
     def spy(self, input_ids, targets=None, position_offset=0, **kw):
-        seen.append((self.training, input_ids.clone(), kw.get("cu_seqlens")))
+        docs = kw.get("docs")  # the trainer builds the batch's PackedDocuments on the host
+        seen.append((self.training, input_ids.clone(), None if docs is None else docs.cu_seqlens))
         return forward(self, input_ids, targets, position_offset, **kw)
 
     monkeypatch.setattr(GPT, "forward", spy)
@@ -558,3 +558,32 @@ def test_packed_training_runs_and_feeds_boundaries(tmp_path, monkeypatch):
         assert all(int(flat[b]) == eot for b in inner)
         assert int((flat == eot).sum()) == sum(1 for b in cus.tolist()[:-1] if int(flat[b]) == eot)
     assert all(s[2] is None for s in seen if not s[0])   # eval_pack_documents=False: plain validation
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_packed_model_compiles_without_graph_breaks(attention):
+    """A compiled packed forward and backward (docs prebuilt on the host, as the trainer does): the same loss
+    and gradients as eager, with no graph break; a second batch with other documents reuses or recompiles the
+    graph but never breaks it. TDA runs the fused kernels (interpreter) through the custom ops with the
+    document table; softmax passes SDPA the block-diagonal mask."""
+    pytest.importorskip("triton")
+    import copy
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch.manual_seed(3)
+    eager = GPT(_tiny(attention, head_dim=16, attn_backend="triton" if attention == "tda" else "auto")).double()
+    model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="aot_eager")
+    N = 32
+    for rows in ([[9, 1, 22], [32]], [[5, 27], [3, 3, 26]]):
+        x, y = torch.randint(0, 64, (2, N)), torch.randint(0, 64, (2, N))
+        docs = PackedDocuments.build(cu([n for r in rows for n in r]), N, 2, N, "cpu")
+        (_, l_eager), (_, l_comp) = eager(x, y, docs=docs), compiled(x, y, docs=docs)
+        torch.testing.assert_close(l_comp, l_eager, rtol=1e-9, atol=1e-11)
+        g_e = torch.autograd.grad(l_eager, list(eager.parameters()))
+        g_c = torch.autograd.grad(l_comp, list(model.parameters()))
+        for a, b in zip(g_c, g_e):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)   # RMSNorm runs in fp32
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..ops import l2_normalize, threshold_differential_attention, threshold_rectified_attention
 from ..ops.kvcache import (threshold_differential_attention_with_kvcache,
                            threshold_rectified_attention_with_kvcache)
-from ..ops.varlen import threshold_differential_attention_varlen, threshold_rectified_attention_varlen
+from ..ops.varlen import attend_packed
 from .common import AttentionBase, RMSNorm, doc_positions, split_heads
 
 
@@ -63,9 +63,8 @@ class TDAAttention(AttentionBase):
 
     def _op(self, qs, ks, v, position_offset, return_weights, docs=None):
         if docs is not None:  # packed documents: tau and causality restart at every document
-            return threshold_differential_attention_varlen(
-                qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, cu_seqlens=docs.cu_seqlens,
-                max_seqlen=docs.max_seqlen, kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False)
+            return attend_packed(qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, docs, kappa=self.kappa,
+                                 p=self.p, backend=self.backend, check_finite=False)
         backend = "reference" if return_weights else self.backend
         return threshold_differential_attention(
             qs[0], ks[0], qs[1], ks[1], v, self.beta, self.lam, kappa=self.kappa, p=self.p, causal=True,
@@ -114,9 +113,8 @@ class TRAAttention(TDAAttention):
 
     def _op(self, qs, ks, v, position_offset, return_weights, docs=None):
         if docs is not None:
-            return threshold_rectified_attention_varlen(
-                qs[0], ks[0], v, self.beta, cu_seqlens=docs.cu_seqlens, max_seqlen=docs.max_seqlen,
-                kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False)
+            return attend_packed(qs[0], ks[0], None, None, v, self.beta, None, docs, kappa=self.kappa, p=self.p,
+                                 backend=self.backend, check_finite=False)
         backend = "reference" if return_weights else self.backend
         return threshold_rectified_attention(
             qs[0], ks[0], v, self.beta, kappa=self.kappa, p=self.p, causal=True,

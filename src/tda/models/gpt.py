@@ -79,7 +79,7 @@ class GPT(nn.Module):
         return n - self.wte.weight.numel() if non_embedding else n
 
     def forward(self, input_ids, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
-                cu_seqlens=None, max_seqlen=None):
+                cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None):
         """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
 
         With `cache` (a KVCache for this batch), row b's tokens sit at positions cache.seqlens[b] + r: every
@@ -89,11 +89,20 @@ class GPT(nn.Module):
         the B * N tokens numbered row-major (every row start b * N among them), max_seqlen an int >= the
         longest document. Each document then attends only within itself and restarts its positions (RoPE,
         tau) at 0: its logits are those of the document run alone. Packing and a cache exclude each other.
+        docs: the same, prebuilt (PackedDocuments.build, on the host) instead of cu_seqlens / max_seqlen: what
+        a compiled model takes, since nothing of it is then read on the host inside the forward.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
-        docs = None
-        if cu_seqlens is not None:
+        if docs is not None:
+            if cu_seqlens is not None or max_seqlen is not None:
+                raise ValueError("docs: pass either docs or cu_seqlens / max_seqlen, not both")
+            if cache is not None or position_offset:
+                raise ValueError("docs: packed documents take no KV cache and no position_offset")
+            if tuple(docs.shape) != tuple(input_ids.shape):
+                raise ValueError(f"docs: built for a {tuple(docs.shape)} batch, input_ids is "
+                                 f"{tuple(input_ids.shape)}")
+        elif cu_seqlens is not None:
             if cache is not None:
                 raise ValueError("cu_seqlens: packed documents cannot be combined with a KV cache (cache)")
             if position_offset:

@@ -16,15 +16,16 @@ and sees only the keys of its own document, causally:
 so a packed batch gives, token for token, what each document run alone gives. k and v have as many
 tokens as q (no KV cache here); they may have fewer heads (grouped-query).
 
-Implementation. A causal call the fused kernel can run (CUDA, or backend="triton" under the interpreter),
-outside torch.compile, goes to the fused kernels with the document table as their batch
-(tda.ops.triton.attention.packed_attention): each program reads its document's row, first token and length,
-so one launch each way covers every document, with no copies and no padding. Otherwise (the reference
-backend, non-causal calls, torch.compile) documents are grouped by length into buckets (causal: lengths
-rounded up to a power of two, at least 16; non-causal: equal lengths only), each bucket a padded
-(n_docs, H, L_pad, D) batch run through one call of the public op (on CUDA the fused kernel). One gather per
-input lays every bucket's rows end to end, and one gather brings each token's output back; the backward is
-the same two gathers the other way, with no scatter-add. Causal padding at the end of a document is
+Implementation. A causal call the fused kernel can run (CUDA, or backend="triton" under the interpreter)
+goes to the fused kernels with the document table as their batch
+(tda.ops.triton.attention.packed_attention, also under torch.compile through the custom ops): each program
+reads its document's row, first token and length, so one launch each way covers every document, with no
+copies and no padding. The layers pass a prebuilt table (attend_packed, PackedDocuments), so a compiled model
+reads nothing of the documents on the host. Otherwise (the reference backend, non-causal calls) documents
+are grouped by length into buckets (causal: lengths rounded up to a power of two, at least 16; non-causal:
+equal lengths only), each bucket a padded (n_docs, H, L_pad, D) batch run through one call of the public op.
+One gather per input lays every bucket's rows end to end, and one gather brings each token's output back;
+the backward is the same two gathers the other way, with no scatter-add. Causal padding at the end of a document is
 invisible to its real rows (a key after a row is never seen), and padded rows are dropped, so each document
 gets what it gets run alone (up to summation order). Windows of 1024 tokens thus cost at most 7 launches
 per layer however many documents they hold, at the price of at most 2x padded tokens. `varlen_reference`
@@ -45,7 +46,7 @@ from .validate import _check_scalar_param, check_inputs
 
 __all__ = [
     "threshold_differential_attention_varlen", "threshold_rectified_attention_varlen", "varlen_reference",
-    "check_cu_seqlens", "positions_from_cu_seqlens", "PackedDocuments",
+    "check_cu_seqlens", "positions_from_cu_seqlens", "PackedDocuments", "attend_packed",
 ]
 
 
@@ -92,26 +93,45 @@ def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int, device=None)
 
 @dataclass(frozen=True)
 class PackedDocuments:
-    """Document structure of a (B, N) batch, computed once per forward and shared by every layer.
+    """Document structure of a (B, N) batch, built on the host once per batch and shared by every layer.
 
-    cu_seqlens: int32 on the host (the per-document loop reads it without a device sync);
-    positions: (B, N) int64 on the model's device, each token's position in its document (RoPE, tau).
+    cu_seqlens: int32 on the host (the bucket path reads it without a device sync);
+    positions: (B, N) int64 on the model's device, each token's position in its document (RoPE, tau);
+    table: int32 (n_docs, 3) on the model's device, (batch row, first token, length) of every non-empty
+    document, the fused kernels' batch; longest: the longest document.
+    Built outside a compiled model (the trainer does so), it is all a compiled forward needs: no layer reads
+    anything of it on the host there.
     """
     cu_seqlens: torch.Tensor
     max_seqlen: int
     positions: torch.Tensor
     shape: tuple[int, int]
+    table: torch.Tensor
+    longest: int
 
     @classmethod
     def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, batch: int, seqlen: int, device) -> "PackedDocuments":
-        check_cu_seqlens(cu_seqlens, max_seqlen, batch * seqlen, seqlen if batch > 1 else None)
+        bounds = check_cu_seqlens(cu_seqlens, max_seqlen, batch * seqlen, seqlen if batch > 1 else None)
         positions = positions_from_cu_seqlens(cu_seqlens, batch * seqlen, device).view(batch, seqlen)
-        return cls(cu_seqlens.cpu(), int(max_seqlen), positions, (batch, seqlen))
+        docs = [(start // seqlen, start % seqlen, length) for start, length in _documents(bounds)]
+        table = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
+        return cls(cu_seqlens.cpu(), int(max_seqlen), positions, (batch, seqlen), table,
+                   max((d[2] for d in docs), default=0))
 
-    @cached_property  # built on first use, then shared by every layer of the forward
+    @property
     def mask(self) -> torch.Tensor:
-        """(B, 1, N, N) bool, True where key j is visible to query i: same document and j <= i.
-        Query i's document starts at i - positions[i], and documents are contiguous."""
+        """(B, 1, N, N) bool, True where key j is visible to query i: same document and j <= i. Query i's
+        document starts at i - positions[i], and documents are contiguous. Eager: built on first use, then
+        shared by every layer of the forward; under torch.compile, traced where used (no stored state)."""
+        if torch.compiler.is_compiling():
+            return self._build_mask()
+        mask = self.__dict__.get("_mask")
+        if mask is None:
+            mask = self._build_mask()
+            object.__setattr__(self, "_mask", mask)
+        return mask
+
+    def _build_mask(self) -> torch.Tensor:
         B, N = self.shape
         i = torch.arange(N, device=self.positions.device)
         j = i[None, None, :]
@@ -244,7 +264,7 @@ def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, 
         raise ValueError(f"{ks[0][0]} must have as many tokens as {qs[0][0]} ({N}) in packed attention, got {Nk}")
     bounds = check_cu_seqlens(cu_seqlens, max_seqlen, B * N, N if B > 1 else None)
     plan = _plan(bounds, causal, v.device, N)
-    if causal and not torch.compiler.is_compiling() and _fused_kernel(backend, qs[0][1], ks[0][1], v, p):
+    if causal and _fused_kernel(backend, qs[0][1], ks[0][1], v, p):
         # the fused kernels take the document table: one launch each way, no gathers, no padding
         from .triton.attention import packed_attention
         two = len(qs) == 2
@@ -263,6 +283,28 @@ def _varlen(fn, qs, ks, v, params, *, cu_seqlens, max_seqlen, kappa, p, causal, 
         r0 += n * L_pad
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return _FromBuckets.apply(out, plan.real).view(B, N, H, -1).transpose(1, 2)
+
+
+def attend_packed(q1, k1, q2, k2, v, beta, lam, docs: PackedDocuments, *, kappa=1.0, p=2.0, backend="auto",
+                  check_finite=True):
+    """The layers' packed TDA (q2/k2 given) or TRA over a PackedDocuments, causal, fused normalisation: the
+    fused kernels over docs.table where they run (eager, and under torch.compile through the custom ops,
+    reading nothing of docs on the host), else the length buckets."""
+    two = q2 is not None
+    if _fused_kernel(backend, q1, k1, v, p):
+        from .triton.attention import packed_attention
+        return packed_attention(q1, k1, q2, k2, v, beta, lam if two else None, docs=docs.table,
+                                longest=None if torch.compiler.is_compiling() else docs.longest, kappa=kappa,
+                                p=p, check_finite=check_finite)
+    # elsewhere (the reference backend: a CPU model) the length buckets, whose host reads of cu_seqlens
+    # break a compiled graph there: correct, not fast
+    if two:
+        return threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, cu_seqlens=docs.cu_seqlens,
+                                                       max_seqlen=docs.max_seqlen, kappa=kappa, p=p,
+                                                       backend=backend, check_finite=check_finite)
+    return threshold_rectified_attention_varlen(q1, k1, v, beta, cu_seqlens=docs.cu_seqlens,
+                                                max_seqlen=docs.max_seqlen, kappa=kappa, p=p, backend=backend,
+                                                check_finite=check_finite)
 
 
 def threshold_differential_attention_varlen(q1, k1, q2, k2, v, beta, lam, *, cu_seqlens, max_seqlen, kappa=1.0,

@@ -105,9 +105,6 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
-        if self.compile and (self.pack_documents or self.eval_pack_documents):
-            # per-batch document boundaries are Python ints in the per-document attention loop: a recompile per batch
-            raise ValueError("pack_documents: not supported with compile=true (set compile=false)")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

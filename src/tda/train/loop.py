@@ -85,14 +85,18 @@ class Data:
         return sampler.batch(step, micro_step, device=self.ctx.device)
 
     def model_batch(self, split: str, step: int, micro_step: int = 0):
-        """(x, y, kwargs for the model): with packing on for `split`, kwargs = cu_seqlens, max_seqlen."""
+        """(x, y, kwargs for the model): with packing on for `split`, kwargs = docs, the batch's
+        PackedDocuments, built here on the host (outside a compiled model, which then reads none of it on
+        the host)."""
         if not self.pack[split]:
             return (*self.batch(split, step, micro_step), {})
         from ..data.dataset import cu_seqlens_from_starts, document_starts
+        from ..ops.varlen import PackedDocuments
         sampler = self.train if split == "train" else self.val
         x, y = sampler.batch(step, micro_step, device="cpu")  # boundaries found on the host
         cu_seqlens, max_seqlen = cu_seqlens_from_starts(document_starts(x, int(self.meta["eot_id"])))
-        return x.to(self.ctx.device), y.to(self.ctx.device), {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
+        docs = PackedDocuments.build(cu_seqlens, max_seqlen, *x.shape, self.ctx.device)
+        return x.to(self.ctx.device), y.to(self.ctx.device), {"docs": docs}
 
 
 def data_path(data_dir) -> Path:

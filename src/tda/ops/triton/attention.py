@@ -102,11 +102,13 @@ def _training_config(q1, k1) -> KernelConfig:
 # and step, and its step can be host-bound (docs/kernels.md). Every output here is a fresh tensor.
 
 _LIB = torch.library.Library("tda", "DEF")
+# docs: packed documents' table (packed_attention), the grid sized by the row length M
 _LIB.define("threshold_attention_fwd(Tensor q1, Tensor k1, Tensor? q2, Tensor? k2, Tensor v, Tensor tau, "
-            "Tensor? lam, float p, bool causal, bool normalize=False) -> (Tensor, Tensor, Tensor, Tensor)")
+            "Tensor? lam, float p, bool causal, bool normalize=False, Tensor? docs=None) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
 _LIB.define("threshold_attention_bwd(Tensor do, Tensor q1, Tensor k1, Tensor? q2, Tensor? k2, Tensor v, "
-            "Tensor tau, Tensor? lam, Tensor flags, Tensor rq, Tensor rk, float p, bool causal) "
-            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+            "Tensor tau, Tensor? lam, Tensor flags, Tensor rq, Tensor rk, float p, bool causal, "
+            "Tensor? docs=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 def _impl(name):
@@ -117,25 +119,27 @@ def _impl(name):
 
 
 @_impl("threshold_attention_fwd")
-def _fwd_op(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
+def _fwd_op(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False, docs=None):
     """(out, survivor flags, rq, rk) for tau (H, M) fp32 and lam (H,) fp32 (TDA) or None (TRA).
     normalize: q/k are raw and the op uses their cosine (rq (T, B, H, M), rk (T, B, Hk, N) are the inverse
     norms, for the backward); else q/k are used as given (unit vectors) and rq, rk are empty."""
     with _on_device(q1):
         out, flags, rq, rk = launch.forward(q1, k1, q2, k2, v, None, tau, lam, p, causal,
-                                            _training_config(q1, k1), normalize)
+                                            _training_config(q1, k1), normalize,
+                                            docs=None if docs is None else (docs, q1.shape[2]))
     if rq is None:
         rq, rk = tau.new_empty(0), tau.new_empty(0)
     return out, flags, rq, rk
 
 
 @torch.library.register_fake("tda::threshold_attention_fwd", lib=_LIB)
-def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
+def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False, docs=None):
     B, H, M, D = q1.shape
     Hk, N = k1.shape[1], k1.shape[2]
     FM, FN = _training_config(q1, k1).flags
     out = q1.new_empty((B, H, M, v.shape[-1]))
-    flags = q1.new_empty((B * H, -(-M // FM), -(-N // FN)), dtype=torch.int8)
+    n_seq = B if docs is None else docs.shape[0]
+    flags = q1.new_empty((n_seq * H, -(-M // FM), -(-N // FN)), dtype=torch.int8)
     T = 2 if q2 is not None else 1
     if normalize:
         rq = q1.new_empty((T, B, H, M), dtype=launch.norm_dtype(q1))
@@ -146,14 +150,15 @@ def _(q1, k1, q2, k2, v, tau, lam, p, causal, normalize=False):
 
 
 @_impl("threshold_attention_bwd")
-def _bwd_op(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal):
+def _bwd_op(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, docs=None):
     """(dq1, dk1, dq2, dk2, dv, dtau (H, M), dlam (H,)); the view-2 and lam grads are empty for TRA.
     rq, rk: the forward's inverse norms (empty: no normalisation)."""
     if rq.numel() == 0 or rk.numel() == 0:
         rq, rk = None, None
     with _on_device(q1):
         dq1, dk1, dq2, dk2, dv, g = launch.backward(do, q1, k1, q2, k2, v, None, tau, lam, flags, rq, rk, p, causal,
-                                                    _training_config(q1, k1))
+                                                    _training_config(q1, k1),
+                                                    docs=None if docs is None else (docs, q1.shape[2]))
     dtau = g[0].sum(1).to(tau.dtype)
     if q2 is None:
         return dq1, dk1, q1.new_empty(0), k1.new_empty(0), dv, dtau, tau.new_empty(0)
@@ -161,7 +166,7 @@ def _bwd_op(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal):
 
 
 @torch.library.register_fake("tda::threshold_attention_bwd", lib=_LIB)
-def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal):
+def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal, docs=None):
     # the real op returns contiguous gradients whatever the inputs' strides (empty_like would copy a
     # transposed input's strides, and torch.compile rejects a fake kernel whose strides differ)
     two = q2 is not None
@@ -174,20 +179,20 @@ def _(do, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, p, causal):
 
 
 def _setup_context(ctx, inputs, output):
-    q1, k1, q2, k2, v, tau, lam, p, causal, normalize = inputs
+    q1, k1, q2, k2, v, tau, lam, p, causal, normalize, docs = inputs
     _, flags, rq, rk = output
-    ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk)
+    ctx.save_for_backward(q1, k1, q2, k2, v, tau, lam, flags, rq, rk, docs)
     ctx.p, ctx.causal = p, causal
     ctx.mark_non_differentiable(flags, rq, rk)
 
 
 def _backward(ctx, dout, dflags, drq, drk):
-    q1, k1, q2, k2, v, tau, lam, flags, rq, rk = ctx.saved_tensors
+    q1, k1, q2, k2, v, tau, lam, flags, rq, rk, docs = ctx.saved_tensors
     dq1, dk1, dq2, dk2, dv, dtau, dlam = threshold_attention_bwd(
-        dout, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, ctx.p, ctx.causal)
+        dout, q1, k1, q2, k2, v, tau, lam, flags, rq, rk, ctx.p, ctx.causal, docs)
     two = q2 is not None
     return (dq1, dk1, dq2 if two else None, dk2 if two else None, dv, dtau, dlam if two else None,
-            None, None, None)
+            None, None, None, None)
 
 
 torch.library.register_autograd("tda::threshold_attention_fwd", _backward, setup_context=_setup_context, lib=_LIB)
@@ -327,10 +332,11 @@ def threshold_rectified_attention(q, k, v, beta, *, kappa=1.0, p=2.0, causal=Tru
 
 def packed_attention(q1, k1, q2, k2, v, beta, lam, *, docs, longest, kappa=1.0, p=2.0, normalize_qk=True,
                      check_finite=True, config: Optional[KernelConfig] = None):
-    """TDA (q2/k2 given) or TRA over packed documents in one launch each way, eager only (tda.ops.varlen
-    calls it; under torch.compile it takes its length buckets instead). q*, k*, v: (B, H, N, D) with
+    """TDA (q2/k2 given) or TRA over packed documents in one launch each way (tda.ops.varlen calls it; under
+    torch.compile through the custom ops, with the table as an argument). q*, k*, v: (B, H, N, D) with
     k/v of N tokens too; docs: int32 (n_docs, 3) on the device, (batch row, first token, length) of every
-    non-empty document, which together cover every token once; longest: the longest length. Each document
+    non-empty document, which together cover every token once; longest: the longest length (unused under
+    torch.compile, where the grid covers the row length, so that it needs no guard on it). Each document
     is causal from position 0 (tau and the mask restart); returns the pre-RMSNorm aggregation (B, H, N, Dv).
     config: as for threshold_differential_attention."""
     qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
@@ -341,6 +347,14 @@ def packed_attention(q1, k1, q2, k2, v, beta, lam, *, docs, longest, kappa=1.0, 
     why = unsupported_reason(q1, k1, v, p)
     if why is not None:
         raise ValueError(f"the Triton kernel cannot run this call: {why}")
+    if torch.compiler.is_compiling():  # the custom op, tau (H, M) for positions 0 .. M - 1 formed in torch
+        if config is not None:
+            raise ValueError("config= is not supported under torch.compile (the custom op uses the block table)")
+        pdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
+        tau_rows = reference.tau(torch.arange(M, device=q1.device), beta, kappa, D).to(pdt).contiguous()
+        lam_h = lam.to(pdt).contiguous() if lam is not None else None
+        return threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), True, bool(normalize_qk),
+                                       docs)[0]
     sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
     scale = tau_scale(longest, 0, float(kappa), D, q1.device, sdt)
     training = torch.is_grad_enabled() and any(
