@@ -3,10 +3,10 @@
 #   1. benchmarks/bench_train.py at 1K (eager and compiled, TDA against softmax on SDPA's default backend and
 #      on flash) with a torch.profiler table of one TDA step at 1K: where the 1K step's time goes;
 #   2. benchmarks/packing_step.py: training-step tokens/s, plain windows against packed documents, with the
-#      top kernels of one packed step (mean document 1024) per attention;
+#      top kernels of one packed step (mean document 1024) per attention; then the same compiled;
 #   3. benchmarks/check_fsdp_gpu.py: FSDP2 on CUDA (nccl, bf16, eager and compiled, consolidate, resume).
 # Logs and JSON go to $OUT (default ./gpu-training-out); TABLE=1 adds the full context table (1K-32K,
-# compiled at COMPILE_CONTEXTS, default 1K and 8K). About 3 minutes on an H100 without TABLE.
+# compiled at COMPILE_CONTEXTS, default 1K and 8K). About 4-5 minutes on an H100 without TABLE.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_training.sh
 set -uo pipefail
@@ -19,6 +19,8 @@ python benchmarks/bench_train.py --contexts 1024 --compile-contexts 1024 --profi
     --json "$OUT/train-1k.json" 2>&1 | tee "$OUT/train-1k.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/packing_step.py --profile 1024 2>&1 | tee "$OUT/packing_step.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python benchmarks/packing_step.py --compile 2>&1 | tee "$OUT/packing_step_compiled.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/check_fsdp_gpu.py 2>&1 | tee "$OUT/check_fsdp_gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1

@@ -5,6 +5,7 @@ exponentially distributed length (mean L tokens; eager TDA layers run the fused 
     python benchmarks/packing_step.py                       # softmax and tda, L = 4096, 1024, 256
     python benchmarks/packing_step.py --attentions tda --mean-lengths 1024 --iters 20
     python benchmarks/packing_step.py --profile 1024      # + top kernels of one packed step (mean doc 1024)
+    python benchmarks/packing_step.py --compile           # the models under torch.compile
 
 Prints one JSON line per case: tokens/s, documents per batch. Needs a CUDA device.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from tda.models.gpt import GPT
+from tda.ops.varlen import PackedDocuments
 from tda.train.config import load_config
 
 
@@ -42,6 +44,8 @@ def main():
     ap.add_argument("--profile", type=float, default=0, metavar="MEAN",
                     help="also print the top CUDA kernels of one step packed at this mean document length, "
                          "per attention (where the packed step's extra time goes)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the models (the documents prebuilt on the host, as the trainer does)")
     args = ap.parse_args()
     dev = "cuda"
     rng = np.random.default_rng(0)
@@ -49,14 +53,19 @@ def main():
         cfg = load_config(f"configs/packing-ab-{att}.yaml")
         torch.manual_seed(0)
         model = GPT(cfg.model).to(dev)
+        run = torch.compile(model) if args.compile else model
         B, N = args.batch_size, cfg.model.block_size
         x = torch.randint(0, cfg.model.vocab_size, (B, N), device=dev)
         for mean in [None] + args.mean_lengths:
-            kw = {} if mean is None else dict(zip(("cu_seqlens", "max_seqlen"), cu_seqlens_for(B, N, mean, rng)))
+            kw, docs = {}, B
+            if mean is not None:  # the batch's documents, built on the host as the trainer does
+                cus, longest = cu_seqlens_for(B, N, mean, rng)
+                kw = {"docs": PackedDocuments.build(cus, longest, B, N, dev)}
+                docs = len(cus) - 1
 
             def step():
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    _, loss = model(x, x, **kw)
+                    _, loss = run(x, x, **kw)
                 loss.backward()
 
             for _ in range(3):
@@ -67,8 +76,7 @@ def main():
                 step()
             torch.cuda.synchronize()
             dt = (time.perf_counter() - t0) / args.iters
-            docs = B if mean is None else len(kw["cu_seqlens"]) - 1
-            print(json.dumps(dict(attention=att, mean_doc_len=mean, docs_per_batch=docs,
+            print(json.dumps(dict(attention=att, compiled=args.compile, mean_doc_len=mean, docs_per_batch=docs,
                                   tokens_per_s=round(B * N / dt), step_ms=round(1e3 * dt, 2),
                                   device=torch.cuda.get_device_name())), flush=True)
             if args.profile and mean == args.profile:
