@@ -557,11 +557,13 @@ def test_bos_agrees_with_packed_boundaries(mixed):
         x, y, kw = data.model_batch("train", step)
         starts = document_starts(x, eot)
         assert torch.equal(starts, x == eot)
-        cu = kw["cu_seqlens"].tolist()
+        docs = kw["docs"]  # the batch's PackedDocuments, built on the host
+        cu = docs.cu_seqlens.tolist()
         flat = x.reshape(-1)
         assert all(int(flat[b]) == eot for b in cu[:-1])
         n_inner += int(starts[:, 1:].sum())
-        assert (cu, kw["max_seqlen"]) == (cu_seqlens_from_starts(starts)[0].tolist(), cu_seqlens_from_starts(starts)[1])
+        assert (cu, docs.max_seqlen) == (cu_seqlens_from_starts(starts)[0].tolist(), cu_seqlens_from_starts(starts)[1])
+        assert int(docs.table[:, 2].sum()) == x.numel() and docs.longest == docs.max_seqlen
     assert n_inner > 0  # windows of 256 tokens cross documents of a few hundred
 
 
