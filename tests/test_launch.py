@@ -65,19 +65,27 @@ def test_constexpr_parameters_must_come_last():
         fk._signature((torch.randn(4), 3))
 
 
-def test_table_training_launches_at_2k_keys(monkeypatch):
-    """What a d = 64, 2K-key bf16 training call launches with the GPU table's config (kernels intercepted,
-    meta tensors): the grids, the program-order and scratch sizes, and the options that pick the compiled
-    kernel -- the launches the GPU benchmark times at this shape."""
+def _intercepted_launches(monkeypatch, n_keys):
+    """The GPU table's bf16 d = 64 training config for n_keys keys, and a dict that collects each launch
+    (grid, runtime args, constexprs) of the key-norm, forward and backward kernels instead of running it."""
     from tda.ops.triton import config as kc
     from tda.ops.triton import launch
 
     monkeypatch.setattr(kc, "interpreting", lambda: False)
-    cfg = kc.block_config(64, torch.bfloat16, 2048, True)
     seen = {}
     for name in ("_inv_norm", "_fwd", "_bwd"):
         monkeypatch.setattr(getattr(launch, name), "_launch",
                             lambda grid, args, kw, name=name: seen.setdefault(name, (tuple(grid), args, kw)))
+    return kc.block_config(64, torch.bfloat16, n_keys, True), seen
+
+
+def test_table_training_launches_at_2k_keys(monkeypatch):
+    """What a d = 64, 2K-key bf16 training call launches with the GPU table's config (kernels intercepted,
+    meta tensors): the grids, the program-order and scratch sizes, and the options that pick the compiled
+    kernel -- the launches the GPU benchmark times at this shape."""
+    from tda.ops.triton import launch
+
+    cfg, seen = _intercepted_launches(monkeypatch, 2048)
     B, H, N, D = 4, 16, 2048, 64
     q1, k1, q2, k2, v, do = (torch.empty(B, H, N, D, device="meta", dtype=torch.bfloat16) for _ in range(6))
     beta, lam, scale = torch.empty(H, device="meta"), torch.empty(H, device="meta"), torch.empty(N, device="meta")
@@ -110,15 +118,9 @@ def test_table_training_launches_at_2k_keys(monkeypatch):
 def test_packed_launches_size_by_the_documents(monkeypatch):
     """With the document table (VARLEN), a call's grids, flags and scratch are sized by the number of
     documents and the longest one, while outputs and per-token buffers keep the rows' layout."""
-    from tda.ops.triton import config as kc
     from tda.ops.triton import launch
 
-    monkeypatch.setattr(kc, "interpreting", lambda: False)
-    cfg = kc.block_config(64, torch.bfloat16, 300, True)
-    seen = {}
-    for name in ("_inv_norm", "_fwd", "_bwd"):
-        monkeypatch.setattr(getattr(launch, name), "_launch",
-                            lambda grid, args, kw, name=name: seen.setdefault(name, (tuple(grid), args, kw)))
+    cfg, seen = _intercepted_launches(monkeypatch, 300)
     B, H, N, D, n_docs, longest = 2, 4, 1024, 64, 7, 300
     q1, k1, q2, k2, v, do = (torch.empty(B, H, N, D, device="meta", dtype=torch.bfloat16) for _ in range(6))
     beta, lam, scale = torch.empty(H, device="meta"), torch.empty(H, device="meta"), torch.empty(N, device="meta")

@@ -113,10 +113,7 @@ class PackedDocuments:
     def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, batch: int, seqlen: int, device) -> "PackedDocuments":
         bounds = check_cu_seqlens(cu_seqlens, max_seqlen, batch * seqlen, seqlen if batch > 1 else None)
         positions = positions_from_cu_seqlens(cu_seqlens, batch * seqlen, device).view(batch, seqlen)
-        docs = [(start // seqlen, start % seqlen, length) for start, length in _documents(bounds)]
-        table = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
-        return cls(cu_seqlens.cpu(), int(max_seqlen), positions, (batch, seqlen), table,
-                   max((d[2] for d in docs), default=0))
+        return cls(cu_seqlens.cpu(), int(max_seqlen), positions, (batch, seqlen), *_doc_table(bounds, seqlen, device))
 
     @property
     def mask(self) -> torch.Tensor:
@@ -144,6 +141,14 @@ def _documents(bounds: list[int]):
     return [(s, e - s) for s, e in zip(bounds, bounds[1:]) if e > s]
 
 
+def _doc_table(bounds: list[int], row_len: int, device):
+    """(int32 (n_docs, 3) on device: batch row, first token, length of each non-empty document; the longest
+    length): the fused kernels' batch for packed rows of row_len tokens."""
+    docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
+    return (torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device),
+            max((d[2] for d in docs), default=0))
+
+
 MIN_BUCKET = 16  # the kernels' smallest query tile: shorter padding would not save work
 
 
@@ -166,9 +171,7 @@ class _Plan:
 
     def __init__(self, bounds: list[int], causal: bool, device, row_len: int):
         self.bounds, self.causal, self.device = bounds, causal, device
-        docs = [(start // row_len, start % row_len, length) for start, length in _documents(bounds)]
-        self.docs = torch.tensor(docs, dtype=torch.int32).reshape(-1, 3).to(device)
-        self.longest = max((d[2] for d in docs), default=0)
+        self.docs, self.longest = _doc_table(bounds, row_len, device)
 
     @cached_property
     def _bucket_indices(self):

@@ -276,7 +276,10 @@ class _EagerAttention(torch.autograd.Function):
 
 
 def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offset, normalize_qk, check_finite,
-               config):
+               config, docs=None, longest=None):
+    """The fused op's dispatch. docs / longest (packed_attention): the document table as the kernels' batch;
+    rows then sit at positions 0 .. length - 1 of their document, so tau's rows and the block table's key
+    length are the longest document's (under torch.compile the row length's: no guard on `longest`)."""
     qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
     ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
     B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=causal, position_offset=position_offset)
@@ -295,19 +298,21 @@ def _attention(q1, k1, q2, k2, v, beta, lam, *, kappa, p, causal, position_offse
         tau_rows = reference.tau(positions, beta, kappa, D).to(pdt).contiguous()
         lam_h = lam.to(pdt).contiguous() if lam is not None else None
         return threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), bool(causal),
-                                       bool(normalize_qk))[0]
+                                       bool(normalize_qk), docs)[0]
     # eager: tau formed in-kernel from beta and the cached scale
+    rows, keys = (M, N) if docs is None else (longest, longest)
     sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
-    scale = tau_scale(M, position_offset, float(kappa), D, q1.device, sdt)
+    scale = tau_scale(rows, position_offset, float(kappa), D, q1.device, sdt)
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q1, k1, q2, k2, v, beta, lam))
-    cfg = config if config is not None else block_config(D, q1.dtype, N, training)
+    cfg = config if config is not None else block_config(D, q1.dtype, keys, training)
+    table = None if docs is None else (docs, longest)
     if not training:  # no backward can follow: no autograd node, and a forward that keeps nothing for one
         with _on_device(q1):
             return launch.forward(q1, k1, q2, k2, v, beta, scale, lam, float(p), bool(causal), cfg,
-                                  bool(normalize_qk), for_bwd=False)[0]
+                                  bool(normalize_qk), for_bwd=False, docs=table)[0]
     return _EagerAttention.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), bool(causal), bool(normalize_qk),
-                                 cfg)
+                                 cfg, table)
 
 
 def threshold_differential_attention(q1, k1, q2, k2, v, beta, lam, *, kappa=1.0, p=2.0, causal=True,
@@ -339,32 +344,6 @@ def packed_attention(q1, k1, q2, k2, v, beta, lam, *, docs, longest, kappa=1.0, 
     torch.compile, where the grid covers the row length, so that it needs no guard on it). Each document
     is causal from position 0 (tau and the mask restart); returns the pre-RMSNorm aggregation (B, H, N, Dv).
     config: as for threshold_differential_attention."""
-    qs = [("q1", q1), ("q2", q2)] if q2 is not None else [("q", q1)]
-    ks = [("k1", k1), ("k2", k2)] if k2 is not None else [("k", k1)]
-    B, H, M, D, Hk, N = check_inputs(qs, ks, v, kappa=kappa, p=p, causal=True, position_offset=0)
-    beta = _scalar_param("beta", beta, H, q1, check_finite)
-    lam = _scalar_param("lam", lam, H, q1, check_finite) if q2 is not None else None
-    why = unsupported_reason(q1, k1, v, p)
-    if why is not None:
-        raise ValueError(f"the Triton kernel cannot run this call: {why}")
-    if torch.compiler.is_compiling():  # the custom op, tau (H, M) for positions 0 .. M - 1 formed in torch
-        if config is not None:
-            raise ValueError("config= is not supported under torch.compile (the custom op uses the block table)")
-        pdt = torch.float64 if q1.dtype == torch.float64 else torch.float32
-        tau_rows = reference.tau(torch.arange(M, device=q1.device), beta, kappa, D).to(pdt).contiguous()
-        lam_h = lam.to(pdt).contiguous() if lam is not None else None
-        return threshold_attention_fwd(q1, k1, q2, k2, v, tau_rows, lam_h, float(p), True, bool(normalize_qk),
-                                       docs)[0]
-    sdt = torch.float64 if beta.dtype == torch.float64 else torch.float32
-    scale = tau_scale(longest, 0, float(kappa), D, q1.device, sdt)
-    training = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q1, k1, q2, k2, v, beta, lam))
-    if config is not None and not isinstance(config, KernelConfig):
-        raise ValueError(f"config must be a KernelConfig or None, got {type(config).__name__}")
-    cfg = config if config is not None else block_config(D, q1.dtype, longest, training)
-    if not training:
-        with _on_device(q1):
-            return launch.forward(q1, k1, q2, k2, v, beta, scale, lam, float(p), True, cfg, bool(normalize_qk),
-                                  for_bwd=False, docs=(docs, longest))[0]
-    return _EagerAttention.apply(q1, k1, q2, k2, v, beta, lam, scale, float(p), True, bool(normalize_qk), cfg,
-                                 (docs, longest))
+    return _attention(q1, k1, q2, k2, v, beta, lam, kappa=kappa, p=p, causal=True, position_offset=0,
+                      normalize_qk=normalize_qk, check_finite=check_finite, config=config, docs=docs,
+                      longest=longest)

@@ -22,8 +22,8 @@ dk^ is summed over the grouped-query heads first (the normalisation is per kv ve
 import triton
 import triton.language as tl
 
-from .common import (exceed_dpow, exceed_pow, grouped_order, key_range, live_list, load_block, load_rows, load_tau,
-                     load_vec, pair_alive, visible)
+from .common import (doc_span, exceed_dpow, exceed_pow, grouped_order, key_range, live_list, load_block, load_rows,
+                     load_tau, load_vec, pair_alive, visible)
 
 
 @triton.jit
@@ -192,20 +192,9 @@ def _dkdv_program(pid_n, bhk, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS, RQ
     start_n = pid_n * BLOCK_N
     m_all = M  # the grid's (and the scratch's) extent; with VARLEN, M and N become the document's length
     n_all = N
-    if VARLEN:  # b is a document (fwd.py): its tokens t0 .. t0 + length - 1 of batch row brow
-        brow = tl.load(DOCS + b * 3).to(tl.int64)
-        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
-        M = tl.load(DOCS + b * 3 + 2)
-        N = M
-        m_lay = n_row
-        n_lay = n_row
-        if start_n >= N:
-            return
-    else:
-        brow = b
-        t0 = 0
-        m_lay = M
-        n_lay = N
+    brow, t0, M, N, m_lay, n_lay = doc_span(DOCS, b, M, N, n_row, VARLEN)
+    if VARLEN and start_n >= N:  # past this document's end
+        return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
@@ -395,20 +384,9 @@ def _dq_program(pid_m, bh, n_bh, Q1, K1, Q2, K2, V, BETA, SCALE, LAM, DO, FLAGS,
     start_m = pid_m * BLOCK_M
     m_all = M  # the grid's (and the buffers') extent; with VARLEN, M and N become the document's length
     n_all = N
-    if VARLEN:  # b is a document (fwd.py): its tokens t0 .. t0 + length - 1 of batch row brow
-        brow = tl.load(DOCS + b * 3).to(tl.int64)
-        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
-        M = tl.load(DOCS + b * 3 + 2)
-        N = M
-        m_lay = n_row
-        n_lay = n_row
-        if start_m >= M:  # the launcher zero-fills this program's dtau / dlam shares
-            return
-    else:
-        brow = b
-        t0 = 0
-        m_lay = M
-        n_lay = N
+    brow, t0, M, N, m_lay, n_lay = doc_span(DOCS, b, M, N, n_row, VARLEN)
+    if VARLEN and start_m >= M:  # past this document's end: the launcher zero-fills its dtau / dlam shares
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)

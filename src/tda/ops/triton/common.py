@@ -69,6 +69,26 @@ def visible(offs_m, offs_n, diag, N, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def doc_span(DOCS, b, M, N, n_row, VARLEN: tl.constexpr):
+    """(batch row, first token, M, N, M-layout length, N-layout length) of program batch index b. VARLEN: b
+    is a document of the table DOCS (int32 rows: batch row, first token, length), so M = N = its length and
+    the per-token buffers keep the rows' layout of n_row tokens; else b is the batch row itself."""
+    if VARLEN:  # (one return statement: Triton unifies the types of every return, constexpr branches or not)
+        brow = tl.load(DOCS + b * 3).to(tl.int64)
+        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
+        M = tl.load(DOCS + b * 3 + 2)
+        N = M
+        m_lay = n_row
+        n_lay = n_row
+    else:
+        brow = b
+        t0 = 0
+        m_lay = M
+        n_lay = N
+    return brow, t0, M, N, m_lay, n_lay
+
+
+@triton.jit
 def key_range(start_m, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     """(lo, hi) for the query block at start_m: key blocks below lo are visible to every row of the block
     (the unmasked stage), keys in [lo, hi) to some rows (the masked stage: diagonal blocks, ragged tail);

@@ -30,8 +30,8 @@ keys (1), and the values too (2), through tensor descriptors.
 import triton
 import triton.language as tl
 
-from .common import (exceed_pow, grouped_order, inv_norm_rows, key_range, load_block, load_rows, load_tau, load_vec,
-                     visible)
+from .common import (doc_span, exceed_pow, grouped_order, inv_norm_rows, key_range, load_block, load_rows, load_tau,
+                     load_vec, visible)
 
 
 @triton.jit
@@ -280,20 +280,9 @@ def attention_fwd_kernel(Q1, K1, Q2, K2, V, BETA, SCALE, LAM, OUT, FLAGS, RQ1, R
     hk = (h // G).to(tl.int64)
     h64 = h.to(tl.int64)
     start_m = pid_m * BLOCK_M
-    if VARLEN:
-        brow = tl.load(DOCS + b * 3).to(tl.int64)
-        t0 = tl.load(DOCS + b * 3 + 1).to(tl.int64)
-        M = tl.load(DOCS + b * 3 + 2)
-        N = M
-        m_lay = n_row
-        n_lay = n_row
-        if start_m >= M:
-            return
-    else:
-        brow = b
-        t0 = 0
-        m_lay = M
-        n_lay = N
+    brow, t0, M, N, m_lay, n_lay = doc_span(DOCS, b, M, N, n_row, VARLEN)
+    if VARLEN and start_m >= M:  # past this document's end
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     offs_dv = tl.arange(0, HEAD_DV)
