@@ -37,11 +37,11 @@ if [ "$CHECK_N" -gt 0 ]; then
   grep -h -A2 "CRASH\|!" "$OUT"/check-*.out | head -40 || true
   python - "$OUT" <<'EOF'
 import glob, re, sys
-runs = fails = 0
+runs = packed = fails = 0
 for f in glob.glob(sys.argv[1] + "/check-*.out"):
-    for m in re.finditer(r"(\d+) of \d+ configs, (\d+) failures", open(f).read()):
-        runs += int(m.group(1)); fails += int(m.group(2))
-print(f"check_kernels: {runs} configurations, {fails} failures")
+    for m in re.finditer(r"(\d+) of \d+ configs(?: \((\d+) packed\))?, (\d+) failures", open(f).read()):
+        runs += int(m.group(1)); packed += int(m.group(2) or 0); fails += int(m.group(3))
+print(f"check_kernels: {runs} configurations ({packed} packed), {fails} failures")
 EOF
 fi
 
