@@ -63,8 +63,9 @@ def setup(device: str = "auto", parallel: str = "ddp") -> DistContext:
         else:
             dist.init_process_group(backend="gloo")
     elif parallel == "fsdp" and not dist.is_initialized():
-        backend = "nccl" if ctx.device_type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        cuda = ctx.device_type == "cuda"  # bound device: no "guessing device ID" warning, barrier() on it
+        dist.init_process_group(backend="nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=torch.device(dev) if cuda else None)
         ctx.owns_group = True
     return ctx
 
