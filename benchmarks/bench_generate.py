@@ -77,6 +77,46 @@ def end_to_end(model, batch: int, prompt_len: int, new_tokens: int, *, repeats: 
             "cache_bytes_per_token": cache.bytes_per_token(), "cuda_graph": cuda_graph}
 
 
+@torch.no_grad()
+def profile_steps(model, name: str, batch: int, prompt_len: int, steps: int, top: int = 25):
+    """Print where the host time of `steps` eager greedy decode steps goes: Python functions by own time
+    (cProfile), then ops by self CPU time (torch.profiler)."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    device = next(model.parameters()).device
+    g = torch.Generator(device="cpu").manual_seed(0)
+    prompts = list(torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device))
+    cache = KVCache.for_model(model, batch, prompt_len + 2 * steps + 4)
+    tok = sample(prefill(model, cache, prompts), temperature=0)
+    for _ in range(3):  # compiled and warm
+        tok = sample(decode_one(model, cache, tok), temperature=0)
+    _sync(device)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        tok = sample(decode_one(model, cache, tok), temperature=0)
+    _sync(device)
+    prof.disable()
+    per_step = (time.perf_counter() - t0) / steps
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    print(f"\n== {name}, batch {batch}: {steps} eager decode steps, {per_step * 1e3:.2f} ms each under cProfile; "
+          f"Python functions by own time")
+    print(out.getvalue())
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as p:
+        for _ in range(steps):
+            tok = sample(decode_one(model, cache, tok), temperature=0)
+        _sync(device)
+    print(f"== {name}, batch {batch}: ops by self CPU time over {steps} steps")
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=60))
+
+
 def compare_configs(path=COMPARE_CONFIG) -> dict:
     """attention name -> the GPTConfig that variant trains with in the GPU comparison (parameter-matched).
     A variant whose optional package is missing (entmax) is left out: matching its parameters builds it."""
@@ -132,6 +172,9 @@ def main(argv=None):
                     help="trained weights for a variant (repeatable)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time every row with decode steps replayed from a CUDA graph (CUDA only)")
+    ap.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                    help="after timing, profile N eager decode steps per variant at the first batch size: host time "
+                         "by Python function (cProfile) and by op (torch.profiler); the eager step is host-bound")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -164,6 +207,8 @@ def main(argv=None):
                 name = att + ("+graph" if graph else "")
                 print(f"{name:<14}{b:>6}{row['prefill_s'] * 1e3:>12.1f}{row['tokens_per_s']:>10.1f}"
                       f"{row['decode_tokens_per_s'] or 0:>14.1f}{row['cache_bytes_per_token']:>15,}", flush=True)
+        if args.profile_steps:
+            profile_steps(model, att, batches[0], prompt, args.profile_steps)
         del model
     print("\nKV-cache bytes per token (all layers):")
     for att, n in sorted(result["cache_bytes_per_token"].items()):

@@ -9,7 +9,9 @@
 #   4. benchmarks/bench_generate.py --cuda-graph: end-to-end tokens/s of the 51M comparison model, TDA
 #      against softmax, eager and CUDA-graph decoding, batch 1 and 32.
 #   5. with DECODE_BENCH=1, benchmarks/bench_decode.py: the decode-step table of docs/decode.md (under 4 more
-#      minutes).
+#      minutes);
+#   6. with DECODE_PROFILE=1, bench_generate.py --profile-steps: where an eager decode step's host time goes,
+#      TDA and softmax at batch 1 (cProfile and torch.profiler tables, decode-profile.txt).
 # Results (logs, generate.json) go to $OUT (default: ./gpu-serving-out). About 3-4 minutes on an H100.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_serving.sh
@@ -29,5 +31,9 @@ python benchmarks/bench_generate.py --device cuda --cuda-graph --out "$OUT/gener
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 if [ "${DECODE_BENCH:-0}" = 1 ]; then
   python benchmarks/bench_decode.py --out "$OUT/decode.md" --json "$OUT/decode.json" > "$OUT/bench_decode.log" 2>&1 || rc=1
+fi
+if [ "${DECODE_PROFILE:-0}" = 1 ]; then
+  python benchmarks/bench_generate.py --device cuda --batch 1 --repeats 1 --profile-steps 20 \
+      > "$OUT/decode-profile.txt" 2>&1 || rc=1
 fi
 exit $rc
