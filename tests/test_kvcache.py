@@ -137,12 +137,16 @@ def test_torch_path_reads_nothing_on_the_host():
         assert out.shape == (B, H, M, D)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("two_views", [True, False])
-def test_unchecked_call_gives_the_checked_result(two_views):
+def test_unchecked_call_gives_the_checked_result(two_views, backend):
     """check_inputs=False (the layers' decode step) skips the argument checks and nothing else: same output,
-    same cache writes; without max_seqlen_k it refuses."""
+    same cache writes (the unchecked path hands the int32 lengths to the kernels as they are); without
+    max_seqlen_k it refuses."""
+    if backend == "triton":
+        pytest.importorskip("triton")
     g = torch.Generator().manual_seed(5)
-    B, H, Hk, S, D, M = 2, 4, 2, 16, 8, 1
+    B, H, Hk, S, D, M = 2, 4, 2, 16, 16, 1
     lens = torch.tensor([3, 9], dtype=torch.int32)
     q1, q2 = (torch.randn(B, H, M, D, generator=g, dtype=torch.float64) for _ in range(2))
     new = [torch.randn(B, Hk, M, D, generator=g, dtype=torch.float64) for _ in range(3)]
@@ -152,7 +156,7 @@ def test_unchecked_call_gives_the_checked_result(two_views):
     results = []
     for check in (True, False):
         caches = [c.clone() for c in base]
-        kw = dict(cache_seqlens=lens, max_seqlen_k=10, head_norm=norm, check_inputs=check)
+        kw = dict(cache_seqlens=lens, max_seqlen_k=10, head_norm=norm, check_inputs=check, backend=backend)
         if two_views:
             out = threshold_differential_attention_with_kvcache(q1, q2, *caches, beta, lam, k1=new[0], k2=new[1],
                                                                 v=new[2], **kw)

@@ -79,10 +79,12 @@ class TDAAttention(AttentionBase):
     def _cached_op(self, qs, ks, v, cache):
         """The decode step over the cache, the per-head RMSNorm included (fused into the decode kernel)."""
         b = cache.buffers
-        dt = b["v"].dtype
+        if v.dtype != b["v"].dtype:  # a cache kept in another dtype than the activations
+            dt = b["v"].dtype
+            qs, ks, v = [q.to(dt) for q in qs], [k.to(dt) for k in ks], v.to(dt)
         return threshold_differential_attention_with_kvcache(
-            qs[0].to(dt), qs[1].to(dt), b["k1"], b["k2"], b["v"], self.beta, self.lam,
-            cache_seqlens=cache.seqlens, k1=ks[0].to(dt), k2=ks[1].to(dt), v=v.to(dt), kappa=self.kappa,
+            qs[0], qs[1], b["k1"], b["k2"], b["v"], self.beta, self.lam,
+            cache_seqlens=cache.seqlens, k1=ks[0], k2=ks[1], v=v, kappa=self.kappa,
             p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,  # known: no host sync
             head_norm=(self.head_norm.weight, self.head_norm.eps), check_inputs=False)  # the cache is ours
 
@@ -123,8 +125,10 @@ class TRAAttention(TDAAttention):
 
     def _cached_op(self, qs, ks, v, cache):
         b = cache.buffers
-        dt = b["v"].dtype
+        if v.dtype != b["v"].dtype:
+            dt = b["v"].dtype
+            qs, ks, v = [q.to(dt) for q in qs], [k.to(dt) for k in ks], v.to(dt)
         return threshold_rectified_attention_with_kvcache(
-            qs[0].to(dt), b["k"], b["v"], self.beta, cache_seqlens=cache.seqlens, k=ks[0].to(dt), v=v.to(dt),
+            qs[0], b["k"], b["v"], self.beta, cache_seqlens=cache.seqlens, k=ks[0], v=v,
             kappa=self.kappa, p=self.p, backend=self.backend, check_finite=False, max_seqlen_k=cache.end,
             head_norm=(self.head_norm.weight, self.head_norm.eps), check_inputs=False)

@@ -97,20 +97,20 @@ def _trusted_cache(q0, k0, new, cache_seqlens, max_seqlen_k):
     if max_seqlen_k is None:
         raise ValueError("check_inputs=False needs max_seqlen_k (the caller's bound on the keys any sequence sees)")
     B, H, M, D = q0.shape
-    lengths = cache_seqlens.to(torch.int64)
-    if new[0][1] is not None:
-        lengths = lengths + M
+    # the caller's lengths as they are (the kernels read int32 or int64): no conversion launch per layer
+    lengths = cache_seqlens + M if new[0][1] is not None else cache_seqlens
     return B, H, M, D, k0.shape[1], k0.shape[2], lengths, max_seqlen_k
 
 
-def _append(caches, new, cache_seqlens_long, M, dk=None):
-    """Write the new keys (normalised) and values in place at each sequence's cache_seqlens, no host sync:
-    the decode module's append kernel (dk), else one scatter per cache."""
+def _append(caches, new, seqlens, M, dk=None):
+    """Write the new keys (normalised) and values in place at each sequence's seqlens (a (B,) int tensor of
+    positions before the write), no host sync: the decode module's append kernel (dk), else one scatter per
+    cache."""
     if dk is not None:
         ts = [t for _, t in new]
-        dk.append_kv(ts[:-1], ts[-1], caches[:-1], caches[-1], cache_seqlens_long)
+        dk.append_kv(ts[:-1], ts[-1], caches[:-1], caches[-1], seqlens)
         return
-    pos = cache_seqlens_long[:, None] + torch.arange(M, device=cache_seqlens_long.device)  # (B, M)
+    pos = seqlens.long()[:, None] + torch.arange(M, device=seqlens.device)  # (B, M)
     for i, (cache, (_, t)) in enumerate(zip(caches, new)):
         is_value = i == len(caches) - 1
         src = t if is_value else reference.l2_normalize(t)
@@ -236,17 +236,19 @@ def threshold_differential_attention_with_kvcache(q1, q2, k1_cache, k2_cache, v_
         B, H, M, D, Hk, S, lengths, longest = _check_cache(
             [("q1", q1), ("q2", q2)], [("k1_cache", k1_cache), ("k2_cache", k2_cache), ("v_cache", v_cache)],
             new, cache_seqlens, max_seqlen_k)
+        before = lengths - M  # positions before the write
         check_options(kappa=kappa, p=p)
         beta = _check_scalar_param("beta", beta, H, q1, check_finite)
         lam = _check_scalar_param("lam", lam, H, q1, check_finite)
         head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q1)
     else:
         B, H, M, D, Hk, S, lengths, longest = _trusted_cache(q1, k1_cache, new, cache_seqlens, max_seqlen_k)
+        before = cache_seqlens
     dk = _decode_kernel(backend, q1, k1_cache, v_cache,
                         _needs_grad(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, k1, k2, v,
                                     head_norm[0] if head_norm else None))
     if k1 is not None:
-        _append([k1_cache, k2_cache, v_cache], new, lengths - M, M, dk)
+        _append([k1_cache, k2_cache, v_cache], new, before, M, dk)
     if dk is not None:
         return dk.decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, longest,
                                    kappa=kappa, p=p, normalize_q=normalize_q,
@@ -266,15 +268,17 @@ def threshold_rectified_attention_with_kvcache(q, k_cache, v_cache, beta, *, cac
         _check_backend(backend)
         B, H, M, D, Hk, S, lengths, longest = _check_cache(
             [("q", q)], [("k_cache", k_cache), ("v_cache", v_cache)], new, cache_seqlens, max_seqlen_k)
+        before = lengths - M  # positions before the write
         check_options(kappa=kappa, p=p)
         beta = _check_scalar_param("beta", beta, H, q, check_finite)
         head_norm = _check_head_norm(head_norm, H, v_cache.shape[3], q)
     else:
         B, H, M, D, Hk, S, lengths, longest = _trusted_cache(q, k_cache, new, cache_seqlens, max_seqlen_k)
+        before = cache_seqlens
     dk = _decode_kernel(backend, q, k_cache, v_cache,
                         _needs_grad(q, k_cache, v_cache, beta, k, v, head_norm[0] if head_norm else None))
     if k is not None:
-        _append([k_cache, v_cache], new, lengths - M, M, dk)
+        _append([k_cache, v_cache], new, before, M, dk)
     if dk is not None:
         return dk.decode_attention(q, None, k_cache, None, v_cache, beta, None, lengths, longest,
                                    kappa=kappa, p=p, normalize_q=normalize_q,

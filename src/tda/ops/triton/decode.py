@@ -21,7 +21,6 @@ the interpreter) and benchmarks/check_decode.py (GPU).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Optional
@@ -32,7 +31,7 @@ import triton.language as tl
 
 from .. import reference
 from .common import exceed_pow, inv_norm_rows, load_tau
-from .attention import interpreter_dot_ok
+from .attention import _on_device, interpreter_dot_ok
 from .config import interpreting
 from .launch_cache import FastKernel
 
@@ -59,6 +58,7 @@ class DecodeConfig:
     max_splits: int = 256
 
 
+@functools.lru_cache(maxsize=64)  # called per layer and decode step: a dict hit, not a dataclass construction
 def decode_config(D: int, dtype: torch.dtype, rows: int = 1, interpreting: bool = False) -> DecodeConfig:
     """The block table, per head dim D, dtype and query rows per kv head (G * M). Small blocks under the
     interpreter (tiny test shapes still span several blocks and splits). On the GPU, sizes that compile for
@@ -74,6 +74,12 @@ def decode_config(D: int, dtype: torch.dtype, rows: int = 1, interpreting: bool 
     if rows <= 16:
         return DecodeConfig(block_n=32, max_rows=32, num_stages=4)
     return DecodeConfig(block_n=32, max_rows=32, num_stages=3)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (>= 1); triton.next_power_of_2 costs microseconds per call on some
+    Triton versions, twice per layer and decode step here."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def num_splits(programs: int, max_len: int, cfg: DecodeConfig, n_sm: int) -> int:
@@ -99,7 +105,7 @@ def plan(G: int, M: int, B: int, Hk: int, max_len: int, cfg: DecodeConfig, n_sm:
          splits: Optional[int] = None) -> DecodePlan:
     """The call's cut; `splits` forces a split count (tests), else num_splits."""
     rows = G * M
-    block_r = max(16, min(triton.next_power_of_2(rows), cfg.max_rows))
+    block_r = max(16, min(_pow2(rows), cfg.max_rows))
     row_tiles = -(-rows // block_r)
     if splits is None:
         splits = num_splits(B * Hk * row_tiles, max_len, cfg, n_sm)
@@ -125,6 +131,8 @@ def sm_count(device: torch.device) -> int:
 
 def unsupported_reason(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> Optional[str]:
     """None if the decode kernel can run a call with these (validated) tensors, else why not (in words)."""
+    if q.is_cuda and q.dtype in _DTYPES and q.shape[-1] in HEAD_DIMS and v_cache.shape[-1] in HEAD_DIMS:
+        return None  # the common case (every layer, every decode step), without the environment look-ups
     if q.device.type != "cuda" and not interpreting():
         return f"tensors are on {q.device.type}; the Triton kernel needs CUDA (or TRITON_INTERPRET=1)"
     dtypes = _DTYPES + ((torch.float64,) if interpreting() else ())
@@ -372,7 +380,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
     gain = norm_weight.to(q1.device) if norm else beta  # a placeholder pointer when not normalising
     g_strides = (gain.stride(0), gain.stride(1)) if norm else (0, 0)
     grid = (B * Hk * pl.row_tiles, pl.splits)
-    with torch.cuda.device(q1.device) if q1.is_cuda else contextlib.nullcontext():
+    with _on_device(q1):
         _split[grid](
             q1, q2_, k1_cache, k2_, v_cache, lengths, beta, lam_, scale, dst,
             *q1.stride(), *q2_.stride(), *k1_cache.stride(), *k2_.stride(), *v_cache.stride(), *dst_strides,
@@ -384,7 +392,7 @@ def decode_attention(q1, q2, k1_cache, k2_cache, v_cache, beta, lam, lengths, ma
         if reduce:
             _reduce[(B * H * M,)](
                 dst, out, lengths, pl.chunk, H * M, dst.stride(0), *out.stride(), H, M, gain, *g_strides,
-                float(norm_eps), HEAD_DV=Dv, BLOCK_S=min(16, triton.next_power_of_2(pl.splits)), NORM=norm,
+                float(norm_eps), HEAD_DV=Dv, BLOCK_S=min(16, _pow2(pl.splits)), NORM=norm,
                 num_warps=1)
     return out
 
@@ -400,7 +408,7 @@ def append_kv(new_keys, new_v, key_caches, v_cache, cache_seqlens):
     two = len(new_keys) == 2
     k2n, k2c = (new_keys[1], key_caches[1]) if two else (k1n, key_caches[0])
     acc = tl.float64 if k1n.dtype == torch.float64 else tl.float32
-    with torch.cuda.device(k1n.device) if k1n.is_cuda else contextlib.nullcontext():
+    with _on_device(k1n):
         _append_kernel[(B * Hk * M,)](
             k1n, k2n, new_v, key_caches[0], k2c, v_cache, cache_seqlens,
             *k1n.stride(), *k2n.stride(), *new_v.stride(), *key_caches[0].stride(), *k2c.stride(), *v_cache.stride(),
