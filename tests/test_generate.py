@@ -326,6 +326,44 @@ def test_bench_generate_smoke(tmp_path):
     assert set(saved["cache_bytes_per_token"]) == set(ATTENTION)
 
 
+def test_bench_generate_profile_steps_smoke(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_generate
+
+    bench_generate.main(["--device", "cpu", "--smoke", "--variants", "tda", "--batch", "1", "--prompt", "5",
+                         "--new", "2", "--repeats", "1", "--profile-steps", "2"])
+    out = capsys.readouterr().out
+    assert "2 eager decode steps" in out and "tottime" in out and "Self CPU" in out
+
+
+def test_host_decode_step_runs_the_real_wrappers(monkeypatch):
+    """The host benchmark stubs only the Triton launches: TDA's decode steps go through the decode entry and
+    the kernels' Python wrappers (append, split, reduce: three launches per layer and step)."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from tda.ops import kvcache
+    from tda.ops.triton import decode, launch_cache
+
+    for mod, name in ((launch_cache.FastKernel, "_launch"), (decode, "unsupported_reason"),
+                      (kvcache, "_decode_kernel")):
+        monkeypatch.setattr(mod, name, getattr(mod, name))  # restored after the test
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import host_decode_step
+
+    seen = []
+    key_only = host_decode_step._key_only
+    monkeypatch.setattr(host_decode_step, "_key_only", lambda self, grid, args, kw: seen.append(self.fn.__name__)
+                        or key_only(self, grid, args, kw))
+    res = host_decode_step.main(["--layers", "2", "--steps", "2", "--repeats", "1"])
+    assert set(res) == {"softmax", "tda"} and all(v > 0 for v in res.values())
+    assert {"decode_append_kernel", "decode_split_kernel", "decode_reduce_kernel"} <= set(seen)
+
+
 def test_sample_loop_slides_past_the_context_without_the_cache():
     model = tiny("softmax")
     out, err = io.StringIO(), io.StringIO()
