@@ -90,10 +90,14 @@ def profile_steps(model, name: str, batch: int, prompt_len: int, steps: int, top
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(0)
     prompts = list(torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device))
-    cache = KVCache.for_model(model, batch, prompt_len + 2 * steps + 4)
+    cache = KVCache.for_model(model, batch, prompt_len + 2 * steps + 1)
+    # a warm-up over every cache length the profiled steps see: kernels compiled, and SDPA's per-shape plans
+    # (cuDNN builds one per new key length) made, so neither lands in the profile
     tok = sample(prefill(model, cache, prompts), temperature=0)
-    for _ in range(3):  # compiled and warm
+    for _ in range(2 * steps):
         tok = sample(decode_one(model, cache, tok), temperature=0)
+    cache.reset()
+    tok = sample(prefill(model, cache, prompts), temperature=0)
     _sync(device)
     prof = cProfile.Profile()
     t0 = time.perf_counter()
