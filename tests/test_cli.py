@@ -58,6 +58,25 @@ def test_sample_is_seeded(ckpt, capsys):
     assert capsys.readouterr().out.count("--- sample") == 2
 
 
+def test_sample_decodes_from_a_cuda_graph_by_default_on_cuda(ckpt, monkeypatch):
+    """--cuda-graph defaults to on with --device cuda and the cache, off on the CPU or with --no-cache;
+    --no-cuda-graph turns it off. (The graph path itself is tested on CUDA in test_generate.py.)"""
+    import tda.cli as cli
+    import tda.models.checkpoint as checkpoint
+    import tda.models.generate as generate
+
+    real_load = checkpoint.load_checkpoint
+    seen = []
+    monkeypatch.setattr(cli, "_check_device", lambda device: None)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, device="cpu": real_load(path, device="cpu"))
+    monkeypatch.setattr(generate, "sample_loop", lambda *a, **kw: seen.append(kw["cuda_graph"]) or [])
+    base = ["sample", ckpt, "--max-new-tokens", "2"]
+    for extra, want in ((["--device", "cuda"], True), (["--device", "cuda", "--no-cuda-graph"], False),
+                        (["--device", "cuda", "--no-cache"], False), ([], False), (["--no-cuda-graph"], False)):
+        assert main(base + extra) == 0
+        assert seen.pop() is want, extra
+
+
 def test_sample_streams_with_and_without_the_cache(ckpt, capsys):
     """Greedy text is the same through the KV cache and with --no-cache; tokens/s goes to stderr."""
     base = ["sample", ckpt, "--prompt", "The", "--max-new-tokens", "6", "--temperature", "0"]
