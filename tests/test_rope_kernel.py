@@ -88,8 +88,8 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
 
 def test_rope_kernel_compiles_for_sm90():
     """The kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, both directions, bf16 and fp64,
-    with and without per-token positions (a subprocess with TRITON_INTERPRET unset: the interpreter compiles
-    nothing)."""
+    with and without per-token positions, one tensor or a pair (a subprocess with TRITON_INTERPRET unset: the
+    interpreter compiles nothing)."""
     if not has_ptxas():
         pytest.skip("this Triton build ships no ptxas")
     code = ("import json\n"
@@ -99,8 +99,53 @@ def test_rope_kernel_compiles_for_sm90():
             "for sign in (1.0, -1.0):\n"
             "    for f64 in (False, True):\n"
             "        for pos in (False, True):\n"
-            "            k = compile_kernel(_rope_kernel, dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64, HAS_POS=pos),\n"
-            "                               4, 1, dtype='fp64' if f64 else 'bf16')\n"
-            "            n += 'st.global' in k.asm['ptx']\n"
+            "            for two in (False, True):\n"
+            "                meta = dict(SIGN=sign, HALF=32, BLOCK_N=32, F64=f64, HAS_POS=pos, TWO=two)\n"
+            "                k = compile_kernel(_rope_kernel, meta, 4, 1, dtype='fp64' if f64 else 'bf16')\n"
+            "                n += 'st.global' in k.asm['ptx']\n"
             "print('RESULT ' + json.dumps(n))\n")
-    assert run_compiled(code, timeout=300) == 8
+    assert run_compiled(code, timeout=300) == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_positions", [False, True])
+def test_rope_pair_equals_two_single_launches(dtype, with_positions):
+    """rope_pair (q and k of other head counts, strided head views, one launch each way) gives exactly what
+    two rope calls give, forward and both gradients, the gradients in the inputs' layouts."""
+    g = torch.Generator().manual_seed(7)
+    B, N, D = 2, 21, 16
+    cos, sin = RotaryEmbedding(D, 500.0, 1.0, 64).to(DEV)._cos_sin(64, DEV, dtype)
+    if not with_positions:
+        cos, sin = cos[:N], sin[:N]
+    q = torch.randn(B, N, 6, D, generator=g, dtype=dtype).to(DEV).transpose(1, 2).requires_grad_()
+    k = torch.randn(B, N, 2, D, generator=g, dtype=dtype).to(DEV).transpose(1, 2).requires_grad_()
+    pos = torch.randint(0, 64, (B, N), generator=g).to(DEV) if with_positions else None
+    yq, yk = rope_k.rope_pair(q, k, cos, sin, pos)
+    rq, rk = rope_k.rope(q, cos, sin, pos), rope_k.rope(k, cos, sin, pos)
+    assert torch.equal(yq, rq) and torch.equal(yk, rk)
+    dq_out, dk_out = torch.randn_like(yq), torch.randn_like(yk)
+    got = torch.autograd.grad((yq * dq_out).sum() + (yk * dk_out).sum(), (q, k))
+    want = torch.autograd.grad((rq * dq_out).sum() + (rk * dk_out).sum(), (q, k))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert got[0].stride() == q.stride() and got[1].stride() == k.stride()
+    ref = _torch_rope(k.detach().double(), *((cos.double(), sin.double()) if pos is None else
+                                             (cos.double()[pos][:, None], sin.double()[pos][:, None])))
+    torch.testing.assert_close(yk.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_pair_layer_dispatch(monkeypatch):
+    """RotaryEmbedding.pair: one fused launch on CUDA for q and k (int offsets or positions); two plain calls
+    elsewhere, with the same numbers."""
+    calls = []
+    real = rope_k.rope_pair
+    monkeypatch.setattr(rope_k, "rope_pair", lambda *a: calls.append(1) or real(*a))
+    rope = RotaryEmbedding(16, 10000.0, 1.0, 32).to(DEV)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 5, 4, 16, generator=g).to(DEV).transpose(1, 2)
+    k = torch.randn(2, 5, 2, 16, generator=g).to(DEV).transpose(1, 2)
+    pos = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]], device=DEV)
+    for off, p in ((3, None), (0, pos)):
+        yq, yk = rope.pair(q, k, off, p)
+        torch.testing.assert_close(yq, rope(q, off, p), rtol=0, atol=0)
+        torch.testing.assert_close(yk, rope(k, off, p), rtol=0, atol=0)
+    assert len(calls) == (2 if DEV == "cuda" else 0)

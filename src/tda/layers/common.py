@@ -107,6 +107,29 @@ class RotaryEmbedding(nn.Module):
             shared[key] = out
         return out
 
+    def pair(self, q, k, position_offset=0, positions: torch.Tensor | None = None):
+        """(self(q, ...), self(k, ...)) for q and k of the same batch and rows (their heads may differ). Eager
+        CUDA rotates both in one fused launch each way where both fit the kernel (two launches saved per layer
+        and step: at short lengths and in decoding the host's per-launch work is the cost)."""
+        if (q.is_cuda and not torch.compiler.is_compiling() and not isinstance(position_offset, torch.Tensor)
+                and q.dtype == k.dtype and q.device == k.device and q.dim() == k.dim() == 4
+                and (q.shape[0], q.shape[2], q.shape[3]) == (k.shape[0], k.shape[2], k.shape[3])
+                and (positions is None or not position_offset)):
+            fused = _fused_rope()
+            if fused is not None:
+                cos, sin = self._tables(q.shape[-2], position_offset, positions, q)
+                if fused.supported(q, cos, sin, positions) and fused.supported(k, cos, sin, positions):
+                    return fused.rope_pair(q, k, cos, sin, positions)
+        return self(q, position_offset, positions), self(k, position_offset, positions)
+
+    def _tables(self, n, position_offset: int, positions, x):
+        """The (rows, D) cos/sin tables the fused kernel reads: the first n rows with per-token positions,
+        else rows position_offset .. position_offset + n - 1."""
+        if positions is not None:
+            return self._cos_sin(n, x.device, x.dtype)
+        cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
+        return cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
+
     def forward(self, x, position_offset=0, positions: torch.Tensor | None = None):
         """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1; position_offset
         is an int, or a (B,) tensor of per-sequence offsets (batched decoding over a KV cache). Given
@@ -116,7 +139,7 @@ class RotaryEmbedding(nn.Module):
             if isinstance(position_offset, torch.Tensor) or position_offset:
                 raise ValueError("positions: per-token positions take no position_offset")
             # per-token positions (each < n): eager CUDA reads each row's table row in the fused kernel
-            cos, sin = self._cos_sin(n, x.device, x.dtype)
+            cos, sin = self._tables(n, 0, positions, x)
             if x.is_cuda and not torch.compiler.is_compiling():
                 fused = _fused_rope()
                 if fused is not None and fused.supported(x, cos, sin, positions):
@@ -128,8 +151,7 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self._offset_angles(position_offset, n, x)
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-        cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
-        cos, sin = cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
+        cos, sin = self._tables(n, position_offset, None, x)
         if x.is_cuda and not torch.compiler.is_compiling():
             # eager CUDA: one Triton kernel each way instead of five-plus elementwise passes (compiled models
             # get inductor's fusion of the expression below)

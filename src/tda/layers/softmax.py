@@ -20,8 +20,8 @@ class SoftmaxAttention(AttentionBase):
     def qkv(self, x, rope, position_offset, docs=None):
         q = split_heads(self.q_proj(x), self.n_head, self.head_dim)
         k, v = split_heads(self.kv_proj(x), 2 * self.n_kv_head, self.head_dim).chunk(2, dim=1)
-        pos = doc_positions(docs)
-        return rope(q, position_offset, pos), rope(k, position_offset, pos), v
+        q, k = rope.pair(q, k, position_offset, doc_positions(docs))  # one fused launch where both fit
+        return q, k, v
 
     def keys_values(self, x, rope, position_offset, docs, cache):
         """(q, k, v, mask, record) for attend(): packed documents give their block-diagonal causal mask; a

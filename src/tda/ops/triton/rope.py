@@ -13,7 +13,7 @@ view stays a transposed view, so the gradient flows back through split_heads' vi
 
 Rows sit at positions 0 .. N - 1 of the tables, or, given `positions` (B, N) (packed documents: every
 document restarts at 0), at those rows of the tables, read per batch row in the kernel (no gathered copy
-of the tables).
+of the tables). `rope_pair` rotates two tensors of the same rows (a layer's q and k) in one launch each way.
 """
 import torch
 import triton
@@ -22,23 +22,37 @@ import triton.language as tl
 from .launch_cache import FastKernel
 
 
-@triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
-def _rope_kernel(X, COS, SIN, Y, POS, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd, s_cn, s_sn, s_pb, s_pn,
-                 H, N, SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr,
-                 HAS_POS: tl.constexpr):
+@triton.jit(do_not_specialize=["H", "H2", "N"])  # sizes vary per call (generation): no recompile per size
+def _rope_kernel(X, COS, SIN, Y, POS, X2, Y2, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, s_yd,
+                 s_x2b, s_x2h, s_x2n, s_x2d, s_y2b, s_y2h, s_y2n, s_y2d, s_cn, s_sn, s_pb, s_pn, H, H2, N,
+                 SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr,
+                 HAS_POS: tl.constexpr, TWO: tl.constexpr):
     """One (block of BLOCK_N rows, batch * head) program: y = rotate(x), SIGN = -1 rotates backwards; in fp32
-    (fp64 for fp64 inputs). HAS_POS: row n of batch b takes table row POS[b, n], else row n."""
+    (fp64 for fp64 inputs). HAS_POS: row n of batch b takes table row POS[b, n], else row n. TWO: a second
+    tensor X2 -> Y2 of H2 heads (the same batch, rows and positions) in the same launch, its heads after
+    X's in each batch row of the grid."""
     acc = tl.float64 if F64 else tl.float32
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    n_h = H + H2 if TWO else H
+    b = (bh // n_h).to(tl.int64)
+    h = (bh % n_h).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HALF)
     ok = (offs_n < N)[:, None]
+    # both halves' pointers, in and out (blocks of pointers: the same type whichever tensor a program takes)
     xp = X + b * s_xb + h * s_xh + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd
+    xq = xp + HALF * s_xd
+    yp = Y + b * s_yb + h * s_yh + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd
+    yq = yp + HALF * s_yd
+    if TWO:
+        if h >= H:
+            xp = X2 + b * s_x2b + (h - H) * s_x2h + offs_n[:, None] * s_x2n + offs_d[None, :] * s_x2d
+            xq = xp + HALF * s_x2d
+            yp = Y2 + b * s_y2b + (h - H) * s_y2h + offs_n[:, None] * s_y2n + offs_d[None, :] * s_y2d
+            yq = yp + HALF * s_y2d
     x1 = tl.load(xp, mask=ok, other=0.0).to(acc)
-    x2 = tl.load(xp + HALF * s_xd, mask=ok, other=0.0).to(acc)
+    x2 = tl.load(xq, mask=ok, other=0.0).to(acc)
     if HAS_POS:
         rows = tl.load(POS + b * s_pb + offs_n * s_pn, mask=offs_n < N, other=0).to(tl.int64)
     else:
@@ -46,27 +60,34 @@ def _rope_kernel(X, COS, SIN, Y, POS, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh, s_yn, 
     # the tables' halves are equal: the first half serves both
     c = tl.load(COS + rows[:, None] * s_cn + offs_d[None, :], mask=ok, other=0.0).to(acc)
     s = tl.load(SIN + rows[:, None] * s_sn + offs_d[None, :], mask=ok, other=0.0).to(acc) * SIGN
-    yp = Y + b * s_yb + h * s_yh + offs_n[:, None] * s_yn + offs_d[None, :] * s_yd
     tl.store(yp, (x1 * c - x2 * s).to(Y.dtype.element_ty), mask=ok)
-    tl.store(yp + HALF * s_yd, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
+    tl.store(yq, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
 
 
 _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
 
 
-def _rotate(x, cos, sin, sign, stride=None, pos=None):
-    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported())."""
+def _rotate(x, cos, sin, sign, stride=None, pos=None, x2=None, stride2=None):
+    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported()); with
+    x2 (the same batch and rows, its own heads), rotate(x2) too, in the same launch: returns (y, y2)."""
     B, H, N, D = x.shape
     y = torch.empty_like(x) if stride is None else torch.empty_strided(x.shape, stride, dtype=x.dtype,
                                                                          device=x.device)
-    if y.numel():
+    two = x2 is not None
+    y2 = None
+    if two:
+        y2 = torch.empty_like(x2) if stride2 is None else torch.empty_strided(x2.shape, stride2, dtype=x2.dtype,
+                                                                              device=x2.device)
+    H2 = x2.shape[1] if two else 0
+    if B * N * D and H + H2:
         BLOCK_N = 16 if x.device.type == "cpu" else 32
         s_pb, s_pn = pos.stride() if pos is not None else (0, 0)
-        _rope[(-(-N // BLOCK_N), B * H)](
-            x, cos, sin, y, pos if pos is not None else cos, *x.stride(), *y.stride(), cos.stride(0),
-            sin.stride(0), s_pb, s_pn, H, N, SIGN=sign, HALF=D // 2, BLOCK_N=BLOCK_N,
-            F64=x.dtype == torch.float64, HAS_POS=pos is not None, num_warps=4)
-    return y
+        xs, ys = (x2, y2) if two else (x, y)  # a stand-in second tensor, never read
+        _rope[(-(-N // BLOCK_N), B * (H + H2))](
+            x, cos, sin, y, pos if pos is not None else cos, xs, ys, *x.stride(), *y.stride(), *xs.stride(),
+            *ys.stride(), cos.stride(0), sin.stride(0), s_pb, s_pn, H, H2, N, SIGN=sign, HALF=D // 2,
+            BLOCK_N=BLOCK_N, F64=x.dtype == torch.float64, HAS_POS=pos is not None, TWO=two, num_warps=4)
+    return (y, y2) if two else y
 
 
 class _Rope(torch.autograd.Function):
@@ -82,6 +103,22 @@ class _Rope(torch.autograd.Function):
         # dx in x's layout, whatever dy's: a head view's gradient then flows back through the view (and the
         # projection's matmul) without a copy
         return _rotate(dy, cos, sin, -1.0, ctx.x_stride, pos), None, None, None
+
+
+class _RopePair(torch.autograd.Function):
+    """Two tensors of the same batch and rows (q and k) rotated in one launch each way."""
+
+    @staticmethod
+    def forward(ctx, x, x2, cos, sin, pos=None):
+        ctx.save_for_backward(cos, sin, pos)
+        ctx.strides = x.stride(), x2.stride()
+        return _rotate(x, cos, sin, 1.0, pos=pos, x2=x2)
+
+    @staticmethod
+    def backward(ctx, dy, dy2):
+        cos, sin, pos = ctx.saved_tensors
+        dx, dx2 = _rotate(dy, cos, sin, -1.0, ctx.strides[0], pos, x2=dy2, stride2=ctx.strides[1])
+        return dx, dx2, None, None, None
 
 
 def _dense(x: torch.Tensor) -> bool:
@@ -116,3 +153,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     tables are constants); with positions (B, N), row n of batch b rotated by table row positions[b, n].
     Check supported() first."""
     return _Rope.apply(x, cos, sin, positions)
+
+
+def rope_pair(x: torch.Tensor, x2: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              positions: torch.Tensor | None = None) -> tuple:
+    """(rope(x), rope(x2)) in one launch each way, for x and x2 of the same batch and rows (q and k; heads
+    may differ) and the same dtype. Check supported() for each first."""
+    return _RopePair.apply(x, x2, cos, sin, positions)

@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 # other upper-case parameter is a tensor in the input dtype
 _FP32_PTRS = {"BETA", "SCALE", "LAM", "RQ1", "RQ2", "RK1", "RK2", "R", "DTAU", "DLAM"}
 _UNALIGNED = {"s_beta", "s_scale", "s_lam"}
-_INTS = {"H", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the backward's int32 scratch)
+_INTS = {"H", "H2", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the backward's int32 scratch)
 
 
 def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str = "bf16", arch: int = 90):
