@@ -5,7 +5,7 @@
 #   2. benchmarks/check_generate_cuda.py: cached step logits against full forwards, greedy tokens with and
 #      without the cache, and with decode steps replayed from a CUDA graph (every variant, fp32 and bf16);
 #   3. the CUDA-only tests (CUDA-graph generation, packed documents through the fused kernel), which skip
-#      on CPU-only CI;
+#      on CPU-only CI, and the RoPE kernel's tests (single and paired launches) on the GPU;
 #   4. benchmarks/bench_generate.py --cuda-graph: end-to-end tokens/s of the 51M comparison model, TDA
 #      against softmax, eager and CUDA-graph decoding, batch 1 and 32.
 #   5. with DECODE_BENCH=1, benchmarks/bench_decode.py: the decode-step table of docs/decode.md (under 4 more
@@ -26,6 +26,8 @@ tail -n 1 "$OUT/decode-check.out"
 python benchmarks/check_generate_cuda.py 2>&1 | tee "$OUT/check_generate_cuda.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python -m pytest -q -p no:cacheprovider tests/test_generate.py tests/test_packing.py -k cuda 2>&1 | tee "$OUT/pytest-cuda.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python -m pytest -q -p no:cacheprovider tests/test_rope_kernel.py 2>&1 | tee -a "$OUT/pytest-cuda.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_generate.py --device cuda --cuda-graph --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
