@@ -109,8 +109,8 @@ class RotaryEmbedding(nn.Module):
 
     def pair(self, q, k, position_offset=0, positions: torch.Tensor | None = None):
         """(self(q, ...), self(k, ...)) for q and k of the same batch and rows (their heads may differ). Eager
-        CUDA rotates both in one fused launch each way where both fit the kernel (two launches saved per layer
-        and step: at short lengths and in decoding the host's per-launch work is the cost)."""
+        CUDA rotates both in one fused launch each way where both fit the kernel, instead of one launch each (at
+        short lengths and in decoding the host's per-launch work is the cost)."""
         if (q.is_cuda and not torch.compiler.is_compiling() and not isinstance(position_offset, torch.Tensor)
                 and q.dtype == k.dtype and q.device == k.device and q.dim() == k.dim() == 4
                 and (q.shape[0], q.shape[2], q.shape[3]) == (k.shape[0], k.shape[2], k.shape[3])
