@@ -27,11 +27,8 @@ def _key_only(self, grid, args, kw):
     """FastKernel._launch's host work on a cached specialisation, without the launch."""
     if not hasattr(self.fn, "params"):  # under TRITON_INTERPRET=1 (tests): no signature to key on
         return None
-    if self._sig is None:
-        self._sig = self._signature(args)
-    key = self.key(args, kw)
-    self.cache.setdefault(key, None)
-    return [kw[n] for n in self._sig[5]]
+    self.lookup(args, kw)
+    return [kw[n] for n in self._sig[5]]  # the direct launch's constexpr list
 
 
 def _stub_launches():

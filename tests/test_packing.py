@@ -136,6 +136,10 @@ def test_bucket_gathers_run_backward_without_scatter_add():
         grads(out, args)
     assert not [n for n in ops.names if "index_add" in n or "scatter_add" in n or "index_put" in n], ops.names
     assert any("index_select" in n for n in ops.names) and any("index_copy" in n for n in ops.names)
+    from tda.ops.varlen import _plan
+    N = sum(BUCKET_ROWS[0])
+    plan = _plan(check_cu_seqlens(cu(lengths), 40, 2 * N, N), True, out.device, N)
+    assert "_table" not in plan.__dict__  # the bucket path builds no kernels' document table
 
 
 def test_each_document_restarts_positions_and_sees_only_itself():

@@ -161,17 +161,29 @@ def _bucket(length: int, causal: bool) -> int:
 
 
 class _Plan:
-    """What one cu_seqlens needs, built on the host once per batch (every layer and the backward reuse it).
+    """What one cu_seqlens needs, built on the host once per batch (every layer and the backward reuse it),
+    each part on first use (a call takes either the fused kernels or the buckets).
 
     `docs` int32 (n_docs, 3) (batch row, first token, length) and `longest`: the fused kernels' table, on the
-    device. The length buckets' indices, built on first use only (the fused path never needs them): the
-    buckets' padded rows laid end to end (P rows in all), `gather` (P,) the flat token index of each (padding
-    repeats the document's last token), `buckets` ((L_pad, n_docs), ...) how they split, and `real` (B * N,)
-    each token's row of its one unpadded copy among the P."""
+    device. The length buckets' indices: the buckets' padded rows laid end to end (P rows in all), `gather`
+    (P,) the flat token index of each (padding repeats the document's last token), `buckets`
+    ((L_pad, n_docs), ...) how they split, and `real` (B * N,) each token's row of its one unpadded copy
+    among the P."""
 
     def __init__(self, bounds: list[int], causal: bool, device, row_len: int):
-        self.bounds, self.causal, self.device = bounds, causal, device
-        self.docs, self.longest = _doc_table(bounds, row_len, device)
+        self.bounds, self.causal, self.device, self.row_len = bounds, causal, device, row_len
+
+    @cached_property
+    def _table(self):  # built on first use: the bucket path never needs it
+        return _doc_table(self.bounds, self.row_len, self.device)
+
+    @property
+    def docs(self) -> torch.Tensor:
+        return self._table[0]
+
+    @property
+    def longest(self) -> int:
+        return self._table[1]
 
     @cached_property
     def _bucket_indices(self):

@@ -63,17 +63,21 @@ class FastKernel:
                 tuple([t.data_ptr() & 15 == 0 for t in ts]), get_s(args),
                 tuple([_I32_MIN <= a <= _I32_MAX for a in get_d(args)]))
 
-    def _launch(self, grid, args, kw):
-        global ENABLED
-        if not ENABLED or os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return self.fn[grid](*args, **kw)
+    def lookup(self, args, kw):
+        """(key, the cached CompiledKernel or None): the launch cache's host work before a launch."""
         if self._sig is None:
             self._sig = self._signature(args)
         if len(args) != self._sig[0]:
             raise TypeError(f"{self.fn.__name__}: expected {self._sig[0]} positional (runtime) arguments, "
                             f"got {len(args)}")
         key = self.key(args, kw)
-        compiled = self.cache.get(key) if key is not None else None
+        return key, (self.cache.get(key) if key is not None else None)
+
+    def _launch(self, grid, args, kw):
+        global ENABLED
+        if not ENABLED or os.environ.get("TRITON_INTERPRET", "0") == "1":
+            return self.fn[grid](*args, **kw)
+        key, compiled = self.lookup(args, kw)
         if compiled is None:  # Triton's JIT: compiles (or finds) the kernel, launches it, returns it
             compiled = self.fn[grid](*args, **kw)
             if key is None:
