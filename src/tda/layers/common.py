@@ -17,6 +17,15 @@ def _fused_rope():
     return rope
 
 
+def _fused_rms_norm():
+    """tda.ops.triton.rms_norm, or None where triton is not installed."""
+    try:
+        from ..ops.triton import rms_norm
+    except ImportError:
+        return None
+    return rms_norm
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * gain over the last dim; `shape` may be (H, D) for a per-head norm."""
 
@@ -26,9 +35,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(shape))
 
     def forward(self, x):
-        # in fp32: bf16 squares lose the small rows that sparse attention produces. torch's rms_norm computes
-        # x * rsqrt(mean(x^2) + eps) * gain as one kernel each way on CUDA, not a chain of elementwise ops
-        # (~4.7 ms less GPU time per step of the GPU comparison model, either attention; docs/kernels.md)
+        # in fp32: bf16 squares lose the small rows that sparse attention produces. Eager CUDA runs one Triton
+        # kernel each way that casts in registers (tda.ops.triton.rms_norm); elsewhere torch's rms_norm,
+        # which inductor fuses with the casts around it in a compiled model
+        if x.is_cuda and not torch.compiler.is_compiling():
+            fused = _fused_rms_norm()
+            if fused is not None and fused.supported(x, self.weight):
+                return fused.rms_norm(x, self.weight, self.eps)
         if self.weight.dim() == 1:
             return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
         # (H, D) gains: normalise each head's D alone, then scale

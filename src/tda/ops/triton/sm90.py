@@ -20,9 +20,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-# fp32 pointer parameters (per-row / per-head scalars, inverse norms, dtau / dlam); FLAGS is int8; every
-# other upper-case parameter is a tensor in the input dtype
-_FP32_PTRS = {"BETA", "SCALE", "LAM", "RQ1", "RQ2", "RK1", "RK2", "R", "DTAU", "DLAM"}
+# fp32 pointer parameters (per-row / per-head scalars, inverse norms, dtau / dlam, RMSNorm's rstd and gain
+# partials); FLAGS is int8; every other upper-case parameter is a tensor in the input dtype
+_FP32_PTRS = {"BETA", "SCALE", "LAM", "RQ1", "RQ2", "RK1", "RK2", "R", "DTAU", "DLAM", "RSTD", "DW"}
 _UNALIGNED = {"s_beta", "s_scale", "s_lam"}
 _INTS = {"H", "H2", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the backward's int32 scratch)
 
