@@ -91,7 +91,7 @@ def finetune_passkey(model, tokenizer, s: FinetuneSettings, bos_id: int | None =
                 g["lr"] = s.lr * min(1.0, (step + 1) / max(1, s.warmup))
             x, y = passkey_batch(tokenizer, units, length, s.batch_size, rng, bos_id, pad_id)
             with amp:
-                _, loss = model(x.to(device), y.to(device))
+                _, loss = model(x.to(device), y.to(device), return_logits=False)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
+from ..ops import cross_entropy as linear_ce
 from ..ops.varlen import PackedDocuments
 from . import generate as _generate
 from .kv_cache import KVCache
@@ -43,6 +44,9 @@ class Block(nn.Module):
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):
         x = x + self.attn(self.ln_1(x), rope, position_offset, docs=docs, cache=cache)
         return x + self.mlp(self.ln_2(x))
+
+
+_eager_linear_ce = torch.compiler.disable(linear_ce.linear_cross_entropy)  # a compiled model's loss: one break
 
 
 class GPT(nn.Module):
@@ -79,8 +83,12 @@ class GPT(nn.Module):
         return n - self.wte.weight.numel() if non_embedding else n
 
     def forward(self, input_ids, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
-                cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None):
+                cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None, return_logits: bool = True):
         """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
+
+        With targets and return_logits=False, (None, loss), which training and evaluation call: the loss
+        then comes from the chunked linear cross-entropy (tda.ops.cross_entropy), which never holds the full
+        logits nor an fp32 copy of them (under fp16 autocast, the plain loss).
 
         With `cache` (a KVCache for this batch), row b's tokens sit at positions cache.seqlens[b] + r: every
         layer writes them into the cache and attends over all it holds, then seqlens advance by N.
@@ -122,11 +130,16 @@ class GPT(nn.Module):
                 x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        logits = self.lm_head(self.ln_f(x))
+        h = self.ln_f(x)
+        if targets is not None and not return_logits and linear_ce.supported(h, self.lm_head.weight):
+            # compiled, the graph ends at h: the loss runs eagerly (its Triton row pass, its chunk loop)
+            loss_fn = _eager_linear_ce if torch.compiler.is_compiling() else linear_ce.linear_cross_entropy
+            return None, loss_fn(h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1), -1)
+        logits = self.lm_head(h)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def _cache_step(self, input_ids, position_offset, cache):
         """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ or the cache is

@@ -186,7 +186,7 @@ def _step_once(cfg: TrainConfig, device: str, amp_dtype):
 def _one_step(model, x, amp_dtype):
     ctx = torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None else _null()
     with ctx:
-        _, loss = model(x, x)
+        _, loss = model(x, x, return_logits=False)
     loss.backward()
 
 

@@ -164,7 +164,7 @@ def evaluate(model, data: Data, cfg: TrainConfig, amp_dtype, ctx: D.DistContext)
         x, y, kw = data.model_batch("val", i)
         _mark_step(cfg)
         with _autocast(ctx, amp_dtype):
-            _, loss = model(x, y, **kw)
+            _, loss = model(x, y, return_logits=False, **kw)
         total += loss.float()
     model.train(was_training)
     return float(D.all_reduce_mean(total / cfg.eval_iters, ctx))
@@ -360,7 +360,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
             no_sync = D.no_sync(model, ctx) if not sync else contextlib.nullcontext()
             with no_sync:
                 with _autocast(ctx, amp_dtype):
-                    _, loss = model(x, y, **kw)
+                    _, loss = model(x, y, return_logits=False, **kw)
                 loss = loss / cfg.grad_accum
                 with torch.autograd.set_multithreading_enabled(cfg.backward_threads):
                     (scaler.scale(loss) if scaler is not None else loss).backward()
