@@ -7,10 +7,14 @@ tokens_per_step / context). Softmax runs on SDPA's default backend choice (cuDNN
 onto flash (torch.nn.attention.sdpa_kernel); TDA on its fused Triton kernels. Every context runs eager;
 --compile-contexts also run under torch.compile (TDA and default-backend softmax only: each compile
 costs tens of seconds). Reported: tokens/s (wall clock over the timed steps, host included, as a trainer
-sees it) and peak allocated memory; TDA / softmax is against the faster softmax of the same row.
+sees it) and peak allocated memory; TDA / softmax is against the faster softmax of the same row. The
+step calls the model as `tda train` does (return_logits=False: the chunked linear cross-entropy, eager).
+--without takes parts of the step back to their plain torch form, for an A/B of what each is worth:
+"chunked-loss" (full logits and F.cross_entropy), "fused-norm" (RMSNorm as torch ops, not the Triton kernel).
 
     PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --without chunked-loss,fused-norm   (the plain step)
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cpu --tiny        (smoke test: seconds)
 
 Timing is done here with synchronize + perf_counter around whole steps (a step is milliseconds to
@@ -32,6 +36,7 @@ from tda.models.params import matched_config
 from tda.models.gpt import GPT
 
 VARIANTS = ("tda", "softmax", "softmax-flash")
+PARTS = ("chunked-loss", "fused-norm")  # what --without can take back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +53,9 @@ class Row:
 
 def base_config(args) -> GPTConfig:
     if args.tiny:
-        return GPTConfig(vocab_size=512, block_size=max(args.contexts), n_layer=2, n_head=2, n_embd=64,
+        return GPTConfig(vocab_size=512, block_size=max(args.all_contexts), n_layer=2, n_head=2, n_embd=64,
                          attn_backend="auto")
-    return GPTConfig(vocab_size=50304, block_size=max(args.contexts), n_layer=8, n_head=8, n_embd=512,
+    return GPTConfig(vocab_size=50304, block_size=max(args.all_contexts), n_layer=8, n_head=8, n_embd=512,
                      attn_backend="auto")
 
 
@@ -61,12 +66,12 @@ def sdpa_context(variant: str, device: str):
     return contextlib.nullcontext()
 
 
-def make_step(model, opt, device: str):
+def make_step(model, opt, device: str, chunked_loss: bool = True):
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
 
     def step(x):
         with amp:
-            _, loss = model(x, x)
+            _, loss = model(x, x, return_logits=not chunked_loss)
         with torch.autograd.set_multithreading_enabled(False):  # as the trainer does (backward_threads: false)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -90,7 +95,7 @@ def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: b
     model = GPT(cfg).to(dev)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=dev)
     fwd = torch.compile(model) if compile_ else model
-    step = make_step(fwd, opt, dev)
+    step = make_step(fwd, opt, dev, "chunked-loss" not in args.without)
     x = torch.randint(0, cfg.vocab_size, (batch, context), device=dev)
     try:
         with sdpa_context(variant, dev):
@@ -152,7 +157,7 @@ def profile_tda(base: GPTConfig, context: int, batch: int, args, rows: int = 20)
     torch.manual_seed(0)
     model = GPT(cfg).to(args.device)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
-    step = make_step(model, opt, args.device)
+    step = make_step(model, opt, args.device, "chunked-loss" not in args.without)
     x = torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
     for _ in range(2):
         step(x)
@@ -185,9 +190,20 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the rows here as JSON")
     ap.add_argument("--profile", type=int, default=0, metavar="CONTEXT",
                     help="also print the top CUDA kernels of one TDA step at this context")
+    ap.add_argument("--without", default="", help=f"comma list of the step's parts to run plain: {', '.join(PARTS)}")
     args = ap.parse_args(argv)
+    args.without = [w for w in args.without.split(",") if w]
+    for w in args.without:
+        if w not in PARTS:
+            raise SystemExit(f"--without: unknown part {w!r} (known: {', '.join(PARTS)})")
+    if "fused-norm" in args.without:
+        import tda.layers.common
+        tda.layers.common._fused_rms_norm = lambda: None  # RMSNorm then runs its torch expression
     args.contexts = parse_ints(args.contexts)
     compile_contexts = parse_ints(args.compile_contexts)
+    args.all_contexts = args.contexts + compile_contexts
+    if not args.all_contexts:
+        raise SystemExit("--contexts / --compile-contexts: no context to run")
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         if v not in VARIANTS:
@@ -199,7 +215,8 @@ def main(argv=None):
         raise SystemExit("--device cuda: CUDA is not available (use --device cpu --tiny)")
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
+        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}"
+              f"{'; without ' + ', '.join(args.without) if args.without else ''}", flush=True)
     base = base_config(args)
     args.contexts = sorted(args.contexts)
     t_start = time.perf_counter()
@@ -218,7 +235,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                       "torch": torch.__version__, "tokens_per_step": args.tokens_per_step,
+                       "torch": torch.__version__, "tokens_per_step": args.tokens_per_step, "without": args.without,
                        "model": dataclasses.asdict(base), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
     if args.profile:
         profile_tda(base, args.profile, max(1, args.tokens_per_step // args.profile), args)
