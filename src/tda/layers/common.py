@@ -17,6 +17,15 @@ def _fused_rope():
     return rope
 
 
+def _fused_project_rope():
+    """tda.ops.triton.project_rope, or None where triton is not installed."""
+    try:
+        from ..ops.triton import project_rope
+    except ImportError:
+        return None
+    return project_rope
+
+
 def _fused_rms_norm():
     """tda.ops.triton.rms_norm, or None where triton is not installed."""
     try:
@@ -130,18 +139,36 @@ class RotaryEmbedding(nn.Module):
                 and (positions is None or not position_offset)):
             fused = _fused_rope()
             if fused is not None:
-                cos, sin = self._tables(q.shape[-2], position_offset, positions, q)
+                cos, sin = self._tables(q.shape[-2], position_offset, positions, q.device, q.dtype)
                 if fused.supported(q, cos, sin, positions) and fused.supported(k, cos, sin, positions):
                     return fused.rope_pair(q, k, cos, sin, positions)
         return self(q, position_offset, positions), self(k, position_offset, positions)
 
-    def _tables(self, n, position_offset: int, positions, x):
+    def _tables(self, n, position_offset: int, positions, device, dtype):
         """The (rows, D) cos/sin tables the fused kernel reads: the first n rows with per-token positions,
         else rows position_offset .. position_offset + n - 1."""
         if positions is not None:
-            return self._cos_sin(n, x.device, x.dtype)
-        cos, sin = self._cos_sin(position_offset + n, x.device, x.dtype)
+            return self._cos_sin(n, device, dtype)
+        cos, sin = self._cos_sin(position_offset + n, device, dtype)
         return cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
+
+    def project(self, x, linears, heads: tuple, position_offset=0, positions: torch.Tensor | None = None):
+        """(self(q), self(k), v) for q, k, v = the nn.Linear `linears` applied to x, heads = (hq, hk, hv) heads
+        of head_dim, as one GEMM over their concatenated weights and one fused RoPE launch each way
+        (tda.ops.triton.project_rope), on eager CUDA where the kernel takes them; None elsewhere (the caller
+        then projects and rotates as usual)."""
+        if (not x.is_cuda or torch.compiler.is_compiling() or isinstance(position_offset, torch.Tensor)
+                or (positions is not None and position_offset)):
+            return None
+        fused = _fused_project_rope()
+        if fused is None or len({lin.bias is None for lin in linears}) != 1:
+            return None
+        weight = torch.cat([lin.weight for lin in linears])  # small next to x; autograd splits its gradient
+        cos, sin = self._tables(x.shape[1], position_offset, positions, x.device, fused.compute_dtype(x, weight))
+        if not fused.supported(x, weight, heads, self.head_dim, cos, sin, positions):
+            return None
+        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+        return fused.project_rope(x, weight, bias, heads, self.head_dim, cos, sin, positions)
 
     def forward(self, x, position_offset=0, positions: torch.Tensor | None = None):
         """Rotate x (B, H, N, D) as if its rows sat at positions offset .. offset + N - 1; position_offset
@@ -152,7 +179,7 @@ class RotaryEmbedding(nn.Module):
             if isinstance(position_offset, torch.Tensor) or position_offset:
                 raise ValueError("positions: per-token positions take no position_offset")
             # per-token positions (each < n): eager CUDA reads each row's table row in the fused kernel
-            cos, sin = self._tables(n, 0, positions, x)
+            cos, sin = self._tables(n, 0, positions, x.device, x.dtype)
             if x.is_cuda and not torch.compiler.is_compiling():
                 fused = _fused_rope()
                 if fused is not None and fused.supported(x, cos, sin, positions):
@@ -164,7 +191,7 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self._offset_angles(position_offset, n, x)
             x1, x2 = x.chunk(2, dim=-1)
             return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-        cos, sin = self._tables(n, position_offset, None, x)
+        cos, sin = self._tables(n, position_offset, None, x.device, x.dtype)
         if x.is_cuda and not torch.compiler.is_compiling():
             # eager CUDA: one Triton kernel each way instead of five-plus elementwise passes (compiled models
             # get inductor's fusion of the expression below)

@@ -54,6 +54,13 @@ class TDAAttention(AttentionBase):
     def _views(self, x, rope, position_offset, docs=None):
         H, Hk, D = self.n_head, self.n_kv_head, self.head_dim
         pos = doc_positions(docs)
+        # eager CUDA: the three projections as one GEMM (their weights concatenated per call, the parameters
+        # unchanged) with RoPE fused in: one cast of x and one input gradient instead of three
+        heads = (self.n_views * H, self.n_views * Hk, Hk)
+        fused = rope.project(x, (self.q_proj, self.k_proj, self.v_proj), heads, position_offset, pos)
+        if fused is not None:
+            q, k, v = fused
+            return q.chunk(self.n_views, dim=1), k.chunk(self.n_views, dim=1), v
         # RoPE once over both views' heads, q and k together (then split): one fused launch each way on CUDA
         # instead of four, the same numbers
         q, k = rope.pair(split_heads(self.q_proj(x), self.n_views * H, D),

@@ -67,17 +67,18 @@ def _rope_kernel(X, COS, SIN, Y, POS, X2, Y2, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh
 _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
 
 
-def _rotate(x, cos, sin, sign, stride=None, pos=None, x2=None, stride2=None):
-    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported()); with
-    x2 (the same batch and rows, its own heads), rotate(x2) too, in the same launch: returns (y, y2)."""
+def _rotate(x, cos, sin, sign, stride=None, pos=None, x2=None, stride2=None, out=None, out2=None):
+    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported()), or
+    into `out` (any strides); with x2 (the same batch and rows, its own heads), rotate(x2) too, in the same
+    launch (into out2 where given): returns (y, y2)."""
     B, H, N, D = x.shape
-    y = torch.empty_like(x) if stride is None else torch.empty_strided(x.shape, stride, dtype=x.dtype,
-                                                                         device=x.device)
+    y = out if out is not None else torch.empty_like(x) if stride is None else \
+        torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device)
     two = x2 is not None
     y2 = None
     if two:
-        y2 = torch.empty_like(x2) if stride2 is None else torch.empty_strided(x2.shape, stride2, dtype=x2.dtype,
-                                                                              device=x2.device)
+        y2 = out2 if out2 is not None else torch.empty_like(x2) if stride2 is None else \
+            torch.empty_strided(x2.shape, stride2, dtype=x2.dtype, device=x2.device)
     H2 = x2.shape[1] if two else 0
     if B * N * D and H + H2:
         BLOCK_N = 16 if x.device.type == "cpu" else 32
