@@ -10,7 +10,8 @@ costs tens of seconds). Reported: tokens/s (wall clock over the timed steps, hos
 sees it) and peak allocated memory; TDA / softmax is against the faster softmax of the same row. The
 step calls the model as `tda train` does (return_logits=False: the chunked linear cross-entropy, eager).
 --without takes parts of the step back to their plain torch form, for an A/B of what each is worth:
-"chunked-loss" (full logits and F.cross_entropy), "fused-norm" (RMSNorm as torch ops, not the Triton kernel).
+"chunked-loss" (full logits and F.cross_entropy), "fused-norm" (RMSNorm as torch ops, not the Triton kernel),
+"fused-projection" (TDA's q, k and v as three nn.Linear calls and a RoPE launch, not one GEMM with RoPE fused).
 
     PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
@@ -36,7 +37,7 @@ from tda.models.params import matched_config
 from tda.models.gpt import GPT
 
 VARIANTS = ("tda", "softmax", "softmax-flash")
-PARTS = ("chunked-loss", "fused-norm")  # what --without can take back
+PARTS = ("chunked-loss", "fused-norm", "fused-projection")  # what --without can take back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +200,9 @@ def main(argv=None):
     if "fused-norm" in args.without:
         import tda.layers.common
         tda.layers.common._fused_rms_norm = lambda: None  # RMSNorm then runs its torch expression
+    if "fused-projection" in args.without:
+        import tda.layers.common
+        tda.layers.common._fused_project_rope = lambda: None  # RotaryEmbedding.project then declines
     args.contexts = parse_ints(args.contexts)
     compile_contexts = parse_ints(args.compile_contexts)
     args.all_contexts = args.contexts + compile_contexts
