@@ -123,3 +123,22 @@ def test_model_return_logits_false_matches_plain_loss(attention):
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_row_kernel_compiles_for_sm90():
+    """The row kernel lowers for sm_90 (H100/H200) through Triton's bundled ptxas, loss only and with the
+    gradient, bf16 and fp32 logits (a subprocess with TRITON_INTERPRET unset: the interpreter compiles nothing)."""
+    from conftest import has_ptxas, run_compiled
+    if not has_ptxas():
+        pytest.skip("this Triton build ships no ptxas")
+    code = ("import json\n"
+            "from tda.ops.triton.sm90 import compile_kernel, resource_usage\n"
+            "from tda.ops.triton.cross_entropy import _ce_row_kernel\n"
+            "types = dict(T='*i64', LOSS='*fp32', NVALID='*i64', V='i32', ignore_index='i32')\n"
+            "out = []\n"
+            "for dtype in ('bf16', 'fp32'):\n"
+            "    for grad in (False, True):\n"
+            "        k = compile_kernel(_ce_row_kernel, dict(BLOCK_V=4096, GRAD=grad), 8, 1, dtype, types=types)\n"
+            "        out.append(resource_usage(k)['stack_local'] == 0 and 'st.global' in k.asm['ptx'])\n"
+            "print('RESULT ' + json.dumps(out))\n")
+    assert run_compiled(code, timeout=300) == [True] * 4

@@ -22,16 +22,15 @@ def _ce_row_kernel(X, T, LOSS, NVALID, s_x, V, ignore_index, BLOCK_V: tl.constex
     row = tl.program_id(0).to(tl.int64)
     base = X + row * s_x
     offs = tl.arange(0, BLOCK_V)
-    m = tl.full([BLOCK_V], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_V], tl.float32)
-    for start in range(0, V, BLOCK_V):  # per lane: running max and rescaled sum, combined after the loop
+    # running max and rescaled sum over the row's blocks: one exp per logit (the rescale is one per block)
+    m = tl.max(tl.full([BLOCK_V], float("-inf"), tl.float32), axis=0)
+    s = tl.sum(tl.zeros([BLOCK_V], tl.float32), axis=0)
+    for start in range(0, V, BLOCK_V):
         x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a lane that has seen only padding: exp(-inf) = 0
-        s = s * tl.exp(m - m_ref) + tl.exp(x - m_ref)
+        m_new = tl.maximum(m, tl.max(x, axis=0))  # finite: every block holds at least one logit
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
-    mx = tl.max(m, axis=0)
-    lse = mx + tl.log(tl.sum(s * tl.exp(m - mx), axis=0))
+    lse = m + tl.log(s)
     t = tl.load(T + row).to(tl.int64)
     ignored = t == ignore_index
     inside = (t >= 0) & (t < V)

@@ -27,10 +27,13 @@ _UNALIGNED = {"s_beta", "s_scale", "s_lam"}
 _INTS = {"H", "H2", "G", "M", "N", "Hk"}  # upper-case sizes, not pointers (SCR: the backward's int32 scratch)
 
 
-def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str = "bf16", arch: int = 90):
+def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str = "bf16", arch: int = 90,
+                   types: dict | None = None):
     """triton.compile of @triton.jit `fn` with constexprs `consts`, for contiguous inputs: unit inner
     strides (s_*d) become the constant 1, pointers and the other strides 16-divisible, as the JIT
-    specialises a call on contiguous, aligned tensors. consts may carry the launch option "maxnreg"."""
+    specialises a call on contiguous, aligned tensors. consts may carry the launch option "maxnreg"; types
+    overrides the signature type of the named parameters (e.g. {"T": "*i64"}) where the naming rules above
+    do not fit a kernel."""
     names = list(fn.arg_names)
     consts = dict(consts)
     extra = {"maxnreg": consts.pop("maxnreg")} if consts.get("maxnreg") else {}
@@ -48,6 +51,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, num_stages: int, dtype: str
             sig[n], consts[n] = "constexpr", 1
         else:
             sig[n] = "i32"
+    sig.update(types or {})
     missing = [n for n in names if sig[n] == "constexpr" and n not in consts]
     if missing:
         raise ValueError(f"{fn.__name__}: constexprs not given: {missing}")
