@@ -6,6 +6,8 @@
 `launch_cache.py`: the per-specialisation launch cache; `fwd.py`: the forward kernel; `bwd.py`: the
 backward kernel (dK/dV and dQ programs in one launch); `common.py`: jit helpers shared by both and the
 key-norm pre-pass; `sm90.py`: compiling the table's kernels for sm_90 without a GPU; `rope.py`: rotary
-position embedding in one kernel each way (the layers' RoPE on CUDA).
+position embedding in one kernel each way (the layers' RoPE on CUDA); `project_rope.py`: TDA's q/k/v
+projections as one GEMM with RoPE fused; `rms_norm.py`: RMSNorm in one kernel each way; `cross_entropy.py`:
+the chunked cross-entropy's row pass.
 Every kernel is checked against `tda.ops.reference` (tests/test_triton_kernels.py, benchmarks/check_kernels.py).
 """
