@@ -144,3 +144,39 @@ def test_layer_dispatch(monkeypatch):
     layer._views(x, rope, 0, None)
     layer._views(x, rope, torch.tensor([0, 3], device=DEV))
     assert len(calls) == (2 if DEV == "cuda" else 0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_model_with_fused_projection_matches_plain(monkeypatch, packed):
+    """A whole TDA model (loss and every parameter's gradient) with its layers' views from the fused
+    projection equals the plain path, plain windows and packed documents (per-token positions): what eager
+    CUDA training runs, here with the device test lifted so the interpreter runs the kernel."""
+    from tda.models import GPT
+    from tda.ops.varlen import PackedDocuments
+
+    calls = []
+
+    def project_anywhere(self, x, linears, heads, position_offset=0, positions=None):
+        calls.append(positions is not None)
+        weight = torch.cat([lin.weight for lin in linears])
+        cos, sin = self._tables(x.shape[1], position_offset, positions, x.device, pr.compute_dtype(x, weight))
+        assert pr.supported(x, weight, heads, self.head_dim, cos, sin, positions)
+        return pr.project_rope(x, weight, None, heads, self.head_dim, cos, sin, positions)
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, attention="tda")
+    model = GPT(cfg).to(DEV).double()
+    x = torch.randint(0, 61, (2, 24), device=DEV)
+    kw = {}
+    if packed:
+        cu = torch.tensor([0, 10, 24, 31, 48], dtype=torch.int32, device=DEV)
+        kw["docs"] = PackedDocuments.build(cu, 17, 2, 24, DEV)
+    _, plain = model(x, x, **kw)
+    want = torch.autograd.grad(plain, list(model.parameters()))
+    monkeypatch.setattr(RotaryEmbedding, "project", project_anywhere)
+    _, loss = model(x, x, **kw)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    assert calls == [packed] * cfg.n_layer
+    torch.testing.assert_close(loss, plain, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
