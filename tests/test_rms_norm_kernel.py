@@ -114,3 +114,26 @@ def test_rms_norm_kernel_compiles_for_sm90():
             "print('RESULT ' + json.dumps(out))\n")
     res = run_compiled(code, timeout=300)
     assert all(v[2] and v[3] for v in res.values()) and len(res) == 4
+
+
+def test_model_with_fused_norms_matches_plain(monkeypatch):
+    """A whole TDA model (loss and every parameter's gradient) with every RMSNorm through the kernel (the
+    model's norms and the per-head norm, as eager CUDA runs them; the device test lifted so the interpreter
+    runs it) equals the torch expression's."""
+    from tda.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=32, attention="tda")
+    model = GPT(cfg).to(DEV)
+    x = torch.randint(0, 61, (2, 16), device=DEV)
+    _, plain = model(x, x)
+    want = torch.autograd.grad(plain, list(model.parameters()))
+    calls = []
+    monkeypatch.setattr(RMSNorm, "forward", lambda self, t: calls.append(self.weight.dim()) or
+                        norm_k.rms_norm(t, self.weight, self.eps))
+    _, loss = model(x, x)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    assert sorted(calls) == [1] * (2 * cfg.n_layer + 1) + [2] * cfg.n_layer
+    torch.testing.assert_close(loss, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
