@@ -104,3 +104,9 @@ def run_compiled(code: str, timeout: int = 600) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+
+
+def torch_rope(x, cos, sin):
+    """Rotate-half RoPE as torch ops: the fused kernels' oracle (cos / sin broadcastable to x)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin

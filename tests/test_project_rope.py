@@ -12,6 +12,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 pr = pytest.importorskip("tda.ops.triton.project_rope")
 
+from conftest import torch_rope  # noqa: E402
 from tda.layers.common import RotaryEmbedding, split_heads  # noqa: E402
 from tda.layers.tda import TDAAttention  # noqa: E402
 from tda.models import GPTConfig  # noqa: E402
@@ -19,17 +20,12 @@ from tda.models import GPTConfig  # noqa: E402
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _torch_rope(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-
-
 def _reference(x, w, b, heads, D, cos, sin):
     """Three projections, split heads, RoPE on q and k as torch ops (cos / sin broadcastable to (B, H, N, D))."""
     hq, hk, hv = heads
     y = F.linear(x, w, b)
     q, k, v = y.split([hq * D, hk * D, hv * D], dim=-1)
-    return (_torch_rope(split_heads(q, hq, D), cos, sin), _torch_rope(split_heads(k, hk, D), cos, sin),
+    return (torch_rope(split_heads(q, hq, D), cos, sin), torch_rope(split_heads(k, hk, D), cos, sin),
             split_heads(v, hv, D))
 
 

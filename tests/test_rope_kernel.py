@@ -9,15 +9,10 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 rope_k = pytest.importorskip("tda.ops.triton.rope")
 
-from conftest import has_ptxas, run_compiled  # noqa: E402
+from conftest import has_ptxas, run_compiled, torch_rope  # noqa: E402
 from tda.layers.common import RotaryEmbedding, split_heads  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _torch_rope(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
@@ -34,7 +29,7 @@ def test_rope_kernel_matches_torch(dtype, B, H, N, D, offset):
     y = rope_k.rope(x, cos, sin)
     assert y.stride() == x.stride()  # the view's layout kept
     xd = x.detach().double().requires_grad_(True)
-    ref = _torch_rope(xd, cos.double(), sin.double())
+    ref = torch_rope(xd, cos.double(), sin.double())
     tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
     dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(DEV, dtype)
@@ -60,14 +55,14 @@ def test_rope_kernel_with_positions_matches_gathered_tables(dtype):
     assert rope_k.supported(x, cos, sin, positions) and not rope_k.supported(x, cos, sin)
     y = rope_k.rope(x, cos, sin, positions)
     xd = x.detach().double().requires_grad_(True)
-    ref = _torch_rope(xd, cos.double()[positions][:, None], sin.double()[positions][:, None])
+    ref = torch_rope(xd, cos.double()[positions][:, None], sin.double()[positions][:, None])
     tol = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
     dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(DEV, dtype)
     y.backward(dy)
     ref.backward(dy.double())
     torch.testing.assert_close(x.grad.double(), xd.grad, rtol=tol, atol=tol)
-    assert not torch.allclose(y.double(), _torch_rope(xd, cos.double()[:N], sin.double()[:N]))  # positions matter
+    assert not torch.allclose(y.double(), torch_rope(xd, cos.double()[:N], sin.double()[:N]))  # positions matter
     assert not rope_k.supported(x, cos, sin, positions[:, :5])
 
 
@@ -78,7 +73,7 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     assert not rope_k.supported(x[..., ::2].expand(1, 2, 4, 8), cos[:, :8], sin[:, :8])  # gapped strides
     # the layer takes the kernel on CUDA only (CPU tensors: the torch expression)
     calls = []
-    monkeypatch.setattr(rope_k, "rope", lambda x, c, s, pos=None: calls.append(1) or _torch_rope(
+    monkeypatch.setattr(rope_k, "rope", lambda x, c, s, pos=None: calls.append(1) or torch_rope(
         x, *((c, s) if pos is None else (c[pos][:, None], s[pos][:, None]))))
     rope = RotaryEmbedding(16, 10000.0, 1.0, 32).to(DEV)
     rope(x.to(DEV), 2)
@@ -128,7 +123,7 @@ def test_rope_pair_equals_two_single_launches(dtype, with_positions):
     want = torch.autograd.grad((rq * dq_out).sum() + (rk * dk_out).sum(), (q, k))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert got[0].stride() == q.stride() and got[1].stride() == k.stride()
-    ref = _torch_rope(k.detach().double(), *((cos.double(), sin.double()) if pos is None else
+    ref = torch_rope(k.detach().double(), *((cos.double(), sin.double()) if pos is None else
                                              (cos.double()[pos][:, None], sin.double()[pos][:, None])))
     torch.testing.assert_close(yk.double(), ref, rtol=1e-6, atol=1e-6)
 

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .launch_cache import FastKernel
+from .rope import _dense  # non-overlapping and dense: empty_like keeps the strides
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
@@ -96,16 +97,6 @@ def _as_ranh(t: torch.Tensor, per_head: bool) -> tuple:
     A, N = (1, lead[0]) if len(lead) == 1 else lead
     s = t.stride()
     return (A, N, 1), (s[0] if len(lead) == 2 else 0, s[-2], 0, s[-1])
-
-
-def _dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense (some order of the dims makes t contiguous): empty_like keeps t's strides."""
-    expected = 1
-    for size, stride in sorted((d for d in zip(t.shape, t.stride()) if d[0] != 1), key=lambda d: d[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
