@@ -197,12 +197,6 @@ def main(argv=None):
     for w in args.without:
         if w not in PARTS:
             raise SystemExit(f"--without: unknown part {w!r} (known: {', '.join(PARTS)})")
-    if "fused-norm" in args.without:
-        import tda.layers.common
-        tda.layers.common._fused_rms_norm = lambda: None  # RMSNorm then runs its torch expression
-    if "fused-projection" in args.without:
-        import tda.layers.common
-        tda.layers.common._fused_project_rope = lambda: None  # RotaryEmbedding.project then declines
     args.contexts = parse_ints(args.contexts)
     compile_contexts = parse_ints(args.compile_contexts)
     args.all_contexts = args.contexts + compile_contexts
@@ -221,6 +215,27 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}"
               f"{'; without ' + ', '.join(args.without) if args.without else ''}", flush=True)
+    with plain_parts(args.without):
+        return run(args, variants, compile_contexts)
+
+
+@contextlib.contextmanager
+def plain_parts(without: list[str]):
+    """The fused parts named in --without turned off for the duration (the layers' loaders of their Triton
+    modules then say none is installed, and the layers run their torch expressions)."""
+    import tda.layers.common as common
+    saved = common._fused_rms_norm, common._fused_project_rope
+    if "fused-norm" in without:
+        common._fused_rms_norm = lambda: None
+    if "fused-projection" in without:
+        common._fused_project_rope = lambda: None
+    try:
+        yield
+    finally:
+        common._fused_rms_norm, common._fused_project_rope = saved
+
+
+def run(args, variants, compile_contexts):
     base = base_config(args)
     args.contexts = sorted(args.contexts)
     t_start = time.perf_counter()

@@ -42,3 +42,29 @@ def test_bench_train_rejects_bad_contexts(bench):
     with pytest.raises(SystemExit, match="contexts"):
         bench.main(["--device", "cpu", "--tiny", "--contexts", "48", "--tokens-per-step", "64"])
     assert bench.parse_ints("1024,4k") == [1024, 4096]
+
+
+def test_bench_train_without_parts(bench, tmp_path, monkeypatch):
+    """--without runs the step with the named parts plain (the full-logits loss: the model is asked for its
+    logits) and restores the layers' fused loaders afterwards; an unknown part is refused by name."""
+    import tda.layers.common as common
+    from tda.models.gpt import GPT
+
+    calls, real = [], GPT.forward
+    monkeypatch.setattr(GPT, "forward", lambda self, *a, **k: calls.append(
+        (k.get("return_logits"), common._fused_rms_norm() is None, common._fused_project_rope() is None)) or
+        real(self, *a, **k))
+    loaders = common._fused_rms_norm, common._fused_project_rope
+    bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--tokens-per-step", "32", "--variants", "tda",
+                "--compile-contexts", "", "--warmup", "1", "--steps", "1", "--json", str(tmp_path / "b.json"),
+                "--without", "chunked-loss,fused-norm,fused-projection"])
+    assert calls and all(c == (True, True, True) for c in calls)  # during the run: all three plain
+    assert (common._fused_rms_norm, common._fused_project_rope) == loaders
+    assert json.loads((tmp_path / "b.json").read_text())["without"] == ["chunked-loss", "fused-norm",
+                                                                        "fused-projection"]
+    calls.clear()
+    bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--tokens-per-step", "32", "--variants", "tda",
+                "--compile-contexts", "", "--warmup", "1", "--steps", "1"])
+    assert calls and all(c[0] is False for c in calls)
+    with pytest.raises(SystemExit, match="--without: unknown part 'loss'"):
+        bench.main(["--device", "cpu", "--tiny", "--without", "loss"])
