@@ -133,10 +133,9 @@ class RotaryEmbedding(nn.Module):
         """(self(q, ...), self(k, ...)) for q and k of the same batch and rows (their heads may differ). Eager
         CUDA rotates both in one fused launch each way where both fit the kernel, instead of one launch each (at
         short lengths and in decoding the host's per-launch work is the cost)."""
-        if (q.is_cuda and not torch.compiler.is_compiling() and not isinstance(position_offset, torch.Tensor)
-                and q.dtype == k.dtype and q.device == k.device and q.dim() == k.dim() == 4
-                and (q.shape[0], q.shape[2], q.shape[3]) == (k.shape[0], k.shape[2], k.shape[3])
-                and (positions is None or not position_offset)):
+        if (_eager_cuda_rows(q, position_offset, positions) and q.dtype == k.dtype and q.device == k.device
+                and q.dim() == k.dim() == 4
+                and (q.shape[0], q.shape[2], q.shape[3]) == (k.shape[0], k.shape[2], k.shape[3])):
             fused = _fused_rope()
             if fused is not None:
                 cos, sin = self._tables(q.shape[-2], position_offset, positions, q.device, q.dtype)
@@ -157,8 +156,7 @@ class RotaryEmbedding(nn.Module):
         of head_dim, as one GEMM over their concatenated weights and one fused RoPE launch each way
         (tda.ops.triton.project_rope), on eager CUDA where the kernel takes them; None elsewhere (the caller
         then projects and rotates as usual)."""
-        if (not x.is_cuda or torch.compiler.is_compiling() or isinstance(position_offset, torch.Tensor)
-                or (positions is not None and position_offset)):
+        if not _eager_cuda_rows(x, position_offset, positions):
             return None
         fused = _fused_project_rope()
         if fused is None or len({lin.bias is None for lin in linears}) != 1:
@@ -200,6 +198,13 @@ class RotaryEmbedding(nn.Module):
                 return fused.rope(x, cos, sin)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def _eager_cuda_rows(x, position_offset, positions) -> bool:
+    """Whether the fused RoPE paths may take x: eager CUDA, rows at an int offset or at per-token positions
+    (not both; a (B,) offsets tensor goes through the torch expression)."""
+    return (x.is_cuda and not torch.compiler.is_compiling() and not isinstance(position_offset, torch.Tensor)
+            and (positions is None or not position_offset))
 
 
 def doc_positions(docs):
