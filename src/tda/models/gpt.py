@@ -88,7 +88,8 @@ class GPT(nn.Module):
 
         With targets and return_logits=False, (None, loss), which training and evaluation call: the loss
         then comes from the chunked linear cross-entropy (tda.ops.cross_entropy), which never holds the full
-        logits nor an fp32 copy of them (under fp16 autocast, the plain loss).
+        logits nor an fp32 copy of them (under fp16 autocast, the plain loss). A compiled model runs it outside
+        its graph: one graph break at the loss (so not with fullgraph=True).
 
         With `cache` (a KVCache for this batch), row b's tokens sit at positions cache.seqlens[b] + r: every
         layer writes them into the cache and attends over all it holds, then seqlens advance by N.
