@@ -144,3 +144,18 @@ def test_rope_pair_layer_dispatch(monkeypatch):
         torch.testing.assert_close(yq, rope(q, off, p), rtol=0, atol=0)
         torch.testing.assert_close(yk, rope(k, off, p), rtol=0, atol=0)
     assert len(calls) == (2 if DEV == "cuda" else 0)
+
+
+def test_kernels_refuse_batch_times_heads_past_the_grid():
+    """Batch x heads beyond CUDA's 65,535 on a grid's second axis: RoPE (single and paired), the fused
+    projection and the per-head RMSNorm say unsupported, so the layers take their torch paths."""
+    from tda.ops.triton import project_rope, rms_norm
+    cos, sin = torch.ones(1, 8, device=DEV), torch.zeros(1, 8, device=DEV)
+    one, two = torch.randn(33000, 1, 1, 8, device=DEV), torch.randn(33000, 2, 1, 8, device=DEV)
+    assert rope_k.supported(one, cos, sin) and not rope_k.supported(two, cos, sin)
+    assert not rope_k.pair_supported(one, one, cos, sin) and rope_k.pair_supported(one[:2], one[:2], cos, sin)
+    h, w = torch.randn(33000, 1, 16, device=DEV), torch.randn(3 * 8, 16, device=DEV)
+    assert project_rope.supported(h[:100], w, (1, 1, 1), 8, cos, sin)
+    assert not project_rope.supported(h, w, (1, 1, 1), 8, cos, sin)
+    heads, gain = torch.randn(33000, 1, 2, 8, device=DEV), torch.ones(2, 8, device=DEV)
+    assert rms_norm.supported(heads[:100], gain) and not rms_norm.supported(heads, gain)

@@ -139,7 +139,7 @@ class RotaryEmbedding(nn.Module):
             fused = _fused_rope()
             if fused is not None:
                 cos, sin = self._tables(q.shape[-2], position_offset, positions, q.device, q.dtype)
-                if fused.supported(q, cos, sin, positions) and fused.supported(k, cos, sin, positions):
+                if fused.pair_supported(q, k, cos, sin, positions):
                     return fused.rope_pair(q, k, cos, sin, positions)
         return self(q, position_offset, positions), self(k, position_offset, positions)
 

@@ -13,7 +13,7 @@ columns, dv is copied into the rest), then dx = dY W and dW = dY^T x are one GEM
 """
 import torch
 
-from .rope import _rotate
+from .rope import MAX_GRID_Y, _rotate
 
 
 class _ProjectRope(torch.autograd.Function):
@@ -73,6 +73,8 @@ def supported(x: torch.Tensor, weight: torch.Tensor, heads: tuple, head_dim: int
     if x.dim() != 3 or weight.dim() != 2 or weight.shape != (sum(heads) * D, x.shape[2]):
         return False
     if D < 4 or D & (D - 1) or weight.device != x.device:
+        return False
+    if x.shape[0] * (heads[0] + heads[1]) > MAX_GRID_Y:  # the RoPE launch's grid axis of batch x heads
         return False
     dt = compute_dtype(x, weight)
     if dt not in (torch.float64, torch.float32, torch.bfloat16, torch.float16) or cos.dtype != dt or sin.dtype != dt:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .launch_cache import FastKernel
-from .rope import _dense  # non-overlapping and dense: empty_like keeps the strides
+from .rope import MAX_GRID_Y, _dense  # dense: empty_like keeps the strides
 
 
 @triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
@@ -101,14 +101,20 @@ def _as_ranh(t: torch.Tensor, per_head: bool) -> tuple:
 
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether rms_norm() takes these: x in fp32 / bf16 / fp16 and dense, weight (D,) with x of 2 or 3 dims
-    (..., D), or weight (H, D) with x of 3 or 4 dims (..., H, D); the weight contiguous, on x's device."""
+    (..., D), or weight (H, D) with x of 3 or 4 dims (..., H, D); the weight contiguous, on x's device;
+    leading dim x heads within a grid axis."""
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not _dense(x):
         return False
     if weight.device != x.device or not weight.is_contiguous() or weight.dtype.is_complex:
         return False
     if weight.dim() == 1:
-        return x.dim() in (2, 3) and x.shape[-1] == weight.shape[0]
-    return weight.dim() == 2 and x.dim() in (3, 4) and tuple(x.shape[-2:]) == tuple(weight.shape)
+        ok = x.dim() in (2, 3) and x.shape[-1] == weight.shape[0]
+    else:
+        ok = weight.dim() == 2 and x.dim() in (3, 4) and tuple(x.shape[-2:]) == tuple(weight.shape)
+    if not ok:
+        return False
+    (A, _, H), _ = _as_ranh(x, weight.dim() == 2)
+    return A * H <= MAX_GRID_Y  # the grid's second axis
 
 
 def _forward(x, weight, eps):

@@ -64,6 +64,8 @@ def _rope_kernel(X, COS, SIN, Y, POS, X2, Y2, s_xb, s_xh, s_xn, s_xd, s_yb, s_yh
     tl.store(yq, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=ok)
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's second axis, which holds batch x heads here
+
 _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispatch (launch.py)
 
 
@@ -139,6 +141,8 @@ def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: 
     positions, an integer (B, N) tensor on x's device and tables of any number of rows (every position must
     be a row of them: the caller's promise, not checked here)."""
     D = x.shape[-1] if x.dim() == 4 else 0
+    if D and x.shape[0] * x.shape[1] > MAX_GRID_Y:  # the grid's second axis (a pair launch checks its sum)
+        return False
     if not (D >= 4 and D & (D - 1) == 0 and _dense(x) and cos.shape == sin.shape and cos.dim() == 2
             and cos.shape[1] == D and cos.stride(1) == 1 and sin.stride(1) == 1):
         return False
@@ -156,8 +160,15 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return _Rope.apply(x, cos, sin, positions)
 
 
+def pair_supported(x: torch.Tensor, x2: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   positions: torch.Tensor | None = None) -> bool:
+    """Whether rope_pair() takes these: supported() for each, and their heads together within the grid."""
+    return (supported(x, cos, sin, positions) and supported(x2, cos, sin, positions)
+            and x.shape[0] * (x.shape[1] + x2.shape[1]) <= MAX_GRID_Y)
+
+
 def rope_pair(x: torch.Tensor, x2: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
               positions: torch.Tensor | None = None) -> tuple:
     """(rope(x), rope(x2)) in one launch each way, for x and x2 of the same batch and rows (q and k; heads
-    may differ) and the same dtype. Check supported() for each first."""
+    may differ) and the same dtype. Check pair_supported() first."""
     return _RopePair.apply(x, x2, cos, sin, positions)
