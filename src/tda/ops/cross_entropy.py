@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .validate import linear_compute_dtype
+
 try:  # optional: CPU-only installs work without triton
     from .triton import cross_entropy as fused
 except ImportError:
@@ -27,16 +29,9 @@ except ImportError:
 CHUNK_BYTES = 1 << 30  # one chunk's logits: large GEMMs, and a bounded buffer whatever the batch
 
 
-def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    dev = h.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return torch.promote_types(h.dtype, weight.dtype)
-
-
 def supported(h: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether linear_cross_entropy computes in a dtype it takes (fp32, bf16, fp64; not fp16)."""
-    return _compute_dtype(h, weight) in (torch.float32, torch.bfloat16, torch.float64)
+    return linear_compute_dtype(h, weight) in (torch.float32, torch.bfloat16, torch.float64)
 
 
 def _row_pass_torch(logits, targets, n_valid, ignore_index: int, grad: bool):
@@ -68,7 +63,7 @@ def _chunk_rows(V: int, elem: int) -> int:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index, chunk_rows, grad):
-        dt = _compute_dtype(h, weight)
+        dt = linear_compute_dtype(h, weight)
         with torch.autocast(h.device.type, enabled=False):  # the GEMMs below already run in dt (and use out=)
             return _LinearCrossEntropy._forward(ctx, h, weight, targets, ignore_index, chunk_rows, grad, dt)
 

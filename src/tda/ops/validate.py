@@ -90,3 +90,12 @@ def check_inputs(qs, ks, v, *, kappa, p, causal, position_offset, key_padding_ma
         if tuple(key_padding_mask.shape) != (B, N):
             raise ValueError(f"key_padding_mask must have shape ({B}, {N}), got {tuple(key_padding_mask.shape)}")
     return B, H, M, D, Hk, N
+
+
+def linear_compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype nn.Linear would compute x @ weight.T in: autocast's where it is on for x's device, else the
+    promoted input dtypes."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(x.dtype, weight.dtype)

@@ -13,6 +13,7 @@ columns, dv is copied into the rest), then dx = dY W and dW = dY^T x are one GEM
 """
 import torch
 
+from ..validate import linear_compute_dtype as compute_dtype  # what nn.Linear computes in
 from .rope import MAX_GRID_Y, _rotate
 
 
@@ -54,14 +55,6 @@ class _ProjectRope(torch.autograd.Function):
             acc = torch.promote_types(dt, torch.float32)
             db = dy2.sum(0, dtype=acc).to(weight.dtype) if has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None, None, None, None
-
-
-def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype nn.Linear would compute in: autocast's where it is on, else the promoted input dtypes."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return torch.promote_types(x.dtype, weight.dtype)
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor, heads: tuple, head_dim: int, cos: torch.Tensor,

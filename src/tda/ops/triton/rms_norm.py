@@ -23,17 +23,22 @@ from .launch_cache import FastKernel
 from .rope import MAX_GRID_Y, _dense  # dense: empty_like keeps the strides
 
 
+@triton.jit
+def _program_rows(H, N, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows: (row block, a * H + h, a, h, row offsets, column offsets, in-bounds mask)."""
+    pid_n = tl.program_id(0)
+    ah = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
+    return pid_n, ah, (ah // H).to(tl.int64), (ah % H).to(tl.int64), offs_n, offs_d, ok
+
+
 @triton.jit(do_not_specialize=["H", "N"])  # sizes vary per call (generation): no recompile per size
 def _rms_norm_fwd_kernel(X, W, Y, RSTD, s_xa, s_xn, s_xh, s_xd, s_ya, s_yn, s_yh, s_yd, s_wh, H, N,
                          EPS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """One (block of BLOCK_N rows n, one (a, h)) program: Y = X * r * W[h] in fp32; RSTD[a, h, n] = r."""
-    pid_n = tl.program_id(0)
-    ah = tl.program_id(1)
-    a = (ah // H).to(tl.int64)
-    h = (ah % H).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
+    pid_n, ah, a, h, offs_n, offs_d, ok = _program_rows(H, N, D, BLOCK_N, BLOCK_D)
     x = tl.load(X + a * s_xa + h * s_xh + offs_n[:, None] * s_xn + offs_d[None, :] * s_xd, mask=ok,
                 other=0.0).to(tl.float32)
     r = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + EPS)
@@ -50,13 +55,7 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW, s_ga, s_gn, s_gh, s_gd, s_xa, s
                          D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """The same programs backward: DX (strides s_z*) from DY (s_g*), X and RSTD; DW[pid_n, a, h, :] the
     program's partial sum of dy * xhat over its rows (fp32)."""
-    pid_n = tl.program_id(0)
-    ah = tl.program_id(1)
-    a = (ah // H).to(tl.int64)
-    h = (ah % H).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
+    pid_n, ah, a, h, offs_n, offs_d, ok = _program_rows(H, N, D, BLOCK_N, BLOCK_D)
     rows, cols = offs_n[:, None], offs_d[None, :]
     dy = tl.load(DY + a * s_ga + h * s_gh + rows * s_gn + cols * s_gd, mask=ok, other=0.0).to(tl.float32)
     x = tl.load(X + a * s_xa + h * s_xh + rows * s_xn + cols * s_xd, mask=ok, other=0.0).to(tl.float32)
