@@ -15,6 +15,7 @@ step calls the model as `tda train` does (return_logits=False: the chunked linea
 
     PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192 --profile-compile   (the same, compiled)
     PYTHONPATH=src python3 benchmarks/bench_train.py --without chunked-loss,fused-norm   (the plain step)
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cpu --tiny        (smoke test: seconds)
 
@@ -50,6 +51,7 @@ class Row:
     step_ms: float | None
     peak_gb: float | None
     note: str = ""
+    host_ms: float | None = None  # host time to enqueue one step (no sync): near step_ms means launch-bound
 
 
 def base_config(args) -> GPTConfig:
@@ -87,6 +89,19 @@ def sync(device: str):
         torch.cuda.synchronize()
 
 
+def host_time(step, x, device: str, reps: int = 3) -> float:
+    """The fastest of a few host-side enqueues of one step, each started on an idle GPU and not waited for:
+    when it is close to the step's wall time, the step is bound by the host's launches, not the GPU."""
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        step(x)
+        best = min(best, time.perf_counter() - t0)
+        sync(device)
+    return best
+
+
 def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: bool, args) -> Row:
     mode = "compile" if compile_ else "eager"
     attention = "softmax" if variant.startswith("softmax") else variant
@@ -110,10 +125,11 @@ def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: b
                 loss = step(x)
             sync(dev)
             dt = (time.perf_counter() - t0) / args.steps
+            host = host_time(step, x, dev)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)}")
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
-        return Row(context, batch, mode, variant, batch * context / dt, dt * 1e3, peak)
+        return Row(context, batch, mode, variant, batch * context / dt, dt * 1e3, peak, host_ms=host * 1e3)
     except torch.cuda.OutOfMemoryError:
         return Row(context, batch, mode, variant, None, None, None, "out of memory")
     except RuntimeError as e:  # e.g. no flash kernel for this device / dtype
@@ -152,13 +168,14 @@ def table(rows: list[Row]) -> str:
 
 
 def profile_tda(base: GPTConfig, context: int, batch: int, args, rows: int = 20):
-    """Top CUDA kernels of one eager TDA step (after warm-up), to explain a miss."""
+    """Top CUDA kernels of one TDA step (after warm-up; compiled with --profile-compile), to explain a miss."""
     from torch.profiler import ProfilerActivity, profile
     cfg = dataclasses.replace(matched_config(base, "tda", multiple_of=32), block_size=context)
     torch.manual_seed(0)
     model = GPT(cfg).to(args.device)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
-    step = make_step(model, opt, args.device, "chunked-loss" not in args.without)
+    fwd = torch.compile(model) if args.profile_compile else model
+    step = make_step(fwd, opt, args.device, "chunked-loss" not in args.without)
     x = torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
     for _ in range(2):
         step(x)
@@ -168,8 +185,29 @@ def profile_tda(base: GPTConfig, context: int, batch: int, args, rows: int = 20)
         step(x)
         sync(args.device)
     key = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
-    print(f"\n== one TDA step at context {context} x batch {batch}: top kernels", flush=True)
+    mode = "compiled" if args.profile_compile else "eager"
+    print(f"\n== one {mode} TDA step at context {context} x batch {batch}: top kernels", flush=True)
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70))
+    if args.device == "cuda":
+        busy, span = gpu_busy(prof)
+        print(f"GPU busy {busy:.1f} ms of the step's {span:.1f} ms kernel span (idle: waiting on the host)")
+
+
+def gpu_busy(prof) -> tuple[float, float]:
+    """(ms the GPU ran a kernel, ms from the first kernel's start to the last one's end) of a profile."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    if not spans:
+        return 0.0, 0.0
+    busy, (lo, hi) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > hi:
+            busy += hi - lo
+            lo, hi = a, b
+        else:
+            hi = max(hi, b)
+    busy += hi - lo
+    return busy / 1e3, (max(b for _, b in spans) - spans[0][0]) / 1e3
 
 
 def parse_ints(text: str) -> list[int]:
@@ -191,6 +229,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the rows here as JSON")
     ap.add_argument("--profile", type=int, default=0, metavar="CONTEXT",
                     help="also print the top CUDA kernels of one TDA step at this context")
+    ap.add_argument("--profile-compile", action="store_true", help="profile a compiled step, not an eager one")
     ap.add_argument("--without", default="", help=f"comma list of the step's parts to run plain: {', '.join(PARTS)}")
     args = ap.parse_args(argv)
     args.without = [w for w in args.without.split(",") if w]
@@ -247,6 +286,7 @@ def run(args, variants, compile_contexts):
         rows.append(r)
         res = f"{r.tok_s:,.0f} tok/s, {r.step_ms:.1f} ms/step" if r.tok_s else r.note
         mem = f", peak {r.peak_gb:.2f} GiB" if r.peak_gb is not None else ""
+        mem += f", host {r.host_ms:.1f} ms" if r.host_ms is not None else ""
         print(f"{variant:>13} ctx {ctx:>6} {'compile' if comp else 'eager':>7}: {res}{mem} "
               f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
     print()

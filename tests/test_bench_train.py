@@ -30,7 +30,7 @@ def test_bench_train_runs_on_cpu(bench, tmp_path, capsys):
         torch.set_num_threads(n)
     assert [(r.context, r.batch, r.variant) for r in rows] == [
         (16, 4, "tda"), (16, 4, "softmax"), (32, 2, "tda"), (32, 2, "softmax")]
-    assert all(r.tok_s > 0 and r.mode == "eager" for r in rows)
+    assert all(r.tok_s > 0 and r.mode == "eager" and 0 < r.host_ms for r in rows)
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["rows"]) == 4 and data["tokens_per_step"] == 64
     out = capsys.readouterr().out
