@@ -167,30 +167,46 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def profile_tda(base: GPTConfig, context: int, batch: int, args, rows: int = 20):
-    """Top CUDA kernels of one TDA step (after warm-up; compiled with --profile-compile), to explain a miss."""
+def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20):
+    """Top CUDA kernels of one step of --profile-variant (after warm-up; compiled with --profile-compile), to
+    explain a miss; with --profile-host also its top ops by host time."""
     from torch.profiler import ProfilerActivity, profile
-    cfg = dataclasses.replace(matched_config(base, "tda", multiple_of=32), block_size=context)
+    variant = args.profile_variant
+    attention = "softmax" if variant.startswith("softmax") else variant
+    cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
     torch.manual_seed(0)
     model = GPT(cfg).to(args.device)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
     fwd = torch.compile(model) if args.profile_compile else model
     step = make_step(fwd, opt, args.device, "chunked-loss" not in args.without)
     x = torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
-    for _ in range(2):
-        step(x)
-    sync(args.device)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    with profile(activities=acts) as prof:
-        step(x)
+    with sdpa_context(variant, args.device):
+        for _ in range(2):
+            step(x)
         sync(args.device)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step(x)
+            sync(args.device)
     key = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
     mode = "compiled" if args.profile_compile else "eager"
-    print(f"\n== one {mode} TDA step at context {context} x batch {batch}: top kernels", flush=True)
+    print(f"\n== one {mode} {variant} step at context {context} x batch {batch}: top kernels", flush=True)
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70))
     if args.device == "cuda":
         busy, span = gpu_busy(prof)
         print(f"GPU busy {busy:.1f} ms of the step's {span:.1f} ms kernel span (idle: waiting on the host)")
+    if args.profile_host:
+        print(f"\n== the same step: top ops by host time", flush=True)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=2 * rows,
+                                        max_name_column_width=70))
+        import cProfile
+        import pstats
+        with sdpa_context(variant, args.device):
+            py = cProfile.Profile()
+            py.runcall(step, x)
+            sync(args.device)
+        print("== the same step under cProfile: top Python functions by own time", flush=True)
+        pstats.Stats(py).sort_stats("tottime").print_stats(rows)
 
 
 def gpu_busy(prof) -> tuple[float, float]:
@@ -230,6 +246,8 @@ def main(argv=None):
     ap.add_argument("--profile", type=int, default=0, metavar="CONTEXT",
                     help="also print the top CUDA kernels of one TDA step at this context")
     ap.add_argument("--profile-compile", action="store_true", help="profile a compiled step, not an eager one")
+    ap.add_argument("--profile-variant", default="tda", choices=VARIANTS, help="the variant --profile runs")
+    ap.add_argument("--profile-host", action="store_true", help="--profile also lists the top ops by host time")
     ap.add_argument("--without", default="", help=f"comma list of the step's parts to run plain: {', '.join(PARTS)}")
     args = ap.parse_args(argv)
     args.without = [w for w in args.without.split(",") if w]
@@ -297,7 +315,7 @@ def run(args, variants, compile_contexts):
                        "torch": torch.__version__, "tokens_per_step": args.tokens_per_step, "without": args.without,
                        "model": dataclasses.asdict(base), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
     if args.profile:
-        profile_tda(base, args.profile, max(1, args.tokens_per_step // args.profile), args)
+        profile_step(base, args.profile, max(1, args.tokens_per_step // args.profile), args)
     return rows
 
 

@@ -69,7 +69,7 @@ def test_hf_generate_runs_over_our_cache_and_matches_our_generate(attention, n_k
     gpt_forward = model.model.forward
 
     def spy(input_ids, *a, cache=None, **kw):
-        calls.append((input_ids.shape[1], isinstance(cache, KVCache)))
+        calls.append((input_ids.shape[1], isinstance(cache, KVCache), kw.get("logits_to_keep", 0)))
         return gpt_forward(input_ids, *a, cache=cache, **kw)
 
     x = torch.randint(0, 61, (2, 6))
@@ -77,8 +77,9 @@ def test_hf_generate_runs_over_our_cache_and_matches_our_generate(attention, n_k
     model.model.forward = spy
     hf = model.generate(x, max_new_tokens=9, do_sample=False)
     assert torch.equal(hf, ours)
-    # one prefill of the prompt, then one token per step, every call on a KVCache
-    assert calls == [(6, True)] + [(1, True)] * 8
+    # one prefill of the prompt, then one token per step, every call on a KVCache and for the last
+    # position's logits only
+    assert calls == [(6, True, 1)] + [(1, True, 1)] * 8
 
 
 def test_hf_generate_left_padded_batch_equals_each_prompt_alone():
@@ -152,3 +153,78 @@ def test_beam_search_and_sampling_run_over_the_cache():
     assert torch.equal(beams, model.generate(x, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False))
     drawn = model.generate(x, max_new_tokens=4, do_sample=True, top_p=0.9, num_return_sequences=2)
     assert drawn.shape == (4, 10) and torch.equal(drawn[:, :6], x.repeat_interleave(2, 0))
+
+
+def test_left_padded_prefill_keeps_the_asked_logits():
+    model = tiny("tda")
+    ids = torch.tensor([[5, 9, 2, 7, 1], [0, 0, 0, 3, 4]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    full = model(ids, attention_mask=mask, past_key_values=model.new_cache(2)).logits
+    assert full.shape == (2, 5, 61) and not full[1, :3].any()
+    for keep in (1, 3, torch.tensor([0, 4])):
+        kept = model(ids, attention_mask=mask, past_key_values=model.new_cache(2), logits_to_keep=keep).logits
+        want = full[:, -keep:] if isinstance(keep, int) else full[:, keep]
+        torch.testing.assert_close(kept, want, rtol=1e-6, atol=1e-6)
+
+
+def _hf_loss(logits, labels):
+    """transformers' causal-LM loss: position i predicts labels[i + 1], -100 ignored."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def test_labels_loss_matches_transformers_and_training_skips_the_logits():
+    model = tiny("tda")
+    x = torch.randint(0, 61, (3, 10))
+    labels = x.clone()
+    labels[0, 4:7] = -100
+    labels[2, :5] = -100
+    out = model(x, labels=labels)  # eval mode: logits and loss
+    torch.testing.assert_close(out.loss, _hf_loss(out.logits, labels))
+    plain = [p.grad for p in (out.loss.backward(), model.parameters())[1]]
+    model.zero_grad()
+    model.train()
+    chunked = model(x, labels=labels)  # training with labels: the chunked loss, no logits
+    assert chunked.logits is None
+    torch.testing.assert_close(chunked.loss, out.loss)
+    chunked.loss.backward()
+    for a, b in zip(plain, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert model(x, labels=labels, skip_logits=False).logits.shape == (3, 10, 61)
+    with torch.no_grad():
+        assert model(x, labels=labels).logits is not None  # no gradient: nothing to save by skipping
+    # num_items_in_batch (the Trainer's count over every accumulated micro-batch): sum / count
+    n = int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(model(x, labels=labels, num_items_in_batch=3 * n).loss, out.loss / 3)
+    with pytest.raises(ValueError, match="labels"):
+        model(x, labels=labels[:, :5])
+    with pytest.raises(ValueError, match="skip_logits"):
+        model(x, skip_logits=True)
+
+
+def test_trainer_gradient_accumulation_equals_one_large_batch(tmp_path):
+    """The Trainer passes num_items_in_batch to a forward that takes **kwargs and then leaves the loss
+    unscaled, so the model must divide by it: 2 micro-batches of 2 take the same step as one batch of 4."""
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+    torch.manual_seed(1)
+    rows = []
+    for i in range(4):
+        ids = torch.randint(0, 61, (12,))
+        labels = ids.clone()
+        labels[: 2 + 3 * i] = -100  # rows with different numbers of counted tokens
+        rows.append({"input_ids": ids, "labels": labels})
+
+    def step(batch, accum):
+        model = tiny("tda")
+        args = TrainingArguments(output_dir=str(tmp_path / f"{batch}x{accum}"), per_device_train_batch_size=batch,
+                                 gradient_accumulation_steps=accum, max_steps=1, learning_rate=0.5, optim="sgd",
+                                 lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+                                 report_to=[], save_strategy="no", use_cpu=True, seed=0)
+        Trainer(model=model, args=args, train_dataset=rows).train()
+        return model
+
+    one, accumulated = step(4, 1), step(2, 2)
+    assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), tiny("tda").parameters()))  # it stepped
+    for (name, a), b in zip(one.named_parameters(), accumulated.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

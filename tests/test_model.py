@@ -153,3 +153,28 @@ def test_rmsnorm_matches_its_formula(shape, dtype):
     assert torch.isfinite(x.grad).all()
     torch.testing.assert_close(x.grad.double(), xd.grad, **tol)
 
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_logits_to_keep_slices_the_logits_not_the_loss(attention):
+    torch.manual_seed(0)
+    model = GPT(tiny(attention)).eval()
+    x = torch.randint(0, 97, (2, 12))
+    y = torch.randint(0, 97, (2, 12))
+    full = model(x)
+    TOL = dict(rtol=1e-6, atol=1e-6)  # the same sums; only the GEMM's blocking over fewer rows differs
+    torch.testing.assert_close(model(x, logits_to_keep=3), full[:, -3:], **TOL)
+    torch.testing.assert_close(model(x, logits_to_keep=1), full[:, -1:], **TOL)
+    torch.testing.assert_close(model(x, logits_to_keep=99), full, **TOL)  # more than N: all
+    idx = torch.tensor([7, 0, 11])
+    torch.testing.assert_close(model(x, logits_to_keep=idx), full[:, idx], **TOL)
+    logits, loss = model(x, y)
+    kept, kept_loss = model(x, y, logits_to_keep=2)
+    torch.testing.assert_close(kept, logits[:, -2:], **TOL)
+    torch.testing.assert_close(kept_loss, loss, **TOL)
+    # a cached prefill keeping only the next token's logits
+    cache = model.new_cache(2, 16)
+    torch.testing.assert_close(model(x, cache=cache, logits_to_keep=1), full[:, -1:], rtol=1e-5, atol=1e-5)
+    for bad in (-1, 1.5, True, torch.tensor([[1]]), torch.tensor([0.5]), torch.tensor([True])):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(x, logits_to_keep=bad)

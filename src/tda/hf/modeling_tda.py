@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from ..layers import RotaryEmbedding
 from ..models import GPT, KVCache
+from ..models.gpt import logits_index
 from .configuration_tda import TDAConfig
 
 _HF_MAJOR = int(transformers.__version__.split(".")[0])
@@ -153,32 +154,57 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
         n_seen = input_ids.shape[1] if kv.seqlens.any() else 0
         if n_seen:
             input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "past_key_values": kv, "attention_mask": attention_mask,
-                "use_cache": True}
+        inputs = {"input_ids": input_ids, "past_key_values": kv, "attention_mask": attention_mask, "use_cache": True}
+        if "logits_to_keep" in kwargs:  # generate() asks for the last position's logits only
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, labels=None, use_cache=None,
-                return_dict=None, cache=None, **kwargs):
+                return_dict=None, cache=None, logits_to_keep=0, num_items_in_batch=None, skip_logits=None,
+                **kwargs):
         """Logits (B, N, vocab); with labels (B, N), the next-token loss (labels == -100 ignored). With a
-        KVCache (past_key_values or cache), the cached call described in the module docstring."""
+        KVCache (past_key_values or cache), the cached call described in the module docstring.
+
+        logits_to_keep: logits of the last k positions only (0: all; generate() passes 1 for the prefill), or
+        of the positions a 1-D index tensor names. The loss still covers every position.
+        num_items_in_batch: the loss is the sum over tokens divided by this count instead of their mean, as
+        the HF Trainer passes it under gradient accumulation (it then does not divide by the steps itself).
+        skip_logits: return no logits, and compute the loss through the chunked linear cross-entropy
+        (tda.ops.cross_entropy), which never holds the (B, N, vocab) logits; by default on in training mode
+        with labels and gradients, where the Trainer reads only the loss.
+        """
         if input_ids is None:
             raise ValueError("input_ids is required (inputs_embeds is not supported)")
         kv = cache if cache is not None else past_key_values
         if kv is not None and not isinstance(kv, KVCache):
             raise ValueError(f"past_key_values must be a tda.models.KVCache (see new_cache), got {type(kv).__name__}")
-        if kv is None:
-            logits = self.model(input_ids)
-        else:
-            logits = self._cached_forward(input_ids, attention_mask, kv)
+        if kv is not None and labels is not None:
+            raise ValueError("labels: the loss is computed without a KV cache (pass use_cache=False)")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        if skip_logits is None:
+            skip_logits = labels is not None and self.training and torch.is_grad_enabled()
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits=True needs labels: without them there is nothing to return")
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+            # position i predicts labels[i + 1]; the last position predicts nothing. GPT ignores -1.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            targets = torch.where(targets == -100, -1, targets)
+            logits, loss = self.model(input_ids, targets, return_logits=not skip_logits,
+                                      logits_to_keep=logits_to_keep)
+            if num_items_in_batch is not None:  # mean over this batch's tokens -> sum / the accumulated count
+                loss = loss * (targets != -1).sum() / num_items_in_batch
+        elif kv is None:
+            logits = self.model(input_ids, logits_to_keep=logits_to_keep)
+        else:
+            logits = self._cached_forward(input_ids, attention_mask, kv, logits_to_keep)
         out = TDACausalLMOutput(loss=loss, logits=logits, cache=kv, past_key_values=kv)
         if return_dict is False:
             return out.to_tuple()
         return out
 
-    def _cached_forward(self, input_ids, attention_mask, kv: KVCache):
+    def _cached_forward(self, input_ids, attention_mask, kv: KVCache, logits_to_keep):
         B, N = input_ids.shape
         if kv.batch_size != B:
             raise ValueError(f"past_key_values was built for batch size {kv.batch_size}, input_ids has {B} rows")
@@ -187,13 +213,21 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
             _grow(kv, longest + N)
         padded = attention_mask is not None and longest == 0 and not bool(attention_mask[:, -N:].all())
         if not padded:
-            return self.model(input_ids, cache=kv)
+            return self.model(input_ids, cache=kv, logits_to_keep=logits_to_keep)
         # a padded prompt batch: each row's real tokens alone into its row of the cache, logits put back at
-        # those tokens' places (padding gets zeros)
-        logits = torch.zeros(B, N, self.config.vocab_size, device=input_ids.device,
+        # those tokens' places among the kept positions (padding gets zeros)
+        window = torch.zeros(N, dtype=torch.bool, device=input_ids.device)
+        keep = logits_index(logits_to_keep, N)
+        window[slice(None) if keep is None else keep] = True
+        logits = torch.zeros(B, int(window.sum()), self.config.vocab_size, device=input_ids.device,
                              dtype=self.model.lm_head.weight.dtype)
-        keep = attention_mask[:, -N:].bool()
+        real = attention_mask[:, -N:].bool()
         for b in range(B):
-            if keep[b].any():
-                logits[b, keep[b]] = self.model(input_ids[b:b + 1, keep[b]], cache=kv.row(b))[0].to(logits.dtype)
+            if not real[b].any():
+                continue
+            wanted = window[real[b]].nonzero().squeeze(1)  # among the row's real tokens, those kept
+            row = self.model(input_ids[b:b + 1, real[b]], cache=kv.row(b),
+                             logits_to_keep=wanted if len(wanted) else 1)
+            if len(wanted):
+                logits[b, real[b][window]] = row[0].to(logits.dtype)
         return logits

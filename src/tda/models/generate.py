@@ -87,8 +87,8 @@ def prefill(model, cache: KVCache, prompts: list):
     """Run the prompts through the model, writing `cache` (reset first); (B, vocab) last-token logits."""
     cache.reset()
     if len({p.numel() for p in prompts}) == 1:
-        return model(torch.stack(prompts), cache=cache)[:, -1]
-    return torch.cat([model(p[None], cache=cache.row(b))[:, -1] for b, p in enumerate(prompts)])
+        return model(torch.stack(prompts), cache=cache, logits_to_keep=1)[:, -1]
+    return torch.cat([model(p[None], cache=cache.row(b), logits_to_keep=1)[:, -1] for b, p in enumerate(prompts)])
 
 
 @torch.no_grad()
@@ -149,8 +149,8 @@ def _uncached_logits(model, seqs):
     """Next-token logits from a full forward over each sequence's last block_size tokens (no cache)."""
     n = model.config.block_size
     if len({s.numel() for s in seqs}) == 1:
-        return model(torch.stack(seqs)[:, -n:])[:, -1]
-    return torch.cat([model(s[None, -n:])[:, -1] for s in seqs])
+        return model(torch.stack(seqs)[:, -n:], logits_to_keep=1)[:, -1]
+    return torch.cat([model(s[None, -n:], logits_to_keep=1)[:, -1] for s in seqs])
 
 
 @torch.no_grad()

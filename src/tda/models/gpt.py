@@ -49,6 +49,18 @@ class Block(nn.Module):
 _eager_linear_ce = torch.compiler.disable(linear_ce.linear_cross_entropy)  # a compiled model's loss: one break
 
 
+def logits_index(logits_to_keep, n: int):
+    """GPT.forward's logits_to_keep as an index along the sequence (None: every position)."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.dim() != 1 or logits_to_keep.dtype.is_floating_point or logits_to_keep.dtype == torch.bool:
+            raise ValueError(f"logits_to_keep must be an int or a 1-D integer index tensor, got "
+                             f"{logits_to_keep.dtype} of shape {tuple(logits_to_keep.shape)}")
+        return logits_to_keep
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 or an index tensor, got {logits_to_keep!r}")
+    return None if logits_to_keep == 0 or logits_to_keep >= n else slice(n - logits_to_keep, n)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -83,8 +95,13 @@ class GPT(nn.Module):
         return n - self.wte.weight.numel() if non_embedding else n
 
     def forward(self, input_ids, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
-                cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None, return_logits: bool = True):
+                cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None, return_logits: bool = True,
+                logits_to_keep: int | torch.Tensor = 0):
         """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
+
+        logits_to_keep: the logits of the last k positions only (B, k, vocab) (0: all), or of the positions a
+        1-D index tensor names; a prefill that needs only the next token's logits passes 1, and never writes
+        the (B, N, vocab) rest. The loss still covers every position.
 
         With targets and return_logits=False, (None, loss), which training and evaluation call: the loss
         then comes from the chunked linear cross-entropy (tda.ops.cross_entropy), which never holds the full
@@ -103,6 +120,7 @@ class GPT(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
+        keep = logits_index(logits_to_keep, input_ids.shape[1])
         if docs is not None:
             if cu_seqlens is not None or max_seqlen is not None:
                 raise ValueError("docs: pass either docs or cu_seqlens / max_seqlen, not both")
@@ -131,16 +149,18 @@ class GPT(nn.Module):
                 x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
+        if targets is None:
+            return self.lm_head(self.ln_f(x if keep is None else x[:, keep]))
         h = self.ln_f(x)
-        if targets is not None and not return_logits and linear_ce.supported(h, self.lm_head.weight):
+        if not return_logits and linear_ce.supported(h, self.lm_head.weight):
             # compiled, the graph ends at h: the loss runs eagerly (its Triton row pass, its chunk loop)
             loss_fn = _eager_linear_ce if torch.compiler.is_compiling() else linear_ce.linear_cross_entropy
             return None, loss_fn(h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1), -1)
         logits = self.lm_head(h)
-        if targets is None:
-            return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return (logits if return_logits else None), loss
+        if not return_logits:
+            return None, loss
+        return (logits if keep is None else logits[:, keep]), loss
 
     def _cache_step(self, input_ids, position_offset, cache):
         """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ or the cache is
