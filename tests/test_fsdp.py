@@ -182,6 +182,16 @@ def test_two_ranks_match_one_and_resume_on_one(bundled_dir, tmp_path):
     assert_close_states(one["model"].state_dict(), resumed["model"].state_dict(), 1e-5)
 
 
+def test_two_ranks_with_activation_checkpointing_match_one(bundled_dir, tmp_path):
+    """FSDP2 with activation_checkpoint=1 (the recompute inside each sharded block, its hooks outside): 2 ranks
+    give the losses and weights of one plain process."""
+    short = dict(max_steps=3, ckpt_interval=3, eval_interval=3, eval_iters=1)
+    one = train(TrainConfig.from_dict(settings(bundled_dir, tmp_path / "one", **short)))
+    torchrun(tmp_path, settings(bundled_dir, tmp_path / "two", batch_size=4, activation_checkpoint=1, **short))
+    assert_close_losses(losses(tmp_path / "one"), losses(tmp_path / "two"), 1e-5)
+    assert_close_states(one["model"].state_dict(), read_checkpoint(tmp_path / "two" / "last.dcp")["model"], 1e-5)
+
+
 @pytest.mark.slow
 def test_two_ranks_uninterrupted_and_resumed_on_two(bundled_dir, tmp_path):
     """6 steps on 2 ranks == 6 steps on 1; 3 + resume to 6 on 2 ranks == 6 straight on 2, bit for bit."""

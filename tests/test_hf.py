@@ -228,3 +228,33 @@ def test_trainer_gradient_accumulation_equals_one_large_batch(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(one.parameters(), tiny("tda").parameters()))  # it stepped
     for (name, a), b in zip(one.named_parameters(), accumulated.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_enable_recomputes_each_block():
+    """transformers' activation_checkpointing_enable() (gradient_checkpointing_enable() before transformers 5.x)
+    reaches the blocks: each runs again in the backward, with the gradients of the plain step; disable turns
+    it off."""
+    model = tiny("tda").train()
+    assert model.supports_gradient_checkpointing
+    x = torch.randint(0, 61, (2, 10))
+    calls = []
+    for block in model.model.blocks:
+        block.attn.register_forward_hook(lambda *a: calls.append(1))
+
+    def grads():
+        calls.clear()
+        model(x, labels=x).loss.backward()
+        out = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return out, len(calls)
+
+    plain, n_plain = grads()
+    new_api = hasattr(model, "activation_checkpointing_enable")
+    (model.activation_checkpointing_enable if new_api else model.gradient_checkpointing_enable)()
+    assert all(b.gradient_checkpointing for b in model.model.blocks)
+    ck, n_ck = grads()
+    assert (n_plain, n_ck) == (2, 4)
+    for a, b in zip(plain, ck):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
+    assert grads()[1] == 2

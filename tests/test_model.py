@@ -178,3 +178,46 @@ def test_logits_to_keep_slices_the_logits_not_the_loss(attention):
     for bad in (-1, 1.5, True, torch.tensor([[1]]), torch.tensor([0.5]), torch.tensor([True])):
         with pytest.raises(ValueError, match="logits_to_keep"):
             model(x, logits_to_keep=bad)
+
+
+@pytest.mark.parametrize("attention,packed", [("tda", False), ("tda", True), ("softmax", False)])
+def test_activation_checkpointing_recomputes_and_keeps_the_gradients(attention, packed):
+    """set_activation_checkpointing(k): every k-th block runs again in the backward (its attention is called
+    twice a step), and the loss and every gradient equal the plain step's, dropout included (the recompute
+    replays the RNG)."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attention, dropout=0.1)).train()
+    x, t = torch.randint(0, 97, (2, 24)), torch.randint(0, 97, (2, 24))
+    kw = dict(cu_seqlens=torch.tensor([0, 7, 24, 30, 48], dtype=torch.int32), max_seqlen=18) if packed else {}
+    calls = []
+    for i, block in enumerate(model.blocks):
+        block.attn.register_forward_hook(lambda *a, i=i: calls.append(i))
+
+    def step():
+        calls.clear()
+        torch.manual_seed(1)
+        _, loss = model(x, t, return_logits=False, **kw)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads, sorted(calls)
+
+    loss, grads, plain_calls = step()
+    assert plain_calls == [0, 1]
+    for every, recomputed in ((1, [0, 0, 1, 1]), (2, [0, 0, 1])):
+        model.set_activation_checkpointing(every)
+        ck_loss, ck_grads, ck_calls = step()
+        assert ck_calls == recomputed
+        torch.testing.assert_close(ck_loss, loss, rtol=0, atol=0)
+        for n, g in grads.items():
+            torch.testing.assert_close(ck_grads[n], g, rtol=1e-6, atol=1e-7, msg=n)
+    model.set_activation_checkpointing(0)
+    assert step()[2] == [0, 1]
+    model.set_activation_checkpointing(1).eval()
+    with torch.no_grad():  # no backward: nothing to recompute
+        calls.clear()
+        model(x)
+        assert sorted(calls) == [0, 1]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            model.set_activation_checkpointing(bad)

@@ -96,6 +96,9 @@ def test_config_bad_values():
         TrainConfig(compile_mode="fastest")
     with pytest.raises(ValueError, match="attn_stats_seqs"):
         TrainConfig(attn_stats_seqs=-1)
+    for bad in (-1, True, "full"):
+        with pytest.raises(ValueError, match="activation_checkpoint"):
+            TrainConfig(activation_checkpoint=bad)
     with pytest.raises(ValueError, match="attn_stats_seqs: not supported with parallel=fsdp"):
         TrainConfig(attn_stats_seqs=2, parallel="fsdp")
     with pytest.raises(ValueError, match="key=value"):
@@ -232,12 +235,24 @@ def test_backward_threads_option_trains_identically(bundled_dir, tmp_path):
         assert torch.equal(x, y), k
 
 
+def test_activation_checkpoint_trains_identically(bundled_dir, tmp_path):
+    """activation_checkpoint=1 only recomputes each block in the backward: the same weights as a plain run."""
+    kw = dict(max_steps=3, eval_interval=0, ckpt_interval=0)
+    a = train(tiny(bundled_dir, tmp_path / "plain", **kw))
+    b = train(tiny(bundled_dir, tmp_path / "ac", activation_checkpoint=1, **kw))
+    assert all(blk.gradient_checkpointing for blk in b["model"].blocks)
+    for (k, x), y in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-7, msg=k)
+
+
 def test_compiled_training_matches_eager(bundled_dir, tmp_path):
-    """compile=true with compile_mode reduce-overhead (CUDA graphs on a GPU; on the CPU inductor alone) trains the
-    model eager mode trains: the same losses up to inductor's rounding."""
+    """compile=true with compile_mode reduce-overhead (CUDA graphs on a GPU; on the CPU inductor alone) and
+    activation checkpointing (traced into the graph) trains the model plain eager mode trains: the same losses
+    up to inductor's rounding."""
     kw = dict(max_steps=3, eval_interval=0, ckpt_interval=0)
     a = train(tiny(bundled_dir, tmp_path / "e", **kw))
-    b = train(tiny(bundled_dir, tmp_path / "c", compile=True, compile_mode="reduce-overhead", **kw))
+    b = train(tiny(bundled_dir, tmp_path / "c", compile=True, compile_mode="reduce-overhead", activation_checkpoint=1,
+                   **kw))
     assert math.isfinite(b["val_loss"]) and abs(a["val_loss"] - b["val_loss"]) < 1e-3
     # weights close as a whole (elementwise, Adam's first steps move near-zero gradients by +-lr either way)
     wa = torch.cat([t.flatten() for t in a["model"].state_dict().values()])

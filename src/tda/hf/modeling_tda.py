@@ -40,6 +40,7 @@ class TDAPreTrainedModel(PreTrainedModel):
     config_class = TDAConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True  # each Block carries gradient_checkpointing (tda.models.gpt)
     # transformers 5 maps tied parameters target -> source; 4.x lists the targets
     _tied_weights_keys = ({"model.lm_head.weight": "model.wte.weight"} if _HF_MAJOR >= 5
                           else ["model.lm_head.weight"])

@@ -7,12 +7,14 @@ prefill and decode, sampling) lives in kv_cache.py and generate.py; `GPT.generat
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
@@ -33,6 +35,10 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
+# activation checkpointing's default: non-reentrant (works under torch.compile, with kwargs-free recompute)
+_checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+
 class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -40,8 +46,19 @@ class Block(nn.Module):
         self.attn = build_attention(config, layer_idx)
         self.ln_2 = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
+        # activation checkpointing (GPT.set_activation_checkpointing, or transformers'
+        # gradient_checkpointing_enable, which sets these two): keep only the block's input for the backward
+        # and run the block again there. Inside the block, so an FSDP2-sharded block's hooks stay outside it.
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
 
     def forward(self, x, rope, position_offset=0, docs=None, cache=None):
+        if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+            fn = self._gradient_checkpointing_func or _checkpoint
+            return fn(self._forward, x, rope, position_offset, docs)  # positional: reentrant takes no kwargs
+        return self._forward(x, rope, position_offset, docs, cache)
+
+    def _forward(self, x, rope, position_offset=0, docs=None, cache=None):
         x = x + self.attn(self.ln_1(x), rope, position_offset, docs=docs, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -88,6 +105,16 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def set_activation_checkpointing(self, every: int = 1) -> "GPT":
+        """Recompute every `every`-th block's activations in the backward instead of keeping them (0: off;
+        1: every block). Training memory then holds one input per checkpointed block instead of its
+        intermediates, for about one more forward of those blocks per step. Returns the model."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"every must be an int >= 0, got {every!r}")
+        for i, block in enumerate(self.blocks):
+            block.gradient_checkpointing = every > 0 and i % every == 0
+        return self
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; tied embeddings are counted once, and excluded when non_embedding."""

@@ -76,6 +76,10 @@ class TrainConfig:
     # batches (None = as pack_documents)
     pack_documents: bool = False
     eval_pack_documents: bool | None = None
+    # activation checkpointing: recompute every k-th block's activations in the backward instead of keeping
+    # them (0 = off, 1 = every block): long contexts and large batches in less memory, for about one more
+    # forward of those blocks per step
+    activation_checkpoint: int = 0
     # under torchrun: "ddp" replicates the model (one-file checkpoints); "fsdp" shards parameters, gradients
     # and optimizer state (FSDP2), writes sharded checkpoints (last.dcp/) and draws batches that do not
     # depend on the number of ranks (docs/training.md)
@@ -109,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        if isinstance(self.activation_checkpoint, bool) or not isinstance(self.activation_checkpoint, int) \
+                or self.activation_checkpoint < 0:
+            raise ValueError(f"activation_checkpoint must be an int >= 0 (0 = off, k = every k-th block), "
+                             f"got {self.activation_checkpoint!r}")
         if int(self.attn_stats_seqs) < 0:
             raise ValueError(f"attn_stats_seqs must be >= 0, got {self.attn_stats_seqs}")
         if self.parallel == "fsdp" and self.attn_stats_seqs:  # rank 0 alone cannot run a sharded forward

@@ -274,7 +274,7 @@ def _train(cfg: TrainConfig, ctx: D.DistContext, resume: bool, stop_after: int |
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast: TF32 tensor cores
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    model = GPT(cfg.model).to(ctx.device)
+    model = GPT(cfg.model).to(ctx.device).set_activation_checkpointing(cfg.activation_checkpoint)
     amp_dtype = autocast_dtype(cfg, ctx.device_type)
     if fsdp:
         shard_model(model, ctx, amp_dtype)  # before the optimizer: it must see the sharded parameters
