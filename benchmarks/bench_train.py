@@ -17,6 +17,7 @@ step calls the model as `tda train` does (return_logits=False: the chunked linea
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192 --profile-compile   (the same, compiled)
     PYTHONPATH=src python3 benchmarks/bench_train.py --without chunked-loss,fused-norm   (the plain step)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --activation-checkpoint 1   (every block recomputed)
     PYTHONPATH=src python3 benchmarks/bench_train.py --device cpu --tiny        (smoke test: seconds)
 
 Timing is done here with synchronize + perf_counter around whole steps (a step is milliseconds to
@@ -108,7 +109,7 @@ def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: b
     cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
     dev = args.device
     torch.manual_seed(0)
-    model = GPT(cfg).to(dev)
+    model = GPT(cfg).to(dev).set_activation_checkpointing(args.activation_checkpoint)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=dev)
     fwd = torch.compile(model) if compile_ else model
     step = make_step(fwd, opt, dev, "chunked-loss" not in args.without)
@@ -175,7 +176,7 @@ def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20
     attention = "softmax" if variant.startswith("softmax") else variant
     cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
     torch.manual_seed(0)
-    model = GPT(cfg).to(args.device)
+    model = GPT(cfg).to(args.device).set_activation_checkpointing(args.activation_checkpoint)
     opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
     fwd = torch.compile(model) if args.profile_compile else model
     step = make_step(fwd, opt, args.device, "chunked-loss" not in args.without)
@@ -248,6 +249,8 @@ def main(argv=None):
     ap.add_argument("--profile-compile", action="store_true", help="profile a compiled step, not an eager one")
     ap.add_argument("--profile-variant", default="tda", choices=VARIANTS, help="the variant --profile runs")
     ap.add_argument("--profile-host", action="store_true", help="--profile also lists the top ops by host time")
+    ap.add_argument("--activation-checkpoint", type=int, default=0, metavar="K",
+                    help="recompute every K-th block in the backward (as tda train's activation_checkpoint)")
     ap.add_argument("--without", default="", help=f"comma list of the step's parts to run plain: {', '.join(PARTS)}")
     args = ap.parse_args(argv)
     args.without = [w for w in args.without.split(",") if w]
@@ -313,6 +316,7 @@ def run(args, variants, compile_contexts):
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                        "torch": torch.__version__, "tokens_per_step": args.tokens_per_step, "without": args.without,
+                       "activation_checkpoint": args.activation_checkpoint,
                        "model": dataclasses.asdict(base), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
     if args.profile:
         profile_step(base, args.profile, max(1, args.tokens_per_step // args.profile), args)

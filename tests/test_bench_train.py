@@ -68,3 +68,15 @@ def test_bench_train_without_parts(bench, tmp_path, monkeypatch):
     assert calls and all(c[0] is False for c in calls)
     with pytest.raises(SystemExit, match="--without: unknown part 'loss'"):
         bench.main(["--device", "cpu", "--tiny", "--without", "loss"])
+
+
+def test_bench_train_activation_checkpoint(bench, tmp_path, monkeypatch):
+    """--activation-checkpoint K sets every K-th block of each timed model to recompute, and the JSON says so."""
+    from tda.models.gpt import GPT
+    seen, real = [], GPT.set_activation_checkpointing
+    monkeypatch.setattr(GPT, "set_activation_checkpointing", lambda self, k: seen.append(k) or real(self, k))
+    bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--tokens-per-step", "32", "--variants",
+                "tda,softmax", "--compile-contexts", "", "--warmup", "1", "--steps", "1", "--activation-checkpoint",
+                "1", "--json", str(tmp_path / "b.json")])
+    assert seen == [1, 1]
+    assert json.loads((tmp_path / "b.json").read_text())["activation_checkpoint"] == 1
