@@ -196,6 +196,8 @@ def test_labels_loss_matches_transformers_and_training_skips_the_logits():
     # num_items_in_batch (the Trainer's count over every accumulated micro-batch): sum / count
     n = int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(model(x, labels=labels, num_items_in_batch=3 * n).loss, out.loss / 3)
+    none = torch.full_like(labels, -100)  # a micro-batch without a counted token adds 0, not NaN
+    assert model(x, labels=none, num_items_in_batch=n).loss.item() == 0.0
     with pytest.raises(ValueError, match="labels"):
         model(x, labels=labels[:, :5])
     with pytest.raises(ValueError, match="skip_logits"):

@@ -195,7 +195,8 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
             logits, loss = self.model(input_ids, targets, return_logits=not skip_logits,
                                       logits_to_keep=logits_to_keep)
             if num_items_in_batch is not None:  # mean over this batch's tokens -> sum / the accumulated count
-                loss = loss * (targets != -1).sum() / num_items_in_batch
+                n = (targets != -1).sum()
+                loss = torch.where(n > 0, loss * n, 0.0) / num_items_in_batch  # no counted token: adds 0
         elif kv is None:
             logits = self.model(input_ids, logits_to_keep=logits_to_keep)
         else:
