@@ -260,3 +260,45 @@ def test_gradient_checkpointing_enable_recomputes_each_block():
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
     assert grads()[1] == 2
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax", "diff"])
+def test_padded_batch_without_cache_equals_each_row_alone(attention):
+    """An attention_mask with padding on the uncached path (training, scoring, generate(use_cache=False)):
+    each row's real tokens -- left or right padded -- give the logits of that row alone, padding gets zeros;
+    the loss counts real tokens only, as if each row were scored alone."""
+    model = tiny(attention)
+    rows = [torch.tensor([5, 9, 2, 7, 1, 8]), torch.tensor([3, 4]), torch.tensor([6, 6, 1, 9])]
+    N = 6
+    for side in ("left", "right"):
+        ids = torch.zeros(3, N, dtype=torch.long)
+        mask = torch.zeros(3, N, dtype=torch.long)
+        for b, r in enumerate(rows):
+            span = slice(N - len(r), N) if side == "left" else slice(0, len(r))
+            ids[b, span], mask[b, span] = r, 1
+        out = model(ids, attention_mask=mask).logits
+        for b, r in enumerate(rows):
+            span = slice(N - len(r), N) if side == "left" else slice(0, len(r))
+            torch.testing.assert_close(out[b, span], model(r[None]).logits[0], rtol=1e-5, atol=1e-5)
+            assert not out[b][~mask[b].bool()].any()
+        torch.testing.assert_close(model(ids, attention_mask=mask, logits_to_keep=2).logits, out[:, -2:])
+        labels = ids.masked_fill(mask == 0, -100)
+        losses = [torch.nn.functional.cross_entropy(model(r[None]).logits[0, :-1], r[1:], reduction="sum")
+                  for r in rows]
+        want = sum(losses) / sum(len(r) - 1 for r in rows)
+        torch.testing.assert_close(model(ids, attention_mask=mask, labels=labels).loss, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_mask: row 0 has padding between"):
+        model(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1, 1]] + [[1] * N] * 2))
+    with pytest.raises(ValueError, match="attention_mask must have"):
+        model(ids, attention_mask=mask[:, :4])
+
+
+def test_generate_without_cache_on_a_left_padded_batch_equals_each_prompt_alone():
+    model = tiny("tda")
+    prompts = [torch.tensor([5, 9, 2, 7, 1]), torch.tensor([3, 4])]
+    ids = torch.tensor([[5, 9, 2, 7, 1], [0, 0, 0, 3, 4]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                         use_cache=False)
+    for row, p in zip(out, prompts):
+        assert torch.equal(row[-6:], model.model.generate(p[None], 6, temperature=0)[0, -6:])

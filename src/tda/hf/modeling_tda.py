@@ -92,6 +92,31 @@ def _refill_rope(rope: RotaryEmbedding):
     rope._cache = None
 
 
+def _padded_documents(attention_mask: torch.Tensor, shape) -> tuple:
+    """(real (B, N) bool, {} or the packed-documents kwargs of GPT.forward) for an uncached call with this
+    attention_mask: none when nothing is padding; else each row's real tokens -- one contiguous run, left or
+    right padded -- one document, the padding before and after it documents of their own."""
+    B, N = shape
+    if tuple(attention_mask.shape) != (B, N):
+        raise ValueError(f"attention_mask must have input_ids' shape {(B, N)} without a cache, got "
+                         f"{tuple(attention_mask.shape)}")
+    real = attention_mask.bool()
+    if bool(real.all()):
+        return real, {}
+    first = real.int().argmax(1).tolist()
+    count = real.sum(1).tolist()
+    bounds = [0]
+    for b, (f, n) in enumerate(zip(first, count)):
+        if n and not bool(real[b, f:f + n].all()):
+            raise ValueError(f"attention_mask: row {b} has padding between its tokens; only left or right "
+                             f"padding (one run of ones per row) is supported")
+        for cut in (f, f + n, N) if n else (N,):
+            if b * N + cut > bounds[-1]:
+                bounds.append(b * N + cut)
+    cu = torch.tensor(bounds, dtype=torch.int32, device=attention_mask.device)
+    return real, {"cu_seqlens": cu, "max_seqlen": int((cu[1:] - cu[:-1]).max())}
+
+
 def _grow(cache: KVCache, need: int):
     """Reallocate `cache` in place to hold at least `need` positions (doubling), keeping its contents."""
     n = cache.max_seqlen
@@ -188,19 +213,29 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
         if skip_logits and labels is None:
             raise ValueError("skip_logits=True needs labels: without them there is nothing to return")
         loss = None
+        # padding without a cache: each row's real tokens as one packed document, so they see neither the
+        # padding nor anything but themselves, from position 0 (what the cached path gets by running rows alone)
+        real, packed = None, {}
+        if kv is None and attention_mask is not None:
+            real, packed = _padded_documents(attention_mask, input_ids.shape)
         if labels is not None:
             # position i predicts labels[i + 1]; the last position predicts nothing. GPT ignores -1.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            if real is not None:  # nor does padding
+                targets = targets.masked_fill(~real, -100)
             targets = torch.where(targets == -100, -1, targets)
             logits, loss = self.model(input_ids, targets, return_logits=not skip_logits,
-                                      logits_to_keep=logits_to_keep)
+                                      logits_to_keep=logits_to_keep, **packed)
             if num_items_in_batch is not None:  # mean over this batch's tokens -> sum / the accumulated count
                 n = (targets != -1).sum()
                 loss = torch.where(n > 0, loss * n, 0.0) / num_items_in_batch  # no counted token: adds 0
         elif kv is None:
-            logits = self.model(input_ids, logits_to_keep=logits_to_keep)
+            logits = self.model(input_ids, logits_to_keep=logits_to_keep, **packed)
         else:
             logits = self._cached_forward(input_ids, attention_mask, kv, logits_to_keep)
+        if packed and logits is not None:  # padding gets zeros, as in the cached path
+            keep = logits_index(logits_to_keep, input_ids.shape[1])
+            logits = logits * (real if keep is None else real[:, keep])[..., None]
         out = TDACausalLMOutput(loss=loss, logits=logits, cache=kv, past_key_values=kv)
         if return_dict is False:
             return out.to_tuple()
