@@ -5,12 +5,13 @@
 #   1. benchmarks/bench_train.py at 1K and 8K eager and 1K compiled (TDA against softmax on SDPA's default
 #      backend and on flash) with a torch.profiler table of one TDA step at 1K: where the 1K step's time goes;
 #      then TDA's eager step without the fused q/k/v projection (--without fused-projection), the A/B of
-#      that part in the same run;
+#      that part in the same run; TDA and softmax at 8K and 32K with every block recomputed
+#      (--activation-checkpoint 1: speed and peak memory); the loss's row kernel over its launch configs;
 #   2. benchmarks/packing_step.py: training-step tokens/s, plain windows against packed documents, with the
 #      top kernels of one packed step (mean document 1024) per attention; then the same compiled;
 #   3. benchmarks/check_fsdp_gpu.py: FSDP2 on CUDA (nccl, bf16, eager and compiled, consolidate, resume).
 # Logs and JSON go to $OUT (default ./gpu-training-out); TABLE=1 adds the full context table (1K-32K,
-# compiled at COMPILE_CONTEXTS, default 1K and 8K). About 5-6 minutes on an H100 without TABLE.
+# compiled at COMPILE_CONTEXTS, default 1K and 8K). About 6-7 minutes on an H100 without TABLE.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_training.sh
 set -uo pipefail
@@ -27,6 +28,11 @@ python benchmarks/bench_train.py --contexts 1024,8192 --compile-contexts 1024 --
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_train.py --contexts 1024,8192 --compile-contexts '' --variants tda \
     --without fused-projection --json "$OUT/train-without-projection.json" 2>&1 | tee -a "$OUT/train-step.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python benchmarks/bench_train.py --contexts 8192,32768 --compile-contexts '' --variants tda,softmax \
+    --activation-checkpoint 1 2>&1 | tee -a "$OUT/train-step.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python benchmarks/bench_cross_entropy.py 2>&1 | tee -a "$OUT/train-step.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/packing_step.py --profile 1024 2>&1 | tee "$OUT/packing_step.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
