@@ -305,3 +305,33 @@ def test_generate_without_cache_on_a_left_padded_batch_equals_each_prompt_alone(
                          use_cache=False)
     for row, p in zip(out, prompts):
         assert torch.equal(row[-6:], model.model.generate(p[None], 6, temperature=0)[0, -6:])
+
+
+def test_lora_adapters_on_the_projections_take_effect(monkeypatch):
+    """PEFT LoRA on TDA's q/k/v projections: the adapters change the logits, equal to a model with every fused
+    path refused, and train (their gradients are non-zero). The device test of the fused projection is lifted,
+    so the interpreter would run it here as eager CUDA does: it must step aside for the adapted Linears."""
+    peft = pytest.importorskip("peft")
+    import tda.layers.common as common
+    from tda.layers import RotaryEmbedding as Rope
+
+    monkeypatch.setattr(common, "_eager_cuda_rows", lambda x, offset, positions: not isinstance(offset, torch.Tensor))
+    model = peft.get_peft_model(tiny("tda"), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                             target_modules=["q_proj", "k_proj", "v_proj"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # LoRA starts at B = 0; give the adapters something to add
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randint(0, 61, (2, 10))
+    adapted = model(input_ids=x).logits
+    with model.disable_adapter():
+        base = model(input_ids=x).logits
+    assert (adapted - base).abs().max() > 1e-3
+    with monkeypatch.context() as m:
+        m.setattr(Rope, "project", lambda *a, **k: None)
+        torch.testing.assert_close(adapted, model(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+    model.train()
+    model(input_ids=x, labels=x).loss.backward()
+    lora = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert lora and all(g is not None and g.abs().sum() > 0 for g in lora)

@@ -176,3 +176,43 @@ def test_model_with_fused_projection_matches_plain(monkeypatch, packed):
     torch.testing.assert_close(loss, plain, rtol=1e-10, atol=1e-10)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_hooked_or_replaced_projections_keep_their_forward(monkeypatch):
+    """The fused projection reads the three Linears' weights and never calls them, so it must not take a layer
+    whose projection has a forward hook or is not a plain nn.Linear (a LoRA adapter, a quantized Linear): that
+    forward would be skipped. Such a layer projects through its modules, the others stay fused; the same for
+    the chunked loss and a hooked or replaced LM head. Device test lifted: the interpreter runs the kernel."""
+    import tda.layers.common as common
+    from tda.models import GPT
+
+    monkeypatch.setattr(common, "_eager_cuda_rows", lambda x, offset, positions: not isinstance(offset, torch.Tensor))
+    calls = []
+    real = pr.project_rope
+    monkeypatch.setattr(pr, "project_rope", lambda *a: calls.append(1) or real(*a))
+
+    class Scaled(torch.nn.Linear):  # an nn.Linear subclass with its own forward, as adapters have
+        def forward(self, x):
+            return 1.5 * super().forward(x)
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=3, n_head=2, n_embd=32, attention="tda")
+    model = GPT(cfg).to(DEV).double()
+    x = torch.randint(0, 61, (2, 16), device=DEV)
+    bump = lambda mod, inp, out: out + 0.25  # noqa: E731
+    model.blocks[0].attn.q_proj.register_forward_hook(bump)
+    old = model.blocks[1].attn.v_proj
+    model.blocks[1].attn.v_proj = Scaled(old.in_features, old.out_features, bias=False).to(DEV).double()
+    model.blocks[1].attn.v_proj.weight.data.copy_(old.weight)
+    model.lm_head.register_forward_hook(lambda mod, inp, out: out * 0.5)
+
+    # the reference: every module called (the fused paths refused outright)
+    monkeypatch.setattr(RotaryEmbedding, "project", lambda *a, **k: None)
+    logits = model(x)
+    want = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 61), x.reshape(-1))  # as GPT's plain loss
+    monkeypatch.undo()
+    monkeypatch.setattr(common, "_eager_cuda_rows", lambda x, offset, positions: not isinstance(offset, torch.Tensor))
+    monkeypatch.setattr(pr, "project_rope", lambda *a: calls.append(1) or real(*a))
+    _, loss = model(x, x, return_logits=False)
+    assert len(calls) == 1  # only the third block's plain Linears go fused
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)

@@ -154,12 +154,12 @@ class RotaryEmbedding(nn.Module):
     def project(self, x, linears, heads: tuple, position_offset=0, positions: torch.Tensor | None = None):
         """(self(q), self(k), v) for q, k, v = the nn.Linear `linears` applied to x, heads = (hq, hk, hv) heads
         of head_dim, as one GEMM over their concatenated weights and one fused RoPE launch each way
-        (tda.ops.triton.project_rope), on eager CUDA where the kernel takes them; None elsewhere (the caller
-        then projects and rotates as usual)."""
+        (tda.ops.triton.project_rope), on eager CUDA where the kernel takes them and every Linear is plain
+        (plain_linear); None elsewhere (the caller then projects and rotates as usual)."""
         if not _eager_cuda_rows(x, position_offset, positions):
             return None
         fused = _fused_project_rope()
-        if fused is None or len({lin.bias is None for lin in linears}) != 1:
+        if fused is None or not all(map(plain_linear, linears)) or len({lin.bias is None for lin in linears}) != 1:
             return None
         weight = torch.cat([lin.weight for lin in linears])  # small next to x; autograd splits its gradient
         cos, sin = self._tables(x.shape[1], position_offset, positions, x.device, fused.compute_dtype(x, weight))
@@ -198,6 +198,15 @@ class RotaryEmbedding(nn.Module):
                 return fused.rope(x, cos, sin)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def plain_linear(module) -> bool:
+    """Whether `module` computes x W^T + b and nothing else: exactly an nn.Linear, with no forward hooks of its
+    own or global ones. The fused paths read such a module's weight instead of calling it, which would skip
+    what a subclass (a LoRA adapter, a quantized Linear) or a hook adds."""
+    from torch.nn.modules import module as _m
+    return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+            and not getattr(_m, "_global_forward_hooks", None) and not getattr(_m, "_global_forward_pre_hooks", None))
 
 
 def _eager_cuda_rows(x, position_offset, positions) -> bool:

@@ -18,6 +18,7 @@ import torch.utils.checkpoint
 
 from .config import GPTConfig
 from ..layers import RMSNorm, RotaryEmbedding, build_attention
+from ..layers.common import plain_linear
 from ..ops import cross_entropy as linear_ce
 from ..ops.varlen import PackedDocuments
 from . import generate as _generate
@@ -179,7 +180,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(self.ln_f(x if keep is None else x[:, keep]))
         h = self.ln_f(x)
-        if not return_logits and linear_ce.supported(h, self.lm_head.weight):
+        # the chunked loss reads the head's weight instead of calling it: only a plain, unhooked Linear
+        if not return_logits and plain_linear(self.lm_head) and linear_ce.supported(h, self.lm_head.weight):
             # compiled, the graph ends at h: the loss runs eagerly (its Triton row pass, its chunk loop)
             loss_fn = _eager_linear_ce if torch.compiler.is_compiling() else linear_ce.linear_cross_entropy
             return None, loss_fn(h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1), -1)
