@@ -335,3 +335,25 @@ def test_lora_adapters_on_the_projections_take_effect(monkeypatch):
     model(input_ids=x, labels=x).loss.backward()
     lora = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert lora and all(g is not None and g.abs().sum() > 0 for g in lora)
+
+
+def test_inputs_embeds_forward_and_generate():
+    """inputs_embeds in place of input_ids: the same logits and loss, a left-padded cached prefill included;
+    generate(inputs_embeds=...) draws the tokens generate(input_ids) draws after the prompt."""
+    model = tiny("tda")
+    x = torch.randint(0, 61, (2, 7))
+    e = model.get_input_embeddings()(x).detach()
+    torch.testing.assert_close(model(inputs_embeds=e).logits, model(x).logits, rtol=0, atol=0)
+    torch.testing.assert_close(model(inputs_embeds=e, labels=x).loss, model(x, labels=x).loss, rtol=0, atol=0)
+    mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
+    for kv in (None, model.new_cache(2)):
+        torch.testing.assert_close(model(inputs_embeds=e, attention_mask=mask, past_key_values=kv).logits,
+                                   model(x, attention_mask=mask, past_key_values=model.new_cache(2)).logits,
+                                   rtol=1e-6, atol=1e-6)
+    ids = model.generate(x, max_new_tokens=6, do_sample=False)
+    from_embeds = model.generate(inputs_embeds=e, max_new_tokens=6, do_sample=False)
+    assert torch.equal(from_embeds[:, -6:], ids[:, -6:])
+    with pytest.raises(ValueError, match="one of them"):
+        model(x, inputs_embeds=e)
+    with pytest.raises(ValueError, match="needs the KV cache"):  # the uncached step would have only new tokens
+        model.prepare_inputs_for_generation(x[:, :0], inputs_embeds=e, use_cache=False)

@@ -221,3 +221,33 @@ def test_activation_checkpointing_recomputes_and_keeps_the_gradients(attention, 
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="every"):
             model.set_activation_checkpointing(bad)
+
+
+@pytest.mark.parametrize("attention", ["tda", "softmax"])
+def test_inputs_embeds_stand_for_the_tokens(attention):
+    """inputs_embeds = the tokens' embeddings gives the tokens' logits and loss, plain, packed and through a KV
+    cache; a soft prompt (embeddings of no token) changes them; bad input names the argument."""
+    torch.manual_seed(0)
+    model = GPT(tiny(attention)).eval()
+    x, t = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    e = model.wte(x).detach()
+    torch.testing.assert_close(model(inputs_embeds=e), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(model(targets=t, inputs_embeds=e)[1], model(x, t)[1], rtol=0, atol=0)
+    cu = torch.tensor([0, 5, 12, 20, 24], dtype=torch.int32)
+    torch.testing.assert_close(model(inputs_embeds=e, cu_seqlens=cu, max_seqlen=8),
+                               model(x, cu_seqlens=cu, max_seqlen=8), rtol=0, atol=0)
+    cache = model.new_cache(2, 16)
+    prefill = model(inputs_embeds=e[:, :10], cache=cache, logits_to_keep=1)
+    step = model(x[:, 10:11], cache=cache)
+    full = model(x)
+    torch.testing.assert_close(prefill[:, 0], full[:, 9], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step[:, 0], full[:, 10], rtol=1e-5, atol=1e-5)
+    soft = e.clone()
+    soft[:, :3] = torch.randn(2, 3, 32)
+    assert not torch.allclose(model(inputs_embeds=soft)[:, -1], full[:, -1])
+    with pytest.raises(ValueError, match="not both"):
+        model(x, inputs_embeds=e)
+    with pytest.raises(ValueError, match="input_ids is required"):
+        model()
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        model(inputs_embeds=e[..., :16])

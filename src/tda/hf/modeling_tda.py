@@ -168,29 +168,37 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
         return past_key_values.reorder_cache(beam_idx)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True,
-                                      cache=None, **kwargs):
+                                      cache=None, inputs_embeds=None, **kwargs):
         kv = cache if cache is not None else past_key_values
         if kv is not None and not isinstance(kv, KVCache):
             raise ValueError(f"TDAForCausalLM generates over a tda.models.KVCache, got {type(kv).__name__}")
+        embeds = inputs_embeds
         if use_cache is False:
+            if embeds is not None:
+                raise ValueError("inputs_embeds: generating from embeddings needs the KV cache (use_cache=True)")
             return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if kv is None:
-            kv = self.new_cache(input_ids.shape[0], max(self.config.block_size, input_ids.shape[1]))
-        # the tokens the cache has not seen yet (one per step once prefilled)
-        n_seen = input_ids.shape[1] if kv.seqlens.any() else 0
-        if n_seen:
-            input_ids = input_ids[:, -1:]
-        inputs = {"input_ids": input_ids, "past_key_values": kv, "attention_mask": attention_mask, "use_cache": True}
+            n = input_ids.shape[1] if embeds is None else embeds.shape[1]
+            kv = self.new_cache(input_ids.shape[0], max(self.config.block_size, n))
+        inputs = {"past_key_values": kv, "attention_mask": attention_mask, "use_cache": True}
+        if kv.seqlens.any():  # prefilled: the one token the cache has not seen yet
+            inputs["input_ids"] = input_ids[:, -1:]
+        elif embeds is not None:  # the prefill of a prompt given as embeddings (input_ids is then empty)
+            inputs["inputs_embeds"] = embeds
+        else:
+            inputs["input_ids"] = input_ids
         if "logits_to_keep" in kwargs:  # generate() asks for the last position's logits only
             inputs["logits_to_keep"] = kwargs["logits_to_keep"]
         return inputs
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, labels=None, use_cache=None,
                 return_dict=None, cache=None, logits_to_keep=0, num_items_in_batch=None, skip_logits=None,
-                **kwargs):
+                inputs_embeds=None, **kwargs):
         """Logits (B, N, vocab); with labels (B, N), the next-token loss (labels == -100 ignored). With a
         KVCache (past_key_values or cache), the cached call described in the module docstring.
 
+        inputs_embeds (B, N, hidden_size): embeddings in place of input_ids (soft prompts); generate() takes
+        them for the prompt, then feeds the tokens it draws.
         logits_to_keep: logits of the last k positions only (0: all; generate() passes 1 for the prefill), or
         of the positions a 1-D index tensor names. The loss still covers every position.
         num_items_in_batch: the loss is the sum over tokens divided by this count instead of their mean, as
@@ -199,15 +207,17 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
         (tda.ops.cross_entropy), which never holds the (B, N, vocab) logits; by default on in training mode
         with labels and gradients, where the Trainer reads only the loss.
         """
-        if input_ids is None:
-            raise ValueError("input_ids is required (inputs_embeds is not supported)")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass input_ids or inputs_embeds (one of them)")
+        shape = tuple(input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2])
+        tokens = {"input_ids": input_ids, "inputs_embeds": inputs_embeds}
         kv = cache if cache is not None else past_key_values
         if kv is not None and not isinstance(kv, KVCache):
             raise ValueError(f"past_key_values must be a tda.models.KVCache (see new_cache), got {type(kv).__name__}")
         if kv is not None and labels is not None:
             raise ValueError("labels: the loss is computed without a KV cache (pass use_cache=False)")
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        if labels is not None and tuple(labels.shape) != shape:
+            raise ValueError(f"labels must have the input's shape {shape}, got {tuple(labels.shape)}")
         if skip_logits is None:
             skip_logits = labels is not None and self.training and torch.is_grad_enabled()
         if skip_logits and labels is None:
@@ -217,32 +227,32 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
         # padding nor anything but themselves, from position 0 (what the cached path gets by running rows alone)
         real, packed = None, {}
         if kv is None and attention_mask is not None:
-            real, packed = _padded_documents(attention_mask, input_ids.shape)
+            real, packed = _padded_documents(attention_mask, shape)
         if labels is not None:
             # position i predicts labels[i + 1]; the last position predicts nothing. GPT ignores -1.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             if real is not None:  # nor does padding
                 targets = targets.masked_fill(~real, -100)
             targets = torch.where(targets == -100, -1, targets)
-            logits, loss = self.model(input_ids, targets, return_logits=not skip_logits,
-                                      logits_to_keep=logits_to_keep, **packed)
+            logits, loss = self.model(targets=targets, return_logits=not skip_logits, logits_to_keep=logits_to_keep,
+                                      **tokens, **packed)
             if num_items_in_batch is not None:  # mean over this batch's tokens -> sum / the accumulated count
                 n = (targets != -1).sum()
                 loss = torch.where(n > 0, loss * n, 0.0) / num_items_in_batch  # no counted token: adds 0
         elif kv is None:
-            logits = self.model(input_ids, logits_to_keep=logits_to_keep, **packed)
+            logits = self.model(logits_to_keep=logits_to_keep, **tokens, **packed)
         else:
-            logits = self._cached_forward(input_ids, attention_mask, kv, logits_to_keep)
+            logits = self._cached_forward(tokens, shape, attention_mask, kv, logits_to_keep)
         if packed and logits is not None:  # padding gets zeros, as in the cached path
-            keep = logits_index(logits_to_keep, input_ids.shape[1])
+            keep = logits_index(logits_to_keep, shape[1])
             logits = logits * (real if keep is None else real[:, keep])[..., None]
         out = TDACausalLMOutput(loss=loss, logits=logits, cache=kv, past_key_values=kv)
         if return_dict is False:
             return out.to_tuple()
         return out
 
-    def _cached_forward(self, input_ids, attention_mask, kv: KVCache, logits_to_keep):
-        B, N = input_ids.shape
+    def _cached_forward(self, tokens: dict, shape, attention_mask, kv: KVCache, logits_to_keep):
+        B, N = shape
         if kv.batch_size != B:
             raise ValueError(f"past_key_values was built for batch size {kv.batch_size}, input_ids has {B} rows")
         longest = int(kv.seqlens.max())
@@ -250,21 +260,21 @@ class TDAForCausalLM(TDAPreTrainedModel, GenerationMixin):
             _grow(kv, longest + N)
         padded = attention_mask is not None and longest == 0 and not bool(attention_mask[:, -N:].all())
         if not padded:
-            return self.model(input_ids, cache=kv, logits_to_keep=logits_to_keep)
+            return self.model(cache=kv, logits_to_keep=logits_to_keep, **tokens)
         # a padded prompt batch: each row's real tokens alone into its row of the cache, logits put back at
         # those tokens' places among the kept positions (padding gets zeros)
-        window = torch.zeros(N, dtype=torch.bool, device=input_ids.device)
+        window = torch.zeros(N, dtype=torch.bool, device=attention_mask.device)
         keep = logits_index(logits_to_keep, N)
         window[slice(None) if keep is None else keep] = True
-        logits = torch.zeros(B, int(window.sum()), self.config.vocab_size, device=input_ids.device,
+        logits = torch.zeros(B, int(window.sum()), self.config.vocab_size, device=window.device,
                              dtype=self.model.lm_head.weight.dtype)
         real = attention_mask[:, -N:].bool()
         for b in range(B):
             if not real[b].any():
                 continue
             wanted = window[real[b]].nonzero().squeeze(1)  # among the row's real tokens, those kept
-            row = self.model(input_ids[b:b + 1, real[b]], cache=kv.row(b),
-                             logits_to_keep=wanted if len(wanted) else 1)
+            row_tokens = {k: None if t is None else t[b:b + 1, real[b]] for k, t in tokens.items()}
+            row = self.model(cache=kv.row(b), logits_to_keep=wanted if len(wanted) else 1, **row_tokens)
             if len(wanted):
                 logits[b, real[b][window]] = row[0].to(logits.dtype)
         return logits

@@ -122,10 +122,13 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() if non_embedding else n
 
-    def forward(self, input_ids, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
+    def forward(self, input_ids=None, targets=None, position_offset: int = 0, cache: KVCache | None = None, *,
                 cu_seqlens=None, max_seqlen=None, docs: PackedDocuments | None = None, return_logits: bool = True,
-                logits_to_keep: int | torch.Tensor = 0):
+                logits_to_keep: int | torch.Tensor = 0, inputs_embeds: torch.Tensor | None = None):
         """Logits (B, N, vocab); with targets, (logits, mean cross-entropy) — targets == -1 are ignored.
+
+        inputs_embeds (B, N, n_embd): the token embeddings themselves, instead of input_ids (soft prompts,
+        other modalities' features); everything else is as for the tokens they stand for.
 
         logits_to_keep: the logits of the last k positions only (B, k, vocab) (0: all), or of the positions a
         1-D index tensor names; a prefill that needs only the next token's logits passes 1, and never writes
@@ -146,37 +149,35 @@ class GPT(nn.Module):
         docs: the same, prebuilt (PackedDocuments.build, on the host) instead of cu_seqlens / max_seqlen: what
         a compiled model takes, since nothing of it is then read on the host inside the forward.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
-        keep = logits_index(logits_to_keep, input_ids.shape[1])
+        shape, device = self._input_shape(input_ids, inputs_embeds)
+        keep = logits_index(logits_to_keep, shape[1])
         if docs is not None:
             if cu_seqlens is not None or max_seqlen is not None:
                 raise ValueError("docs: pass either docs or cu_seqlens / max_seqlen, not both")
             if cache is not None or position_offset:
                 raise ValueError("docs: packed documents take no KV cache and no position_offset")
-            if tuple(docs.shape) != tuple(input_ids.shape):
-                raise ValueError(f"docs: built for a {tuple(docs.shape)} batch, input_ids is "
-                                 f"{tuple(input_ids.shape)}")
+            if tuple(docs.shape) != shape:
+                raise ValueError(f"docs: built for a {tuple(docs.shape)} batch, the input is {shape}")
         elif cu_seqlens is not None:
             if cache is not None:
                 raise ValueError("cu_seqlens: packed documents cannot be combined with a KV cache (cache)")
             if position_offset:
                 raise ValueError(f"position_offset must be 0 with cu_seqlens (packed documents start at 0), "
                                  f"got {position_offset}")
-            docs = PackedDocuments.build(cu_seqlens, max_seqlen, *input_ids.shape, input_ids.device)
+            docs = PackedDocuments.build(cu_seqlens, max_seqlen, *shape, device)
         elif max_seqlen is not None:
             raise ValueError("max_seqlen: given without cu_seqlens")
         layer_caches = [None] * len(self.blocks)
         if cache is not None:
-            position_offset, layer_caches = self._cache_step(input_ids, position_offset, cache)
-        x = self.drop(self.wte(input_ids))
+            position_offset, layer_caches = self._cache_step(shape, position_offset, cache)
+        x = self.drop(self.wte(input_ids) if inputs_embeds is None else inputs_embeds)
         # a (B,) offsets tensor (sequences of different lengths in a cache): RoPE angles once for all layers
         shared = self.rope.shared_angles() if isinstance(position_offset, torch.Tensor) else contextlib.nullcontext()
         with shared:
             for block, layer_cache in zip(self.blocks, layer_caches):
                 x = block(x, self.rope, position_offset, docs=docs, cache=layer_cache)
         if cache is not None:
-            cache.advance(input_ids.shape[1])
+            cache.advance(shape[1])
         if targets is None:
             return self.lm_head(self.ln_f(x if keep is None else x[:, keep]))
         h = self.ln_f(x)
@@ -191,15 +192,30 @@ class GPT(nn.Module):
             return None, loss
         return (logits if keep is None else logits[:, keep]), loss
 
-    def _cache_step(self, input_ids, position_offset, cache):
+    def _input_shape(self, input_ids, inputs_embeds) -> tuple:
+        """((B, N), device) of the call's tokens, given as ids (B, N) or as embeddings (B, N, n_embd)."""
+        if inputs_embeds is not None:
+            if input_ids is not None:
+                raise ValueError("pass input_ids or inputs_embeds, not both")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[2] != self.config.n_embd:
+                raise ValueError(f"inputs_embeds must be (B, N, {self.config.n_embd}), got shape "
+                                 f"{tuple(inputs_embeds.shape)}")
+            return tuple(inputs_embeds.shape[:2]), inputs_embeds.device
+        if input_ids is None:
+            raise ValueError("input_ids is required (or inputs_embeds)")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
+        return tuple(input_ids.shape), input_ids.device
+
+    def _cache_step(self, shape, position_offset, cache):
         """(positions the new tokens start at: an int, or a (B,) tensor when sequences differ or the cache is
-        static; per-layer views of the cache) for one cached call; one host read of the lengths per call,
-        none in static decoding."""
-        B, N = input_ids.shape
+        static; per-layer views of the cache) for one cached call of shape (B, N); one host read of the lengths
+        per call, none in static decoding."""
+        B, N = shape
         if position_offset != 0:
             raise ValueError("position_offset must be 0 with a cache: positions come from cache.seqlens")
         if cache.batch_size != B:
-            raise ValueError(f"cache was built for batch size {cache.batch_size}, input_ids has {B} rows: "
+            raise ValueError(f"cache was built for batch size {cache.batch_size}, the input has {B} rows: "
                              f"build a KVCache per batch size (KVCache.for_model(model, {B}, max_seqlen))")
         if len(cache.layers) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(self.blocks)}")
