@@ -103,17 +103,23 @@ def host_time(step, x, device: str, reps: int = 3) -> float:
     return best
 
 
-def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: bool, args) -> Row:
-    mode = "compile" if compile_ else "eager"
+def build_step(base: GPTConfig, variant: str, context: int, batch: int, compile_: bool, args) -> tuple:
+    """(step, x): a fresh seeded model of `variant` (its MLP matched to softmax's parameters) at `context`, its
+    optimizer and training step (compiled with compile_), and a batch of random tokens."""
     attention = "softmax" if variant.startswith("softmax") else variant
     cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
-    dev = args.device
     torch.manual_seed(0)
-    model = GPT(cfg).to(dev).set_activation_checkpointing(args.activation_checkpoint)
-    opt = model.configure_optimizer(0.1, 1e-3, device_type=dev)
+    model = GPT(cfg).to(args.device).set_activation_checkpointing(args.activation_checkpoint)
+    opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
     fwd = torch.compile(model) if compile_ else model
-    step = make_step(fwd, opt, dev, "chunked-loss" not in args.without)
-    x = torch.randint(0, cfg.vocab_size, (batch, context), device=dev)
+    step = make_step(fwd, opt, args.device, "chunked-loss" not in args.without)
+    return step, torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
+
+
+def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: bool, args) -> Row:
+    mode = "compile" if compile_ else "eager"
+    dev = args.device
+    step, x = build_step(base, variant, context, batch, compile_, args)
     try:
         with sdpa_context(variant, dev):
             for _ in range(args.warmup):
@@ -136,7 +142,7 @@ def run_one(base: GPTConfig, variant: str, context: int, batch: int, compile_: b
     except RuntimeError as e:  # e.g. no flash kernel for this device / dtype
         return Row(context, batch, mode, variant, None, None, None, str(e).splitlines()[0][:80])
     finally:
-        del model, opt, fwd, step
+        del step, x  # the step's closure holds the model and its optimizer
         gc.collect()
         if dev == "cuda":
             torch.cuda.empty_cache()
@@ -173,14 +179,7 @@ def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20
     explain a miss; with --profile-host also its top ops by host time."""
     from torch.profiler import ProfilerActivity, profile
     variant = args.profile_variant
-    attention = "softmax" if variant.startswith("softmax") else variant
-    cfg = dataclasses.replace(matched_config(base, attention, multiple_of=32), block_size=context)
-    torch.manual_seed(0)
-    model = GPT(cfg).to(args.device).set_activation_checkpointing(args.activation_checkpoint)
-    opt = model.configure_optimizer(0.1, 1e-3, device_type=args.device)
-    fwd = torch.compile(model) if args.profile_compile else model
-    step = make_step(fwd, opt, args.device, "chunked-loss" not in args.without)
-    x = torch.randint(0, cfg.vocab_size, (batch, context), device=args.device)
+    step, x = build_step(base, variant, context, batch, args.profile_compile, args)
     with sdpa_context(variant, args.device):
         for _ in range(2):
             step(x)

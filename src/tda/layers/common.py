@@ -2,37 +2,33 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _nn_module  # the global forward hooks
 
 
-def _fused_rope():
-    """tda.ops.triton.rope, or None where triton is not installed."""
+def _triton_module(name: str):
+    """tda.ops.triton.<name>, or None where triton is not installed."""
     try:
-        from ..ops.triton import rope
+        return importlib.import_module(f"..ops.triton.{name}", __package__)
     except ImportError:
         return None
-    return rope
+
+
+# the fused paths' loaders, one per module (benchmarks/bench_train.py --without swaps them for the run)
+def _fused_rope():
+    return _triton_module("rope")
 
 
 def _fused_project_rope():
-    """tda.ops.triton.project_rope, or None where triton is not installed."""
-    try:
-        from ..ops.triton import project_rope
-    except ImportError:
-        return None
-    return project_rope
+    return _triton_module("project_rope")
 
 
 def _fused_rms_norm():
-    """tda.ops.triton.rms_norm, or None where triton is not installed."""
-    try:
-        from ..ops.triton import rms_norm
-    except ImportError:
-        return None
-    return rms_norm
+    return _triton_module("rms_norm")
 
 
 class RMSNorm(nn.Module):
@@ -204,9 +200,9 @@ def plain_linear(module) -> bool:
     """Whether `module` computes x W^T + b and nothing else: exactly an nn.Linear, with no forward hooks of its
     own or global ones. The fused paths read such a module's weight instead of calling it, which would skip
     what a subclass (a LoRA adapter, a quantized Linear) or a hook adds."""
-    from torch.nn.modules import module as _m
     return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
-            and not getattr(_m, "_global_forward_hooks", None) and not getattr(_m, "_global_forward_pre_hooks", None))
+            and not getattr(_nn_module, "_global_forward_hooks", None)
+            and not getattr(_nn_module, "_global_forward_pre_hooks", None))
 
 
 def _eager_cuda_rows(x, position_offset, positions) -> bool:
