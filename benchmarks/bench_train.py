@@ -174,11 +174,10 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20):
-    """Top CUDA kernels of one step of --profile-variant (after warm-up; compiled with --profile-compile), to
-    explain a miss; with --profile-host also its top ops by host time."""
+def profile_step(base: GPTConfig, context: int, batch: int, args, variant: str, rows: int = 20) -> dict:
+    """Top CUDA kernels of one step of `variant` (after warm-up; compiled with --profile-compile), to explain a
+    miss; with --profile-host also its top ops by host time. Returns the step's GPU ms per kernel category."""
     from torch.profiler import ProfilerActivity, profile
-    variant = args.profile_variant
     step, x = build_step(base, variant, context, batch, args.profile_compile, args)
     with sdpa_context(variant, args.device):
         for _ in range(2):
@@ -192,9 +191,11 @@ def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20
     mode = "compiled" if args.profile_compile else "eager"
     print(f"\n== one {mode} {variant} step at context {context} x batch {batch}: top kernels", flush=True)
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70))
+    cats = {}
     if args.device == "cuda":
         busy, span = gpu_busy(prof)
         print(f"GPU busy {busy:.1f} ms of the step's {span:.1f} ms kernel span (idle: waiting on the host)")
+        cats = kernel_categories(prof)
     if args.profile_host:
         print(f"\n== the same step: top ops by host time", flush=True)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=2 * rows,
@@ -207,6 +208,54 @@ def profile_step(base: GPTConfig, context: int, batch: int, args, rows: int = 20
             sync(args.device)
         print("== the same step under cProfile: top Python functions by own time", flush=True)
         pstats.Stats(py).sort_stats("tottime").print_stats(rows)
+    del step, x
+    gc.collect()
+    if args.profile_compile:
+        torch._dynamo.reset()
+    return cats
+
+
+# kernel name fragments -> category, first match wins (cuBLAS / cuDNN / Triton / inductor / ATen names)
+CATEGORIES = (
+    ("attention", ("attention_fwd", "attention_bwd", "inv_norm_kernel", "flash", "fmha", "cudnn", "sdpa", "attn")),
+    ("loss", ("_ce_", "cross_entropy")),
+    ("rms norm", ("rms_norm",)),
+    ("rope", ("rope", "_rotate")),
+    ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "sm80_", "triton_tem_")),
+    ("optimizer", ("multi_tensor", "adam", "foreach")),
+    ("inductor fused", ("triton_poi", "triton_red", "triton_per")),
+    ("copy / cast", ("copy", "to_copy", "cast")),
+    ("elementwise", ("elementwise", "reduce_kernel", "fill", "memset", "index")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for cat, frags in CATEGORIES:
+        if any(f in low for f in frags):
+            return cat
+    return "other"
+
+
+def kernel_categories(prof) -> dict:
+    """GPU ms of one profiled step per kernel category (CATEGORIES)."""
+    out: dict = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            cat = kernel_category(e.name)
+            out[cat] = out.get(cat, 0.0) + (e.time_range.end - e.time_range.start) / 1e3
+    return out
+
+
+def category_table(profiles: dict) -> str:
+    """One row per kernel category, one column per profiled variant (GPU ms of one step)."""
+    names = list(profiles)
+    cats = sorted({c for p in profiles.values() for c in p}, key=lambda c: -max(p.get(c, 0) for p in profiles.values()))
+    out = ["| kernels | " + " | ".join(f"{n} ms" for n in names) + " |", "|---" + "|---:" * len(names) + "|"]
+    for c in cats + ["total"]:
+        vals = [sum(p.values()) if c == "total" else p.get(c, 0.0) for p in profiles.values()]
+        out.append(f"| {c} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    return "\n".join(out)
 
 
 def gpu_busy(prof) -> tuple[float, float]:
@@ -246,7 +295,8 @@ def main(argv=None):
     ap.add_argument("--profile", type=int, default=0, metavar="CONTEXT",
                     help="also print the top CUDA kernels of one TDA step at this context")
     ap.add_argument("--profile-compile", action="store_true", help="profile a compiled step, not an eager one")
-    ap.add_argument("--profile-variant", default="tda", choices=VARIANTS, help="the variant --profile runs")
+    ap.add_argument("--profile-variant", default="tda",
+                    help="comma list of the variants --profile runs (then a table of GPU ms per kernel category)")
     ap.add_argument("--profile-host", action="store_true", help="--profile also lists the top ops by host time")
     ap.add_argument("--activation-checkpoint", type=int, default=0, metavar="K",
                     help="recompute every K-th block in the backward (as tda train's activation_checkpoint)")
@@ -262,9 +312,11 @@ def main(argv=None):
     if not args.all_contexts:
         raise SystemExit("--contexts / --compile-contexts: no context to run")
     variants = [v for v in args.variants.split(",") if v]
-    for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"--variants: unknown variant {v!r} (known: {', '.join(VARIANTS)})")
+    args.profile_variants = [v for v in args.profile_variant.split(",") if v]
+    for flag, names in (("--variants", variants), ("--profile-variant", args.profile_variants)):
+        for v in names:
+            if v not in VARIANTS:
+                raise SystemExit(f"{flag}: unknown variant {v!r} (known: {', '.join(VARIANTS)})")
     for c in args.contexts + compile_contexts:
         if c < 1 or args.tokens_per_step % c:
             raise SystemExit(f"--contexts: {c} does not divide --tokens-per-step {args.tokens_per_step}")
@@ -318,7 +370,12 @@ def run(args, variants, compile_contexts):
                        "activation_checkpoint": args.activation_checkpoint,
                        "model": dataclasses.asdict(base), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
     if args.profile:
-        profile_step(base, args.profile, max(1, args.tokens_per_step // args.profile), args)
+        batch = max(1, args.tokens_per_step // args.profile)
+        profiles = {v: profile_step(base, args.profile, batch, args, v) for v in args.profile_variants}
+        if any(profiles.values()):
+            mode = "compiled" if args.profile_compile else "eager"
+            print(f"\n== GPU time of one {mode} step at context {args.profile} by kernel category")
+            print(category_table(profiles))
     return rows
 
 

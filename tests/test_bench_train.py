@@ -80,3 +80,34 @@ def test_bench_train_activation_checkpoint(bench, tmp_path, monkeypatch):
                 "1", "--json", str(tmp_path / "b.json")])
     assert seen == [1, 1]
     assert json.loads((tmp_path / "b.json").read_text())["activation_checkpoint"] == 1
+
+
+def test_bench_train_kernel_categories(bench):
+    cat = bench.kernel_category
+    assert cat("attention_fwd_kernel") == cat("attention_bwd_kernel") == "attention"
+    assert cat("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert cat("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN") == "gemm"
+    assert cat("_ce_row_kernel") == "loss" and cat("_rms_norm_bwd_kernel") == "rms norm"
+    assert cat("triton_poi_fused__to_copy_add_0") == "inductor fused"
+    assert cat("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add>") == "elementwise"
+    assert cat("something_new") == "other"
+    text = bench.category_table({"tda": {"gemm": 3.0, "attention": 1.0}, "softmax": {"gemm": 2.5, "loss": 0.5}})
+    lines = text.splitlines()
+    assert lines[0] == "| kernels | tda ms | softmax ms |"
+    assert lines[2] == "| gemm | 3.00 | 2.50 |"  # the largest category first
+    assert lines[-1] == "| total | 4.00 | 3.00 |"
+
+
+def test_bench_train_profiles_several_variants(bench, capsys):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--tokens-per-step", "32", "--variants", "tda",
+                    "--compile-contexts", "", "--warmup", "1", "--steps", "1", "--profile", "16",
+                    "--profile-variant", "tda,softmax"])
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    assert "one eager tda step at context 16" in out and "one eager softmax step at context 16" in out
+    with pytest.raises(SystemExit, match="--profile-variant: unknown variant 'nope'"):
+        bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--profile-variant", "nope"])
