@@ -11,7 +11,8 @@ sees it) and peak allocated memory; TDA / softmax is against the faster softmax 
 step calls the model as `tda train` does (return_logits=False: the chunked linear cross-entropy, eager).
 --without takes parts of the step back to their plain torch form, for an A/B of what each is worth:
 "chunked-loss" (full logits and F.cross_entropy), "fused-norm" (RMSNorm as torch ops, not the Triton kernel),
-"fused-projection" (TDA's q, k and v as three nn.Linear calls and a RoPE launch, not one GEMM with RoPE fused).
+"fused-projection" (a layer's q, k and v as separate nn.Linear calls and a RoPE launch, not one GEMM with RoPE
+fused; TDA's and the softmax family's).
 
     PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
@@ -215,15 +216,17 @@ def profile_step(base: GPTConfig, context: int, batch: int, args, variant: str, 
     return cats
 
 
-# kernel name fragments -> category, first match wins (cuBLAS / cuDNN / Triton / inductor / ATen names)
+# kernel name fragments -> category, first match wins (inductor / cuBLAS / cuDNN / Triton / ATen names). Inductor's
+# kernels come first: it names a fused kernel after the ops it holds or feeds (RoPE before the attention op's
+# inputs reads "..._threshold_attention_fwd_..."), so their names say little about what they compute
 CATEGORIES = (
+    ("inductor fused", ("triton_poi", "triton_red", "triton_per")),
     ("attention", ("attention_fwd", "attention_bwd", "inv_norm_kernel", "flash", "fmha", "cudnn", "sdpa", "attn")),
     ("loss", ("_ce_", "cross_entropy")),
     ("rms norm", ("rms_norm",)),
     ("rope", ("rope", "_rotate")),
     ("gemm", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "sm80_", "triton_tem_")),
     ("optimizer", ("multi_tensor", "adam", "foreach")),
-    ("inductor fused", ("triton_poi", "triton_red", "triton_per")),
     ("copy / cast", ("copy", "to_copy", "cast")),
     ("elementwise", ("elementwise", "reduce_kernel", "fill", "memset", "index")),
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training on one GPU: the measurements docs/training.md reports, in one run, cheapest first.
 #   0. the tests of the step's fused parts on the GPU (RMSNorm, the chunked cross-entropy, the fused q/k/v
-#      projection with RoPE), which run under the Triton interpreter on CPU-only CI;
+#      projection with RoPE, the RoPE kernel), which run under the Triton interpreter on CPU-only CI;
 #   1. benchmarks/bench_train.py at 1K and 8K eager and 1K compiled (TDA against softmax on SDPA's default
 #      backend and on flash) with a torch.profiler table of one TDA step at 1K: where the 1K step's time goes;
 #      then TDA's eager step without the fused q/k/v projection (--without fused-projection), the A/B of
@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 rc=0
 python -m pytest -q -p no:cacheprovider tests/test_rms_norm_kernel.py tests/test_cross_entropy.py \
-    tests/test_project_rope.py 2>&1 | tee "$OUT/pytest-gpu.txt"
+    tests/test_project_rope.py tests/test_rope_kernel.py 2>&1 | tee "$OUT/pytest-gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_train.py --contexts 1024,8192 --compile-contexts 1024 --profile 1024 \
     --json "$OUT/train-step.json" 2>&1 | tee "$OUT/train-step.txt"

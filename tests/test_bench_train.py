@@ -89,6 +89,7 @@ def test_bench_train_kernel_categories(bench):
     assert cat("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN") == "gemm"
     assert cat("_ce_row_kernel") == "loss" and cat("_rms_norm_bwd_kernel") == "rms norm"
     assert cat("triton_poi_fused__to_copy_add_0") == "inductor fused"
+    assert cat("triton_poi_fused_add_mul_neg_threshold_attention_fwd_transpose_2") == "inductor fused"
     assert cat("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add>") == "elementwise"
     assert cat("something_new") == "other"
     text = bench.category_table({"tda": {"gemm": 3.0, "attention": 1.0}, "softmax": {"gemm": 2.5, "loss": 0.5}})

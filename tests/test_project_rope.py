@@ -142,11 +142,13 @@ def test_layer_dispatch(monkeypatch):
     assert len(calls) == (2 if DEV == "cuda" else 0)
 
 
+@pytest.mark.parametrize("attention", ["tda", "softmax", "gated_softmax", "ssmax"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_model_with_fused_projection_matches_plain(monkeypatch, packed):
-    """A whole TDA model (loss and every parameter's gradient) with its layers' views from the fused
-    projection equals the plain path, plain windows and packed documents (per-token positions): what eager
-    CUDA training runs, here with the device test lifted so the interpreter runs the kernel."""
+def test_model_with_fused_projection_matches_plain(monkeypatch, packed, attention):
+    """A whole model (loss and every parameter's gradient) with its layers' q, k, v from the fused projection
+    equals the plain path, plain windows and packed documents (per-token positions): what eager CUDA training
+    runs, here with the device test lifted so the interpreter runs the kernel. TDA projects q1|q2, k1|k2 and v
+    from three Linears, the softmax family q and k|v from two."""
     from tda.models import GPT
     from tda.ops.varlen import PackedDocuments
 
@@ -160,7 +162,7 @@ def test_model_with_fused_projection_matches_plain(monkeypatch, packed):
         return pr.project_rope(x, weight, None, heads, self.head_dim, cos, sin, positions)
 
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, attention="tda")
+    cfg = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, attention=attention)
     model = GPT(cfg).to(DEV).double()
     x = torch.randint(0, 61, (2, 24), device=DEV)
     kw = {}

@@ -70,7 +70,6 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     cos, sin = torch.ones(4, 12), torch.zeros(4, 12)
     assert not rope_k.supported(torch.randn(1, 1, 4, 12), cos, sin)  # D not a power of two
     x = torch.randn(1, 2, 4, 16)
-    assert not rope_k.supported(x[..., ::2].expand(1, 2, 4, 8), cos[:, :8], sin[:, :8])  # gapped strides
     # the layer takes the kernel on CUDA only (CPU tensors: the torch expression)
     calls = []
     monkeypatch.setattr(rope_k, "rope", lambda x, c, s, pos=None: calls.append(1) or torch_rope(
@@ -79,6 +78,35 @@ def test_rope_kernel_support_and_layer_dispatch(monkeypatch):
     rope(x.to(DEV), 2)
     rope(x.to(DEV), positions=torch.tensor([[0, 1, 0, 1]], device=DEV))  # packed documents too
     assert len(calls) == (2 if DEV == "cuda" else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rope_kernel_takes_gapped_and_expanded_views(dtype):
+    """Views that are not dense: softmax's k (half of the heads of one k|v projection, as SoftmaxAttention.qkv
+    splits it) and a broadcast one. Read in place, rotated into a dense tensor in the view's order of dims,
+    forward and gradient equal to the torch expression; paired with a dense q in one launch."""
+    g = torch.Generator().manual_seed(11)
+    B, N, H, D = 2, 19, 3, 16
+    cos, sin = (t[:N] for t in RotaryEmbedding(D, 500.0, 1.0, 64).to(DEV)._cos_sin(N, DEV, dtype))
+    kv = torch.randn(B, N, 2 * H * D, generator=g, dtype=dtype).to(DEV).requires_grad_()
+    k, _ = split_heads(kv, 2 * H, D).chunk(2, dim=1)
+    assert not rope_k._dense(k) and rope_k.supported(k, cos, sin)
+    y = rope_k.rope(k, cos, sin)
+    assert y.stride() == (N * H * D, D, H * D, 1)  # (B, N, H, D) memory, as k's own view orders it
+    ref = torch_rope(k.double(), cos.double(), sin.double())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+    dy = torch.randn(y.shape, generator=g, dtype=dtype).to(DEV)
+    got, = torch.autograd.grad(y, kv, dy)
+    want, = torch.autograd.grad(ref, kv, dy.double())
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-6, atol=1e-6)
+    assert got[..., H * D:].abs().max() == 0  # v's half of the projection gets nothing from k's rotation
+    q = split_heads(torch.randn(B, N, 2 * H * D, generator=g, dtype=dtype).to(DEV), 2 * H, D).requires_grad_()
+    yq, yk = rope_k.rope_pair(q, k, cos, sin)
+    assert torch.equal(yk, y) and torch.equal(yq, rope_k.rope(q, cos, sin))
+    e = torch.randn(1, 1, N, D, generator=g, dtype=dtype).to(DEV).expand(B, H, N, D)  # stride 0 over b, h
+    assert rope_k.supported(e, cos, sin)
+    torch.testing.assert_close(rope_k.rope(e, cos, sin).double(), torch_rope(e.double(), cos.double(), sin.double()),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_rope_kernel_compiles_for_sm90():

@@ -148,8 +148,9 @@ class RotaryEmbedding(nn.Module):
         return cos[position_offset:position_offset + n], sin[position_offset:position_offset + n]
 
     def project(self, x, linears, heads: tuple, position_offset=0, positions: torch.Tensor | None = None):
-        """(self(q), self(k), v) for q, k, v = the nn.Linear `linears` applied to x, heads = (hq, hk, hv) heads
-        of head_dim, as one GEMM over their concatenated weights and one fused RoPE launch each way
+        """(self(q), self(k), v) for [q | k | v] = the nn.Linear `linears`' outputs on x side by side (TDA: q, k
+        and v projections; the softmax family: q and k|v), heads = (hq, hk, hv) heads of head_dim, as one GEMM
+        over their concatenated weights and one fused RoPE launch each way
         (tda.ops.triton.project_rope), on eager CUDA where the kernel takes them and every Linear is plain
         (plain_linear); None elsewhere (the caller then projects and rotates as usual)."""
         if not _eager_cuda_rows(x, position_offset, positions):

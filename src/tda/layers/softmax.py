@@ -1,4 +1,5 @@
-"""Softmax attention baseline (PyTorch scaled_dot_product_attention: flash / memory-efficient kernels)."""
+"""Softmax attention baseline (PyTorch scaled_dot_product_attention: its default backend, cuDNN on Hopper,
+or flash / memory-efficient kernels)."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -18,6 +19,12 @@ class SoftmaxAttention(AttentionBase):
         self.dropout = c.dropout
 
     def qkv(self, x, rope, position_offset, docs=None):
+        H, Hk = self.n_head, self.n_kv_head
+        # eager CUDA: q and k|v as one GEMM with RoPE fused, as TDA's layer does (a fair eager baseline: no
+        # separate input casts, no concatenated dk|dv and no transposing copy of it in the backward)
+        fused = rope.project(x, (self.q_proj, self.kv_proj), (H, Hk, Hk), position_offset, doc_positions(docs))
+        if fused is not None:
+            return fused
         q = split_heads(self.q_proj(x), self.n_head, self.head_dim)
         k, v = split_heads(self.kv_proj(x), 2 * self.n_kv_head, self.head_dim).chunk(2, dim=1)
         q, k = rope.pair(q, k, position_offset, doc_positions(docs))  # one fused launch where both fit

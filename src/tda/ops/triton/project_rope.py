@@ -1,7 +1,8 @@
 """A layer's q, k and v projections as one GEMM, with RoPE on q and k in one fused launch, each way.
 
 TDA projects four q/k views and v from the same input: as three nn.Linear calls under autocast that is
-three casts of the input to bf16, three GEMMs, and backward three input gradients cast up and summed. Here
+three casts of the input to bf16, three GEMMs, and backward three input gradients cast up and summed (the
+softmax family: q and k|v, two of each, and k|v's gradient concatenated and transposed into place). Here
 x is cast once and multiplied once by the concatenated weight (the layer concatenates its projections'
 weights: the parameters and checkpoints stay as they are):
 

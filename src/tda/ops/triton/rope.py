@@ -8,8 +8,10 @@ in the GPU comparison model's eager TDA step they cost more than attention itsel
 each direction reads x (or dy) once and writes once, computing in fp32 (fp64 for fp64 inputs). The backward
 is the inverse rotation, dx = dy * cos - rotate_half(dy * sin): the same kernel with sin negated.
 
-Any strides in; the output has x's strides, and so does the gradient dx whatever dy's: a transposed head
-view stays a transposed view, so the gradient flows back through split_heads' view without a copy.
+Any strides in; the output has x's layout (x's own strides where x is dense; else x's order of dims,
+compacted), and so does the gradient dx whatever dy's: a transposed head view stays a transposed view, so
+the gradient flows back through split_heads' view without a copy. A gapped view (softmax's k, half of the
+heads of one k|v projection) is read in place and its rotation written dense.
 
 Rows sit at positions 0 .. N - 1 of the tables, or, given `positions` (B, N) (packed documents: every
 document restarts at 0), at those rows of the tables, read per batch row in the kernel (no gathered copy
@@ -70,17 +72,17 @@ _rope = FastKernel(_rope_kernel)  # a launch without Triton's per-call JIT dispa
 
 
 def _rotate(x, cos, sin, sign, stride=None, pos=None, x2=None, stride2=None, out=None, out2=None):
-    """rotate(x) into a new tensor with the given strides (default: x's own; x is dense, see supported()), or
-    into `out` (any strides); with x2 (the same batch and rows, its own heads), rotate(x2) too, in the same
-    launch (into out2 where given): returns (y, y2)."""
+    """rotate(x) into a new tensor with the given strides (default: layout(x)), or into `out` (any strides);
+    with x2 (the same batch and rows, its own heads), rotate(x2) too, in the same launch (into out2 where
+    given): returns (y, y2)."""
     B, H, N, D = x.shape
-    y = out if out is not None else torch.empty_like(x) if stride is None else \
-        torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device)
+    y = out if out is not None else \
+        torch.empty_strided(x.shape, stride or layout(x), dtype=x.dtype, device=x.device)
     two = x2 is not None
     y2 = None
     if two:
-        y2 = out2 if out2 is not None else torch.empty_like(x2) if stride2 is None else \
-            torch.empty_strided(x2.shape, stride2, dtype=x2.dtype, device=x2.device)
+        y2 = out2 if out2 is not None else \
+            torch.empty_strided(x2.shape, stride2 or layout(x2), dtype=x2.dtype, device=x2.device)
     H2 = x2.shape[1] if two else 0
     if B * N * D and H + H2:
         BLOCK_N = 16 if x.device.type == "cpu" else 32
@@ -97,8 +99,8 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin, pos=None):
         ctx.save_for_backward(cos, sin, pos)
-        ctx.x_stride = x.stride()
-        return _rotate(x, cos, sin, 1.0, pos=pos)
+        ctx.x_stride = layout(x)
+        return _rotate(x, cos, sin, 1.0, ctx.x_stride, pos=pos)
 
     @staticmethod
     def backward(ctx, dy):
@@ -114,14 +116,27 @@ class _RopePair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x2, cos, sin, pos=None):
         ctx.save_for_backward(cos, sin, pos)
-        ctx.strides = x.stride(), x2.stride()
-        return _rotate(x, cos, sin, 1.0, pos=pos, x2=x2)
+        ctx.strides = layout(x), layout(x2)
+        return _rotate(x, cos, sin, 1.0, ctx.strides[0], pos=pos, x2=x2, stride2=ctx.strides[1])
 
     @staticmethod
     def backward(ctx, dy, dy2):
         cos, sin, pos = ctx.saved_tensors
         dx, dx2 = _rotate(dy, cos, sin, -1.0, ctx.strides[0], pos, x2=dy2, stride2=ctx.strides[1])
         return dx, dx2, None, None, None
+
+
+def layout(x: torch.Tensor) -> tuple:
+    """Strides of a dense tensor shaped like x with x's order of dims (by stride, largest first): x's own
+    strides where x is dense, else x's layout compacted (a gapped or expanded view's output and gradient)."""
+    if _dense(x):
+        return x.stride()
+    order = sorted(range(x.dim()), key=lambda i: (x.stride(i), i), reverse=True)
+    out, step = [0] * x.dim(), 1
+    for i in reversed(order):
+        out[i] = step
+        step *= x.shape[i]
+    return tuple(out)
 
 
 def _dense(x: torch.Tensor) -> bool:
@@ -136,14 +151,14 @@ def _dense(x: torch.Tensor) -> bool:
 
 
 def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None = None) -> bool:
-    """Whether rope() takes these: x (B, H, N, D) with D a power of two >= 4 (Triton blocks), dense (no
-    overlapping or gapped strides, so empty_like keeps them), tables (N, D) with unit stride along D; with
+    """Whether rope() takes these: x (B, H, N, D) with D a power of two >= 4 (Triton blocks), any strides,
+    tables (N, D) with unit stride along D; with
     positions, an integer (B, N) tensor on x's device and tables of any number of rows (every position must
     be a row of them: the caller's promise, not checked here)."""
     D = x.shape[-1] if x.dim() == 4 else 0
     if D and x.shape[0] * x.shape[1] > MAX_GRID_Y:  # the grid's second axis (a pair launch checks its sum)
         return False
-    if not (D >= 4 and D & (D - 1) == 0 and _dense(x) and cos.shape == sin.shape and cos.dim() == 2
+    if not (D >= 4 and D & (D - 1) == 0 and cos.shape == sin.shape and cos.dim() == 2
             and cos.shape[1] == D and cos.stride(1) == 1 and sin.stride(1) == 1):
         return False
     if positions is None:
