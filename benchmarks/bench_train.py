@@ -14,7 +14,7 @@ step calls the model as `tda train` does (return_logits=False: the chunked linea
 "fused-projection" (a layer's q, k and v as separate nn.Linear calls and a RoPE launch, not one GEMM with RoPE
 fused; TDA's and the softmax family's).
 
-    PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~5 minutes)
+    PYTHONPATH=src python3 benchmarks/bench_train.py --json bench_train.json   (one H100: ~6 minutes)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192             (+ top CUDA kernels of a TDA step)
     PYTHONPATH=src python3 benchmarks/bench_train.py --profile 8192 --profile-compile   (the same, compiled)
     PYTHONPATH=src python3 benchmarks/bench_train.py --without chunked-loss,fused-norm   (the plain step)
@@ -288,7 +288,7 @@ def main(argv=None):
     ap.add_argument("--contexts", default="1024,4096,8192,16384,32768", help="comma list; 4k style allowed")
     ap.add_argument("--tokens-per-step", type=int, default=32768, help="batch = this / context")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--compile-contexts", default="1024,8192",
+    ap.add_argument("--compile-contexts", default="1024,4096,8192,16384,32768",
                     help="contexts also run under torch.compile (tda, softmax); '' for none")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)

@@ -11,7 +11,7 @@
 #      top kernels of one packed step (mean document 1024) per attention; then the same compiled;
 #   3. benchmarks/check_fsdp_gpu.py: FSDP2 on CUDA (nccl, bf16, eager and compiled, consolidate, resume).
 # Logs and JSON go to $OUT (default ./gpu-training-out); TABLE=1 adds the full context table (1K-32K,
-# compiled at COMPILE_CONTEXTS, default 1K and 8K). About 6-7 minutes on an H100 without TABLE.
+# compiled at COMPILE_CONTEXTS, default all five). About 6-7 minutes on an H100 without TABLE.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_training.sh
 set -uo pipefail
@@ -41,7 +41,7 @@ python benchmarks/packing_step.py --compile 2>&1 | tee "$OUT/packing_step_compil
 python benchmarks/check_fsdp_gpu.py 2>&1 | tee "$OUT/check_fsdp_gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 if [ "${TABLE:-0}" = 1 ]; then
-  python benchmarks/bench_train.py --compile-contexts "${COMPILE_CONTEXTS:-1024,8192}" \
+  python benchmarks/bench_train.py --compile-contexts "${COMPILE_CONTEXTS:-1024,4096,8192,16384,32768}" \
       --json "$OUT/train-table.json" 2>&1 | tee "$OUT/train-table.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 fi
