@@ -12,6 +12,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def needs_interpreter():
+    """Skip a test that runs the fused kernels on CPU tensors (or in fp64) under Triton's interpreter, where it is
+    off: on a GPU machine, whose CUDA tests and benchmarks/check_*.py run the kernels for real."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 (the CUDA tests cover a GPU machine)")
+
+
 # A 1-layer run of 4 steps on the bundled corpus: the training config the CLI tests start from.
 TINY_RUN_YAML = """
 data_dir: {data}

@@ -1,4 +1,5 @@
 """KV-cached generation against full forwards: every attention variant, with and without grouped-query heads."""
+import importlib.util
 import io
 import os
 
@@ -326,7 +327,8 @@ def test_bench_generate_smoke(tmp_path):
     assert all(r["tokens_per_s"] > 0 for r in res["rows"])
     # TDA keeps two unit-key views and v: 3/2 of softmax's k, v
     assert saved["cache_bytes_per_token"]["tda"] * 2 == saved["cache_bytes_per_token"]["softmax"] * 3
-    assert set(saved["cache_bytes_per_token"]) == set(ATTENTION)
+    installed = {a for a in ATTENTION if a != "entmax" or importlib.util.find_spec("entmax") is not None}
+    assert set(saved["cache_bytes_per_token"]) == installed  # every variant whose package is installed
 
 
 def test_bench_generate_profile_steps_smoke(capsys):

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import needs_interpreter
 from tda.ops import reference
 from tda.ops.kvcache import (threshold_differential_attention_with_kvcache,
                              threshold_rectified_attention_with_kvcache)
@@ -144,7 +145,7 @@ def test_unchecked_call_gives_the_checked_result(two_views, backend):
     same cache writes (the unchecked path hands the int32 lengths to the kernels as they are); without
     max_seqlen_k it refuses."""
     if backend == "triton":
-        pytest.importorskip("triton")
+        needs_interpreter()  # fp64 CPU tensors
     g = torch.Generator().manual_seed(5)
     B, H, Hk, S, D, M = 2, 4, 2, 16, 16, 1
     lens = torch.tensor([3, 9], dtype=torch.int32)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_interpreter
 from tda.models.config import GPTConfig
 from tda.data.dataset import ShardedBatchSampler, TokenDataset, cu_seqlens_from_starts, document_starts
 from tda.layers import ATTENTION, RotaryEmbedding
@@ -182,7 +183,7 @@ def test_packed_kernel_one_launch_matches_dense_reference(views, dtype, monkeypa
     backward launch, forward and every gradient against the dense oracle. Rows of 48 tokens with documents of
     several blocks, length-1 and empty ones, grouped-query heads (test_packed_kernel_block_configs: the
     kernels' switches)."""
-    pytest.importorskip("triton")
+    needs_interpreter()  # CPU tensors
     import tda.ops.triton.attention as fused
     from tda.ops.triton import launch
     calls = {"packed": 0, "fwd": 0, "bwd": 0}
@@ -433,7 +434,7 @@ def test_packed_model_through_the_kernels_equals_the_reference_model(attention, 
     """The model end to end, layers -> varlen op -> the fused kernels over the document table (under the
     interpreter on a CPU), against the same weights on the reference backend: the packed loss and every
     parameter's gradient, RoPE at per-token positions included."""
-    pytest.importorskip("triton")
+    needs_interpreter()  # CPU tensors
     import copy
     import tda.ops.triton.attention as fused
     calls = []
@@ -570,7 +571,7 @@ def test_packed_model_compiles_without_graph_breaks(attention):
     and gradients as eager, with no graph break; a second batch with other documents reuses or recompiles the
     graph but never breaks it. TDA runs the fused kernels (interpreter) through the custom ops with the
     document table; softmax passes SDPA the block-diagonal mask."""
-    pytest.importorskip("triton")
+    needs_interpreter()  # CPU tensors
     import copy
     import torch._dynamo
     from torch._dynamo.utils import counters
