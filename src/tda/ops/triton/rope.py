@@ -127,11 +127,12 @@ class _RopePair(torch.autograd.Function):
 
 
 def layout(x: torch.Tensor) -> tuple:
-    """Strides of a dense tensor shaped like x with x's order of dims (by stride, largest first): x's own
-    strides where x is dense, else x's layout compacted (a gapped or expanded view's output and gradient)."""
+    """Strides of a dense tensor shaped like x with x's order of dims (by stride, largest first; broadcast and
+    size-1 dims outermost): x's own strides where x is dense, else x's layout compacted (a gapped or expanded
+    view's output and gradient)."""
     if _dense(x):
         return x.stride()
-    order = sorted(range(x.dim()), key=lambda i: (x.stride(i), i), reverse=True)
+    order = sorted(range(x.dim()), key=lambda i: (x.stride(i) == 0 or x.shape[i] == 1, x.stride(i), -i), reverse=True)
     out, step = [0] * x.dim(), 1
     for i in reversed(order):
         out[i] = step
@@ -152,9 +153,8 @@ def _dense(x: torch.Tensor) -> bool:
 
 def supported(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None = None) -> bool:
     """Whether rope() takes these: x (B, H, N, D) with D a power of two >= 4 (Triton blocks), any strides,
-    tables (N, D) with unit stride along D; with
-    positions, an integer (B, N) tensor on x's device and tables of any number of rows (every position must
-    be a row of them: the caller's promise, not checked here)."""
+    tables (N, D) with unit stride along D; with positions, an integer (B, N) tensor on x's device and tables
+    of any number of rows (every position must be a row of them: the caller's promise, not checked here)."""
     D = x.shape[-1] if x.dim() == 4 else 0
     if D and x.shape[0] * x.shape[1] > MAX_GRID_Y:  # the grid's second axis (a pair launch checks its sum)
         return False
