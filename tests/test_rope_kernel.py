@@ -188,3 +188,6 @@ def test_kernels_refuse_batch_times_heads_past_the_grid():
     assert not project_rope.supported(h, w, (1, 1, 1), 8, cos, sin)
     heads, gain = torch.randn(33000, 1, 2, 8, device=DEV), torch.ones(2, 8, device=DEV)
     assert rms_norm.supported(heads[:100], gain) and not rms_norm.supported(heads, gain)
+    rows, g = torch.randn(70000, 1, 8, device=DEV), torch.ones(8, device=DEV)  # (A, N, D), a gain over D: A rows
+    assert not rms_norm.supported(rows, g) and rms_norm.supported(rows[:100], g)
+    assert rms_norm.supported(torch.randn(70000, 2, 8, device=DEV), gain)  # (N, H, D) per head: H on the grid

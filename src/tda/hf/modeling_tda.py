@@ -101,13 +101,15 @@ def _padded_documents(attention_mask: torch.Tensor, shape) -> tuple:
         raise ValueError(f"attention_mask must have input_ids' shape {(B, N)} without a cache, got "
                          f"{tuple(attention_mask.shape)}")
     real = attention_mask.bool()
-    if bool(real.all()):
+    ones = real.int()
+    # each row's first and last real token and its count, read in one host sync: its real tokens are one run
+    # exactly when last - first + 1 == count
+    first, last, count = torch.stack([ones.argmax(1), N - 1 - ones.flip(1).argmax(1), ones.sum(1)]).tolist()
+    if all(n == N for n in count):
         return real, {}
-    first = real.int().argmax(1).tolist()
-    count = real.sum(1).tolist()
     bounds = [0]
-    for b, (f, n) in enumerate(zip(first, count)):
-        if n and not bool(real[b, f:f + n].all()):
+    for b, (f, l, n) in enumerate(zip(first, last, count)):
+        if n and l - f + 1 != n:
             raise ValueError(f"attention_mask: row {b} has padding between its tokens; only left or right "
                              f"padding (one run of ones per row) is supported")
         for cut in (f, f + n, N) if n else (N,):

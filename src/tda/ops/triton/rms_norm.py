@@ -110,10 +110,9 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         ok = x.dim() in (2, 3) and x.shape[-1] == weight.shape[0]
     else:
         ok = weight.dim() == 2 and x.dim() in (3, 4) and tuple(x.shape[-2:]) == tuple(weight.shape)
-    if not ok:
-        return False
-    (A, _, H), _ = _as_ranh(x, weight.dim() == 2)
-    return A * H <= MAX_GRID_Y  # the grid's second axis
+    # the grid's second axis holds A x H (_as_ranh): batch x heads per head, else the leading dim of 3-D x
+    lead = x.shape[0] if x.dim() == weight.dim() + 2 else 1
+    return ok and lead * (x.shape[-2] if weight.dim() == 2 else 1) <= MAX_GRID_Y
 
 
 def _forward(x, weight, eps):
