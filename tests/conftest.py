@@ -17,7 +17,14 @@ def needs_interpreter():
     off: on a GPU machine, whose CUDA tests and benchmarks/check_*.py run the kernels for real."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 (the CUDA tests cover a GPU machine)")
+        pytest.skip("runs the kernels on CPU tensors: needs TRITON_INTERPRET=1 (on a GPU machine the CUDA tests "
+                    "and benchmarks/check_*.py check the kernels)")
+
+
+@pytest.fixture
+def interpreter():
+    """A test's fixture form of needs_interpreter()."""
+    needs_interpreter()
 
 
 # A 1-layer run of 4 steps on the bundled corpus: the training config the CLI tests start from.

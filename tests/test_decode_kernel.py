@@ -14,6 +14,9 @@ from conftest import has_ptxas, run_compiled  # noqa: E402
 from tda.ops import kvcache, reference  # noqa: E402
 from tda.ops.triton import decode  # noqa: E402
 
+# The kernel's logic on CPU tensors: these skip on a GPU machine without TRITON_INTERPRET=1, where
+# benchmarks/check_decode.py checks the kernel on CUDA.
+INTERPRETED = pytest.mark.usefixtures("interpreter")
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
@@ -62,6 +65,7 @@ def _launch(two, q1, q2, k1, k2, v, beta, lam, lens, splits, p=2.0, kappa=1.0):
                                    max(lens), kappa=kappa, p=p, splits=splits)
 
 
+@INTERPRETED
 @pytest.mark.parametrize("two", [True, False])
 @pytest.mark.parametrize("H,Hk,M", [(4, 4, 1), (4, 2, 3), (6, 2, 1), (4, 1, 5)])
 @pytest.mark.parametrize("splits", [1, 3, None])
@@ -83,6 +87,7 @@ def test_kernel_matches_reference_fp64(two, H, Hk, M, splits):
     torch.testing.assert_close(got, want, **TOL[dt])
 
 
+@INTERPRETED
 @pytest.mark.parametrize("G,M", [(1, 40), (3, 13)])
 def test_rows_spanning_several_tiles_fp64(G, M):
     """G * M rows beyond one tile (32 rows under the interpreter): the row tiles of one kv head each scan only
@@ -102,6 +107,7 @@ def test_rows_spanning_several_tiles_fp64(G, M):
     assert decode.plan(G, M, B, Hk, 88, decode.decode_config(D, dt, G * M, True), 8).row_tiles == 2
 
 
+@INTERPRETED
 @pytest.mark.parametrize("two", [True, False])
 @pytest.mark.parametrize("p,kappa", [(1.0, 1.0), (1.5, 0.7), (3.0, 2.0)])
 def test_kernel_exponents_and_kappa_fp32(two, p, kappa):
@@ -119,6 +125,7 @@ def test_kernel_exponents_and_kappa_fp32(two, p, kappa):
     torch.testing.assert_close(got, want, **TOL[dt])
 
 
+@INTERPRETED
 def test_kernel_fp16_within_reference_error():
     """fp16: the kernel's error against the fp64 reference within 2x the fp16 reference's own (plus a floor)."""
     if not decode.interpreter_dot_ok(torch.float16):
@@ -138,6 +145,7 @@ def test_kernel_fp16_within_reference_error():
     assert err <= 2 * (ref16.double() - ref64).norm() + 1e-3 * ref64.norm()
 
 
+@INTERPRETED
 def test_bf16_refused_or_run_by_interpreter():
     """bf16 under the interpreter: run where its products are right, else a ValueError naming the dtype."""
     g = torch.Generator().manual_seed(6)
@@ -153,6 +161,7 @@ def test_bf16_refused_or_run_by_interpreter():
         _run(False, q, None, k1, k2, v, 0.5, None, [20], "auto")
 
 
+@INTERPRETED
 @pytest.mark.parametrize("two", [True, False])
 def test_nothing_survives_gives_exact_zero(two):
     """Large beta: tau > 1 >= every cosine past position 0, so every V block is skipped: exactly zero."""
@@ -167,6 +176,7 @@ def test_nothing_survives_gives_exact_zero(two):
     assert _launch(two, q1, q2, k1, k2, v, 0.5, 0.5, lens, splits=2).abs().max() > 0  # not vacuous
 
 
+@INTERPRETED
 @pytest.mark.parametrize("two", [True, False])
 @pytest.mark.parametrize("splits", [1, 4])
 def test_survivor_free_value_block_is_never_loaded(two, splits):
@@ -199,6 +209,7 @@ def test_survivor_free_value_block_is_never_loaded(two, splits):
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
+@INTERPRETED
 def test_auto_split_count_and_append():
     """backend='triton' with new keys appended in place and the automatic split count matches the torch path
     over a copy of the caches (and writes the same caches)."""
@@ -239,6 +250,7 @@ def test_plan_fills_the_gpu():
     assert gqa.block_r == 32 and gqa.row_tiles == 1 and gqa.splits * 2 >= 132
 
 
+@INTERPRETED
 def test_triton_backend_refuses_gradients():
     g = torch.Generator().manual_seed(11)
     k1, k2, v = _caches(g, 1, 2, 32, 16, 16, [20], torch.float32)
@@ -331,6 +343,7 @@ def test_gpu_table_compiles_for_sm90():
         assert use["shared"] <= 232448 // 2, (name, use)
 
 
+@INTERPRETED
 def test_gpu_check_script_runs_on_the_interpreter():
     """benchmarks/check_decode.py's draw / criterion path on a few tiny CPU configurations."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -341,6 +354,7 @@ def test_gpu_check_script_runs_on_the_interpreter():
     assert not summary["fails"], lines
 
 
+@INTERPRETED
 @pytest.mark.parametrize("two", [True, False])
 def test_max_seqlen_k_bound_gives_the_same_output(two):
     """max_seqlen_k (the caller's host-side bound, no sync): exact or loose up to the cache size, the kernel
@@ -369,6 +383,7 @@ def test_max_seqlen_k_bad_values_name_the_argument():
             _run(True, q, q, k1, k2, v, 1.0, 0.5, [10], "triton", max_seqlen_k=bad)
 
 
+@INTERPRETED
 @pytest.mark.parametrize("dt", [torch.float64, torch.float32])
 @pytest.mark.parametrize("two", [True, False])
 def test_append_kernel_writes_unit_keys_and_values_at_each_length(dt, two):
@@ -399,6 +414,7 @@ def test_append_kernel_writes_unit_keys_and_values_at_each_length(dt, two):
     assert (caches[0][2, :, 33:36].norm(dim=-1) - 1).abs().max() < 1e-6
 
 
+@INTERPRETED
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("two", [True, False])
 def test_head_norm_is_fused_into_the_kernel_that_writes_the_output(two, splits):

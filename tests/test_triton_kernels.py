@@ -354,7 +354,9 @@ def test_program_order_changes_nothing(fwd_group, bwd_group):
     inputs = _make(2, 3, 3, 45, 53, 16, 16, True)
     dout = torch.randn(2, 3, 45, 16, dtype=DT, device=DEV)
     kw = dict(causal=True, position_offset=8)
-    out0, grads0 = _run("triton", inputs, lambda out: dout, **kw)
+    # the base: the same blocks with the default sections (on a GPU the table would pick other blocks, and a
+    # different summation order)
+    out0, grads0 = _run("triton", inputs, lambda out: dout, kc.INTERPRETER_CONFIG, **kw)
     config = dataclasses.replace(kc.INTERPRETER_CONFIG, group=fwd_group, bwd_group=bwd_group)
     out, grads = _run("triton", inputs, lambda out: dout, config, **kw)
     assert out0.abs().sum() > 0 and torch.equal(out, out0)
@@ -486,15 +488,17 @@ def test_unit_key_forward_matches_the_raw_key_screen(two_views, causal, M, N, co
     out0, grads0, infer0, flags0 = res[False]
     out, grads, infer, flags = res[True]
     assert flags0.any() and not flags0.all()  # the screen had something to decide
-    # the output from the rounded unit keys: close (fp64 here), the gradients unchanged
-    assert torch.allclose(out, out0, rtol=1e-12, atol=1e-13) and not torch.equal(out, out0)
-    assert torch.allclose(infer, infer0, rtol=1e-12, atol=1e-13) and torch.equal(infer0, out0.detach())
+    # the output from the rounded unit keys: close (at the inputs' precision), the gradients unchanged
+    close = dict(rtol=1e-12, atol=1e-13) if DT == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    assert torch.allclose(out, out0, **close) and not torch.equal(out, out0)
+    assert torch.allclose(infer, infer0, **close)
+    _same_forward(infer0, out0.detach())
     for name in inputs:
         assert torch.equal(grads[name], grads0[name]), name
     assert bool((flags >= flags0).all())
     rk, kh = launch.inv_norms(k1, k2, hat=True)
     want = torch.stack([k1] + ([k2] if two_views else [])) * rk[..., None]
-    assert kh.dtype == k1.dtype and torch.allclose(kh, want, rtol=1e-12, atol=0)
+    assert kh.dtype == k1.dtype and torch.allclose(kh, want, rtol=1e-12 if DT == torch.float64 else 1e-6, atol=0)
     _compare(inputs, config=dataclasses.replace(config, unit_keys=True), **kw)
 
 
@@ -558,11 +562,21 @@ def test_tma_rows_ok():
     assert not launch.tma_rows_ok(x.view(-1)[1:1 + 2 * 3 * 8 * 8].view(2, 3, 8, 8))  # base off by 2 bytes
 
 
+def _same_forward(infer, train):
+    """The inference forward (FOR_BWD off) against the training forward with the same config: bit-identical
+    under the interpreter, which runs both as the same sequence of numpy ops; on a GPU they are two compiled
+    kernels, whose fp32 sums the compiler may order differently, so there they agree to fp32 rounding."""
+    if ON_GPU:
+        torch.testing.assert_close(infer, train, rtol=1e-4, atol=1e-6)
+    else:
+        assert torch.equal(infer, train)
+
+
 @pytest.mark.parametrize("variant", ["tda", "tda_finer", "tda_raw", "tra", "tda_infer_dense", "tda_rows",
                                      "tda_raw_rows", "tra_rows", "tda_unit_rows"])
 def test_inference_forward_equals_training_forward(variant):
     """Without a gradient to compute, the forward runs with FOR_BWD off (no flags, no stored inverse norms,
-    no autograd node); with the same config its output must be bit-identical to the training forward's.
+    no autograd node); with the same config its output must equal the training forward's (`_same_forward`).
     *_dense: the inference forward without a survivor test; *_rows: the inference screen decides from row
     maxima (row_screen), also with the unit-key forward (tda_unit_rows)."""
     torch.manual_seed(21)
@@ -580,7 +594,8 @@ def test_inference_forward_equals_training_forward(variant):
     out_detached = _call("triton", {n: t.detach() for n, t in inputs.items()}, config, **kw)
     assert out_inf.grad_fn is None and not out_detached.requires_grad
     assert out_train.abs().sum() > 0
-    assert torch.equal(out_inf, out_train.detach()) and torch.equal(out_detached, out_inf)
+    _same_forward(out_inf, out_train.detach())
+    assert torch.equal(out_detached, out_inf)
     # the launcher keeps nothing for a backward
     d = {n: t.detach() for n, t in inputs.items()}
     q1 = d.get("q1", d.get("q"))
@@ -829,8 +844,8 @@ def test_fp32_inputs_and_beta_gradients(scalar, monkeypatch):
     inputs = _make(2, 2, 1, 33, 33, 16, 16, True)
     inputs = {n: t.detach().float().requires_grad_(True) for n, t in inputs.items()}
     if scalar:
-        inputs["beta"] = torch.tensor(0.7).requires_grad_(True)
-        inputs["lam"] = torch.tensor(0.3).requires_grad_(True)
+        inputs["beta"] = torch.tensor(0.7, device=DEV).requires_grad_(True)
+        inputs["lam"] = torch.tensor(0.3, device=DEV).requires_grad_(True)
     kw = dict(kappa=0.9, p=2.0, causal=True, position_offset=3)
     shares = []
     backward = launch.backward
@@ -891,9 +906,10 @@ def test_live_list_compacts_the_live_blocks_in_order(along_m, R, C, chunk):
         base = STEP * 2
         n_cand = (n_mt * MT if along_m else n_nt * NT) // STEP  # the last candidate blocks overhang the flags
         fixed = (NT * C * 3) if along_m else (MT * R * 4)
-        scr = torch.full((n_cand + 1,), -1, dtype=torch.int32)
-        cnt = torch.zeros(1, dtype=torch.int32)
-        _live_list_probe[(1,)](flags, scr, cnt, base, n_cand, fixed, n_mt, n_nt, STEP=STEP, MT=MT, NT=NT, R=R, C=C,
+        scr = torch.full((n_cand + 1,), -1, dtype=torch.int32, device=DEV)
+        cnt = torch.zeros(1, dtype=torch.int32, device=DEV)
+        flags_dev = flags.to(DEV)
+        _live_list_probe[(1,)](flags_dev, scr, cnt, base, n_cand, fixed, n_mt, n_nt, STEP=STEP, MT=MT, NT=NT, R=R, C=C,
                     ALONG_M=along_m, CHUNK=chunk)
         want = []
         for i in range(n_cand):
