@@ -74,9 +74,9 @@ def sdpa_context(variant: str, device: str):
 def make_step(model, opt, device: str, chunked_loss: bool = True):
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
 
-    def step(x):
+    def step(x, y=None):  # targets y (random-token timing runs pass none: x stands in)
         with amp:
-            _, loss = model(x, x, return_logits=not chunked_loss)
+            _, loss = model(x, x if y is None else y, return_logits=not chunked_loss)
         with torch.autograd.set_multithreading_enabled(False):  # as the trainer does (backward_threads: false)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

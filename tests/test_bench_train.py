@@ -112,3 +112,48 @@ def test_bench_train_profiles_several_variants(bench, capsys):
     assert "one eager tda step at context 16" in out and "one eager softmax step at context 16" in out
     with pytest.raises(SystemExit, match="--profile-variant: unknown variant 'nope'"):
         bench.main(["--device", "cpu", "--tiny", "--contexts", "16", "--profile-variant", "nope"])
+
+
+def test_step_over_training_runs_on_cpu(bench, tmp_path, capsys):
+    """benchmarks/step_over_training.py: a tiny model trained on the bundled corpus with checkpoints every 6
+    steps; the loss falls (real windows, shifted targets), every checkpoint has each variant's tokens/s, and
+    the JSON, the plot and the table come out."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports bench_train as its neighbour
+    try:
+        spec = importlib.util.spec_from_file_location("step_over_training", ROOT / "benchmarks" / "step_over_training.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        points = mod.main(["--device", "cpu", "--tiny", "--contexts", "32", "--tokens-per-step", "128",
+                           "--steps", "12", "--every", "6", "--time-steps", "1", "--warmup", "1", "--lr", "1e-2",
+                           "--lr-warmup", "1", "--json", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png")])
+    finally:
+        torch.set_num_threads(n)
+    assert [(p.variant, p.step) for p in points] == [("tda", 1), ("tda", 7), ("tda", 13),
+                                                     ("softmax", 1), ("softmax", 7), ("softmax", 13)]
+    assert all(p.tok_s > 0 and p.context == 32 for p in points)
+    for v in ("tda", "softmax"):
+        first, last = [p.loss for p in points if p.variant == v][::2]
+        assert last < first - 0.3, (v, first, last)
+    assert len(json.loads((tmp_path / "o.json").read_text())["points"]) == 6
+    assert (tmp_path / "o.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    last = {p.variant: p.tok_s for p in points if p.step == 13}
+    assert f"| 32 | 13 |" in out and f"{last['tda'] / last['softmax']:.2f}x" in out
+
+
+def test_step_over_training_bad_arguments(bench):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import step_over_training as mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    with pytest.raises(SystemExit):
+        mod.main(["--device", "cpu", "--tiny", "--variants", "tda,flash"])
+    with pytest.raises(SystemExit):
+        mod.main(["--device", "cpu", "--tiny", "--every", "0"])
