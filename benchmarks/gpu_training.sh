@@ -6,7 +6,9 @@
 #      backend and on flash) with a torch.profiler table of one TDA step at 1K: where the 1K step's time goes;
 #      then TDA's eager step without the fused q/k/v projection (--without fused-projection), the A/B of
 #      that part in the same run; TDA and softmax at 8K and 32K with every block recomputed
-#      (--activation-checkpoint 1: speed and peak memory); the loss's row kernel over its launch configs;
+#      (--activation-checkpoint 1: speed and peak memory); benchmarks/step_over_training.py (the step's
+#      speed at checkpoints while the model trains on the bundled corpus, 1K and 8K); the loss's row
+#      kernel over its launch configs;
 #   2. benchmarks/packing_step.py: training-step tokens/s, plain windows against packed documents, with the
 #      top kernels of one packed step (mean document 1024) per attention; then the same compiled;
 #   3. benchmarks/check_fsdp_gpu.py: FSDP2 on CUDA (nccl, bf16, eager and compiled, consolidate, resume).
@@ -31,6 +33,8 @@ python benchmarks/bench_train.py --contexts 1024,8192 --compile-contexts '' --va
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_train.py --contexts 8192,32768 --compile-contexts '' --variants tda,softmax \
     --activation-checkpoint 1 2>&1 | tee -a "$OUT/train-step.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+python benchmarks/step_over_training.py --plot "$OUT/over-training.png" 2>&1 | tee -a "$OUT/train-step.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 python benchmarks/bench_cross_entropy.py 2>&1 | tee -a "$OUT/train-step.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1

@@ -599,7 +599,7 @@ def test_inference_forward_equals_training_forward(variant):
     # the launcher keeps nothing for a backward
     d = {n: t.detach() for n, t in inputs.items()}
     q1 = d.get("q1", d.get("q"))
-    scale = tk.tau_scale(45, 8, 1.0, 16, q1.device, torch.float64)
+    scale = tk.tau_scale(45, 8, 1.0, 16, q1.device, d["beta"].dtype)  # the op's (fp32, or fp64 for fp64 beta)
     q2, k2, lam = d.get("q2"), d.get("k2"), d.get("lam")
     out, flags, rq, rk = launch.forward(q1, d.get("k1", d.get("k")), q2, k2, d["v"], d["beta"], scale, lam,
                                         2.0, True, config, kw["normalize_qk"], for_bwd=False)
