@@ -120,7 +120,8 @@ def test_step_over_training_runs_on_cpu(bench, tmp_path, capsys):
     the JSON, the plot and the table come out."""
     sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports bench_train as its neighbour
     try:
-        spec = importlib.util.spec_from_file_location("step_over_training", ROOT / "benchmarks" / "step_over_training.py")
+        path = ROOT / "benchmarks" / "step_over_training.py"
+        spec = importlib.util.spec_from_file_location("step_over_training", path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
