@@ -205,3 +205,20 @@ def test_two_ranks_uninterrupted_and_resumed_on_two(bundled_dir, tmp_path):
     assert re["step"] == 6
     for k in two["model"]:
         assert torch.equal(two["model"][k], re["model"][k]), k
+
+
+def test_scaling_script_runs_on_cpu_ranks(tmp_path):
+    """benchmarks/bench_scaling.sh end to end with 2 gloo ranks on the CPU (configs/tiny-cpu.yaml): DDP and FSDP
+    on 1 and 2 ranks train, and the table and JSON report each one's tokens/s and scaling efficiency. (On a
+    2-core CPU the efficiency means nothing; this checks the script, which needs a multi-GPU host for real.)"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, K="2", CONFIG="configs/tiny-cpu.yaml", STEPS="6", OUT=str(tmp_path / "bs"))
+    r = subprocess.run(["bash", os.path.join(root, "benchmarks", "bench_scaling.sh")], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "failed (rc" not in r.stdout, r.stdout[-3000:]
+    table = (tmp_path / "bs" / "scaling.md").read_text()
+    for par in ("ddp", "fsdp"):
+        assert f"| {par} | 1 |" in table and f"| {par} | 2 |" in table and "| 100% |" in table
+    rows = json.loads((tmp_path / "bs" / "scaling.json").read_text())
+    assert len(rows) == 4, rows
