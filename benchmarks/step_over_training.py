@@ -8,7 +8,7 @@ corpus (or --data), and every --every steps times --time-steps training steps. B
 batches. Reported per checkpoint: tokens/s, the loss, and (at the first and the last one) one step's GPU
 time in attention kernels (torch.profiler, bench_train's categories).
 
-    PYTHONPATH=src python3 benchmarks/step_over_training.py --json over.json --plot over.png   (one H100: ~2 min)
+    PYTHONPATH=src python3 benchmarks/step_over_training.py --json over.json --plot over.png   (one H100: ~1 min)
     PYTHONPATH=src python3 benchmarks/step_over_training.py --device cpu --tiny               (smoke test)
 
 The bundled corpus is small (770K training tokens): at context 8K and 32K tokens per step, 200 steps are
@@ -18,7 +18,6 @@ quality run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import time
