@@ -45,8 +45,8 @@ class Point:
 
 
 def load_tokens(data_dir: str | None, device: str) -> tuple[torch.Tensor, int]:
-    """The training split as one int64 tensor on `device` (windows are cut there: no host work per step), and
-    the corpus's vocabulary size."""
+    """The training split as one int64 tensor on `device` (windows are cut there; a step copies only its
+    window starts, drawn on the host), and the corpus's vocabulary size."""
     d = data_dir or ensure_bundled_data()
     meta = load_meta(d)
     arr = np.fromfile(f"{d}/train.bin", dtype=np.dtype(meta["dtype"]))

@@ -141,7 +141,7 @@ def layout(x: torch.Tensor) -> tuple:
 
 
 def _dense(x: torch.Tensor) -> bool:
-    """Non-overlapping and dense: some order of the dims makes x contiguous (then empty_like keeps x's
+    """Non-overlapping and dense: some order of the dims makes x contiguous (then layout() keeps x's
     strides)."""
     expected = 1
     for size, stride in sorted((d for d in zip(x.shape, x.stride()) if d[0] != 1), key=lambda d: d[1]):
